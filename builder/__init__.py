@@ -1,0 +1,2 @@
+"""aerec builder: data -> train -> evaluate -> export -> repository."""
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""`aerec`: one entry point for the whole path. Each command parses, calls one library
+function and prints; everything it does is importable without it."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table("metric", "value")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="run folder to write"),
+    preset: Optional[str] = typer.Option(None, help="a named recipe (see `aerec presets`)"),
+    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae"),
+    data: Optional[str] = typer.Option(None, help="ml-100k, or a ratings file path"),
+    split: Optional[str] = typer.Option(None, help="u1..u5, ua, ub, random[:F], temporal:DATE, per-user[:F]"),
+    seed: Optional[int] = typer.Option(None),
+    hidden: Optional[str] = typer.Option(None, help="layer sizes, comma separated, e.g. 512,512,1024"),
+    epochs: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    dropout: Optional[float] = typer.Option(None),
+    l2: Optional[float] = typer.Option(None, help="AutoRec lambda"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    set_: list[str] = typer.Option([], "--set", help="any other config field, KEY=JSON (repeatable)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+):
+    """Train one model and write weights, config, metrics and curve to OUT."""
+    from builder.config import TrainConfig
+    from builder.data.sources import load_dataset
+    from builder.presets import preset as get_preset
+    from builder.train import save_run, train as run_train
+
+    changes = {}
+    if preset:
+        try:
+            changes.update(get_preset(preset))
+        except KeyError as e:
+            _fail(str(e.args[0]))
+    for key, val in dict(model=model, data=data, split=split, seed=seed, epochs=epochs, lr=lr,
+                         batch_size=batch_size, dropout=dropout, l2=l2, device=device).items():
+        if val is not None:
+            changes[key] = val
+    if hidden:
+        changes["hidden"] = [int(h) for h in hidden.split(",")]
+    for item in set_:
+        key, _, raw = item.partition("=")
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
+    try:
+        config = TrainConfig().updated(**changes)
+        dataset = load_dataset(config.data, config.split, config.seed)
+        result = run_train(config, dataset, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    save_run(result, dataset, out)
+    _print_metrics(result.metrics)
+    typer.echo(f"run written to {out}")
+
+
+@app.command()
+def evaluate(run_dir: Path):
+    """Recompute a run's test metrics from its saved weights and config."""
+    from builder.data.sources import load_dataset
+    from builder.evaluate import evaluate_model
+    from builder.train import load_run
+
+    try:
+        config, model = load_run(run_dir)
+        dataset = load_dataset(config.data, config.split, config.seed)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    _print_metrics(evaluate_model(model, dataset, config, "cpu"))
+
+
+@app.command()
+def presets():
+    """List the named training recipes."""
+    from builder.presets import PRESETS
+    for name, p in PRESETS.items():
+        typer.echo(f"{name:10s} {json.dumps(p)}")
+
+
+def main():
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The training stage's one config object, saved as JSON beside the weights it produced."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae
+    data: str = "ml-100k"
+    split: str = "u1"
+    seed: int = 0
+    # architecture
+    hidden: list[int] = field(default_factory=lambda: [500])
+    activation: str = "selu"          # deeprec only
+    dropout: float = 0.0              # on the code layer
+    input_dropout: float = 0.0        # deeprec: dropout on the input vector
+    constrained: bool = False         # deeprec: tied (transposed) decoder
+    last_activation: bool = True      # deeprec: activation on the output layer too
+    # optimisation
+    optimizer: str = "adam"           # adam | sgd | rmsprop
+    lr: float = 1e-3
+    momentum: float = 0.9             # sgd only
+    weight_decay: float = 0.0         # the optimiser's decoupled-from-loss L2
+    l2: float = 0.0                   # AutoRec's lambda/2 * ||W||^2 added to the loss
+    batch_size: int = 128
+    epochs: int = 200                 # upper bound; early stopping decides
+    patience: int = 20
+    lr_decay_epochs: int = 0          # step decay period; 0 = constant
+    lr_decay: float = 0.5
+    val_fraction: float = 0.1         # validation slice carved from the training ratings
+    refit: bool = False               # retrain on all training ratings for best_epoch epochs
+    # regularisers of the seeds
+    refeed: bool = False              # DeepRec dense re-feeding
+    corruption: float = 0.0           # denoising: drop each observed input with this rate
+    sparsity: float = 0.0             # weight of the code-sparsity penalty
+    contractive: float = 0.0          # weight of the contractive (Jacobian) penalty
+    # evaluation
+    top_k: int = 10
+    relevant_threshold: float = 4.0   # test ratings >= this count as relevant for top-N
+    device: str = "auto"
+
+    def save(self, path: Path, **extra) -> None:
+        Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        raw = json.loads(Path(path).read_text())
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def updated(self, **changes) -> "TrainConfig":
+        names = {f.name for f in fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        return TrainConfig(**{**asdict(self), **changes})

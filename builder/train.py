@@ -1,0 +1,250 @@
+"""Training: minibatches straight from CSR rows, masked loss, early stopping on a validation
+slice of the training ratings, then one evaluation on the test set.
+
+The loop reads top to bottom: corrupt -> forward -> masked loss + regularisers -> step,
+then (optionally) DeepRec's dense re-feeding step.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from builder.config import TrainConfig
+from builder.data.dataset import Dataset
+from builder.data.splits import holdout_entries
+from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse, sparsity_penalty
+from builder.models import ITEM_BASED, build_model
+from builder import evaluate as ev
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    config: TrainConfig
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def orient(matrix: sp.csr_matrix, config: TrainConfig) -> sp.csr_matrix:
+    """Rows are the model's examples: users, or items for item-based models."""
+    return matrix.T.tocsr() if config.model in ITEM_BASED else matrix.tocsr()
+
+
+def make_model(config: TrainConfig, n_inputs: int) -> torch.nn.Module:
+    return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
+                       dropout=config.dropout, constrained=config.constrained,
+                       last_activation=config.last_activation, input_dropout=config.input_dropout)
+
+
+def _optimizer(config: TrainConfig, params):
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, sgd or rmsprop")
+
+
+def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
+    """A minibatch as a dense tensor, built from just these CSR rows."""
+    return torch.from_numpy(matrix[rows].toarray()).to(device)
+
+
+def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torch.Generator,
+               n_ratings: int) -> float:
+    """One update on a batch of rating vectors; returns the masked MSE of the batch.
+
+    AutoRec's objective is sum-of-squares + lambda/2 ||W||^2 over the whole matrix; our loss is
+    a mean over observed entries, so lambda is divided by the number of training ratings to
+    keep its meaning (and the paper's grid of values) intact.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    pred = model(corrupt(x, config.corruption, gen))
+    loss = masked_mse(pred, x)
+    reported = loss.item()
+    if config.l2:
+        loss = loss + config.l2 * l2_penalty(model) / n_ratings
+    if config.sparsity:
+        loss = loss + config.sparsity * sparsity_penalty(model.encode(x))
+    if config.contractive:
+        loss = loss + config.contractive * contractive_penalty(model.encode, x)
+    loss.backward()
+    optimizer.step()
+    if config.refeed:
+        # Dense re-feeding: the model's own (detached) output is a fully observed rating vector;
+        # f(f(x)) should equal f(x). Every entry counts, so the mask is all ones.
+        optimizer.zero_grad(set_to_none=True)
+        y = pred.detach()
+        masked_mse(model(y), y, torch.ones_like(y, dtype=torch.bool)).backward()
+        optimizer.step()
+    return reported
+
+
+def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng, gen, device) -> float:
+    rows = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    rng.shuffle(rows)
+    losses, weights = [], []
+    for start in range(0, len(rows), config.batch_size):
+        batch = rows[start:start + config.batch_size]
+        x = dense_rows(matrix, batch, device)
+        losses.append(train_step(model, optimizer, x, config, gen, matrix.nnz))
+        weights.append(int((x != 0).sum()))
+    return float(np.average(losses, weights=weights))
+
+
+@torch.no_grad()
+def predict_rows(model, inputs: sp.csr_matrix, rows: np.ndarray, device, batch: int = 1024) -> np.ndarray:
+    """Dense predictions for the given rows of an (oriented) input matrix."""
+    model.eval()
+    out = [model(dense_rows(inputs, rows[s:s + batch], device)).float().cpu().numpy()
+           for s in range(0, len(rows), batch)]
+    return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
+
+
+@torch.no_grad()
+def predict_entries(model, inputs: sp.csr_matrix, targets: sp.csr_matrix, device) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and truths at the stored entries of `targets` (both oriented alike)."""
+    targets = targets.tocsr()
+    rows = np.flatnonzero(np.diff(targets.indptr) > 0)
+    preds, truths = [], []
+    for s in range(0, len(rows), 1024):
+        r = rows[s:s + 1024]
+        dense = predict_rows(model, inputs, r, device)
+        t = targets[r].tocoo()
+        preds.append(dense[t.row, t.col])
+        truths.append(t.data)
+    return np.concatenate(preds), np.concatenate(truths)
+
+
+def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
+        progress: bool = True, on_epoch=None):
+    """Train from scratch on `matrix` rows; early-stop on `val` when given. Returns (model, history, best)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = pick_device(config.device)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    model = make_model(config, matrix.shape[1]).to(device)
+    optimizer = _optimizer(config, model.parameters())
+    sched = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_epochs, config.lr_decay)
+             if config.lr_decay_epochs else None)
+    history, best = [], {"epoch": 0, "val_rmse": float("inf"), "state": None}
+    bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
+    start = time.perf_counter()
+    for epoch in bar:
+        train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device)
+        if sched:
+            sched.step()
+        row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
+        if val is not None:
+            p, t = predict_entries(model, matrix, val, device)
+            row["val_rmse"] = ev.rmse(p, t, scale)
+            if row["val_rmse"] < best["val_rmse"]:
+                best = {"epoch": epoch, "val_rmse": row["val_rmse"], "seconds": row["seconds"],
+                        "state": copy.deepcopy(model.state_dict())}
+            bar.set_postfix(val_rmse=f"{row['val_rmse']:.4f}", best=best["epoch"])
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if not np.isfinite(train_mse):
+            log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
+            break
+        if val is not None and epoch - best["epoch"] >= config.patience:
+            break
+    if val is not None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return model, history, best
+
+
+def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
+    """Select the epoch on a validation slice of training data; evaluate on test once."""
+    start = time.perf_counter()
+    full = orient(dataset.train, config)
+    fit_part, val_part = holdout_entries(full, config.val_fraction, config.seed)
+    model, history, best = fit(config, fit_part, val_part, dataset.scale, config.epochs, progress)
+    if config.refit:
+        # Same recipe, all training ratings, the epoch count chosen on validation.
+        model, _, _ = fit(config, full, None, dataset.scale, best["epoch"], progress)
+    seconds = time.perf_counter() - start
+    metrics = ev.evaluate_model(model, dataset, config, pick_device(config.device))
+    metrics.update(best_epoch=best["epoch"], val_rmse=best["val_rmse"], train_seconds=round(seconds, 2),
+                   seconds_to_best=round(best.get("seconds", seconds), 2), epochs_run=len(history))
+    return TrainResult(model, config, metrics, history)
+
+
+# ---- run folders ---------------------------------------------------------------------------
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_run(result: TrainResult, dataset: Dataset, out: Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    save_file(state, str(out / "weights.safetensors"))  # no pickle: weights a user can swap are safe to load
+    result.config.save(out / "config.json", dataset=dataset.summary(), code_version=code_version(),
+                       n_inputs=int(orient(dataset.train, result.config).shape[1]))
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    (out / "history.json").write_text(json.dumps(result.history, indent=2))
+    plot_curve(result.history, out / "curve.png", result.config.model)
+    return out
+
+
+def load_run(run_dir: Path, device="cpu") -> tuple[TrainConfig, torch.nn.Module]:
+    run_dir = Path(run_dir)
+    cfg_path, w_path = run_dir / "config.json", run_dir / "weights.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: is {run_dir} a run folder made by `aerec train`?")
+    config = TrainConfig.load(cfg_path)
+    n_inputs = json.loads(cfg_path.read_text())["n_inputs"]
+    model = make_model(config, n_inputs)
+    try:
+        state = load_file(str(w_path), device=str(device))
+        model.load_state_dict(state)
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise ValueError(f"{w_path}: cannot load weights ({e})") from None
+    return config, model.to(device).eval()
+
+
+def plot_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["train_rmse"] for h in history], label="train (masked) RMSE")
+    if history and "val_rmse" in history[0]:
+        ax.plot(ep, [h["val_rmse"] for h in history], label="validation RMSE")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("RMSE")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
