@@ -1,0 +1,69 @@
+"""`Dataset`: sparse train/test matrices plus the id maps and titles that give them meaning."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from builder.data.ratings import Ratings
+
+
+@dataclass
+class Dataset:
+    """Users are rows, items columns; 0 means "not rated" (ratings are >= 0.5)."""
+
+    train: sp.csr_matrix
+    test: sp.csr_matrix
+    user_ids: np.ndarray  # index -> raw id
+    item_ids: np.ndarray
+    titles: list[str]
+    scale: tuple[float, float]
+    fingerprint: str
+    name: str = ""
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    def user_index(self, raw_ids) -> np.ndarray:
+        """Raw user ids -> row indices (-1 where unknown)."""
+        return _lookup(self.user_ids, raw_ids)
+
+    def item_index(self, raw_ids) -> np.ndarray:
+        return _lookup(self.item_ids, raw_ids)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "users": self.n_users, "items": self.n_items,
+                "train_ratings": int(self.train.nnz), "test_ratings": int(self.test.nnz),
+                "scale": list(self.scale), "fingerprint": self.fingerprint}
+
+
+def _lookup(sorted_ids: np.ndarray, raw) -> np.ndarray:
+    raw = np.asarray(raw)
+    pos = np.searchsorted(sorted_ids, raw)
+    pos = np.clip(pos, 0, len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == raw, pos, -1)
+
+
+def build_dataset(ratings: Ratings, train_mask: np.ndarray, test_mask: np.ndarray, name: str = "") -> Dataset:
+    """Index users and items that appear in either part (sorted raw ids) and build CSR matrices."""
+    f = ratings.frame
+    used = train_mask | test_mask
+    user_ids = np.unique(f["user"].to_numpy()[used])
+    item_ids = np.unique(f["item"].to_numpy()[used])
+    rows = np.searchsorted(user_ids, f["user"].to_numpy())
+    cols = np.searchsorted(item_ids, f["item"].to_numpy())
+    r = f["rating"].to_numpy(np.float32)
+    shape = (len(user_ids), len(item_ids))
+
+    def csr(mask):
+        return sp.csr_matrix((r[mask], (rows[mask], cols[mask])), shape=shape, dtype=np.float32)
+
+    titles = [str(ratings.titles.get(i, f"item {i}")) for i in item_ids.tolist()]
+    return Dataset(csr(train_mask), csr(test_mask), user_ids, item_ids, titles,
+                   ratings.scale, ratings.fingerprint(), name)

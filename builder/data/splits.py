@@ -1,0 +1,101 @@
+"""Train/test splits as pure functions of a `Ratings` table (and a seed where random).
+
+Each returns a pair of boolean masks over the table's rows: (train, test).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from builder.data.ratings import Ratings
+
+CANONICAL_ML100K = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+
+
+class SplitError(ValueError):
+    pass
+
+
+def split_canonical(ratings: Ratings, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """ML-100K's mku.sh splits, rebuilt from u.data row order.
+
+    u{i}: test = rows 20000*(i-1) .. 20000*i - 1. ua/ub: each user's 1st-10th (ua) or
+    11th-20th (ub) ratings in u.data order are the test set (allbut.pl).
+    """
+    if name not in CANONICAL_ML100K:
+        raise SplitError(f"unknown canonical split {name!r}; choose one of {CANONICAL_ML100K}")
+    n = len(ratings)
+    if n != 100_000:
+        raise SplitError(f"canonical split {name} needs ML-100K's 100,000 rows in u.data order, got {n:,}")
+    test = np.zeros(n, dtype=bool)
+    if name.startswith("u") and name[1:].isdigit():
+        i = int(name[1:])
+        test[20_000 * (i - 1): 20_000 * i] = True
+    else:
+        rank = ratings.frame.groupby("user").cumcount().to_numpy()  # 0-based, file order
+        lo = 0 if name == "ua" else 10
+        test = (rank >= lo) & (rank < lo + 10)
+    return ~test, test
+
+
+def split_random(ratings: Ratings, test_fraction: float = 0.1, seed: int = 0):
+    """Seeded uniform holdout of ratings (AutoRec's 90/10 protocol)."""
+    if not 0 < test_fraction < 1:
+        raise SplitError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    test = rng.random(len(ratings)) < test_fraction
+    return ~test, test
+
+
+def split_temporal(ratings: Ratings, cutoff, end=None):
+    """DeepRec-style time split: train strictly before `cutoff`, test from it (until `end`).
+
+    Test ratings of users or items absent from training cannot be scored and are excluded
+    (they are neither train nor test); callers see the count via the masks.
+    """
+    ts = ratings.frame["timestamp"].to_numpy()
+    cut = _to_seconds(cutoff)
+    train = ts < cut
+    test = ts >= cut
+    if end is not None:
+        test &= ts < _to_seconds(end)
+    f = ratings.frame
+    test &= f["user"].isin(f["user"][train]).to_numpy() & f["item"].isin(f["item"][train]).to_numpy()
+    if not train.any() or not test.any():
+        raise SplitError(f"temporal cut-off {cutoff} leaves an empty train or test set")
+    return train, test
+
+
+def split_per_user(ratings: Ratings, holdout_fraction: float = 0.2, seed: int = 0, min_ratings: int = 5):
+    """For top-N: hold out a random fraction (at least one) of each user's ratings.
+
+    Users with fewer than `min_ratings` ratings stay wholly in training.
+    """
+    rng = np.random.default_rng(seed)
+    f = ratings.frame
+    key = rng.random(len(f))
+    order = pd.Series(key).groupby(f["user"].to_numpy()).rank(method="first").to_numpy() - 1
+    count = f.groupby("user")["user"].transform("size").to_numpy()
+    k = np.maximum(1, np.floor(count * holdout_fraction)).astype(int)
+    test = (order < k) & (count >= min_ratings)
+    return ~test, test
+
+
+def holdout_entries(matrix: sp.csr_matrix, fraction: float, seed: int):
+    """Split a CSR matrix's stored entries at random into two matrices of the same shape.
+
+    Used to carve the validation slice out of training data, never out of the test set.
+    """
+    coo = matrix.tocoo()
+    rng = np.random.default_rng(seed)
+    pick = rng.random(coo.nnz) < fraction
+    def part(m):
+        return sp.csr_matrix((coo.data[m], (coo.row[m], coo.col[m])), shape=matrix.shape, dtype=np.float32)
+    return part(~pick), part(pick)
+
+
+def _to_seconds(t) -> int:
+    if isinstance(t, (int, np.integer)):
+        return int(t)
+    return int(pd.Timestamp(t).timestamp())
