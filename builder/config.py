@@ -19,6 +19,7 @@ class TrainConfig:
     input_dropout: float = 0.0        # deeprec: dropout on the input vector
     constrained: bool = False         # deeprec: tied (transposed) decoder
     last_activation: bool = True      # deeprec: activation on the output layer too
+    center: bool = False              # deeprec: model deviations from each user's mean rating
     # optimisation
     optimizer: str = "adam"           # adam | sgd | rmsprop
     lr: float = 1e-3
@@ -35,6 +36,7 @@ class TrainConfig:
     # regularisers of the seeds
     refeed: bool = False              # DeepRec dense re-feeding
     corruption: float = 0.0           # denoising: drop each observed input with this rate
+    loss_on: str = "observed"         # "observed" | "dropped": which entries the denoising loss scores
     sparsity: float = 0.0             # weight of the code-sparsity penalty
     contractive: float = 0.0          # weight of the contractive (Jacobian) penalty
     # evaluation

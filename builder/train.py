@@ -52,7 +52,8 @@ def orient(matrix: sp.csr_matrix, config: TrainConfig) -> sp.csr_matrix:
 def make_model(config: TrainConfig, n_inputs: int) -> torch.nn.Module:
     return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
                        dropout=config.dropout, constrained=config.constrained,
-                       last_activation=config.last_activation, input_dropout=config.input_dropout)
+                       last_activation=config.last_activation, input_dropout=config.input_dropout,
+                       center=config.center)
 
 
 def _optimizer(config: TrainConfig, params):
@@ -80,8 +81,14 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    pred = model(corrupt(x, config.corruption, gen))
-    loss = masked_mse(pred, x)
+    x_in = corrupt(x, config.corruption, gen)
+    pred = model(x_in)
+    if config.corruption and config.loss_on == "dropped":
+        # Score only the ratings the corruption hid: the model practises exactly the task it
+        # faces at test time (predict ratings it cannot see) instead of copying its input.
+        loss = masked_mse(pred, x, (x != 0) & (x_in == 0))
+    else:
+        loss = masked_mse(pred, x)
     reported = loss.item()
     if config.l2:
         loss = loss + config.l2 * l2_penalty(model) / n_ratings

@@ -16,8 +16,9 @@ ACTIVATIONS = {"selu": F.selu, "relu": F.relu, "elu": F.elu, "sigmoid": torch.si
 class DeepAutoencoder(nn.Module):
     def __init__(self, n_inputs: int, layers=(512, 512, 1024), activation: str = "selu",
                  dropout: float = 0.8, constrained: bool = False, last_activation: bool = True,
-                 input_dropout: float = 0.0):
+                 input_dropout: float = 0.0, center: bool = False):
         super().__init__()
+        self.center = center
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         sizes = [n_inputs, *layers]
@@ -50,4 +51,17 @@ class DeepAutoencoder(nn.Module):
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.drop(self.encode(x)))
+        if not self.center:
+            return self.decode(self.drop(self.encode(x)))
+        # User-mean centering: the network sees each rating's deviation from the user's own
+        # mean and predicts deviations; the mean is added back. With few users to learn from,
+        # this spares the network learning every user's offset. Computed from the input
+        # vector itself, so serving stays one forward pass (and one ONNX graph).
+        mean = user_mean(x)
+        return mean + self.decode(self.drop(self.encode((x - mean) * (x != 0))))
+
+
+def user_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of each row's observed (non-zero) ratings; 0 for an empty row."""
+    count = (x != 0).sum(dim=1, keepdim=True).clamp_min(1)
+    return x.sum(dim=1, keepdim=True) / count
