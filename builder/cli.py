@@ -95,6 +95,23 @@ def evaluate(run_dir: Path):
 
 
 @app.command()
+def results(run_dirs: list[Path]):
+    """One table over run folders: model, RMSE, MAE, best epoch, seconds."""
+    from rich.console import Console
+    from rich.table import Table
+    t = Table("run", "model", "test RMSE", "test MAE", "recall@10", "best epoch", "seconds")
+    for d in run_dirs:
+        try:
+            m = json.loads((d / "metrics.json").read_text())
+            c = json.loads((d / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            _fail(f"{d}: not a finished run folder ({e})")
+        t.add_row(str(d), c["model"], f"{m['test_rmse']:.4f}", f"{m['test_mae']:.4f}",
+                  f"{m.get('recall@10', float('nan')):.4f}", str(m["best_epoch"]), f"{m['train_seconds']:.1f}")
+    Console().print(t)
+
+
+@app.command()
 def presets():
     """List the named training recipes."""
     from builder.presets import PRESETS

@@ -1,0 +1,44 @@
+# aerec: `make demo` and `make test` work on a fresh machine (they set themselves up).
+VENV  := .venv
+PY    := $(VENV)/bin/python
+AEREC := $(VENV)/bin/aerec
+STAMP := $(VENV)/.installed-stamp
+ML100K := data/ml-100k/ml-100k.inter
+
+.PHONY: setup test test-fast demo lint bench bench-scale clean
+
+setup: $(STAMP) $(ML100K)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import builder, torch, onnx, onnxruntime, tritonclient" 
+	@touch $(STAMP)
+
+$(ML100K): | $(STAMP)
+	@$(PY) -m builder.data.fetch
+
+test: setup
+	$(PY) -m pytest -q -m "not gpu"
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not gpu and not slow"
+
+demo: setup
+	$(AEREC) train --preset deeprec --out runs/demo-deeprec --quiet
+	$(AEREC) train --preset sae-seed --out runs/demo-sae --quiet
+	$(AEREC) evaluate runs/demo-deeprec
+	$(AEREC) results runs/demo-deeprec runs/demo-sae
+
+lint: setup
+	$(VENV)/bin/ruff check builder perf tests scripts
+
+bench: setup
+	$(PY) -m perf.bench_train
+
+bench-scale: setup
+	$(PY) -m perf.bench_scale
+
+clean:
+	rm -rf runs build

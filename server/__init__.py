@@ -1,0 +1,1 @@
+"""Runs Triton: embedded from the nvidia-pytriton wheel, or NVIDIA's container (issue 4)."""
