@@ -99,15 +99,16 @@ def results(run_dirs: list[Path]):
     """One table over run folders: model, RMSE, MAE, best epoch, seconds."""
     from rich.console import Console
     from rich.table import Table
-    t = Table("run", "model", "test RMSE", "test MAE", "recall@10", "best epoch", "seconds")
+    t = Table("model", "test RMSE", "test MAE", "recall@10", "best epoch", "seconds")
+    t.add_column("run", no_wrap=True)
     for d in run_dirs:
         try:
             m = json.loads((d / "metrics.json").read_text())
             c = json.loads((d / "config.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             _fail(f"{d}: not a finished run folder ({e})")
-        t.add_row(str(d), c["model"], f"{m['test_rmse']:.4f}", f"{m['test_mae']:.4f}",
-                  f"{m.get('recall@10', float('nan')):.4f}", str(m["best_epoch"]), f"{m['train_seconds']:.1f}")
+        t.add_row(c["model"], f"{m['test_rmse']:.4f}", f"{m['test_mae']:.4f}",
+                  f"{m.get('recall@10', float('nan')):.4f}", str(m["best_epoch"]), f"{m['train_seconds']:.1f}", str(d))
     Console().print(t)
 
 

@@ -8,7 +8,7 @@ PRESETS: dict[str, dict] = {
     # decays the biases and, under a loss averaged over observed ratings, drives predictions
     # to ~0 (RMSE 2.78 here); lr 1e-3, batches of 16 and no decay are what validation chose.
     "sae-seed": dict(model="sae", hidden=[20, 10], optimizer="rmsprop", lr=0.001, batch_size=16,
-                     epochs=200, patience=15),
+                     epochs=300, patience=30),
     # Sedhain et al.: 500 sigmoid units, identity output, lambda over the paper's grid.
     "autorec-i": dict(model="autorec-i", hidden=[500], l2=100.0, dropout=0.5, batch_size=1682,
                       lr=0.003, epochs=600, patience=40),
