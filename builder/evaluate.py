@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from builder.metrics import coverage, mae, ndcg_at_k, recall_at_k, rmse

@@ -42,7 +42,8 @@ def main() -> None:
     model = make_model(config, args.items).to(device)
     opt = _optimizer(config, model.parameters())
     t = time.perf_counter()
-    loss = run_epoch(model, opt, matrix, config, np.random.default_rng(0), torch.Generator(device=device).manual_seed(0), device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    loss = run_epoch(model, opt, matrix, config, np.random.default_rng(0), gen, device)
     epoch_s = time.perf_counter() - t
     dense_gb = args.users * args.items * 4 / 1e9
     print(json.dumps({

@@ -46,4 +46,5 @@ if __name__ == "__main__":
                 row = {"config": futures[fut], "error": str(e)}
             f.write(json.dumps(row) + "\n")
             f.flush()
-            print(json.dumps({k: row.get(k) for k in ("config", "val_rmse", "test_rmse", "best_epoch", "error")}), flush=True)
+            keys = ("config", "val_rmse", "test_rmse", "best_epoch", "error")
+            print(json.dumps({k: row.get(k) for k in keys}), flush=True)

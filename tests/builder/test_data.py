@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from builder.data import (
-    DataFormatError, build_dataset, load_csv, load_netflix, load_ratings_csv, load_ratings_dat,
+    DataFormatError, load_csv, load_netflix, load_ratings_csv, load_ratings_dat,
     load_udata, split_canonical, split_per_user, split_random, split_temporal,
 )
 from builder.data.splits import SplitError, holdout_entries
