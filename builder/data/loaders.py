@@ -102,19 +102,23 @@ def load_udata(path, item_path=None, duplicates: str = "keep-last") -> Ratings:
     return _finish(frame, path, ML_SCALE, lines, titles, duplicates)
 
 
+def _parse_titles(path: Path, text: str, split, expected: str) -> dict:
+    """id -> title from lines that begin 'ID<sep>TITLE'; a malformed line names itself."""
+    titles = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = split(line)
+        if len(parts) < 2 or not parts[0].isdigit():
+            raise DataFormatError(path, f"expected {expected!r}", n)
+        titles[int(parts[0])] = parts[1]
+    return titles
+
+
 def load_uitem_titles(path) -> dict:
     """`u.item`: id|title|release date|video date|url|19 genre flags (latin-1)."""
     path = _require(path)
-    titles = {}
-    with open(path, encoding="latin-1") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("|")
-            if len(parts) < 2 or not parts[0].isdigit():
-                raise DataFormatError(path, "expected 'id|title|...'", n)
-            titles[int(parts[0])] = parts[1]
-    return titles
+    return _parse_titles(path, path.read_text(encoding="latin-1"), lambda s: s.split("|"), "id|title|...")
 
 
 def load_ratings_dat(path, movies_path=None, scale=None, duplicates: str = "keep-last") -> Ratings:
@@ -137,15 +141,7 @@ def load_movies_dat_titles(path) -> dict:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    titles = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split("::")
-        if len(parts) < 2 or not parts[0].isdigit():
-            raise DataFormatError(path, "expected 'MovieID::Title::Genres'", n)
-        titles[int(parts[0])] = parts[1]
-    return titles
+    return _parse_titles(path, text, lambda s: s.split("::"), "MovieID::Title::Genres")
 
 
 def load_ratings_csv(path, movies_path=None, scale=ML_HALF_STAR_SCALE, duplicates: str = "keep-last") -> Ratings:
@@ -217,14 +213,10 @@ def load_netflix(paths, titles_path=None, duplicates: str = "keep-last") -> Rati
 def load_netflix_titles(path) -> dict:
     """`movie_titles.csv`: MovieID,YearOfRelease,Title (titles hold commas; latin-1)."""
     path = _require(path)
-    titles = {}
-    with open(path, encoding="latin-1") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split(",", 2)
-            if len(parts) != 3 or not parts[0].isdigit():
-                raise DataFormatError(path, "expected 'MovieID,Year,Title'", n)
-            titles[int(parts[0])] = parts[2]
-    return titles
+    # Keep the title whole: split off only the id and the year.
+    return _parse_titles(path, path.read_text(encoding="latin-1"),
+                         lambda s: (lambda p: [p[0], p[2]] if len(p) == 3 else p)(s.split(",", 2)),
+                         "MovieID,Year,Title")
 
 
 def load_csv(path, user: str, item: str, rating: str, timestamp: str | None = None,

@@ -6,6 +6,7 @@ from builder.data import (
     DataFormatError, load_csv, load_netflix, load_ratings_csv, load_ratings_dat,
     load_udata, split_canonical, split_per_user, split_random, split_temporal,
 )
+from builder.data.loaders import load_uitem_titles
 from builder.data.splits import SplitError, holdout_entries
 
 
@@ -101,34 +102,25 @@ def _write(tmp_path, name, text):
     return p
 
 
-def test_out_of_scale_rating_names_line(tmp_path):
-    p = _write(tmp_path, "ratings.dat", "1::10::5::1\n1::11::4::2\n2::10::7::3\n")
-    with pytest.raises(DataFormatError, match=r"ratings.dat line 3: rating 7 outside scale 1..5"):
-        load_ratings_dat(p, scale=(1.0, 5.0))
+BAD_FILES = [
+    ("ratings.dat", "1::10::5::1\n1::11::4::2\n2::10::7::3\n",
+     lambda p: load_ratings_dat(p, scale=(1.0, 5.0)), r"ratings.dat line 3: rating 7 outside scale 1..5"),
+    ("u.data", "1\t2\t3\t4\n1\tabc\t3\t4\n", load_udata, r"u.data line 2: non-numeric 'item' field 'abc'"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.0,5\n1,3,,5\n", load_ratings_csv,
+     r"ratings.csv line 3: missing 'rating' field"),
+    ("ratings.csv", "userId,rating\n1,3.0\n", load_ratings_csv, r"line 1: header lacks column\(s\) \['movieId'\]"),
+    ("u.data", "", load_udata, "empty file"),
+    ("u.data", "1\t2\t3\t4\n1\t2.5\t3\t4\n", load_udata, r"u.data line 2: 'item' id '2.5' is not an integer"),
+    ("u.item", "1|Toy Story (1995)|x\nfoo\n", load_uitem_titles, r"u.item line 2: expected 'id\|title\|...'"),
+    ("combined_data_1.txt", "1488844,3,2005-09-06\n", load_netflix, r"line 1: expected a 'MovieID:' line first"),
+]
 
 
-def test_non_numeric_field_names_line(tmp_path):
-    p = _write(tmp_path, "u.data", "1\t2\t3\t4\n1\tabc\t3\t4\n")
-    with pytest.raises(DataFormatError, match=r"u.data line 2: non-numeric 'item' field 'abc'"):
-        load_udata(p)
-
-
-def test_missing_field_names_line(tmp_path):
-    p = _write(tmp_path, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.0,5\n1,3,,5\n")
-    with pytest.raises(DataFormatError, match=r"ratings.csv line 3: missing 'rating' field"):
-        load_ratings_csv(p)
-
-
-def test_missing_column_in_header(tmp_path):
-    p = _write(tmp_path, "ratings.csv", "userId,rating\n1,3.0\n")
-    with pytest.raises(DataFormatError, match=r"line 1: header lacks column\(s\) \['movieId'\]"):
-        load_ratings_csv(p)
-
-
-def test_empty_file(tmp_path):
-    p = _write(tmp_path, "u.data", "")
-    with pytest.raises(DataFormatError, match="empty file"):
-        load_udata(p)
+@pytest.mark.parametrize("name,text,loader,message", BAD_FILES, ids=[m for *_, m in BAD_FILES])
+def test_bad_file_names_file_and_line(tmp_path, name, text, loader, message):
+    p = _write(tmp_path, name, text)
+    with pytest.raises(DataFormatError, match=message):
+        loader(p)
 
 
 def test_duplicates_keep_latest_and_count(tmp_path, caplog):
