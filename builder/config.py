@@ -36,6 +36,7 @@ class TrainConfig:
     # regularisers of the seeds
     refeed: bool = False              # DeepRec dense re-feeding
     corruption: float = 0.0           # denoising: drop each observed input with this rate
+    corruption_per_user: bool = False # each user's rate drawn from [0, corruption)
     loss_on: str = "observed"         # "observed" | "dropped": which entries the denoising loss scores
     sparsity: float = 0.0             # weight of the code-sparsity penalty
     contractive: float = 0.0          # weight of the contractive (Jacobian) penalty

@@ -21,13 +21,18 @@ def l2_penalty(model: torch.nn.Module) -> torch.Tensor:
     return 0.5 * sum((p ** 2).sum() for n, p in model.named_parameters() if p.dim() > 1)
 
 
-def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator | None = None,
+            per_row: bool = False) -> torch.Tensor:
     """Denoising: drop each observed input rating with probability `rate` (masking noise).
 
     The target stays the uncorrupted vector, so the model learns to restore what was hidden.
     """
     if rate <= 0:
         return x
+    if per_row:
+        # Each row gets its own rate in [0, rate): some users keep most of their history,
+        # others lose much of it, as users folded in at serving time (or u1's test users) do.
+        rate = torch.rand((x.shape[0], 1), generator=generator, device=x.device) * rate
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= rate
     return x * keep
 

@@ -81,7 +81,7 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    x_in = corrupt(x, config.corruption, gen)
+    x_in = corrupt(x, config.corruption, gen, config.corruption_per_user)
     pred = model(x_in)
     if config.corruption and config.loss_on == "dropped":
         # Score only the ratings the corruption hid: the model practises exactly the task it

@@ -61,10 +61,7 @@ def _numeric(raw: pd.DataFrame, path: Path, line_of_row: np.ndarray, int_cols=("
     """Convert string columns to numbers; a field that is not a number names its line."""
     out = pd.DataFrame(index=raw.index)
     for col in raw.columns:
-        if col == "timestamp" and not pd.api.types.is_numeric_dtype(raw[col]):
-            vals = pd.to_numeric(raw[col], errors="coerce")
-        else:
-            vals = pd.to_numeric(raw[col], errors="coerce")
+        vals = pd.to_numeric(raw[col], errors="coerce")
         bad = vals.isna().to_numpy() & raw[col].notna().to_numpy()
         if bad.any():
             i = int(np.argmax(bad))

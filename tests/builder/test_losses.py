@@ -131,3 +131,11 @@ def test_dense_refeeding_takes_a_second_step_on_the_output():
     ropt.step()
     for a, b in zip(m.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_per_user_corruption_varies_the_rate_by_row():
+    x = torch.ones(400, 2000)
+    y = corrupt(x, 0.8, torch.Generator().manual_seed(0), per_row=True)
+    dropped = (y == 0).float().mean(dim=1)
+    assert dropped.min() < 0.1 and dropped.max() > 0.7  # rows span [0, 0.8)
+    assert abs(dropped.mean().item() - 0.4) < 0.03
