@@ -95,6 +95,32 @@ def evaluate(run_dir: Path):
 
 
 @app.command()
+def export(
+    run_dir: Path,
+    precision: str = typer.Option("fp32,fp16,int8", help="comma-separated: fp32, fp16, int8"),
+    calibration: str = typer.Option("minmax", help="int8 calibration: minmax | entropy | percentile"),
+    samples: int = typer.Option(256, help="training-user vectors used to calibrate int8"),
+    tensorrt: bool = typer.Option(False, help="also build TensorRT plans (needs TensorRT and a GPU)"),
+):
+    """Export RUN_DIR to ONNX variants under RUN_DIR/export/ with a precision report."""
+    from builder.export import ExportConfig, ExportError, export_run
+
+    if tensorrt:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            typer.echo("TensorRT plans skipped: `import tensorrt` failed (not installable on this machine)")
+    config = ExportConfig(precisions=[p.strip() for p in precision.split(",") if p.strip()],
+                          calibration_method=calibration, calibration_samples=samples)
+    try:
+        out = export_run(run_dir, config)
+    except (ExportError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo((out / "precision.md").read_text())
+    typer.echo(f"export written to {out}")
+
+
+@app.command()
 def results(run_dirs: list[Path]):
     """One table over run folders: model, RMSE, MAE, best epoch, seconds."""
     from rich.console import Console

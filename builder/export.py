@@ -1,0 +1,203 @@
+"""Export a trained run to ONNX (fp32, fp16, int8 with explicit Q/DQ) and measure each variant.
+
+`aerec export RUN_DIR` writes RUN_DIR/export/: model_<precision>.onnx, the int8 calibration
+set, precision.json/.md and export_config.json. Everything is built in a temporary folder and
+renamed into place at the end, so a failure never leaves a partial export/ behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from builder.data.sources import load_dataset
+from builder.metrics import rmse
+from builder.ranking import top_k_unrated
+from builder.train import load_run, orient
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT, OUTPUT = "RATINGS", "PREDICTIONS"  # stable tensor names: configs and clients rely on them
+OPSET = 17
+
+
+class ExportError(ValueError):
+    pass
+
+
+@dataclass
+class ExportConfig:
+    precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
+    calibration_method: str = "minmax"   # minmax | entropy | percentile
+    calibration_samples: int = 256       # training-user vectors fed to the calibrator
+    seed: int = 0
+    opset: int = OPSET
+
+
+def export_onnx_fp32(model: torch.nn.Module, n_inputs: int, path: Path, opset: int = OPSET) -> None:
+    """ONNX with a dynamic batch axis; checked by onnx.checker."""
+    model = model.cpu().eval()
+    example = torch.zeros(2, n_inputs)
+    example[:, :3] = 4.0
+    torch.onnx.export(model, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                      dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset,
+                      dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """Weights and compute in fp16, inputs/outputs kept fp32 so clients do not change.
+
+    Cast nodes stay fp32: the converter retypes their outputs but not their `to` attribute.
+    """
+    from onnxconverter_common import float16
+    m16 = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                           op_block_list=float16.DEFAULT_OP_BLOCK_LIST + ["Cast"])
+    onnx.save(m16, str(dst))
+    onnx.checker.check_model(onnx.load(str(dst)))
+
+
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str) -> None:
+    """Explicit Q/DQ (symmetric int8, per-channel weights): the form TensorRT's strongly-typed
+    builder takes; calibrated on real training-user vectors."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ExportError(f"unknown calibration method {method!r}; choose {', '.join(methods)}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 32)))
+
+        def get_next(self):
+            b = next(self.batches, None)
+            return None if b is None else {INPUT: b.astype(np.float32)}
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=methods[method],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def throughput(run, n_inputs: int, batch: int, seconds: float = 1.0) -> float:
+    """Inferences per second of `run(batch_array)` over about `seconds` of repeated calls."""
+    x = np.zeros((batch, n_inputs), np.float32)
+    x[:, ::7] = 4.0
+    run(x)  # warm-up
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run(x)
+        n += batch
+    return n / (time.perf_counter() - start)
+
+
+def _compare(pred_fn, ref_out, inputs_dense, targets, rated, scale, ref_top, k=10) -> dict:
+    out = pred_fn(inputs_dense)
+    t = targets.tocoo()
+    test_rmse = rmse(out[t.row, t.col], t.data, scale)
+    top = top_k_unrated(out, rated, k)
+    overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top.tolist(), ref_top.tolist())]))
+    return {"rmse": test_rmse, "max_abs_error": float(np.abs(out - ref_out).max()), "top10_overlap": overlap}
+
+
+def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds: float = 1.0) -> Path:
+    config = config or ExportConfig()
+    run_dir = Path(run_dir)
+    bad = [p for p in config.precisions if p not in PRECISIONS]
+    if bad:
+        raise ExportError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir}: run folder not found")
+    train_cfg, model = load_run(run_dir)
+    dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
+    inputs, targets = orient(dataset.train, train_cfg), orient(dataset.test, train_cfg)
+    rows = np.flatnonzero(np.diff(targets.indptr) > 0)  # test users (or items), real vectors
+    x = inputs[rows].toarray().astype(np.float32)
+    rated = x != 0
+    n_inputs = inputs.shape[1]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    t = targets[rows].tocoo()
+    ref_rmse = rmse(ref[t.row, t.col], t.data, dataset.scale)
+    ref_top = top_k_unrated(ref, rated, 10)
+
+    final = run_dir / "export"
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=run_dir))
+    try:
+        fp32 = tmp / "model_fp32.onnx"
+        export_onnx_fp32(model, n_inputs, fp32, config.opset)
+        report = {"pytorch": {"rmse": ref_rmse}, "run": str(run_dir), "test_rows": int(len(rows))}
+        torch_threads = torch.get_num_threads()
+        def torch_run(b):
+            with torch.no_grad():
+                return model(torch.from_numpy(b))
+        for batch in (1, 64):
+            report["pytorch"][f"throughput_b{batch}"] = throughput(torch_run, n_inputs, batch, bench_seconds)
+        for precision in config.precisions:
+            path = tmp / f"model_{precision}.onnx"
+            note = ""
+            if precision == "fp16":
+                convert_fp16(fp32, path)
+            elif precision == "int8":
+                rng = np.random.default_rng(config.seed)
+                # Calibrate on training rows only (never test targets); record which rows.
+                train_rows = np.flatnonzero(np.diff(inputs.indptr) > 0)
+                pick = np.sort(rng.choice(train_rows, min(config.calibration_samples, len(train_rows)), replace=False))
+                calib = inputs[pick].toarray().astype(np.float32)
+                np.savez_compressed(tmp / "calibration.npz", rows=pick, method=config.calibration_method)
+                quantize_int8(fp32, path, calib, config.calibration_method)
+            sess = ort_session(path, torch_threads)
+            run = lambda b, s=sess: s.run([OUTPUT], {INPUT: b})[0]  # noqa: E731
+            row = _compare(run, ref, x, targets[rows], rated, dataset.scale, ref_top)
+            row.update(rmse_delta=row["rmse"] - ref_rmse,
+                       throughput_b1=throughput(run, n_inputs, 1, bench_seconds),
+                       throughput_b64=throughput(run, n_inputs, 64, bench_seconds),
+                       file=path.name, bytes=path.stat().st_size, note=note)
+            report[precision] = row
+        if "int8" in report and "fp32" in report:
+            report["int8"]["speedup_b64_vs_fp32"] = report["int8"]["throughput_b64"] / report["fp32"]["throughput_b64"]
+        (tmp / "precision.json").write_text(json.dumps(report, indent=2))
+        (tmp / "precision.md").write_text(precision_markdown(report))
+        (tmp / "export_config.json").write_text(json.dumps(
+            {**asdict(config), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+             "torch": torch.__version__, "input": INPUT, "output": OUTPUT, "n_inputs": n_inputs}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def precision_markdown(report: dict) -> str:
+    lines = [f"# Precision report: {report['run']}", "",
+             f"PyTorch fp32 test RMSE {report['pytorch']['rmse']:.5f} over {report['test_rows']} test rows; "
+             "throughput is ONNX Runtime CPU, inferences/s, measured in this run.", "",
+             "| variant | RMSE | change | top-10 overlap | max abs error | thr. b1 | thr. b64 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    p = report["pytorch"]
+    lines.append(f"| pytorch | {p['rmse']:.5f} | 0 | 1.000 | 0 | "
+                 f"{p['throughput_b1']:.0f} | {p['throughput_b64']:.0f} |")
+    for name in PRECISIONS:
+        if name in report:
+            r = report[name]
+            lines.append(f"| {name} | {r['rmse']:.5f} | {r['rmse_delta']:+.5f} | {r['top10_overlap']:.3f} | "
+                         f"{r['max_abs_error']:.2e} | {r['throughput_b1']:.0f} | {r['throughput_b64']:.0f} |")
+    return "\n".join(lines) + "\n"

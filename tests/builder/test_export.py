@@ -1,0 +1,87 @@
+"""ONNX export of every model family, parity with PyTorch, int8/fp16 bounds, bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from builder.config import TrainConfig
+from builder.export import ExportConfig, ExportError, export_onnx_fp32, export_run, ort_session
+from builder.models import MODELS
+from builder.train import save_run, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_each_family(name, tmp_path):
+    from builder.train import make_model
+    config = TrainConfig(model=name, hidden=[16, 8] if name in ("deeprec", "sae") else [16], center=name == "deeprec")
+    model = make_model(config, 40).eval()
+    path = tmp_path / "m.onnx"
+    export_onnx_fp32(model, 40, path)
+    g = onnx.load(str(path)).graph
+    assert [i.name for i in g.input] == ["RATINGS"] and [o.name for o in g.output] == ["PREDICTIONS"]
+    x = np.zeros((5, 40), np.float32)
+    x[:, ::3] = np.random.default_rng(0).integers(1, 6, (5, 14))
+    out = ort_session(path).run(None, {"RATINGS": x})[0]
+    with torch.no_grad():
+        assert np.abs(out - model(torch.from_numpy(x)).numpy()).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def exported(u1, tmp_path_factory):
+    from builder.presets import preset
+    config = TrainConfig(device="cpu").updated(**preset("deeprec"))  # the served model, fully trained
+    run = save_run(train(config, u1, progress=False), u1, tmp_path_factory.mktemp("r") / "run")
+    return run, export_run(run, ExportConfig(calibration_samples=128), bench_seconds=0.2)
+
+
+def test_precision_report_bounds(exported):
+    run, out = exported
+    report = json.loads((out / "precision.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    # fp32: within 1e-4 of PyTorch on the u1 test users; same RMSE to 1e-5
+    assert report["fp32"]["max_abs_error"] <= 1e-4
+    assert abs(report["fp32"]["rmse"] - report["pytorch"]["rmse"]) <= 1e-5
+    assert abs(report["pytorch"]["rmse"] - metrics["test_rmse"]) <= 1e-5
+    assert abs(report["fp16"]["rmse_delta"]) <= 0.002
+    assert abs(report["int8"]["rmse_delta"]) <= 0.005 and report["int8"]["top10_overlap"] >= 0.90
+    for v in ("fp32", "fp16", "int8"):
+        for key in ("rmse", "rmse_delta", "top10_overlap", "max_abs_error", "throughput_b1", "throughput_b64"):
+            assert np.isfinite(report[v][key])
+    calib = np.load(out / "calibration.npz", allow_pickle=False)
+    assert len(calib["rows"]) == 128
+    qdq = {n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= qdq
+    assert "| int8 |" in (out / "precision.md").read_text()
+
+
+def test_bad_input_leaves_no_partial_export(exported, tmp_path):
+    run, _ = exported
+    with pytest.raises(ExportError, match="unknown precision"):
+        export_run(run, ExportConfig(precisions=["fp8"]))
+    with pytest.raises(ExportError, match="run folder not found"):
+        export_run(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((run / "config.json").read_text())
+    (broken / "weights.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="cannot load weights"):
+        export_run(broken)
+    assert not (broken / "export").exists()
+    assert not any(p.name.startswith(".export-") for p in broken.iterdir())
+
+
+def test_cli_export_and_tensorrt_skip(exported):
+    run, _ = exported
+    r = subprocess.run([sys.executable, "-m", "builder.cli", "export", str(run), "--precision", "fp32",
+                        "--tensorrt"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "TensorRT plans skipped" in r.stdout and "| fp32 |" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "builder.cli", "export", str(run), "--precision", "int4"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unknown precision" in r.stderr
