@@ -105,11 +105,6 @@ def export(
     """Export RUN_DIR to ONNX variants under RUN_DIR/export/ with a precision report."""
     from builder.export import ExportConfig, ExportError, export_run
 
-    if tensorrt:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            typer.echo("TensorRT plans skipped: `import tensorrt` failed (not installable on this machine)")
     config = ExportConfig(precisions=[p.strip() for p in precision.split(",") if p.strip()],
                           calibration_method=calibration, calibration_samples=samples)
     try:
@@ -117,6 +112,16 @@ def export(
     except (ExportError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo((out / "precision.md").read_text())
+    if tensorrt:
+        from builder.tensorrt_plans import build_plans, tensorrt_unavailable
+        reason = tensorrt_unavailable()
+        if reason:
+            typer.echo(reason)
+        else:
+            n_inputs = json.loads((out / "export_config.json").read_text())["n_inputs"]
+            for meta in build_plans(out, config.precisions, n_inputs):
+                typer.echo(f"plan {meta['precision']}: TensorRT {meta['tensorrt']} on {meta['gpu']}, "
+                           f"matches ONNX Runtime: {meta['matches_onnxruntime']}")
     typer.echo(f"export written to {out}")
 
 

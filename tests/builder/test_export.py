@@ -57,7 +57,8 @@ def test_precision_report_bounds(exported):
     assert len(calib["rows"]) == 128
     qdq = {n.op_type for n in onnx.load(str(out / "model_int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= qdq
-    assert "| int8 |" in (out / "precision.md").read_text()
+    md = (out / "precision.md").read_text()
+    assert "| int8 |" in md and "the 1.5x target" in md  # the report says whether int8 meets it
 
 
 def test_bad_input_leaves_no_partial_export(exported, tmp_path):
@@ -85,3 +86,13 @@ def test_cli_export_and_tensorrt_skip(exported):
     r = subprocess.run([sys.executable, "-m", "builder.cli", "export", str(run), "--precision", "int4"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown precision" in r.stderr
+
+
+def test_tensorrt_skip_path_says_why():
+    from builder.tensorrt_plans import build_plans, tensorrt_unavailable
+    reason = tensorrt_unavailable()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present: the skip path does not apply")
+    assert reason.startswith("TensorRT plans skipped:") and "\n" not in reason
+    with pytest.raises(RuntimeError, match="TensorRT plans skipped"):
+        build_plans("unused", ["fp32"], 10)
