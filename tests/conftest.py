@@ -24,3 +24,11 @@ def u1(ml100k):
     from builder.data import build_dataset, split_canonical
     train, test = split_canonical(ml100k, "u1")
     return build_dataset(ml100k, train, test, "ml-100k/u1")
+
+
+def corrupt_run_copy(run, dest):
+    """A run folder with the real config but damaged weights (for the bad-input tests)."""
+    dest.mkdir()
+    (dest / "config.json").write_text((run / "config.json").read_text())
+    (dest / "weights.safetensors").write_bytes(b"\x00 not weights")
+    return dest

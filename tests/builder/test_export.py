@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import corrupt_run_copy
 
 from builder.config import TrainConfig
 from builder.export import ExportConfig, ExportError, export_onnx_fp32, export_run, ort_session
@@ -67,10 +68,7 @@ def test_bad_input_leaves_no_partial_export(exported, tmp_path):
         export_run(run, ExportConfig(precisions=["fp8"]))
     with pytest.raises(ExportError, match="run folder not found"):
         export_run(tmp_path / "missing")
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((run / "config.json").read_text())
-    (broken / "weights.safetensors").write_bytes(b"not weights")
+    broken = corrupt_run_copy(run, tmp_path / "broken")
     with pytest.raises(ValueError, match="cannot load weights"):
         export_run(broken)
     assert not (broken / "export").exists()

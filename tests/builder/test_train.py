@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import corrupt_run_copy
 
 from builder.config import TrainConfig
 from builder.evaluate import evaluate_model
@@ -74,10 +75,7 @@ def test_bad_run_folders(tmp_path, short_run):
     with pytest.raises(FileNotFoundError, match="is .* a run folder made by `aerec train`"):
         load_run(tmp_path)
     _, out = short_run
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "config.json").write_text((out / "config.json").read_text())
-    (broken / "weights.safetensors").write_bytes(b"\x00garbage")
+    broken = corrupt_run_copy(out, tmp_path / "broken")
     with pytest.raises(ValueError, match="cannot load weights"):
         load_run(broken)
 
