@@ -126,6 +126,45 @@ def export(
 
 
 @app.command()
+def repository(
+    run_dir: Path,
+    out: Path = typer.Option(Path("model_repository"), "--out"),
+    variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_int8 (repeatable)"),
+):
+    """Add RUN_DIR's exported networks to a Triton model repository (a new version each build)."""
+    from builder.repository import RepositoryError, write_repository
+    try:
+        manifest = write_repository(run_dir, out, variant)
+    except RepositoryError as e:
+        _fail(str(e))
+    for name, version in manifest["models"].items():
+        typer.echo(f"{out}/{name}/{version}")
+
+
+@app.command()
+def serve(
+    repository: Path = typer.Option(Path("model_repository"), "--repository"),
+    http_port: int = typer.Option(8000), grpc_port: int = typer.Option(8001),
+    address: str = typer.Option("127.0.0.1", help="bind address; loopback unless you ask"),
+):
+    """Run the embedded Triton server on REPOSITORY until Ctrl-C."""
+    import time as _time
+    from server.launcher import TritonServer
+    if not repository.is_dir():
+        _fail(f"{repository}: no model repository; build one with `aerec repository RUN_DIR`")
+    server = TritonServer(repository, http_port, grpc_port, address)
+    server.start()
+    typer.echo(f"serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")
+    try:
+        while server.process.poll() is None:
+            _time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
 def results(run_dirs: list[Path]):
     """One table over run folders: model, RMSE, MAE, best epoch, seconds."""
     from rich.console import Console
