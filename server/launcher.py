@@ -30,9 +30,10 @@ def assemble_backends(dest: Path) -> Path:
     py.mkdir(parents=True, exist_ok=True)
     for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
         shutil.copy2(WHEEL / "backends" / "python" / f, py / f)
-    stub = WHEEL / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = WHEEL / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
-        raise RuntimeError(f"no Triton Python stub for Python {sys.version_info.major}.{sys.version_info.minor} in {WHEEL}")
+        raise RuntimeError(f"no Triton Python stub for Python {version} in {WHEEL}")
     shutil.copy2(stub, py / "triton_python_backend_stub")
     shutil.copytree(OUR_BACKENDS / "onnxruntime", dest / "onnxruntime", dirs_exist_ok=True)
     return dest
