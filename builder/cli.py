@@ -152,6 +152,14 @@ def serve(
     from server.launcher import TritonServer
     if not repository.is_dir():
         _fail(f"{repository}: no model repository; build one with `aerec repository RUN_DIR`")
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM (what service managers send) both stop the server cleanly.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     server = TritonServer(repository, http_port, grpc_port, address)
     server.start()
     typer.echo(f"serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")

@@ -24,18 +24,28 @@ WHEEL_LIBS = WHEEL.parents[1] / "nvidia_pytriton.libs"
 OUR_BACKENDS = Path(__file__).parent / "backends"
 
 
+def _install(src: Path, dst: Path) -> None:
+    """Copy unless already identical; copy-then-rename so a running server's stub is never
+    overwritten in place (that fails with 'Text file busy')."""
+    if dst.is_file() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 def assemble_backends(dest: Path) -> Path:
     """backends/python (library, utils, the stub matching this Python) + backends/onnxruntime."""
-    py = dest / "python"
-    py.mkdir(parents=True, exist_ok=True)
-    for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy2(WHEEL / "backends" / "python" / f, py / f)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = WHEEL / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise RuntimeError(f"no Triton Python stub for Python {version} in {WHEEL}")
-    shutil.copy2(stub, py / "triton_python_backend_stub")
-    shutil.copytree(OUR_BACKENDS / "onnxruntime", dest / "onnxruntime", dirs_exist_ok=True)
+    for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        _install(WHEEL / "backends" / "python" / f, dest / "python" / f)
+    _install(stub, dest / "python" / "triton_python_backend_stub")
+    for src in (OUR_BACKENDS / "onnxruntime").glob("*.py"):
+        _install(src, dest / "onnxruntime" / src.name)
     return dest
 
 

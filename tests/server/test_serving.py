@@ -61,3 +61,10 @@ def test_server_loads_configs_without_warnings(served):
     assert "successfully loaded 'autoencoder_onnx'" in log
     config_warnings = [line for line in log.splitlines() if line.startswith("W") and "config" in line.lower()]
     assert config_warnings == []
+
+
+def test_second_server_on_the_same_build_folder(served):
+    """Two servers may share one backend folder (the stub is in use by the first)."""
+    server, *_ = served
+    with TritonServer(server.repository, build_dir=server.build_dir, log=server.log.with_name("second.log")) as two:
+        assert two.ready() and server.ready()
