@@ -10,9 +10,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from builder.export import INPUT, OUTPUT
+from builder.models import ITEM_BASED
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ROOT / "server" / "steps"
+MAX_BATCH = 64
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
 
@@ -33,6 +39,110 @@ output [ {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
 instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
 '''
+
+
+def preprocess_config(n_items: int) -> str:
+    return f'''name: "preprocess"
+backend: "python"
+max_batch_size: {MAX_BATCH}
+input [
+  {{ name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
+  {{ name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true }},
+  {{ name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true }},
+  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [
+  {{ name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ] }},
+  {{ name: "TOP_K_OUT" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+dynamic_batching {{ max_queue_delay_microseconds: 100 }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+'''
+
+
+def postprocess_config(n_items: int) -> str:
+    return f'''name: "postprocess"
+backend: "python"
+max_batch_size: {MAX_BATCH}
+input [
+  {{ name: "PREDICTIONS" data_type: TYPE_FP32 dims: [ {n_items} ] }},
+  {{ name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ] }},
+  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [
+  {{ name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "TITLES" data_type: TYPE_STRING dims: [ -1 ] }}
+]
+dynamic_batching {{ max_queue_delay_microseconds: 100 }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+'''
+
+
+def ensemble_config(network: str) -> str:
+    """preprocess -> network -> postprocess. The output is RECOMMENDED_IDS, not ITEM_IDS:
+    an ensemble tensor cannot be both an input and an output."""
+    def maps(kind, pairs):
+        return " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in pairs)
+    pre_in = maps("input_map", [(n, n) for n in ("USER_ID", "ITEM_IDS", "RATINGS", "TOP_K")])
+    return f'''name: "recommend"
+platform: "ensemble"
+max_batch_size: {MAX_BATCH}
+input [
+  {{ name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
+  {{ name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true }},
+  {{ name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true }},
+  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [
+  {{ name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},
+  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "TITLES" data_type: TYPE_STRING dims: [ -1 ] }},
+  {{ name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+ensemble_scheduling {{
+  step [
+    {{ model_name: "preprocess" model_version: -1 {pre_in}
+      {maps("output_map", [("DENSE", "dense"), ("TOP_K_OUT", "top_k"), ("UNKNOWN_ITEMS", "UNKNOWN_ITEMS")])} }},
+    {{ model_name: "{network}" model_version: -1 {maps("input_map", [(INPUT, "dense")])}
+      {maps("output_map", [(OUTPUT, "predictions")])} }},
+    {{ model_name: "postprocess" model_version: -1
+      {maps("input_map", [("PREDICTIONS", "predictions"), ("DENSE", "dense"), ("TOP_K", "top_k")])}
+      {maps("output_map", [(n, n) for n in ("RECOMMENDED_IDS", "SCORES", "TITLES")])} }}
+  ]
+}}
+'''
+
+
+def _write_steps(tmp: Path, dataset, network: str) -> dict:
+    """Versioned preprocess/postprocess with their assets, and the `recommend` ensemble."""
+    written = {}
+    titles = np.array(dataset.titles, dtype=str)
+    assets = json.dumps({"scale": list(dataset.scale), "n_items": dataset.n_items,
+                         "dataset": dataset.summary()})
+    hist = dataset.train.tocsr()
+    for step, files in (("preprocess", {"item_ids.npy": dataset.item_ids, "user_ids.npy": dataset.user_ids,
+                                         "hist_indptr.npy": hist.indptr.astype(np.int64),
+                                         "hist_indices.npy": hist.indices.astype(np.int64),
+                                         "hist_data.npy": hist.data.astype(np.float32)}),
+                        ("postprocess", {"item_ids.npy": dataset.item_ids, "titles.npy": titles})):
+        folder = tmp / step
+        versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
+        vdir = folder / str(max(versions, default=0) + 1)
+        vdir.mkdir(parents=True)
+        shutil.copy2(STEPS / f"{step}.py", vdir / "model.py")
+        for name, arr in files.items():
+            np.save(vdir / name, arr, allow_pickle=False)  # plain arrays only: safe to load
+        (vdir / "assets.json").write_text(assets)
+        written[step] = int(vdir.name)
+    shutil.copy2(ROOT / "builder" / "ranking.py", tmp / "postprocess" / str(written["postprocess"]) / "ranking.py")
+    (tmp / "preprocess" / "config.pbtxt").write_text(preprocess_config(dataset.n_items))
+    (tmp / "postprocess" / "config.pbtxt").write_text(postprocess_config(dataset.n_items))
+    (tmp / "recommend" / "1").mkdir(parents=True, exist_ok=True)
+    (tmp / "recommend" / "config.pbtxt").write_text(ensemble_config(network))
+    written["recommend"] = 1
+    return written
 
 
 def _validate_network(path: Path, n_items: int) -> None:
@@ -75,6 +185,12 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",)) -> dict:
             _validate_network(folder / str(version) / "model.onnx", n_items)
             (folder / "config.pbtxt").write_text(network_config(name, n_items))
             written[name] = version
+        from builder.config import TrainConfig
+        from builder.data.sources import load_dataset
+        train_cfg = TrainConfig.load(run_dir / "config.json")
+        if train_cfg.model not in ITEM_BASED:  # item-based models cannot fold in a user
+            dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
+            written.update(_write_steps(tmp, dataset, f"autoencoder_{variants[0]}"))
         manifest = {"run": str(run_dir.resolve()), "models": written, "n_items": n_items}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():

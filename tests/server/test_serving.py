@@ -47,7 +47,8 @@ def test_new_build_adds_a_version_and_a_failed_build_keeps_the_old(served, tmp_p
     _, _, run, repo = served
     copy = tmp_path / "repo"
     write_repository(run, copy, ["onnx"])
-    assert write_repository(run, copy, ["onnx"])["models"] == {"autoencoder_onnx": 2}
+    assert write_repository(run, copy, ["onnx"])["models"] == {"autoencoder_onnx": 2, "preprocess": 2,
+                                                              "postprocess": 2, "recommend": 1}
     before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
     with pytest.raises(RepositoryError, match="model_int8.onnx missing"):
         write_repository(run, copy, ["onnx", "onnx_int8"])
@@ -68,3 +69,88 @@ def test_second_server_on_the_same_build_folder(served):
     server, *_ = served
     with TritonServer(server.repository, build_dir=server.build_dir, log=server.log.with_name("second.log")) as two:
         assert two.ready() and server.ready()
+
+
+# ---- the `recommend` ensemble ----------------------------------------------------------------
+
+def _recommend(mod, client, user=None, items=None, ratings=None, k=10, dtype_items="INT64"):
+    inputs = []
+    def add(name, arr, dt):
+        t = mod.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    if user is not None:
+        add("USER_ID", np.array([[user]], np.int64), "INT64")
+    if items is not None:
+        add("ITEM_IDS", np.asarray([items], np.int64 if dtype_items == "INT64" else np.int32), dtype_items)
+    if ratings is not None:
+        add("RATINGS", np.asarray([ratings], np.float32), "FP32")
+    add("TOP_K", np.array([[k]], np.int32), "INT32")
+    r = client.infer("recommend", inputs)
+    first = [r.as_numpy(n)[0] for n in ("RECOMMENDED_IDS", "SCORES", "TITLES")]
+    return (*first, r.as_numpy("UNKNOWN_ITEMS")[0, 0])
+
+
+def _client(server, protocol):
+    if protocol == "grpc":
+        return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
+    return httpclient, httpclient.InferenceServerClient(server.http_url)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ensemble_top10_equals_offline_reference(served, u1, protocol):
+    from builder.ranking import top_k_unrated
+    server, model, _, _ = served
+    mod, client = _client(server, protocol)
+    users = np.flatnonzero(np.diff(u1.test.indptr) > 0)[:200]
+    x = u1.train[users].toarray().astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    top = top_k_unrated(ref, x != 0, 10)
+    for j, u in enumerate(users):
+        ids, scores, titles, unknown = _recommend(mod, client, user=int(u1.user_ids[u]))
+        assert ids.tolist() == u1.item_ids[top[j]].tolist()
+        assert np.abs(scores - np.clip(ref[j, top[j]], 1, 5)).max() <= 1e-4
+        assert titles[0].decode() == u1.titles[top[j][0]] and unknown == 0
+
+
+def test_ratings_only_path_equals_user_id_path(served, u1):
+    server, *_ = served
+    mod, client = _client(server, "grpc")
+    for u in np.flatnonzero(np.diff(u1.train.indptr) > 0)[:20]:
+        row = u1.train[u]
+        by_id = _recommend(mod, client, user=int(u1.user_ids[u]))
+        by_ratings = _recommend(mod, client, items=u1.item_ids[row.indices].tolist(), ratings=row.data.tolist())
+        assert by_id[0].tolist() == by_ratings[0].tolist()
+        assert np.allclose(by_id[1], by_ratings[1])
+
+
+BAD_REQUESTS = [
+    (dict(user=999_999), "unknown USER_ID 999999"),
+    (dict(items=[1, 2, 3], ratings=[4.0, 5.0]), "ITEM_IDS has 3 entries but RATINGS has 2"),
+    (dict(items=[1, 2], ratings=[4.0, float("nan")]), "NaN or infinity"),
+    (dict(items=[1, 2], ratings=[4.0, 9.0]), "rating 9 outside scale 1..5"),
+    (dict(user=1, k=0), "TOP_K must be in 1..1682, got 0"),
+    (dict(user=1, k=5000), "TOP_K must be in 1..1682, got 5000"),
+    (dict(), "empty request"),
+    (dict(items=[999_998], ratings=[4.0]), "no known items"),
+    (dict(items=[1, 2], ratings=[4.0, 3.0], dtype_items="INT32"), "ITEM_IDS"),  # wrong dtype
+]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("kwargs,message", BAD_REQUESTS, ids=[m for _, m in BAD_REQUESTS])
+def test_bad_request_gets_its_error_and_server_keeps_serving(served, protocol, kwargs, message):
+    server, *_ = served
+    mod, client = _client(server, protocol)
+    with pytest.raises(Exception, match=message):
+        _recommend(mod, client, **kwargs)
+    ids, *_ = _recommend(mod, client, user=1, k=5)
+    assert len(ids) == 5
+
+
+def test_unknown_items_are_skipped_and_counted(served):
+    server, *_ = served
+    mod, client = _client(server, "grpc")
+    ids, _, _, unknown = _recommend(mod, client, items=[50, 172, 999_999, 888_888], ratings=[5.0, 4.0, 3.0, 2.0])
+    assert unknown == 2 and len(ids) == 10 and 50 not in ids.tolist()

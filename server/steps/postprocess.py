@@ -1,0 +1,39 @@
+"""Triton Python model `postprocess`: predictions -> top-K unrated items, ids, scores, titles.
+
+Uses ranking.py, the very file offline evaluation uses (copied beside this one by the
+repository writer), over all requests of a batch at once.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.join(args["model_repository"], args["model_version"])
+        sys.path.insert(0, here)
+        from ranking import top_k_unrated
+        self.top_k_unrated = top_k_unrated
+        self.item_ids = np.load(os.path.join(here, "item_ids.npy"), allow_pickle=False)
+        self.titles = np.load(os.path.join(here, "titles.npy"), allow_pickle=False)
+        self.low, self.high = json.loads(open(os.path.join(here, "assets.json")).read())["scale"]
+
+    def execute(self, requests):
+        get = lambda r, n: pb_utils.get_input_tensor_by_name(r, n).as_numpy()  # noqa: E731
+        preds = np.concatenate([get(r, "PREDICTIONS") for r in requests])
+        rated = np.concatenate([get(r, "DENSE") for r in requests]) != 0
+        ks = [int(get(r, "TOP_K").reshape(-1)[0]) for r in requests]
+        top = self.top_k_unrated(preds, rated, max(ks))
+        scores = np.clip(np.take_along_axis(preds, top, axis=1), self.low, self.high).astype(np.float32)
+        responses = []
+        for j, k in enumerate(ks):
+            idx = top[j:j + 1, :k]
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("RECOMMENDED_IDS", self.item_ids[idx].astype(np.int64)),
+                pb_utils.Tensor("SCORES", scores[j:j + 1, :k]),
+                pb_utils.Tensor("TITLES", np.char.encode(self.titles[idx], "utf-8").astype(np.object_)),
+            ]))
+        return responses

@@ -1,0 +1,100 @@
+"""Triton Python model `preprocess`: a request's user id and/or sparse ratings -> dense vector.
+
+numpy only (runs unchanged in NVIDIA's container). All requests handed to `execute` are
+checked one by one (a bad one gets its own error, never failing its batch-mates), then the
+valid ones are scattered into one dense batch with a single vectorised assignment.
+"""
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+MAX_ITEMS_PER_REQUEST = 10_000
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.join(args["model_repository"], args["model_version"])
+        load = lambda name: np.load(os.path.join(here, name), allow_pickle=False)  # noqa: E731
+        self.item_ids = load("item_ids.npy")      # sorted raw ids, index = column
+        self.user_ids = load("user_ids.npy")      # sorted raw ids, index = history row
+        # Users' training histories as CSR arrays (plain .npy, never pickle).
+        self.indptr, self.indices = load("hist_indptr.npy"), load("hist_indices.npy")
+        self.data = load("hist_data.npy")
+        meta = json.loads(open(os.path.join(here, "assets.json")).read())
+        self.low, self.high = meta["scale"]
+        self.n_items = len(self.item_ids)
+
+    def _parse(self, request):
+        """(user_row or -1, cols, ratings, top_k, unknown) or raise ValueError with the reason."""
+        def get(name):
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+        user, items, ratings, top_k = get("USER_ID"), get("ITEM_IDS"), get("RATINGS"), get("TOP_K")
+        if top_k is None or top_k.size != 1:
+            raise ValueError("TOP_K is required: one integer")
+        k = int(top_k.reshape(-1)[0])
+        if not 1 <= k <= self.n_items:
+            raise ValueError(f"TOP_K must be in 1..{self.n_items}, got {k}")
+        has_user = user is not None and user.size > 0
+        has_items = items is not None and items.size > 0
+        if not has_user and not has_items:
+            raise ValueError("empty request: send USER_ID, or ITEM_IDS with RATINGS, or both")
+        row = -1
+        if has_user:
+            uid = user.reshape(-1)[0]
+            row = int(np.searchsorted(self.user_ids, uid))
+            if row >= len(self.user_ids) or self.user_ids[row] != uid:
+                raise ValueError(f"unknown USER_ID {uid}")
+        cols, vals, unknown = np.zeros(0, np.int64), np.zeros(0, np.float32), 0
+        if has_items or (ratings is not None and ratings.size > 0):
+            items = np.zeros(0, np.int64) if items is None else items.reshape(-1)
+            ratings = np.zeros(0, np.float32) if ratings is None else ratings.reshape(-1)
+            if items.size != ratings.size:
+                raise ValueError(f"ITEM_IDS has {items.size} entries but RATINGS has {ratings.size}")
+            if items.size > MAX_ITEMS_PER_REQUEST:
+                raise ValueError(f"{items.size} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
+            if not np.all(np.isfinite(ratings)):
+                raise ValueError("RATINGS contains NaN or infinity")
+            bad = (ratings < self.low) | (ratings > self.high)
+            if bad.any():
+                raise ValueError(f"rating {ratings[bad][0]:g} outside scale {self.low:g}..{self.high:g}")
+            pos = np.clip(np.searchsorted(self.item_ids, items), 0, self.n_items - 1)
+            known = self.item_ids[pos] == items
+            unknown = int((~known).sum())  # skipped and reported, never an error
+            cols, vals = pos[known], ratings[known].astype(np.float32)
+        if row < 0 and cols.size == 0:
+            raise ValueError("no known items among ITEM_IDS: nothing to recommend from")
+        return row, cols, vals, k, unknown
+
+    def execute(self, requests):
+        parsed, responses = [], [None] * len(requests)
+        for i, request in enumerate(requests):
+            try:
+                parsed.append((i, *self._parse(request)))
+            except ValueError as e:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+        if parsed:
+            dense = np.zeros((len(parsed), self.n_items), np.float32)
+            b = np.arange(len(parsed))
+            rows = np.array([p[1] for p in parsed])
+            # Known users' training histories, scattered in one step.
+            has = rows >= 0
+            starts, ends = self.indptr[rows[has]], self.indptr[rows[has] + 1]
+            counts = ends - starts
+            if counts.sum():
+                take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+                dense[np.repeat(b[has], counts), self.indices[take]] = self.data[take]
+            # Ratings sent with the request override the history.
+            counts = np.array([p[2].size for p in parsed])
+            if counts.sum():
+                dense[np.repeat(b, counts), np.concatenate([p[2] for p in parsed])] = \
+                    np.concatenate([p[3] for p in parsed])
+            for j, (i, _, _, _, k, unknown) in enumerate(parsed):
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("DENSE", dense[j:j + 1]),
+                    pb_utils.Tensor("TOP_K_OUT", np.array([[k]], np.int32)),
+                    pb_utils.Tensor("UNKNOWN_ITEMS", np.array([[unknown]], np.int32)),
+                ])
+        return responses
