@@ -27,9 +27,10 @@ test-fast: setup
 
 demo: setup
 	$(AEREC) train --preset deeprec --out runs/demo-deeprec --quiet
-	$(AEREC) train --preset sae-seed --out runs/demo-sae --quiet
-	$(AEREC) evaluate runs/demo-deeprec
-	$(AEREC) results runs/demo-deeprec runs/demo-sae
+	$(AEREC) results runs/demo-deeprec
+	$(AEREC) export runs/demo-deeprec --precision fp32,int8
+	$(AEREC) repository runs/demo-deeprec --variant onnx --variant onnx_int8 --out runs/demo-repository
+	$(PY) scripts/demo_serve.py runs/demo-repository
 
 lint: setup
 	$(VENV)/bin/ruff check builder perf tests scripts

@@ -173,6 +173,34 @@ def serve(
 
 
 @app.command()
+def recommend(
+    user: Optional[int] = typer.Option(None, help="a known user's raw id"),
+    rate: list[str] = typer.Option([], help="ITEM=RATING (repeatable): a new user's ratings"),
+    k: int = typer.Option(10, "-k", help="how many recommendations"),
+    url: str = typer.Option("127.0.0.1:8001", help="server address"),
+    protocol: str = typer.Option("grpc", help="grpc | http"),
+):
+    """Top-K recommendations from a running server, as a table of titles and predicted ratings."""
+    from rich.console import Console
+    from rich.table import Table
+    from client import RecommenderClient
+    try:
+        ratings = {int(a): float(b) for a, b in (r.split("=", 1) for r in rate)}
+    except ValueError:
+        _fail(f"--rate takes ITEM=RATING, e.g. --rate 50=5; got {rate}")
+    try:
+        rec = RecommenderClient(url, protocol).recommend(user_id=user, ratings=ratings or None, k=k)
+    except Exception as e:  # the server's own message names the problem
+        _fail(str(e))
+    t = Table("#", "item", "title", "predicted rating")
+    for i, (item, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
+        t.add_row(str(i), str(item), title, f"{score:.2f}")
+    Console().print(t)
+    if rec.unknown_items:
+        typer.echo(f"{rec.unknown_items} rated item id(s) unknown to the model were skipped")
+
+
+@app.command()
 def results(run_dirs: list[Path]):
     """One table over run folders: model, RMSE, MAE, best epoch, seconds."""
     from rich.console import Console

@@ -1,1 +1,4 @@
-"""aerec client SDK over tritonclient (gRPC and HTTP); filled in by the serving work (issue 4)."""
+"""aerec client SDK over tritonclient (gRPC and HTTP)."""
+from client.sdk import Recommendation, RecommenderClient
+
+__all__ = ["Recommendation", "RecommenderClient"]
