@@ -154,3 +154,31 @@ def test_unknown_items_are_skipped_and_counted(served):
     mod, client = _client(server, "grpc")
     ids, _, _, unknown = _recommend(mod, client, items=[50, 172, 999_999, 888_888], ratings=[5.0, 4.0, 3.0, 2.0])
     assert unknown == 2 and len(ids) == 10 and 50 not in ids.tolist()
+
+
+def test_bad_request_does_not_fail_its_batch_mates(served):
+    """Good and bad requests in flight together (dynamic batching groups them): only the bad fail."""
+    import queue
+    server, *_ = served
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def inputs(user):
+        out = []
+        for name, arr, dt in (("USER_ID", np.array([[user]], np.int64), "INT64"),
+                              ("TOP_K", np.array([[5]], np.int32), "INT32")):
+            t = grpcclient.InferInput(name, list(arr.shape), dt)
+            t.set_data_from_numpy(arr)
+            out.append(t)
+        return out
+
+    users = [1, 999_999, 2, 3, 888_888, 4, 5, 6]
+    done = queue.Queue()
+    for i, u in enumerate(users):
+        client.async_infer("recommend", inputs(u), callback=lambda result, error, i=i: done.put((i, result, error)))
+    results = dict((i, (r, e)) for i, r, e in (done.get(timeout=30) for _ in users))
+    for i, u in enumerate(users):
+        result, error = results[i]
+        if u > 10_000:
+            assert error is not None and f"unknown USER_ID {u}" in str(error)
+        else:
+            assert error is None and result.as_numpy("RECOMMENDED_IDS").shape == (1, 5)
