@@ -6,15 +6,13 @@ import torch
 
 from builder.metrics import coverage, mae, ndcg_at_k, recall_at_k, rmse
 from builder.models import ITEM_BASED
+from builder.predict import orient, predict_entries, predict_rows
 from builder.ranking import top_k_unrated
-
-__all__ = ["rmse", "mae", "evaluate_model", "predict_user_matrix"]
 
 
 @torch.no_grad()
 def predict_user_matrix(model, dataset, config, device, users: np.ndarray | None = None) -> np.ndarray:
     """Dense predictions [users, items] from each user's training ratings."""
-    from builder.train import orient, predict_rows
     inputs = orient(dataset.train, config)
     if config.model in ITEM_BASED:
         # Item-based: every item's column is one forward; transpose back to users x items.
@@ -25,7 +23,6 @@ def predict_user_matrix(model, dataset, config, device, users: np.ndarray | None
 
 
 def evaluate_model(model, dataset, config, device) -> dict:
-    from builder.train import orient, predict_entries
     inputs, targets = orient(dataset.train, config), orient(dataset.test, config)
     p, t = predict_entries(model, inputs, targets, device)
     out = {"test_rmse": rmse(p, t, dataset.scale), "test_mae": mae(p, t, dataset.scale),

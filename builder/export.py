@@ -21,7 +21,8 @@ import torch
 from builder.data.sources import load_dataset
 from builder.metrics import rmse
 from builder.ranking import top_k_unrated
-from builder.train import load_run, orient
+from builder.predict import orient
+from builder.train import load_run
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT, OUTPUT = "RATINGS", "PREDICTIONS"  # stable tensor names: configs and clients rely on them
@@ -153,7 +154,6 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
             report["pytorch"][f"throughput_b{batch}"] = throughput(torch_run, n_inputs, batch, bench_seconds)
         for precision in config.precisions:
             path = tmp / f"model_{precision}.onnx"
-            note = ""
             if precision == "fp16":
                 convert_fp16(fp32, path)
             elif precision == "int8":
@@ -170,7 +170,7 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
             row.update(rmse_delta=row["rmse"] - ref_rmse,
                        throughput_b1=throughput(run, n_inputs, 1, bench_seconds),
                        throughput_b64=throughput(run, n_inputs, 64, bench_seconds),
-                       file=path.name, bytes=path.stat().st_size, note=note)
+                       file=path.name, bytes=path.stat().st_size)
             report[precision] = row
         if "int8" in report and "fp32" in report:
             report["int8"]["speedup_b64_vs_fp32"] = report["int8"]["throughput_b64"] / report["fp32"]["throughput_b64"]

@@ -24,8 +24,10 @@ from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.data.splits import holdout_entries
 from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse, sparsity_penalty
-from builder.models import ITEM_BASED, build_model
+from builder.models import build_model
 from builder import evaluate as ev
+from builder.metrics import rmse
+from builder.predict import dense_rows, orient, predict_entries
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def orient(matrix: sp.csr_matrix, config: TrainConfig) -> sp.csr_matrix:
-    """Rows are the model's examples: users, or items for item-based models."""
-    return matrix.T.tocsr() if config.model in ITEM_BASED else matrix.tocsr()
-
-
 def make_model(config: TrainConfig, n_inputs: int) -> torch.nn.Module:
     return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
                        dropout=config.dropout, constrained=config.constrained,
@@ -64,11 +61,6 @@ def _optimizer(config: TrainConfig, params):
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; use adam, sgd or rmsprop")
-
-
-def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
-    """A minibatch as a dense tensor, built from just these CSR rows."""
-    return torch.from_numpy(matrix[rows].toarray()).to(device)
 
 
 def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torch.Generator,
@@ -120,30 +112,6 @@ def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng,
     return float(np.average(losses, weights=weights))
 
 
-@torch.no_grad()
-def predict_rows(model, inputs: sp.csr_matrix, rows: np.ndarray, device, batch: int = 1024) -> np.ndarray:
-    """Dense predictions for the given rows of an (oriented) input matrix."""
-    model.eval()
-    out = [model(dense_rows(inputs, rows[s:s + batch], device)).float().cpu().numpy()
-           for s in range(0, len(rows), batch)]
-    return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
-
-
-@torch.no_grad()
-def predict_entries(model, inputs: sp.csr_matrix, targets: sp.csr_matrix, device) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and truths at the stored entries of `targets` (both oriented alike)."""
-    targets = targets.tocsr()
-    rows = np.flatnonzero(np.diff(targets.indptr) > 0)
-    preds, truths = [], []
-    for s in range(0, len(rows), 1024):
-        r = rows[s:s + 1024]
-        dense = predict_rows(model, inputs, r, device)
-        t = targets[r].tocoo()
-        preds.append(dense[t.row, t.col])
-        truths.append(t.data)
-    return np.concatenate(preds), np.concatenate(truths)
-
-
 def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
         progress: bool = True, on_epoch=None):
     """Train from scratch on `matrix` rows; early-stop on `val` when given. Returns (model, history, best)."""
@@ -165,7 +133,7 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
         if val is not None:
             p, t = predict_entries(model, matrix, val, device)
-            row["val_rmse"] = ev.rmse(p, t, scale)
+            row["val_rmse"] = rmse(p, t, scale)
             if row["val_rmse"] < best["val_rmse"]:
                 best = {"epoch": epoch, "val_rmse": row["val_rmse"], "seconds": row["seconds"],
                         "state": copy.deepcopy(model.state_dict())}

@@ -31,7 +31,6 @@ def main() -> None:
     ap.add_argument("--ratings", type=int, default=10_000_000)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t = time.perf_counter()
     matrix = synthetic_ratings(args.users, args.items, args.ratings, seed=0)
     gen_s = time.perf_counter() - t

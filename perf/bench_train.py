@@ -17,7 +17,8 @@ import torch
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.presets import preset
-from builder.train import _optimizer, make_model, orient, run_epoch, train
+from builder.predict import orient
+from builder.train import _optimizer, make_model, run_epoch, train
 
 
 def seed_notebook_epoch(model, optimizer, dense: torch.Tensor) -> None:

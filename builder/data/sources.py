@@ -24,7 +24,8 @@ def load_source(spec: str) -> Ratings:
         return load_movielens_100k()
     if spec.startswith("csv:"):
         p = Path(spec[4:])
-        ts = "timestamp" if "timestamp" in p.open().readline() else None
+        with p.open() as f:
+            ts = "timestamp" if "timestamp" in f.readline() else None
         return load_csv(p, "user", "item", "rating", timestamp=ts)
     p = Path(spec)
     name = p.name
