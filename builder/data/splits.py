@@ -4,11 +4,15 @@ Each returns a pair of boolean masks over the table's rows: (train, test).
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from builder.data.ratings import Ratings
+
+log = logging.getLogger(__name__)
 
 CANONICAL_ML100K = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 
@@ -61,7 +65,11 @@ def split_temporal(ratings: Ratings, cutoff, end=None):
     if end is not None:
         test &= ts < _to_seconds(end)
     f = ratings.frame
-    test &= f["user"].isin(f["user"][train]).to_numpy() & f["item"].isin(f["item"][train]).to_numpy()
+    warm = f["user"].isin(f["user"][train]).to_numpy() & f["item"].isin(f["item"][train]).to_numpy()
+    cold = int((test & ~warm).sum())
+    if cold:
+        log.warning("temporal split: %d test ratings of users or items unseen before %s excluded", cold, cutoff)
+    test &= warm
     if not train.any() or not test.any():
         raise SplitError(f"temporal cut-off {cutoff} leaves an empty train or test set")
     return train, test

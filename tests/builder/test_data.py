@@ -150,8 +150,9 @@ def test_random_split_seeded(ml100k):
     assert (a == b).all() and 9_500 < a.sum() < 10_500
 
 
-def test_temporal_split(ml100k):
+def test_temporal_split(ml100k, caplog):
     train, test = split_temporal(ml100k, "1998-03-01")
+    assert "test ratings of users or items unseen before 1998-03-01 excluded" in caplog.text
     ts = ml100k.frame["timestamp"].to_numpy()
     assert ts[train].max() < ts[test].min()
     assert set(ml100k.frame["user"][test]) <= set(ml100k.frame["user"][train])
