@@ -23,17 +23,20 @@ class TritonPythonModel:
 
     def execute(self, requests):
         get = lambda r, n: pb_utils.get_input_tensor_by_name(r, n).as_numpy()  # noqa: E731
-        preds = np.concatenate([get(r, "PREDICTIONS") for r in requests])
+        preds = [get(r, "PREDICTIONS") for r in requests]
+        sizes = [p.shape[0] for p in preds]  # a request may carry several users
+        preds = np.concatenate(preds)
         rated = np.concatenate([get(r, "DENSE") for r in requests]) != 0
-        ks = [int(get(r, "TOP_K").reshape(-1)[0]) for r in requests]
+        ks = [int(get(r, "TOP_K").reshape(-1)[0]) for r in requests]  # one TOP_K per request
         top = self.top_k_unrated(preds, rated, max(ks))
         scores = np.clip(np.take_along_axis(preds, top, axis=1), self.low, self.high).astype(np.float32)
-        responses = []
-        for j, k in enumerate(ks):
-            idx = top[j:j + 1, :k]
+        responses, start = [], 0
+        for size, k in zip(sizes, ks):
+            idx = top[start:start + size, :k]
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("RECOMMENDED_IDS", self.item_ids[idx].astype(np.int64)),
-                pb_utils.Tensor("SCORES", scores[j:j + 1, :k]),
+                pb_utils.Tensor("SCORES", scores[start:start + size, :k]),
                 pb_utils.Tensor("TITLES", np.char.encode(self.titles[idx], "utf-8").astype(np.object_)),
             ]))
+            start += size
         return responses

@@ -27,14 +27,27 @@ class TritonPythonModel:
         self.n_items = len(self.item_ids)
 
     def _parse(self, request):
-        """(user_row or -1, cols, ratings, top_k, unknown) or raise ValueError with the reason."""
+        """[(user_row or -1, cols, ratings, top_k, unknown)] for each row of the request (a client
+        may batch several users in one request), or raise ValueError with the reason."""
         def get(name):
             t = pb_utils.get_input_tensor_by_name(request, name)
             return None if t is None else t.as_numpy()
         user, items, ratings, top_k = get("USER_ID"), get("ITEM_IDS"), get("RATINGS"), get("TOP_K")
-        if top_k is None or top_k.size != 1:
-            raise ValueError("TOP_K is required: one integer")
-        k = int(top_k.reshape(-1)[0])
+        if top_k is None or top_k.size == 0 or top_k.ndim != 2 or top_k.shape[1] != 1:
+            raise ValueError("TOP_K is required: one integer per row")
+        n = top_k.shape[0]
+        ks = top_k.reshape(-1)
+        if np.any(ks != ks[0]):
+            raise ValueError("TOP_K differs across the rows of one request; send one request per TOP_K")
+        for name, t in (("USER_ID", user), ("ITEM_IDS", items), ("RATINGS", ratings)):
+            if t is not None and t.size and t.shape[0] != n:
+                raise ValueError(f"{name} has {t.shape[0]} rows but TOP_K has {n}")
+        return [self._parse_row(None if user is None or not user.size else user[b],
+                                None if items is None or not items.size else items[b],
+                                None if ratings is None or not ratings.size else ratings[b], int(ks[0]))
+                for b in range(n)]
+
+    def _parse_row(self, user, items, ratings, k):
         if not 1 <= k <= self.n_items:
             raise ValueError(f"TOP_K must be in 1..{self.n_items}, got {k}")
         has_user = user is not None and user.size > 0
@@ -69,16 +82,19 @@ class TritonPythonModel:
         return row, cols, vals, k, unknown
 
     def execute(self, requests):
-        parsed, responses = [], [None] * len(requests)
+        parsed, spans, responses = [], [], [None] * len(requests)
         for i, request in enumerate(requests):
             try:
-                parsed.append((i, *self._parse(request)))
+                rows = self._parse(request)
             except ValueError as e:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                continue
+            spans.append((i, len(parsed), len(parsed) + len(rows)))
+            parsed.extend(rows)
         if parsed:
             dense = np.zeros((len(parsed), self.n_items), np.float32)
             b = np.arange(len(parsed))
-            rows = np.array([p[1] for p in parsed])
+            rows = np.array([p[0] for p in parsed])
             # Known users' training histories, scattered in one step.
             has = rows >= 0
             starts, ends = self.indptr[rows[has]], self.indptr[rows[has] + 1]
@@ -87,14 +103,16 @@ class TritonPythonModel:
                 take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
                 dense[np.repeat(b[has], counts), self.indices[take]] = self.data[take]
             # Ratings sent with the request override the history.
-            counts = np.array([p[2].size for p in parsed])
+            counts = np.array([p[1].size for p in parsed])
             if counts.sum():
-                dense[np.repeat(b, counts), np.concatenate([p[2] for p in parsed])] = \
-                    np.concatenate([p[3] for p in parsed])
-            for j, (i, _, _, _, k, unknown) in enumerate(parsed):
+                dense[np.repeat(b, counts), np.concatenate([p[1] for p in parsed])] = \
+                    np.concatenate([p[2] for p in parsed])
+            ks = np.array([[p[3]] for p in parsed], np.int32)
+            unknown = np.array([[p[4]] for p in parsed], np.int32)
+            for i, lo, hi in spans:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("DENSE", dense[j:j + 1]),
-                    pb_utils.Tensor("TOP_K_OUT", np.array([[k]], np.int32)),
-                    pb_utils.Tensor("UNKNOWN_ITEMS", np.array([[unknown]], np.int32)),
+                    pb_utils.Tensor("DENSE", dense[lo:hi]),
+                    pb_utils.Tensor("TOP_K_OUT", ks[lo:hi]),
+                    pb_utils.Tensor("UNKNOWN_ITEMS", unknown[lo:hi]),
                 ])
         return responses

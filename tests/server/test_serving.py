@@ -182,3 +182,25 @@ def test_bad_request_does_not_fail_its_batch_mates(served):
             assert error is not None and f"unknown USER_ID {u}" in str(error)
         else:
             assert error is None and result.as_numpy("RECOMMENDED_IDS").shape == (1, 5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_one_request_may_carry_several_users(served, u1, protocol):
+    """USER_ID [B, 1] in one request: B rows back, each equal to that user's own request."""
+    server, *_ = served
+    mod, client = _client(server, protocol)
+    users = [int(u) for u in u1.user_ids[:16]]
+    inputs = []
+    for name, arr, dt in (("USER_ID", np.array(users, np.int64)[:, None], "INT64"),
+                          ("TOP_K", np.full((len(users), 1), 7, np.int32), "INT32")):
+        t = mod.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    ids = client.infer("recommend", inputs).as_numpy("RECOMMENDED_IDS")
+    assert ids.shape == (16, 7)
+    for j in (0, 5, 15):
+        assert ids[j].tolist() == _recommend(mod, client, user=users[j], k=7)[0].tolist()
+    # Mixed TOP_K in one request cannot make a rectangular answer: a clear error instead.
+    inputs[1].set_data_from_numpy(np.arange(1, 17, dtype=np.int32)[:, None])
+    with pytest.raises(Exception, match="TOP_K differs across the rows"):
+        client.infer("recommend", inputs)
