@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale clean
+.PHONY: setup test test-fast demo lint bench bench-scale perf perf-full clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import builder, torch, onnx, onnxruntime, tritonclient" 
+	@$(PY) -c "import builder, torch, onnx, onnxruntime, tritonclient"
+	@$(PY) -c "from perf.analyzer import check; check()"
 	@touch $(STAMP)
 
 $(ML100K): | $(STAMP)
@@ -40,6 +41,12 @@ bench: setup
 
 bench-scale: setup
 	$(PY) -m perf.bench_scale
+
+perf: setup
+	$(AEREC) perf
+
+perf-full: setup
+	$(AEREC) perf --full
 
 clean:
 	rm -rf runs build

@@ -30,7 +30,7 @@ def _print_metrics(metrics: dict) -> None:
 def train(
     out: Path = typer.Option(..., "--out", help="run folder to write"),
     preset: Optional[str] = typer.Option(None, help="a named recipe (see `aerec presets`)"),
-    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae"),
+    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae | glocal-k"),
     data: Optional[str] = typer.Option(None, help="ml-100k, or a ratings file path"),
     split: Optional[str] = typer.Option(None, help="u1..u5, ua, ub, random[:F], temporal:DATE, per-user[:F]"),
     seed: Optional[int] = typer.Option(None),
@@ -130,15 +130,34 @@ def repository(
     run_dir: Path,
     out: Path = typer.Option(Path("model_repository"), "--out"),
     variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_int8 (repeatable)"),
+    tuned: Optional[Path] = typer.Option(None, help="a perf results folder (or its tuned.json): use its best knobs"),
 ):
     """Add RUN_DIR's exported networks to a Triton model repository (a new version each build)."""
-    from builder.repository import RepositoryError, write_repository
+    from builder.repository import RepositoryError, Tuning, write_repository
     try:
-        manifest = write_repository(run_dir, out, variant)
+        tuning = Tuning.load(tuned) if tuned else None
+        manifest = write_repository(run_dir, out, variant, tuning)
     except RepositoryError as e:
         _fail(str(e))
     for name, version in manifest["models"].items():
         typer.echo(f"{out}/{name}/{version}")
+
+
+@app.command()
+def perf(
+    run_dir: Optional[Path] = typer.Argument(None, help="run folder to serve; default: the deeprec preset"),
+    full: bool = typer.Option(False, "--full", help="the long sweep (make perf-full)"),
+    out: Path = typer.Option(Path("perf/results"), "--out"),
+):
+    """perf_analyzer sweeps, baselines, roofline and tuning -> OUT/<stamp>/report.md."""
+    from perf.analyzer import PerfAnalyzerMissing
+    from perf.harness import run_perf
+    try:
+        folder = run_perf(run_dir, full=full, results_root=out)
+    except PerfAnalyzerMissing as e:
+        _fail(str(e))
+    typer.echo((folder / "report.md").read_text())
+    typer.echo(f"report: {folder / 'report.md'}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass
 class TrainConfig:
-    model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae
+    model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k
     data: str = "ml-100k"
     split: str = "u1"
     seed: int = 0
@@ -20,8 +20,14 @@ class TrainConfig:
     constrained: bool = False         # deeprec: tied (transposed) decoder
     last_activation: bool = True      # deeprec: activation on the output layer too
     center: bool = False              # deeprec: model deviations from each user's mean rating
+    kernel_dim: int = 5               # glocal-k: dimension of the local kernel's u, v
+    kernel_l2: float = 0.006          # glocal-k: L2 on the local kernel values (lambda_s)
+    gk_size: int = 3                  # glocal-k: global convolution kernel is gk_size x gk_size
+    dot_scale: float = 1.0            # glocal-k: scale of the global kernel
     # optimisation
-    optimizer: str = "adam"           # adam | sgd | rmsprop
+    optimizer: str = "adam"           # adam | sgd | rmsprop | lbfgs (full batch; glocal-k)
+    lbfgs_iters: int = 5              # lbfgs: iterations per epoch (the optimiser restarts each epoch)
+    pretrain_epochs: int = 30         # glocal-k: local-kernel epochs before global fine-tuning
     lr: float = 1e-3
     momentum: float = 0.9             # sgd only
     weight_decay: float = 0.0         # the optimiser's decoupled-from-loss L2

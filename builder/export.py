@@ -127,6 +127,9 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: run folder not found")
     train_cfg, model = load_run(run_dir)
+    if getattr(model, "full_matrix", False):
+        raise ExportError(f"{run_dir}: {train_cfg.model} predicts the whole rating matrix in one forward "
+                          "(offline accuracy only); export a user-based model to serve")
     dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
     inputs, targets = orient(dataset.train, train_cfg), orient(dataset.test, train_cfg)
     rows = np.flatnonzero(np.diff(targets.indptr) > 0)  # test users (or items), real vectors

@@ -24,6 +24,9 @@ def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray, device) -> torch.Tensor:
 def predict_rows(model, inputs: sp.csr_matrix, rows: np.ndarray, device, batch: int = 1024) -> np.ndarray:
     """Dense predictions for the given rows of an (oriented) input matrix."""
     model.eval()
+    if getattr(model, "full_matrix", False):
+        # Full-matrix models (glocal-k) see every row at once; one forward, then the rows asked.
+        return model(torch.from_numpy(inputs.toarray()).to(device)).float().cpu().numpy()[rows]
     out = [model(dense_rows(inputs, rows[s:s + batch], device)).float().cpu().numpy()
            for s in range(0, len(rows), batch)]
     return np.concatenate(out) if out else np.zeros((0, inputs.shape[1]), np.float32)
@@ -34,6 +37,9 @@ def predict_entries(model, inputs: sp.csr_matrix, targets: sp.csr_matrix, device
     """Predictions and truths at the stored entries of `targets` (both oriented alike)."""
     targets = targets.tocsr()
     rows = np.flatnonzero(np.diff(targets.indptr) > 0)
+    if getattr(model, "full_matrix", False):
+        t = targets.tocoo()
+        return predict_rows(model, inputs, np.arange(inputs.shape[0]), device)[t.row, t.col], t.data
     preds, truths = [], []
     for s in range(0, len(rows), 1024):
         r = rows[s:s + 1024]

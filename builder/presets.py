@@ -23,6 +23,12 @@ PRESETS: dict[str, dict] = {
     "deeprec-paper": dict(model="deeprec", hidden=[512, 512, 1024], activation="selu", dropout=0.8,
                           optimizer="sgd", momentum=0.9, lr=0.005, refeed=True, batch_size=128,
                           last_activation=False, epochs=300, patience=25),
+    # GLocal-K (Han et al. 2021) with its ML-100K settings: 500-500 local-kernel layers,
+    # lambda_2 20, lambda_s 0.006, 30 pre-training epochs of 5 L-BFGS iterations, then global-kernel
+    # fine-tuning; the epoch is chosen on validation, then refit on all of u1.base.
+    "glocal-k": dict(model="glocal-k", hidden=[500, 500], optimizer="lbfgs", l2=20.0, kernel_l2=0.006,
+                     kernel_dim=5, gk_size=3, dot_scale=1.0, lbfgs_iters=5, pretrain_epochs=30,
+                     epochs=200, patience=15, val_fraction=0.05, refit=True),
 }
 # The lowest validation RMSE of every configuration tried (all models).
 PRESETS["best"] = dict(PRESETS["autorec-i"])

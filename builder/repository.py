@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +28,59 @@ class RepositoryError(ValueError):
     pass
 
 
-def network_config(name: str, n_items: int, max_batch: int = 256, instances: int = 1,
-                   queue_delay_us: int = 100) -> str:
+@dataclass
+class Tuning:
+    """The serving knobs `perf` searches over; `aerec repository --tuned` writes the best."""
+    network_instances: int = 1
+    network_queue_delay_us: int = 100
+    preferred_batch_sizes: list[int] = field(default_factory=list)
+    ort_threads: int = 0              # 0: ONNX Runtime's default (all cores)
+    step_instances: int = 1           # preprocess and postprocess
+    step_queue_delay_us: int = 100
+
+    @classmethod
+    def load(cls, path: Path) -> "Tuning":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tuned.json"
+        if not path.is_file():
+            raise RepositoryError(f"{path}: no tuned configuration; run `aerec perf` first")
+        raw = json.loads(path.read_text())
+        raw = raw.get("tuning", raw)
+        names = {f.name for f in fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise RepositoryError(f"{path}: unknown tuning key(s) {sorted(unknown)}")
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batching(delay_us: int, preferred=()) -> str:
+    pref = f" preferred_batch_size: [ {', '.join(map(str, preferred))} ]" if preferred else ""
+    return f"dynamic_batching {{{pref} max_queue_delay_microseconds: {delay_us} }}"
+
+
+def network_config(name: str, n_items: int, max_batch: int = 256, tuning: Tuning | None = None) -> str:
     """config.pbtxt for an autoencoder: platform onnxruntime_onnx runs unchanged on NVIDIA's
-    container (native backend) and on the embedded server (our Python-based backend)."""
+    container (native backend) and on the embedded server (our Python-based backend); both read
+    the thread count from the native backend's own parameter name."""
+    t = tuning or Tuning()
+    threads = (f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{t.ort_threads}" }} }}\n'
+               if t.ort_threads else "")
     return f'''name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch}
 input [ {{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
 output [ {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
-dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}
-instance_group [ {{ count: {instances} kind: KIND_CPU }} ]
-'''
+{_batching(t.network_queue_delay_us, t.preferred_batch_sizes)}
+instance_group [ {{ count: {t.network_instances} kind: KIND_CPU }} ]
+{threads}'''
 
 
-def preprocess_config(n_items: int) -> str:
+def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
+    t = tuning or Tuning()
     return f'''name: "preprocess"
 backend: "python"
 max_batch_size: {MAX_BATCH}
@@ -56,12 +95,13 @@ output [
   {{ name: "TOP_K_OUT" data_type: TYPE_INT32 dims: [ 1 ] }},
   {{ name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ] }}
 ]
-dynamic_batching {{ max_queue_delay_microseconds: 100 }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+{_batching(t.step_queue_delay_us)}
+instance_group [ {{ count: {t.step_instances} kind: KIND_CPU }} ]
 '''
 
 
-def postprocess_config(n_items: int) -> str:
+def postprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
+    t = tuning or Tuning()
     return f'''name: "postprocess"
 backend: "python"
 max_batch_size: {MAX_BATCH}
@@ -75,8 +115,8 @@ output [
   {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
   {{ name: "TITLES" data_type: TYPE_STRING dims: [ -1 ] }}
 ]
-dynamic_batching {{ max_queue_delay_microseconds: 100 }}
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+{_batching(t.step_queue_delay_us)}
+instance_group [ {{ count: {t.step_instances} kind: KIND_CPU }} ]
 '''
 
 
@@ -115,7 +155,7 @@ ensemble_scheduling {{
 '''
 
 
-def _write_steps(tmp: Path, dataset, network: str) -> dict:
+def _write_steps(tmp: Path, dataset, network: str, tuning: Tuning | None = None) -> dict:
     """Versioned preprocess/postprocess with their assets, and the `recommend` ensemble."""
     written = {}
     titles = np.array(dataset.titles, dtype=str)
@@ -137,8 +177,8 @@ def _write_steps(tmp: Path, dataset, network: str) -> dict:
         (vdir / "assets.json").write_text(assets)
         written[step] = int(vdir.name)
     shutil.copy2(ROOT / "builder" / "ranking.py", tmp / "postprocess" / str(written["postprocess"]) / "ranking.py")
-    (tmp / "preprocess" / "config.pbtxt").write_text(preprocess_config(dataset.n_items))
-    (tmp / "postprocess" / "config.pbtxt").write_text(postprocess_config(dataset.n_items))
+    (tmp / "preprocess" / "config.pbtxt").write_text(preprocess_config(dataset.n_items, tuning))
+    (tmp / "postprocess" / "config.pbtxt").write_text(postprocess_config(dataset.n_items, tuning))
     (tmp / "recommend" / "1").mkdir(parents=True, exist_ok=True)
     (tmp / "recommend" / "config.pbtxt").write_text(ensemble_config(network))
     written["recommend"] = 1
@@ -155,7 +195,7 @@ def _validate_network(path: Path, n_items: int) -> None:
         raise RepositoryError(f"{path}: input width {dim}, expected {n_items}")
 
 
-def write_repository(run_dir: Path, out: Path, variants=("onnx",)) -> dict:
+def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None) -> dict:
     """Add one version of each variant's network to the repository at `out`."""
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -183,15 +223,19 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",)) -> dict:
             (folder / str(version)).mkdir(parents=True)
             shutil.copy2(src, folder / str(version) / "model.onnx")
             _validate_network(folder / str(version) / "model.onnx", n_items)
-            (folder / "config.pbtxt").write_text(network_config(name, n_items))
+            (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
             written[name] = version
         from builder.config import TrainConfig
         from builder.data.sources import load_dataset
         train_cfg = TrainConfig.load(run_dir / "config.json")
         if train_cfg.model not in ITEM_BASED:  # item-based models cannot fold in a user
             dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
-            written.update(_write_steps(tmp, dataset, f"autoencoder_{variants[0]}"))
-        manifest = {"run": str(run_dir.resolve()), "models": written, "n_items": n_items}
+            written.update(_write_steps(tmp, dataset, f"autoencoder_{variants[0]}", tuning))
+        networks = {f"autoencoder_{v}": n_items for v in variants}
+        if (tmp / "aerec_repository.json").is_file():
+            networks = {**json.loads((tmp / "aerec_repository.json").read_text()).get("networks", {}), **networks}
+        manifest = {"run": str(run_dir.resolve()), "models": written, "n_items": n_items, "networks": networks,
+                    "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}-old")
@@ -205,3 +249,29 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",)) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def add_network(repo: Path, name: str, onnx_path: Path, n_items: int, tuning: Tuning | None = None) -> None:
+    """A bare network beside the ensemble (perf's synthetic large models): model level only."""
+    folder = Path(repo) / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(onnx_path, folder / "1" / "model.onnx")
+    _validate_network(folder / "1" / "model.onnx", n_items)
+    (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
+    manifest_path = Path(repo) / "aerec_repository.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.setdefault("networks", {})[name] = n_items
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+
+
+def apply_tuning(repo: Path, tuning: Tuning) -> None:
+    """Rewrite every config.pbtxt of a built repository with these knobs (weights untouched)."""
+    repo = Path(repo)
+    manifest = json.loads((repo / "aerec_repository.json").read_text())
+    for name, n_items in manifest.get("networks", {}).items():
+        (repo / name / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
+    if (repo / "preprocess").is_dir():
+        (repo / "preprocess" / "config.pbtxt").write_text(preprocess_config(manifest["n_items"], tuning))
+        (repo / "postprocess" / "config.pbtxt").write_text(postprocess_config(manifest["n_items"], tuning))
+    manifest["tuning"] = tuning.to_dict()
+    (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))

@@ -46,11 +46,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_model(config: TrainConfig, n_inputs: int) -> torch.nn.Module:
+def make_model(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
     return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
                        dropout=config.dropout, constrained=config.constrained,
                        last_activation=config.last_activation, input_dropout=config.input_dropout,
-                       center=config.center)
+                       center=config.center, n_rows=n_rows, kernel_dim=config.kernel_dim,
+                       gk_size=config.gk_size, dot_scale=config.dot_scale)
 
 
 def _optimizer(config: TrainConfig, params):
@@ -115,6 +116,8 @@ def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng,
 def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
         progress: bool = True, on_epoch=None):
     """Train from scratch on `matrix` rows; early-stop on `val` when given. Returns (model, history, best)."""
+    if config.optimizer == "lbfgs":
+        return fit_full_batch(config, matrix, val, scale, max_epochs, progress, on_epoch)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config.device)
@@ -145,6 +148,62 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
             log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
             break
         if val is not None and epoch - best["epoch"] >= config.patience:
+            break
+    if val is not None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return model, history, best
+
+
+def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale,
+                   max_epochs: int, progress: bool = True, on_epoch=None):
+    """GLocal-K's schedule: the whole matrix is one batch; each epoch is `lbfgs_iters` L-BFGS
+    iterations from a fresh optimiser (as the reference's SciPy L-BFGS-B calls are); the first
+    `pretrain_epochs` train the local-kernel network, the rest fine-tune with the global kernel.
+    The objective is the reference's: 1/2 * squared error over observed ratings + penalties."""
+    if config.model != "glocal-k":
+        raise ValueError(f"optimizer 'lbfgs' trains full-matrix models (glocal-k), not {config.model!r}")
+    torch.manual_seed(config.seed)
+    device = pick_device(config.device)
+    model = make_model(config, matrix.shape[1], n_rows=matrix.shape[0]).to(device)
+    x = torch.from_numpy(matrix.toarray()).to(device)
+    observed = x != 0
+    history, best = [], {"epoch": 0, "val_rmse": float("inf"), "state": None}
+    bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
+    start = time.perf_counter()
+    for epoch in bar:
+        if epoch == config.pretrain_epochs + 1:
+            model.fine_tuned.fill_(True)
+        model.train()
+        opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=config.lbfgs_iters,
+                                max_eval=config.lbfgs_iters * 20, history_size=10, line_search_fn="strong_wolfe")
+        sq_err = []
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            err = (model(x) - x)[observed]
+            loss = 0.5 * (err ** 2).sum() + model.penalty(config.l2, config.kernel_l2)
+            loss.backward()
+            sq_err.append(float((err.detach() ** 2).mean()))
+            return loss
+        opt.step(closure)
+        row = {"epoch": epoch, "stage": "fine-tune" if bool(model.fine_tuned) else "pre-train",
+               "train_rmse": float(np.sqrt(sq_err[-1])), "seconds": time.perf_counter() - start}
+        if val is not None:
+            p, t = predict_entries(model, matrix, val, device)
+            row["val_rmse"] = rmse(p, t, scale)
+            if row["val_rmse"] < best["val_rmse"]:
+                best = {"epoch": epoch, "val_rmse": row["val_rmse"], "seconds": row["seconds"],
+                        "state": copy.deepcopy(model.state_dict())}
+            bar.set_postfix(val_rmse=f"{row['val_rmse']:.4f}", best=best["epoch"])
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if not np.isfinite(row["train_rmse"]):
+            log.warning("training diverged at epoch %d; stopping", epoch)
+            break
+        # Patience counts only once fine-tuning has begun (pre-training is a fixed schedule).
+        if (val is not None and epoch > config.pretrain_epochs
+                and epoch - max(best["epoch"], config.pretrain_epochs) >= config.patience):
             break
     if val is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -183,7 +242,8 @@ def save_run(result: TrainResult, dataset: Dataset, out: Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     save_file(state, str(out / "weights.safetensors"))  # no pickle: weights a user can swap are safe to load
     result.config.save(out / "config.json", dataset=dataset.summary(), code_version=code_version(),
-                       n_inputs=int(orient(dataset.train, result.config).shape[1]))
+                       n_inputs=int(orient(dataset.train, result.config).shape[1]),
+                       n_rows=int(orient(dataset.train, result.config).shape[0]))
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
     plot_curve(result.history, out / "curve.png", result.config.model)
@@ -197,8 +257,8 @@ def load_run(run_dir: Path, device="cpu") -> tuple[TrainConfig, torch.nn.Module]
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: is {run_dir} a run folder made by `aerec train`?")
     config = TrainConfig.load(cfg_path)
-    n_inputs = json.loads(cfg_path.read_text())["n_inputs"]
-    model = make_model(config, n_inputs)
+    saved = json.loads(cfg_path.read_text())
+    model = make_model(config, saved["n_inputs"], saved.get("n_rows"))
     try:
         state = load_file(str(w_path), device=str(device))
         model.load_state_dict(state)

@@ -1,0 +1,114 @@
+"""Find and run perf_analyzer: the binary in the tritonclient 2.50 wheel, plus the two shared
+libraries it links against (libb64, libcudart), which the nvidia-pytriton wheel already ships
+under hashed names. We symlink them under their real sonames in a private folder; no apt, no
+extra wheel.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB_DIR = ROOT / "build" / "perf_libs"
+NEEDED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
+
+
+class PerfAnalyzerMissing(RuntimeError):
+    pass
+
+
+def _wheel_libs() -> Path | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    libs = Path(pytriton.__file__).resolve().parents[1] / "nvidia_pytriton.libs"
+    return libs if libs.is_dir() else None
+
+
+def binary() -> Path:
+    """The perf_analyzer of this environment, or an error naming what to install."""
+    for candidate in (Path(sys.executable).parent / "perf_analyzer", shutil.which("perf_analyzer")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise PerfAnalyzerMissing("perf_analyzer not found: it ships in the tritonclient[all]==2.50.0 wheel "
+                              "(bin/perf_analyzer); run `make setup`")
+
+
+def install_libs(dest: Path = LIB_DIR) -> Path:
+    """Symlink libb64.so.0d and libcudart.so.12 from nvidia-pytriton's bundled libraries."""
+    libs = _wheel_libs()
+    if libs is None:
+        raise PerfAnalyzerMissing("nvidia-pytriton is not installed, so libb64.so.0d and libcudart.so.12 "
+                                  "(needed by perf_analyzer) cannot be found; run `make setup`")
+    dest.mkdir(parents=True, exist_ok=True)
+    for soname, prefix in NEEDED.items():
+        found = sorted(libs.glob(f"{prefix}*"))
+        if not found:
+            raise PerfAnalyzerMissing(f"{soname}: no {prefix}* in {libs}")
+        link = dest / soname
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(found[0])
+    return dest
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    lib = install_libs()
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def check() -> str:
+    """perf_analyzer's version line, or PerfAnalyzerMissing saying exactly what is missing."""
+    exe, env = binary(), environment()
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env, timeout=30)
+    text = (out.stdout + out.stderr).strip()
+    if out.returncode != 0:
+        missing = [line for line in text.splitlines() if "error while loading shared libraries" in line]
+        raise PerfAnalyzerMissing(missing[0] if missing else f"perf_analyzer --version failed: {text[-500:]}")
+    return text.splitlines()[0] if text else "perf_analyzer"
+
+
+@dataclass
+class PerfRun:
+    command: list[str]
+    rows: list[dict]       # one per concurrency (or request rate), from perf_analyzer's CSV
+    output: str
+
+
+def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *, batch: int = 1,
+        concurrency: str = "1", interval_ms: int = 2000, extra: tuple[str, ...] = (),
+        timeout_s: float = 600) -> PerfRun:
+    """One perf_analyzer sweep; the CSV (with --verbose-csv latencies) is parsed into rows."""
+    exe = binary()
+    cmd = [str(exe), "-m", model, "-u", url, "-i", protocol, "-b", str(batch),
+           "--input-data", str(input_data), "--concurrency-range", concurrency,
+           "--measurement-interval", str(interval_ms), "--percentile", "99", "--stability-percentage", "25",
+           "--max-trials", "6", "-f", str(csv_path), "--verbose-csv", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=timeout_s)
+    text = out.stdout + out.stderr
+    if out.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({out.returncode}):\n{' '.join(cmd)}\n{text[-3000:]}")
+    return PerfRun(cmd, parse_csv(csv_path.read_text()), text)
+
+
+def parse_csv(text: str) -> list[dict]:
+    """perf_analyzer's CSV -> [{concurrency, throughput, p50_ms, p90_ms, p95_ms, p99_ms, ...}]."""
+    rows = []
+    for r in csv.DictReader(io.StringIO(text)):
+        if not r.get("Concurrency"):
+            continue
+        us = lambda k: float(r[k]) / 1000 if r.get(k) not in (None, "") else None  # noqa: E731
+        rows.append({"concurrency": int(float(r["Concurrency"])), "throughput": float(r["Inferences/Second"]),
+                     "p50_ms": us("p50 latency"), "p90_ms": us("p90 latency"), "p95_ms": us("p95 latency"),
+                     "p99_ms": us("p99 latency"), "avg_ms": us("Avg latency"),
+                     "server_queue_ms": us("Server Queue"), "server_compute_ms": us("Server Compute Infer")})
+    return rows

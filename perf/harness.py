@@ -1,0 +1,293 @@
+"""`aerec perf` / `make perf`: one run that measures the served models with perf_analyzer and
+every baseline on the same users, tunes the serving knobs, and writes a report.
+
+Every figure that matters is a ratio of two numbers measured in this run (these machines are
+noisy); `summary.json` holds them under stable keys and `perf/results/latest` points here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from builder.config import TrainConfig
+from builder.data.sources import load_dataset
+from builder.data.synthetic import synthetic_ratings
+from builder.export import export_onnx_fp32
+from builder.repository import Tuning, add_network, apply_tuning, write_repository
+from builder.train import load_run, make_model
+from perf import analyzer, baselines, inputs, load
+from perf.report import write_report
+from server.launcher import ROOT, TritonServer, free_port
+
+log = logging.getLogger(__name__)
+RESULTS = ROOT / "perf" / "results"
+LARGE_ITEMS = 17_770
+# The DeepRecommender Netflix layout (n-512-512-1024, mirrored) and one at half the width.
+LARGE_MODELS = {"large_w1024": [512, 512, 1024], "large_w512": [256, 256, 512]}
+
+
+@dataclass
+class Plan:
+    """What one run measures; `quick` fits `make perf` in a few minutes on 2 cores."""
+    model_batches: list[int]
+    model_concurrency: str
+    ensemble_concurrency: list[int]
+    naive_concurrency: list[int]
+    interval_ms: int
+    naive_seconds: float
+    baseline_seconds: float
+    tunings: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls([1, 64], "1", [1, 4, 16, 64], [1, 4, 16], 1500, 3.0, 1.0, [
+            {}, {"step_instances": 2}, {"ort_threads": 1, "network_instances": 2},
+            {"network_queue_delay_us": 500, "step_queue_delay_us": 500}])
+
+    @classmethod
+    def full(cls) -> "Plan":
+        grid = [{"network_instances": ni, "ort_threads": th, "step_instances": si, "network_queue_delay_us": d,
+                 "step_queue_delay_us": d}
+                for ni, th in ((1, 0), (2, 1)) for si in (1, 2) for d in (0, 100, 1000)]
+        return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
+                   grid)
+
+
+def _ensure_run(run_dir: Path | None, results: Path) -> Path:
+    """The ML-100K model to serve: a given run folder, or the `deeprec` preset trained once."""
+    from builder.presets import preset
+    from builder.train import save_run, train
+    if run_dir is None:
+        run_dir = ROOT / "runs" / "perf-deeprec"
+        if not (run_dir / "weights.safetensors").is_file():
+            config = TrainConfig(**preset("deeprec"))
+            dataset = load_dataset(config.data, config.split, config.seed)
+            save_run(train(config, dataset, progress=False), dataset, run_dir)
+    if not (run_dir / "export" / "model_int8.onnx").is_file():
+        from builder.export import ExportConfig, export_run
+        export_run(run_dir, ExportConfig(precisions=["fp32", "int8"]), bench_seconds=0.2)
+    return run_dir
+
+
+def _large_models(folder: Path) -> dict[str, dict]:
+    """Synthetic 17,770-item autoencoders (untrained weights: cost does not depend on values)
+    and real-looking inputs for them from the synthetic generator's users."""
+    folder.mkdir(parents=True, exist_ok=True)
+    matrix = synthetic_ratings(2_000, LARGE_ITEMS, 400_000, seed=0)
+    users = np.flatnonzero(np.diff(matrix.indptr) > 0)[:32]
+    out = {}
+    for name, hidden in LARGE_MODELS.items():
+        torch.manual_seed(0)
+        model = make_model(TrainConfig(model="deeprec", hidden=hidden, last_activation=False), LARGE_ITEMS).eval()
+        path = folder / f"{name}.onnx"
+        export_onnx_fp32(model, LARGE_ITEMS, path)
+        out[name] = {"onnx": path, "hidden": hidden, "x": matrix[users].toarray().astype(np.float32),
+                     "torch": model}
+    return out
+
+
+def _statistics(server: TritonServer) -> dict:
+    """Per-model server-side time (ns) from Triton's statistics: where a request's time goes."""
+    import tritonclient.grpc as grpcclient
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(as_json=True)
+    out = {}
+    for m in stats.get("model_stats", []):
+        s = m.get("inference_stats", {})
+        n = int(s.get("success", {}).get("count", 0))
+        if not n:
+            continue
+        ns = lambda k: int(s.get(k, {}).get("ns", 0))  # noqa: E731
+        out[m["name"]] = {"requests": n, "executions": int(m.get("execution_count", 0)),
+                          "queue_us": ns("queue") / n / 1e3, "input_us": ns("compute_input") / n / 1e3,
+                          "infer_us": ns("compute_infer") / n / 1e3, "output_us": ns("compute_output") / n / 1e3}
+    return out
+
+
+def _naive(run_dir: Path, requests, plan: Plan, server: TritonServer) -> dict:
+    """The hand-written service and Triton's HTTP/JSON endpoint under the same generator."""
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "perf.naive_service", str(run_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        line = proc.stdout.readline().decode()
+        if "naive service" not in line:
+            raise RuntimeError(f"naive service did not start: {line}")
+        naive = [asdict(load.drive("127.0.0.1", port, "/recommend", load.naive_bodies(requests), c,
+                                   plan.naive_seconds)) for c in plan.naive_concurrency]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    host, tport = server.http_url.split(":")
+    served = [asdict(load.drive(host, int(tport), "/v2/models/recommend/infer", load.triton_bodies(requests), c,
+                                plan.naive_seconds)) for c in plan.naive_concurrency]
+    return {"naive": naive, "triton_http_json": served}
+
+
+def _ensemble_rows(server, data, plan, out, tag="") -> dict:
+    """One perf_analyzer call per concurrency (powers of two are not an arithmetic range)."""
+    res = {}
+    for proto in ("grpc", "http"):
+        url = server.grpc_url if proto == "grpc" else server.http_url
+        rows, commands = [], []
+        for c in plan.ensemble_concurrency:
+            r = analyzer.run("recommend", url, proto, data["ratings"], out / f"recommend_{proto}_c{c}{tag}.csv",
+                             concurrency=str(c), interval_ms=plan.interval_ms)
+            rows += r.rows
+            commands.append(r.command)
+        res[f"recommend_{proto}"] = {"commands": commands, "rows": rows}
+    r = analyzer.run("recommend", server.grpc_url, "grpc", data["user_ids"], out / f"recommend_grpc_b64{tag}.csv",
+                     batch=64, concurrency="1:2:1", interval_ms=plan.interval_ms)
+    res["recommend_grpc_b64"] = {"commands": [r.command], "rows": [dict(x, users_per_s=x["throughput"])
+                                                                   for x in r.rows]}
+    return res
+
+
+def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict:
+    """A small Model-Analyzer-style search: each candidate rewrites the configs, restarts the
+    server and measures the ensemble at concurrency 16 over gRPC."""
+    trials = []
+    for i, change in enumerate(plan.tunings):
+        tuning = Tuning(**change)
+        apply_tuning(repo, tuning)
+        with server_factory() as server:
+            r = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}.csv",
+                             concurrency="16", interval_ms=plan.interval_ms)
+        row = r.rows[0]
+        trials.append({"tuning": tuning.to_dict(), "throughput": row["throughput"], "p99_ms": row["p99_ms"],
+                       "command": r.command})
+        log.info("tuning %d/%d %s: %.0f req/s", i + 1, len(plan.tunings), change, row["throughput"])
+    best = max(trials, key=lambda t: t["throughput"])
+    apply_tuning(repo, Tuning(**best["tuning"]))
+    return {"trials": trials, "best": best, "default": trials[0]}
+
+
+def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path = RESULTS,
+             n_users: int = 64) -> Path:
+    plan = Plan.full() if full else Plan.quick()
+    analyzer.check()  # fail first, and clearly, if perf_analyzer cannot run
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = results_root / stamp
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    run_dir = _ensure_run(Path(run_dir) if run_dir else None, out)
+    config, model = load_run(run_dir)
+    dataset = load_dataset(config.data, config.split, config.seed)
+    users = inputs.held_out_users(dataset.test, dataset.train, n_users)
+    x = dataset.train[users].toarray().astype(np.float32)
+    data = {"ratings": inputs.write(inputs.ensemble_ratings_data(dataset.train, dataset.item_ids, users),
+                                    out / "data" / "recommend_ratings.json"),
+            "user_ids": inputs.write(inputs.ensemble_user_data(dataset.user_ids, users),
+                                     out / "data" / "recommend_user_ids.json"),
+            "model": inputs.write(inputs.model_data(dataset.train, users), out / "data" / "model_ml100k.json")}
+    large = _large_models(out / "models")
+    for name, m in large.items():
+        data[name] = inputs.write({"data": [{"RATINGS": {"content": [float(v) for v in r], "shape": [len(r)]}}
+                                            for r in m["x"]]}, out / "data" / f"model_{name}.json")
+    repo = out / "model_repository"
+    write_repository(run_dir, repo, ["onnx", "onnx_int8"])
+    for name, m in large.items():
+        add_network(repo, name, m["onnx"], LARGE_ITEMS)
+    factory = lambda: TritonServer(repo, build_dir=ROOT / "build" / "triton", log=out / "server.log")  # noqa: E731
+    results = {"run": str(run_dir), "stamp": stamp, "mode": "full" if full else "quick", "users": int(len(users)),
+               "dataset": dataset.summary(), "plan": asdict(plan)}
+
+    # In-process baselines and the roof first, with no server competing for the 2 cores.
+    roof = baselines.gemm_peak_gflops(seconds=plan.baseline_seconds)
+    onnx_fp32, onnx_int8 = run_dir / "export" / "model_fp32.onnx", run_dir / "export" / "model_int8.onnx"
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = {"gemm_peak_gflops": roof, "ml100k": {
+        "flops_per_user": baselines.flops_per_user(onnx_fp32),
+        "torch_one_per_forward": baselines.torch_one_per_forward(model, x, plan.baseline_seconds),
+        "torch_batched_b64": baselines.torch_batched(model, x, 64, plan.baseline_seconds),
+        "ort_batched_b64": baselines.ort_batched(baselines.ort_session(onnx_fp32), x, 64, plan.baseline_seconds),
+        "ort_int8_batched_b64": baselines.ort_batched(baselines.ort_session(onnx_int8), x, 64,
+                                                      plan.baseline_seconds)}}
+    for name, m in large.items():
+        base[name] = {"flops_per_user": baselines.flops_per_user(m["onnx"]), "hidden": m["hidden"],
+                      "torch_batched_b64": baselines.torch_batched(m["torch"], m["x"], 64, plan.baseline_seconds),
+                      "ort_batched_b64": baselines.ort_batched(baselines.ort_session(m["onnx"]), m["x"], 64,
+                                                               plan.baseline_seconds)}
+    results["baselines"] = base
+
+    # Tuning first, so the sweeps below describe the configuration the report recommends;
+    # the default configuration's figure is the tuning's first trial (the "before").
+    results["tuning"] = _tune(factory, repo, data, plan, out)
+    (out / "tuned.json").write_text(json.dumps({"tuning": results["tuning"]["best"]["tuning"],
+                                                "measured": {k: results["tuning"]["best"][k]
+                                                             for k in ("throughput", "p99_ms")}}, indent=2))
+    with factory() as server:
+        model_level = {}
+        nets = {"autoencoder_onnx": data["model"], "autoencoder_onnx_int8": data["model"],
+                **{name: data[name] for name in large}}
+        for name, d in nets.items():
+            for b in plan.model_batches:
+                r = analyzer.run(name, server.grpc_url, "grpc", d, out / f"model_{name}_b{b}.csv", batch=b,
+                                 concurrency=plan.model_concurrency, interval_ms=plan.interval_ms)
+                model_level[f"{name}_b{b}"] = {"model": name, "batch": b, "command": r.command,
+                                               "rows": [dict(x, users_per_s=x["throughput"]) for x in r.rows]}
+        results["model_level"] = model_level
+        before_stats = _statistics(server)
+        results["ensemble"] = _ensemble_rows(server, data, plan, out)
+        after_stats = _statistics(server)
+        results["server_time"] = {k: v for k, v in after_stats.items()
+                                  if k in ("preprocess", "postprocess", "autoencoder_onnx", "recommend")}
+        results["server_time_model_level"] = before_stats
+        requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
+                    for r in json.loads(data["ratings"].read_text())["data"]]
+        results["naive"] = _naive(run_dir, requests, plan, server)
+        results["server_config"] = {p.parent.name: p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    summary = summarise(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(out, results, summary)
+    latest = results_root / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(stamp)
+    return out
+
+
+def summarise(r: dict) -> dict:
+    """The figures the issue names, each a ratio of two numbers from this run."""
+    base = r["baselines"]
+    ens = r["ensemble"]
+    grpc = ens["recommend_grpc"]["rows"]
+    best_single = max(x["throughput"] for x in grpc)
+    best_batched = max(x["throughput"] for x in ens["recommend_grpc_b64"]["rows"])
+    best_served = max(best_single, best_batched)
+    c1 = next(x for x in grpc if x["concurrency"] == 1)
+    naive_best = max(x["throughput"] for x in r["naive"]["naive"])
+    triton_same_load = max(x["throughput"] for x in r["naive"]["triton_http_json"])
+    large = r["model_level"].get("large_w1024_b64")
+    large_tp = max(x["throughput"] for x in large["rows"]) if large else None
+    roof = base["gemm_peak_gflops"]
+    large_fraction = (large_tp * base["large_w1024"]["flops_per_user"] / 1e9 / roof) if large_tp else None
+    tuning = r["tuning"]
+    return {
+        "ensemble_vs_inprocess_ort": best_served / base["ml100k"]["ort_batched_b64"],
+        "ensemble_single_user_vs_inprocess_ort": best_single / base["ml100k"]["ort_batched_b64"],
+        "p99_ms_concurrency1": c1["p99_ms"],
+        "served_vs_naive": best_served / naive_best,
+        "served_vs_naive_same_generator": triton_same_load / naive_best,
+        "large_model_roof_fraction": large_fraction,
+        "large_model_ort_inprocess_roof_fraction":
+            base["large_w1024"]["ort_batched_b64"] * base["large_w1024"]["flops_per_user"] / 1e9 / roof,
+        "tuning_gain": tuning["best"]["throughput"] / tuning["default"]["throughput"],
+        "figures": {"ort_inprocess_b64_users_per_s": base["ml100k"]["ort_batched_b64"],
+                    "ensemble_grpc_best_req_per_s": best_single, "ensemble_grpc_b64_users_per_s": best_batched,
+                    "naive_best_req_per_s": naive_best, "triton_http_json_same_generator_req_per_s": triton_same_load,
+                    "gemm_peak_gflops": roof, "large_w1024_b64_users_per_s": large_tp},
+        "targets": {"ensemble_vs_inprocess_ort": 0.5, "p99_ms_concurrency1": 2.0, "served_vs_naive": 10.0,
+                    "large_model_roof_fraction": 0.5},
+    }

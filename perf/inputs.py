@@ -1,0 +1,52 @@
+"""perf_analyzer --input-data files made from real held-out users (never random tensors).
+
+The users are those of the split's test set; what a request carries is what such a user's
+client would send: their training-period ratings (ITEM_IDS + RATINGS, variable length), or
+just their USER_ID, and TOP_K. Model-level files carry the same users' dense rating vectors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def held_out_users(test: sp.csr_matrix, train: sp.csr_matrix, limit: int) -> np.ndarray:
+    """Rows of users who have test ratings and a training history, in id order (deterministic)."""
+    has_test = np.diff(test.tocsr().indptr) > 0
+    has_train = np.diff(train.tocsr().indptr) > 0
+    return np.flatnonzero(has_test & has_train)[:limit]
+
+
+def _floats(values) -> list[float]:
+    # perf_analyzer wants FP32 content written as floats ("5.0"), not ints.
+    return [float(v) for v in values]
+
+
+def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.ndarray, top_k: int = 10) -> dict:
+    train = train.tocsr()
+    data = []
+    for u in users:
+        row = train[u]
+        data.append({"ITEM_IDS": {"content": [int(i) for i in item_ids[row.indices]], "shape": [row.nnz]},
+                     "RATINGS": {"content": _floats(row.data), "shape": [row.nnz]},
+                     "TOP_K": {"content": [top_k], "shape": [1]}})
+    return {"data": data}
+
+
+def ensemble_user_data(user_ids: np.ndarray, users: np.ndarray, top_k: int = 10) -> dict:
+    return {"data": [{"USER_ID": {"content": [int(user_ids[u])], "shape": [1]},
+                      "TOP_K": {"content": [top_k], "shape": [1]}} for u in users]}
+
+
+def model_data(train: sp.csr_matrix, users: np.ndarray, name: str = "RATINGS") -> dict:
+    dense = train.tocsr()[users].toarray().astype(np.float32)
+    return {"data": [{name: {"content": _floats(r), "shape": [len(r)]}} for r in dense]}
+
+
+def write(obj: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path

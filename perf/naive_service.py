@@ -1,0 +1,73 @@
+"""The baseline a user would write by hand: a stdlib HTTP server, JSON in and out, one request
+-> one PyTorch forward of one user -> mask rated items -> top-K. No batching, no Triton.
+
+    python -m perf.naive_service RUN_DIR --port 8099
+    curl -d '{"item_ids":[50,172],"ratings":[5,4],"k":10}' localhost:8099/recommend
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from builder.data.sources import load_dataset
+from builder.ranking import top_k_unrated
+from builder.train import load_run
+
+
+def make_handler(model, item_ids: np.ndarray):
+    index = {int(i): c for c, i in enumerate(item_ids)}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as any client library would use
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            try:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                x = np.zeros((1, len(item_ids)), np.float32)
+                for i, r in zip(body["item_ids"], body["ratings"]):
+                    if int(i) in index:
+                        x[0, index[int(i)]] = float(r)
+                with torch.no_grad():
+                    pred = model(torch.from_numpy(x)).numpy()
+                top = top_k_unrated(pred, x != 0, int(body.get("k", 10)))[0]
+                out = json.dumps({"item_ids": item_ids[top].tolist(), "scores": pred[0, top].tolist()}).encode()
+                self.send_response(200)
+            except (KeyError, ValueError, TypeError) as e:
+                out = json.dumps({"error": str(e)}).encode()
+                self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    return Handler
+
+
+def serve(run_dir: Path, port: int, threads: int = 1) -> ThreadingHTTPServer:
+    torch.set_num_threads(threads)
+    config, model = load_run(run_dir)
+    dataset = load_dataset(config.data, config.split, config.seed)
+    return ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, dataset.item_ids))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--port", type=int, default=8099)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    server = serve(a.run_dir, a.port, a.threads)
+    print(f"naive service on 127.0.0.1:{a.port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
