@@ -68,6 +68,9 @@ def train(
             changes[key] = json.loads(raw)
         except json.JSONDecodeError:
             changes[key] = raw
+    if "blend" in changes:  # a preset made of other presets, stacked on a shared validation slice
+        _train_blend(changes, out, quiet)
+        return
     try:
         config = TrainConfig().updated(**changes)
         dataset = load_dataset(config.data, config.split, config.seed)
@@ -79,6 +82,24 @@ def train(
     typer.echo(f"run written to {out}")
 
 
+def _train_blend(changes: dict, out: Path, quiet: bool) -> None:
+    from builder.blend import save_blend, train_blend
+    from builder.config import TrainConfig
+    from builder.data.sources import load_dataset
+    from builder.presets import preset as get_preset
+    members, val_fraction = changes.pop("blend"), changes.pop("val_fraction", 0.05)
+    try:
+        configs = [TrainConfig().updated(**{**get_preset(m), **changes}) for m in members]
+        dataset = load_dataset(configs[0].data, configs[0].split, configs[0].seed)
+        result = train_blend(configs, dataset, val_fraction, configs[0].seed, progress=not quiet)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        _fail(str(e))
+    save_blend(result, dataset, out, val_fraction, configs[0].seed)
+    _print_metrics({k: v for k, v in result.metrics.items() if not isinstance(v, list)})
+    typer.echo(f"blend of {', '.join(members)} (weights {', '.join(f'{w:.3f}' for w in result.weights)}) "
+               f"written to {out}")
+
+
 @app.command()
 def evaluate(run_dir: Path):
     """Recompute a run's test metrics from its saved weights and config."""
@@ -86,6 +107,10 @@ def evaluate(run_dir: Path):
     from builder.evaluate import evaluate_model
     from builder.train import load_run
 
+    if (run_dir / "blend.json").is_file():
+        from builder.blend import evaluate_blend
+        _print_metrics(evaluate_blend(run_dir))
+        return
     try:
         config, model = load_run(run_dir)
         dataset = load_dataset(config.data, config.split, config.seed)
@@ -229,7 +254,8 @@ def results(run_dirs: list[Path]):
     for d in run_dirs:
         try:
             m = json.loads((d / "metrics.json").read_text())
-            c = json.loads((d / "config.json").read_text())
+            c = ({"model": "blend: " + "+".join(m["members"])} if (d / "blend.json").is_file()
+                 else json.loads((d / "config.json").read_text()))
         except (OSError, json.JSONDecodeError) as e:
             _fail(f"{d}: not a finished run folder ({e})")
         t.add_row(c["model"], f"{m['test_rmse']:.4f}", f"{m['test_mae']:.4f}",

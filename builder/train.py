@@ -113,6 +113,21 @@ def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng,
     return float(np.average(losses, weights=weights))
 
 
+def _record(row: dict, model, matrix, val, scale, device, best: dict, history: list, bar, on_epoch) -> dict:
+    """Score the epoch on validation (keeping the best weights), log it; returns the best so far."""
+    if val is not None:
+        p, t = predict_entries(model, matrix, val, device)
+        row["val_rmse"] = rmse(p, t, scale)
+        if row["val_rmse"] < best["val_rmse"]:
+            best = {"epoch": row["epoch"], "val_rmse": row["val_rmse"], "seconds": row["seconds"],
+                    "state": copy.deepcopy(model.state_dict())}
+        bar.set_postfix(val_rmse=f"{row['val_rmse']:.4f}", best=best["epoch"])
+    history.append(row)
+    if on_epoch:
+        on_epoch(row)
+    return best
+
+
 def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
         progress: bool = True, on_epoch=None):
     """Train from scratch on `matrix` rows; early-stop on `val` when given. Returns (model, history, best)."""
@@ -134,16 +149,7 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
         if sched:
             sched.step()
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
-        if val is not None:
-            p, t = predict_entries(model, matrix, val, device)
-            row["val_rmse"] = rmse(p, t, scale)
-            if row["val_rmse"] < best["val_rmse"]:
-                best = {"epoch": epoch, "val_rmse": row["val_rmse"], "seconds": row["seconds"],
-                        "state": copy.deepcopy(model.state_dict())}
-            bar.set_postfix(val_rmse=f"{row['val_rmse']:.4f}", best=best["epoch"])
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
+        best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
         if not np.isfinite(train_mse):
             log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
             break
@@ -188,16 +194,7 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
         opt.step(closure)
         row = {"epoch": epoch, "stage": "fine-tune" if bool(model.fine_tuned) else "pre-train",
                "train_rmse": float(np.sqrt(sq_err[-1])), "seconds": time.perf_counter() - start}
-        if val is not None:
-            p, t = predict_entries(model, matrix, val, device)
-            row["val_rmse"] = rmse(p, t, scale)
-            if row["val_rmse"] < best["val_rmse"]:
-                best = {"epoch": epoch, "val_rmse": row["val_rmse"], "seconds": row["seconds"],
-                        "state": copy.deepcopy(model.state_dict())}
-            bar.set_postfix(val_rmse=f"{row['val_rmse']:.4f}", best=best["epoch"])
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
+        best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
         if not np.isfinite(row["train_rmse"]):
             log.warning("training diverged at epoch %d; stopping", epoch)
             break

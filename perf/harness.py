@@ -7,7 +7,6 @@ noisy); `summary.json` holds them under stable keys and `perf/results/latest` po
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from perf import analyzer, baselines, inputs, load
 from perf.report import write_report
 from server.launcher import ROOT, TritonServer, free_port
 
-log = logging.getLogger(__name__)
+def _say(msg: str) -> None:
+    print(f"[perf] {msg}", file=sys.stderr, flush=True)
 RESULTS = ROOT / "perf" / "results"
 LARGE_ITEMS = 17_770
 # The DeepRecommender Netflix layout (n-512-512-1024, mirrored) and one at half the width.
@@ -165,7 +165,7 @@ def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict
         row = r.rows[0]
         trials.append({"tuning": tuning.to_dict(), "throughput": row["throughput"], "p99_ms": row["p99_ms"],
                        "command": r.command})
-        log.info("tuning %d/%d %s: %.0f req/s", i + 1, len(plan.tunings), change, row["throughput"])
+        _say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'}: {row['throughput']:.0f} req/s")
     best = max(trials, key=lambda t: t["throughput"])
     apply_tuning(repo, Tuning(**best["tuning"]))
     return {"trials": trials, "best": best, "default": trials[0]}
@@ -179,6 +179,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     out = results_root / stamp
     out.mkdir(parents=True)
     started = time.perf_counter()
+    _say(f"results in {out}")
     run_dir = _ensure_run(Path(run_dir) if run_dir else None, out)
     config, model = load_run(run_dir)
     dataset = load_dataset(config.data, config.split, config.seed)
@@ -189,6 +190,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
             "user_ids": inputs.write(inputs.ensemble_user_data(dataset.user_ids, users),
                                      out / "data" / "recommend_user_ids.json"),
             "model": inputs.write(inputs.model_data(dataset.train, users), out / "data" / "model_ml100k.json")}
+    _say("building the synthetic 17,770-item models")
     large = _large_models(out / "models")
     for name, m in large.items():
         data[name] = inputs.write({"data": [{"RATINGS": {"content": [float(v) for v in r], "shape": [len(r)]}}
@@ -202,6 +204,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
                "dataset": dataset.summary(), "plan": asdict(plan)}
 
     # In-process baselines and the roof first, with no server competing for the 2 cores.
+    _say("in-process baselines and the GEMM roof")
     roof = baselines.gemm_peak_gflops(seconds=plan.baseline_seconds)
     onnx_fp32, onnx_int8 = run_dir / "export" / "model_fp32.onnx", run_dir / "export" / "model_int8.onnx"
     torch.set_num_threads(os.cpu_count() or 1)
@@ -235,6 +238,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
                                  concurrency=plan.model_concurrency, interval_ms=plan.interval_ms)
                 model_level[f"{name}_b{b}"] = {"model": name, "batch": b, "command": r.command,
                                                "rows": [dict(x, users_per_s=x["throughput"]) for x in r.rows]}
+            _say(f"model level {name} done")
         results["model_level"] = model_level
         before_stats = _statistics(server)
         results["ensemble"] = _ensemble_rows(server, data, plan, out)
@@ -244,6 +248,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         results["server_time_model_level"] = before_stats
         requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
                     for r in json.loads(data["ratings"].read_text())["data"]]
+        _say("ensemble sweeps done; naive service vs Triton under one generator")
         results["naive"] = _naive(run_dir, requests, plan, server)
         results["server_config"] = {p.parent.name: p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
     results["seconds"] = round(time.perf_counter() - started, 1)

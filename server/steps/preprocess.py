@@ -68,6 +68,9 @@ class TritonPythonModel:
                 raise ValueError(f"ITEM_IDS has {items.size} entries but RATINGS has {ratings.size}")
             if items.size > MAX_ITEMS_PER_REQUEST:
                 raise ValueError(f"{items.size} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
+            uniq, seen = np.unique(items, return_counts=True)
+            if (seen > 1).any():
+                raise ValueError(f"ITEM_IDS repeats item {uniq[seen > 1][0]}: send each item once")
             if not np.all(np.isfinite(ratings)):
                 raise ValueError("RATINGS contains NaN or infinity")
             bad = (ratings < self.low) | (ratings > self.high)

@@ -6,24 +6,14 @@ import sys
 import pytest
 
 from client import RecommenderClient
+from conftest import serve_small_model
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(u1, tmp_path_factory):
-    from builder.config import TrainConfig
-    from builder.export import ExportConfig, export_run
-    from builder.repository import write_repository
-    from builder.train import save_run, train
-    from server.launcher import TritonServer
-    root = tmp_path_factory.mktemp("sdk")
-    config = TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64, device="cpu")
-    run = save_run(train(config, u1, progress=False), u1, root / "run")
-    export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
-    write_repository(run, root / "repo", ["onnx"])
-    with TritonServer(root / "repo", build_dir=root / "build") as s:
-        yield s
+    yield from serve_small_model(u1, tmp_path_factory.mktemp("sdk"))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -19,7 +19,9 @@ class TritonPythonModel:
         name = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], name)
         opts = ort.SessionOptions()
-        threads = int(os.environ.get("AEREC_ORT_THREADS", "0"))
+        # The native backend's parameter name, so one config.pbtxt means the same on both.
+        param = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
+        threads = int(param or os.environ.get("AEREC_ORT_THREADS", "0"))
         if threads:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

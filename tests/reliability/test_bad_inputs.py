@@ -1,0 +1,148 @@
+"""A catalogue of malformed requests, over gRPC and HTTP, against a real server: each gets an
+error that names the problem, and a good request succeeds right after each one."""
+import http.client
+import json
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from conftest import serve_small_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+
+
+@pytest.fixture(scope="module")
+def server(u1, tmp_path_factory):
+    yield from serve_small_model(u1, tmp_path_factory.mktemp("bad-inputs"))
+
+
+def i64(*v):
+    return np.array([list(v)], np.int64)
+
+
+def f32(*v):
+    return np.array([list(v)], np.float32)
+
+
+TOP10 = ("TOP_K", np.array([[10]], np.int32))
+# (case id, inputs as (name, array[, datatype]), a piece of the expected error)
+CASES = [
+    ("unknown user", [("USER_ID", np.array([[999_999]], np.int64)), TOP10], "unknown USER_ID 999999"),
+    ("length mismatch", [("ITEM_IDS", i64(1, 2, 3)), ("RATINGS", f32(4, 5)), TOP10],
+     "ITEM_IDS has 3 entries but RATINGS has 2"),
+    ("NaN rating", [("ITEM_IDS", i64(1, 2)), ("RATINGS", f32(4, np.nan)), TOP10], "NaN or infinity"),
+    ("inf rating", [("ITEM_IDS", i64(1, 2)), ("RATINGS", f32(4, np.inf)), TOP10], "NaN or infinity"),
+    ("rating above scale", [("ITEM_IDS", i64(1, 2)), ("RATINGS", f32(4, 9)), TOP10], "rating 9 outside scale 1..5"),
+    ("negative rating", [("ITEM_IDS", i64(1)), ("RATINGS", f32(-1)), TOP10], "rating -1 outside scale 1..5"),
+    ("TOP_K zero", [("USER_ID", np.array([[1]], np.int64)), ("TOP_K", np.array([[0]], np.int32))],
+     "TOP_K must be in 1..1682, got 0"),
+    ("TOP_K negative", [("USER_ID", np.array([[1]], np.int64)), ("TOP_K", np.array([[-5]], np.int32))],
+     "TOP_K must be in 1..1682, got -5"),
+    ("TOP_K huge", [("USER_ID", np.array([[1]], np.int64)), ("TOP_K", np.array([[2**31 - 1]], np.int32))],
+     "TOP_K must be in 1..1682"),
+    ("empty request", [TOP10], "empty request"),
+    ("empty history", [("ITEM_IDS", np.zeros((1, 0), np.int64)), ("RATINGS", np.zeros((1, 0), np.float32)), TOP10],
+     "empty request"),
+    ("no known item", [("ITEM_IDS", i64(999_998)), ("RATINGS", f32(4)), TOP10], "no known items"),
+    ("duplicate item ids", [("ITEM_IDS", i64(50, 172, 50)), ("RATINGS", f32(5, 4, 3)), TOP10],
+     "ITEM_IDS repeats item 50"),
+    ("100k items", [("ITEM_IDS", np.arange(1, 100_001, dtype=np.int64)[None]),
+                    ("RATINGS", np.full((1, 100_000), 3, np.float32)), TOP10],
+     "100000 ratings in one request; the limit is 10000"),
+    ("ratings without items", [("RATINGS", f32(4, 5)), TOP10], "ITEM_IDS has 0 entries but RATINGS has 2"),
+    ("missing TOP_K", [("USER_ID", np.array([[1]], np.int64))], "TOP_K"),
+    ("wrong dtype ITEM_IDS", [("ITEM_IDS", np.array([[1, 2]], np.int32)), ("RATINGS", f32(4, 3)), TOP10],
+     "ITEM_IDS"),
+    ("wrong dtype RATINGS", [("ITEM_IDS", i64(1, 2)), ("RATINGS", np.array([[4, 3]], np.float64)), TOP10],
+     "RATINGS"),
+    ("wrong rank", [("ITEM_IDS", np.ones((1, 2, 2), np.int64)), ("RATINGS", np.ones((1, 2, 2), np.float32)),
+                    TOP10], "ITEM_IDS"),
+    ("strings for ids", [("ITEM_IDS", np.array([[b"fifty", b"\xff\xfe"]], np.object_), "BYTES"),
+                         ("RATINGS", f32(4, 3)), TOP10], "ITEM_IDS"),
+    ("unknown input", [("USER_ID", np.array([[1]], np.int64)), ("FOO", np.array([[1]], np.int64)), TOP10], "FOO"),
+    ("rows disagree", [("USER_ID", np.array([[1], [2]], np.int64)), TOP10], "TOP_K"),
+    ("mixed TOP_K", [("USER_ID", np.array([[1], [2]], np.int64)), ("TOP_K", np.array([[5], [6]], np.int32))],
+     "TOP_K differs across the rows"),
+]
+
+
+def _infer(mod, client, inputs, model="recommend"):
+    tensors = []
+    for name, arr, *dt in inputs:
+        dtype = dt[0] if dt else {"int64": "INT64", "int32": "INT32", "float32": "FP32",
+                                  "float64": "FP64"}[str(arr.dtype)]
+        t = mod.InferInput(name, list(arr.shape), dtype)
+        t.set_data_from_numpy(arr)
+        tensors.append(t)
+    return client.infer(model, tensors)
+
+
+def _client(server, protocol):
+    if protocol == "grpc":
+        return grpcclient, grpcclient.InferenceServerClient(server.grpc_url)
+    return httpclient, httpclient.InferenceServerClient(server.http_url, network_timeout=30)
+
+
+def _good(mod, client):
+    r = _infer(mod, client, [("USER_ID", np.array([[1]], np.int64)), ("TOP_K", np.array([[5]], np.int32))])
+    assert r.as_numpy("RECOMMENDED_IDS").shape == (1, 5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("inputs,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_malformed_request_is_named_and_server_keeps_serving(server, protocol, inputs, message):
+    mod, client = _client(server, protocol)
+    with pytest.raises(Exception, match=message):
+        _infer(mod, client, inputs)
+    _good(mod, client)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unknown_model(server, protocol):
+    mod, client = _client(server, protocol)
+    with pytest.raises(Exception, match="no_such_model"):
+        _infer(mod, client, [("USER_ID", np.array([[1]], np.int64)), TOP10], model="no_such_model")
+    _good(mod, client)
+
+
+def _raw_http(server, body: bytes, headers: dict, send: bytes | None = None) -> tuple[int, str]:
+    host, port = server.http_url.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=15)
+    conn.putrequest("POST", "/v2/models/recommend/infer")
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    conn.send(body if send is None else send)
+    if send is not None:  # a client that dies mid-body: close our half and see what comes back
+        conn.sock.shutdown(1)
+    try:
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    except (http.client.HTTPException, OSError) as e:
+        return 0, str(e)
+    finally:
+        conn.close()
+
+
+GOOD_JSON = json.dumps({"inputs": [{"name": "USER_ID", "datatype": "INT64", "shape": [1, 1], "data": [1]},
+                                   {"name": "TOP_K", "datatype": "INT32", "shape": [1, 1], "data": [5]}]}).encode()
+
+
+@pytest.mark.parametrize("body,message", [
+    (b'{"inputs": [', "JSON"),                                   # malformed JSON
+    (b'{"inputs": [{"name": "\xff\xfe", "datatype": "INT64"}]}', ""),   # non-UTF-8 bytes
+    (b'{"inputs": 5}', "inputs"),                                # valid JSON, wrong structure
+], ids=["malformed JSON", "non-UTF-8", "wrong structure"])
+def test_bad_http_bodies_get_400_and_server_keeps_serving(server, body, message):
+    status, text = _raw_http(server, body, {"Content-Type": "application/json", "Content-Length": str(len(body))})
+    assert status == 400 and message in text
+    assert _raw_http(server, GOOD_JSON, {"Content-Length": str(len(GOOD_JSON))})[0] == 200
+
+
+def test_truncated_http_body_does_not_hurt_the_server(server):
+    status, _ = _raw_http(server, GOOD_JSON, {"Content-Length": str(len(GOOD_JSON) + 500)}, send=GOOD_JSON[:40])
+    assert status != 200  # never answered as if complete
+    status, text = _raw_http(server, GOOD_JSON, {"Content-Length": str(len(GOOD_JSON))})
+    assert status == 200 and "RECOMMENDED_IDS" in text
