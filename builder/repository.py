@@ -88,7 +88,7 @@ input [
   {{ name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
   {{ name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true }},
   {{ name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true }},
-  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] }}
+  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
 ]
 output [
   {{ name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ] }},
@@ -108,7 +108,7 @@ max_batch_size: {MAX_BATCH}
 input [
   {{ name: "PREDICTIONS" data_type: TYPE_FP32 dims: [ {n_items} ] }},
   {{ name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ] }},
-  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] }}
+  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
 ]
 output [
   {{ name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},
@@ -133,7 +133,7 @@ input [
   {{ name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
   {{ name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true }},
   {{ name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true }},
-  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] }}
+  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
 ]
 output [
   {{ name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},

@@ -11,6 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 MAX_ITEMS_PER_REQUEST = 10_000
+DEFAULT_TOP_K = 10
 
 
 class TritonPythonModel:
@@ -33,8 +34,11 @@ class TritonPythonModel:
             t = pb_utils.get_input_tensor_by_name(request, name)
             return None if t is None else t.as_numpy()
         user, items, ratings, top_k = get("USER_ID"), get("ITEM_IDS"), get("RATINGS"), get("TOP_K")
-        if top_k is None or top_k.size == 0 or top_k.ndim != 2 or top_k.shape[1] != 1:
-            raise ValueError("TOP_K is required: one integer per row")
+        present = [t for t in (user, items, ratings) if t is not None]
+        if top_k is None:  # optional: the common case, ten recommendations per user
+            top_k = np.full((present[0].shape[0] if present else 1, 1), DEFAULT_TOP_K, np.int32)
+        if top_k.size == 0 or top_k.ndim != 2 or top_k.shape[1] != 1:
+            raise ValueError("TOP_K must be one integer per row")
         n = top_k.shape[0]
         ks = top_k.reshape(-1)
         if np.any(ks != ks[0]):
@@ -52,6 +56,8 @@ class TritonPythonModel:
             raise ValueError(f"TOP_K must be in 1..{self.n_items}, got {k}")
         has_user = user is not None and user.size > 0
         has_items = items is not None and items.size > 0
+        if not has_items and ratings is not None and ratings.size > 0:
+            raise ValueError(f"RATINGS sent without ITEM_IDS ({ratings.size} ratings for no items)")
         if not has_user and not has_items:
             raise ValueError("empty request: send USER_ID, or ITEM_IDS with RATINGS, or both")
         row = -1
