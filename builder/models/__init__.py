@@ -7,6 +7,9 @@ from builder.models.sae import StackedAutoencoder
 MODELS = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k")
 # Item-based models read one item's column of ratings; all others one user's row.
 ITEM_BASED = {"autorec-i", "glocal-k"}
+# Models whose forward needs the whole rating matrix (not one row): offline only, not exportable.
+FULL_MATRIX = {"glocal-k"}
+ROW_MODELS = tuple(m for m in MODELS if m not in FULL_MATRIX)
 
 
 def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", dropout=0.0,
@@ -29,4 +32,5 @@ def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", d
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
-__all__ = ["AutoRec", "DeepAutoencoder", "GlocalK", "StackedAutoencoder", "MODELS", "ITEM_BASED", "build_model"]
+__all__ = ["AutoRec", "DeepAutoencoder", "GlocalK", "StackedAutoencoder", "MODELS", "ITEM_BASED", "FULL_MATRIX",
+           "ROW_MODELS", "build_model"]

@@ -11,13 +11,13 @@ from conftest import corrupt_run_copy
 
 from builder.config import TrainConfig
 from builder.export import ExportConfig, ExportError, export_onnx_fp32, export_run, ort_session
-from builder.models import MODELS
+from builder.models import ROW_MODELS
 from builder.train import save_run, train
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ROW_MODELS)  # glocal-k: test_glocal_blend.py
 def test_round_trip_each_family(name, tmp_path):
     from builder.train import make_model
     config = TrainConfig(model=name, hidden=[16, 8] if name in ("deeprec", "sae") else [16], center=name == "deeprec")

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from builder.models import MODELS, DeepAutoencoder, build_model
+from builder.models import ROW_MODELS, DeepAutoencoder, build_model
 from builder.models.deeprec import user_mean
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ROW_MODELS)  # glocal-k: test_glocal_blend.py
 def test_each_family_maps_n_to_n(name):
     m = build_model(name, 37, hidden=(8, 4) if name in ("deeprec", "sae") else (8,))
     assert m(torch.rand(5, 37)).shape == (5, 37)
