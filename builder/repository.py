@@ -79,45 +79,47 @@ instance_group [ {{ count: {t.network_instances} kind: KIND_CPU }} ]
 {threads}'''
 
 
-def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
+def _python_step_config(name: str, inputs: list[str], outputs: list[str], tuning: Tuning | None) -> str:
+    """config.pbtxt of a Python-backend step; `inputs`/`outputs` are the tensor lines' bodies."""
     t = tuning or Tuning()
-    return f'''name: "preprocess"
+    tensors = lambda lines: ",\n".join(f"  {{ {line} }}" for line in lines)  # noqa: E731
+    return f'''name: "{name}"
 backend: "python"
 max_batch_size: {MAX_BATCH}
 input [
-  {{ name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
-  {{ name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true }},
-  {{ name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true }},
-  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
+{tensors(inputs)}
 ]
 output [
-  {{ name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ] }},
-  {{ name: "TOP_K_OUT" data_type: TYPE_INT32 dims: [ 1 ] }},
-  {{ name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ] }}
+{tensors(outputs)}
 ]
 {_batching(t.step_queue_delay_us)}
 instance_group [ {{ count: {t.step_instances} kind: KIND_CPU }} ]
 '''
+
+
+def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
+    return _python_step_config("preprocess", [
+        'name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true',
+        'name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true',
+        'name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true',
+        'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
+    ], [
+        f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
+        'name: "TOP_K_OUT" data_type: TYPE_INT32 dims: [ 1 ]',
+        'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]',
+    ], tuning)
 
 
 def postprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
-    t = tuning or Tuning()
-    return f'''name: "postprocess"
-backend: "python"
-max_batch_size: {MAX_BATCH}
-input [
-  {{ name: "PREDICTIONS" data_type: TYPE_FP32 dims: [ {n_items} ] }},
-  {{ name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ] }},
-  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
-]
-output [
-  {{ name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},
-  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
-  {{ name: "TITLES" data_type: TYPE_STRING dims: [ -1 ] }}
-]
-{_batching(t.step_queue_delay_us)}
-instance_group [ {{ count: {t.step_instances} kind: KIND_CPU }} ]
-'''
+    return _python_step_config("postprocess", [
+        f'name: "PREDICTIONS" data_type: TYPE_FP32 dims: [ {n_items} ]',
+        f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
+        'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
+    ], [
+        'name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ]',
+        'name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ]',
+        'name: "TITLES" data_type: TYPE_STRING dims: [ -1 ]',
+    ], tuning)
 
 
 def ensemble_config(network: str) -> str:
