@@ -21,10 +21,12 @@ from scipy.optimize import nnls
 from builder import evaluate as ev
 from builder.config import TrainConfig
 from builder.data.dataset import Dataset
+from builder.data.sources import load_dataset
 from builder.data.splits import holdout_entries
 from builder.metrics import mae, rmse
+from builder.models import ITEM_BASED
 from builder.predict import orient, predict_entries
-from builder.train import TrainResult, fit, pick_device, save_run
+from builder.train import TrainResult, fit, load_run, pick_device, save_run
 
 
 @dataclass
@@ -36,7 +38,6 @@ class BlendResult:
 
 def _user_item_order(pred: np.ndarray, targets_oriented: sp.csr_matrix, config: TrainConfig) -> np.ndarray:
     """Reorder predictions made in a member's orientation to the user-major order of the entries."""
-    from builder.models import ITEM_BASED
     t = targets_oriented.tocoo()
     users, items = (t.col, t.row) if config.model in ITEM_BASED else (t.row, t.col)
     return pred[np.lexsort((items, users))]
@@ -109,8 +110,6 @@ def save_blend(result: BlendResult, dataset: Dataset, out: Path, val_fraction: f
 
 def evaluate_blend(folder: Path) -> dict:
     """Recompute a saved blend's test RMSE/MAE from its members' saved weights."""
-    from builder.data.sources import load_dataset
-    from builder.train import load_run
     spec = json.loads((Path(folder) / "blend.json").read_text())
     preds, dataset = [], None
     for name in spec["members"]:

@@ -35,11 +35,11 @@ def predict_rows(model, inputs: sp.csr_matrix, rows: np.ndarray, device, batch: 
 @torch.no_grad()
 def predict_entries(model, inputs: sp.csr_matrix, targets: sp.csr_matrix, device) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and truths at the stored entries of `targets` (both oriented alike)."""
-    targets = targets.tocsr()
-    rows = np.flatnonzero(np.diff(targets.indptr) > 0)
     if getattr(model, "full_matrix", False):
         t = targets.tocoo()
         return predict_rows(model, inputs, np.arange(inputs.shape[0]), device)[t.row, t.col], t.data
+    targets = targets.tocsr()
+    rows = np.flatnonzero(np.diff(targets.indptr) > 0)
     preds, truths = [], []
     for s in range(0, len(rows), 1024):
         r = rows[s:s + 1024]

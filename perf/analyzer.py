@@ -6,6 +6,7 @@ extra wheel.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import shutil
@@ -59,9 +60,14 @@ def install_libs(dest: Path = LIB_DIR) -> Path:
     return dest
 
 
+@functools.lru_cache(maxsize=1)
+def _lib_dir() -> Path:
+    return install_libs()
+
+
 def environment() -> dict:
     env = dict(os.environ)
-    lib = install_libs()
+    lib = _lib_dir()
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
     return env
 

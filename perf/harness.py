@@ -62,7 +62,7 @@ class Plan:
                    grid)
 
 
-def _ensure_run(run_dir: Path | None, results: Path) -> Path:
+def _ensure_run(run_dir: Path | None) -> Path:
     """The ML-100K model to serve: a given run folder, or the `deeprec` preset trained once."""
     from builder.presets import preset
     from builder.train import save_run, train
@@ -180,7 +180,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     out.mkdir(parents=True)
     started = time.perf_counter()
     _say(f"results in {out}")
-    run_dir = _ensure_run(Path(run_dir) if run_dir else None, out)
+    run_dir = _ensure_run(Path(run_dir) if run_dir else None)
     config, model = load_run(run_dir)
     dataset = load_dataset(config.data, config.split, config.seed)
     users = inputs.held_out_users(dataset.test, dataset.train, n_users)
