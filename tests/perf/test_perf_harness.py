@@ -1,0 +1,75 @@
+"""The perf pieces against real parts: perf_analyzer (the wheel's binary) driving a real server
+with input data made from real held-out ML-100K users; the roofline's FLOP count by hand."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from builder.config import TrainConfig
+from builder.export import export_onnx_fp32
+from builder.train import make_model
+from conftest import serve_small_model
+from perf import analyzer, baselines, inputs, load
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(u1, tmp_path_factory):
+    yield from serve_small_model(u1, tmp_path_factory.mktemp("perf"))
+
+
+def test_input_data_is_real_held_out_users(u1, tmp_path):
+    users = inputs.held_out_users(u1.test, u1.train, 5)
+    assert all(u1.test[u].nnz > 0 and u1.train[u].nnz > 0 for u in users)
+    data = inputs.ensemble_ratings_data(u1.train, u1.item_ids, users)["data"]
+    first = data[0]
+    row = u1.train[users[0]]
+    assert first["ITEM_IDS"]["content"] == u1.item_ids[row.indices].tolist()
+    assert first["RATINGS"]["shape"] == [row.nnz] and all(isinstance(v, float) for v in first["RATINGS"]["content"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_measures_the_ensemble(server, u1, tmp_path, protocol):
+    users = inputs.held_out_users(u1.test, u1.train, 16)
+    data = inputs.write(inputs.ensemble_ratings_data(u1.train, u1.item_ids, users), tmp_path / "data.json")
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    run = analyzer.run("recommend", url, protocol, data, tmp_path / "out.csv", concurrency="2", interval_ms=500)
+    (row,) = run.rows
+    assert row["concurrency"] == 2 and row["throughput"] > 0
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert "--input-data" in run.command and str(data) in run.command
+
+
+def test_missing_perf_analyzer_is_named(monkeypatch):
+    monkeypatch.setattr(analyzer.shutil, "which", lambda name: None)
+    monkeypatch.setattr(analyzer.sys, "executable", "/nonexistent/bin/python")
+    with pytest.raises(analyzer.PerfAnalyzerMissing, match="tritonclient\\[all\\]==2.50.0"):
+        analyzer.binary()
+
+
+def test_flops_per_user_counts_every_weight_matrix(tmp_path):
+    model = make_model(TrainConfig(model="deeprec", hidden=[32, 16], last_activation=False), 100).eval()
+    export_onnx_fp32(model, 100, tmp_path / "m.onnx")
+    # 100->32->16->32->100: 2 * (100*32 + 32*16 + 16*32 + 32*100)
+    assert baselines.flops_per_user(tmp_path / "m.onnx") == 2 * (3200 + 512 + 512 + 3200)
+
+
+def test_load_generator_counts_errors_and_successes(server):
+    host, port = server.http_url.split(":")
+    good = load.triton_bodies([([50, 172], [5.0, 4.0])])
+    bad = [json.dumps({"inputs": [{"name": "TOP_K", "datatype": "INT32", "shape": [1, 1], "data": [10]}]}).encode()]
+    ok = load.drive(host, int(port), "/v2/models/recommend/infer", good, 2, 1.0)
+    assert ok.requests > 0 and ok.errors == 0
+    err = load.drive(host, int(port), "/v2/models/recommend/infer", bad, 1, 0.5)
+    assert err.requests == 0 and err.errors > 0 and "empty request" in err.first_error
+
+
+def test_torch_baselines_on_real_users(u1):
+    users = inputs.held_out_users(u1.test, u1.train, 8)
+    x = u1.train[users].toarray().astype(np.float32)
+    model = make_model(TrainConfig(model="deeprec", hidden=[32]), x.shape[1]).eval()
+    torch.set_num_threads(2)
+    assert baselines.torch_one_per_forward(model, x, 0.1) > 0
+    assert baselines.torch_batched(model, x, 64, 0.1) > 0
