@@ -43,8 +43,13 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     set_: list[str] = typer.Option([], "--set", help="any other config field, KEY=JSON (repeatable)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt (written after every epoch)"),
 ):
-    """Train one model and write weights, config, metrics and curve to OUT."""
+    """Train one model and write weights, config, metrics and curve to OUT.
+
+    Every epoch is checkpointed to OUT/checkpoint.pt; after an interruption, the same command
+    with --resume continues from the last finished epoch and ends with the same metrics."""
+    from builder.checkpoint import FILENAME as CHECKPOINT
     from builder.config import TrainConfig
     from builder.data.sources import load_dataset
     from builder.presets import preset as get_preset
@@ -69,15 +74,21 @@ def train(
         except json.JSONDecodeError:
             changes[key] = raw
     if "blend" in changes:  # a preset made of other presets, stacked on a shared validation slice
+        if resume:
+            _fail("--resume applies to single models; a blend retrains its members")
         _train_blend(changes, out, quiet)
         return
+    checkpoint = out / CHECKPOINT
+    if checkpoint.is_file() and not resume:
+        _fail(f"{checkpoint} exists: an interrupted run. Add --resume to continue it, or remove it to start over")
     try:
         config = TrainConfig().updated(**changes)
         dataset = load_dataset(config.data, config.split, config.seed)
-        result = run_train(config, dataset, progress=not quiet)
+        result = run_train(config, dataset, progress=not quiet, checkpoint_dir=out)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     save_run(result, dataset, out)
+    checkpoint.unlink(missing_ok=True)  # the run is whole: weights.safetensors replaces it
     _print_metrics(result.metrics)
     typer.echo(f"run written to {out}")
 

@@ -11,7 +11,7 @@ import json
 import logging
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from builder.checkpoint import Checkpoint, restore
 from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.data.splits import holdout_entries
@@ -128,11 +129,25 @@ def _record(row: dict, model, matrix, val, scale, device, best: dict, history: l
     return best
 
 
+def _resume(ckpt: Checkpoint | None, phase: str, model, **state) -> tuple[int, list, dict, float]:
+    """(first epoch, history, best, seconds already spent) from a checkpoint of this phase, or a fresh start."""
+    raw = ckpt.resume_state(phase) if ckpt else None
+    if raw is None:
+        return 1, [], {"epoch": 0, "val_rmse": float("inf"), "state": None}, 0.0
+    history, best = restore(raw, model, **state)
+    log.info("resuming %s after epoch %d from %s", phase, raw["epoch"], ckpt.path)
+    return raw["epoch"] + 1, history, best, raw["elapsed"]
+
+
 def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
-        progress: bool = True, on_epoch=None):
-    """Train from scratch on `matrix` rows; early-stop on `val` when given. Returns (model, history, best)."""
+        progress: bool = True, on_epoch=None, ckpt: Checkpoint | None = None, phase: str = "fit",
+        carry: dict | None = None):
+    """Train on `matrix` rows; early-stop on `val` when given. Returns (model, history, best).
+
+    With `ckpt`, the loop's state is saved after every epoch and a checkpoint of the same
+    `phase` is resumed from (`carry` is stored alongside for the caller's own bookkeeping)."""
     if config.optimizer == "lbfgs":
-        return fit_full_batch(config, matrix, val, scale, max_epochs, progress, on_epoch)
+        return fit_full_batch(config, matrix, val, scale, max_epochs, progress, on_epoch, ckpt, phase, carry)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config.device)
@@ -141,15 +156,19 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     optimizer = _optimizer(config, model.parameters())
     sched = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_epochs, config.lr_decay)
              if config.lr_decay_epochs else None)
-    history, best = [], {"epoch": 0, "val_rmse": float("inf"), "state": None}
-    bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
-    start = time.perf_counter()
+    first, history, best, spent = _resume(ckpt, phase, model, optimizer=optimizer, sched=sched, rng=rng, gen=gen)
+    if history and _stopped(history, best, config, val, max_epochs):
+        first = max_epochs + 1  # the checkpoint is of the epoch that ended this phase
+    bar = tqdm(range(first, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
+    start = time.perf_counter() - spent
     for epoch in bar:
         train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device)
         if sched:
             sched.step()
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
         best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
+        if ckpt:
+            ckpt.save(phase, epoch, model, optimizer, sched, rng, gen, history, best, row["seconds"], carry)
         if not np.isfinite(train_mse):
             log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
             break
@@ -160,8 +179,22 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     return model, history, best
 
 
+def _stopped(history: list, best: dict, config: TrainConfig, val, max_epochs: int) -> bool:
+    """Did the last recorded epoch end the phase (divergence or patience)? Mirrors the loops' tests."""
+    last = history[-1]
+    if last["epoch"] >= max_epochs or not np.isfinite(last["train_rmse"]):
+        return True
+    if val is None:
+        return False
+    if config.optimizer == "lbfgs":
+        return (last["epoch"] > config.pretrain_epochs
+                and last["epoch"] - max(best["epoch"], config.pretrain_epochs) >= config.patience)
+    return last["epoch"] - best["epoch"] >= config.patience
+
+
 def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale,
-                   max_epochs: int, progress: bool = True, on_epoch=None):
+                   max_epochs: int, progress: bool = True, on_epoch=None, ckpt: Checkpoint | None = None,
+                   phase: str = "fit", carry: dict | None = None):
     """GLocal-K's schedule: the whole matrix is one batch; each epoch is `lbfgs_iters` L-BFGS
     iterations from a fresh optimiser (as the reference's SciPy L-BFGS-B calls are); the first
     `pretrain_epochs` train the local-kernel network, the rest fine-tune with the global kernel.
@@ -173,9 +206,11 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
     model = make_model(config, matrix.shape[1], n_rows=matrix.shape[0]).to(device)
     x = torch.from_numpy(matrix.toarray()).to(device)
     observed = x != 0
-    history, best = [], {"epoch": 0, "val_rmse": float("inf"), "state": None}
-    bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
-    start = time.perf_counter()
+    first, history, best, spent = _resume(ckpt, phase, model)  # L-BFGS restarts each epoch: no optimiser state
+    if history and _stopped(history, best, config, val, max_epochs):
+        first = max_epochs + 1
+    bar = tqdm(range(first, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
+    start = time.perf_counter() - spent
     for epoch in bar:
         if epoch == config.pretrain_epochs + 1:
             model.fine_tuned.fill_(True)
@@ -195,6 +230,8 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
         row = {"epoch": epoch, "stage": "fine-tune" if bool(model.fine_tuned) else "pre-train",
                "train_rmse": float(np.sqrt(sq_err[-1])), "seconds": time.perf_counter() - start}
         best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
+        if ckpt:
+            ckpt.save(phase, epoch, model, history=history, best=best, elapsed=row["seconds"], carry=carry)
         if not np.isfinite(row["train_rmse"]):
             log.warning("training diverged at epoch %d; stopping", epoch)
             break
@@ -207,16 +244,34 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
     return model, history, best
 
 
-def train(config: TrainConfig, dataset: Dataset, progress: bool = True) -> TrainResult:
-    """Select the epoch on a validation slice of training data; evaluate on test once."""
+def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
+          checkpoint_dir: Path | None = None) -> TrainResult:
+    """Select the epoch on a validation slice of training data; evaluate on test once.
+
+    With `checkpoint_dir`, every epoch is checkpointed there and an existing checkpoint of the
+    same config is resumed: the result equals an uninterrupted run's."""
     start = time.perf_counter()
+    ckpt = Checkpoint(checkpoint_dir, json.dumps(asdict(config), sort_keys=True)) if checkpoint_dir else None
+    stored = ckpt.load() if ckpt else None
     full = orient(dataset.train, config)
-    fit_part, val_part = holdout_entries(full, config.val_fraction, config.seed)
-    model, history, best = fit(config, fit_part, val_part, dataset.scale, config.epochs, progress)
+    if stored is not None and stored["phase"] == "refit":
+        # Selection finished before the interruption: its outcome travels in the checkpoint.
+        selected = json.loads(stored["carry"])
+        history, best, before = selected["history"], selected["best"], selected["seconds"]
+    else:
+        fit_part, val_part = holdout_entries(full, config.val_fraction, config.seed)
+        model, history, best = fit(config, fit_part, val_part, dataset.scale, config.epochs, progress,
+                                   ckpt=ckpt, phase="select")
+        before = stored["elapsed"] if stored is not None else 0.0  # spent before an interruption
     if config.refit:
         # Same recipe, all training ratings, the epoch count chosen on validation.
-        model, _, _ = fit(config, full, None, dataset.scale, best["epoch"], progress)
-    seconds = time.perf_counter() - start
+        carry = {"history": history, "best": {k: v for k, v in best.items() if k != "state"},
+                 "seconds": time.perf_counter() - start + before}
+        model, _, _ = fit(config, full, None, dataset.scale, best["epoch"], progress, ckpt=ckpt, phase="refit",
+                          carry=carry)
+    seconds = time.perf_counter() - start + before
+    if stored is not None and stored["phase"] == "refit":
+        seconds += stored["elapsed"]
     metrics = ev.evaluate_model(model, dataset, config, pick_device(config.device))
     metrics.update(best_epoch=best["epoch"], val_rmse=best["val_rmse"], train_seconds=round(seconds, 2),
                    seconds_to_best=round(best.get("seconds", seconds), 2), epochs_run=len(history))

@@ -1,0 +1,94 @@
+"""Resumable training: after every epoch the loop's whole state (weights, optimiser, schedule,
+every random generator, history, best-so-far) goes to one file, written atomically, so a run
+killed at any moment resumes from its last finished epoch and ends exactly where an
+uninterrupted run with the same seed ends.
+
+The file is read back with `torch.load(weights_only=True)`: plain tensors, numbers and strings,
+never arbitrary pickled objects, so a swapped checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+FILENAME = "checkpoint.pt"
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint was written by a different training configuration."""
+
+
+class Checkpoint:
+    """One run's checkpoint file. `phase` separates the validation-selected fit from the refit."""
+
+    def __init__(self, run_dir: Path, config_json: str):
+        self.path = Path(run_dir) / FILENAME
+        self.config_json = config_json
+        self._stored: dict | None = None
+
+    # -- writing ------------------------------------------------------------------------------
+    def save(self, phase: str, epoch: int, model, optimizer=None, sched=None, rng=None, gen=None,
+             history=(), best=None, elapsed: float = 0.0, carry: dict | None = None) -> None:
+        best = best or {}
+        state = {
+            "config": self.config_json, "phase": phase, "epoch": epoch, "elapsed": float(elapsed),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+            "sched": sched.state_dict() if sched is not None else {},
+            "torch_rng": torch.get_rng_state(),
+            "gen": gen.get_state() if gen is not None else torch.empty(0, dtype=torch.uint8),
+            # numpy's generator state holds 128-bit integers: JSON keeps them exact.
+            "np_rng": json.dumps(rng.bit_generator.state) if rng is not None else "",
+            "history": json.dumps(list(history)),
+            "best": json.dumps({k: v for k, v in best.items() if k != "state"}),
+            "best_state": best.get("state") or {},
+            "carry": json.dumps(carry or {}),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)  # a kill mid-write leaves the previous checkpoint whole
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    # -- reading ------------------------------------------------------------------------------
+    def load(self) -> dict | None:
+        """The stored state, or None when there is no checkpoint. Refuses another config's file."""
+        if self._stored is None and self.path.is_file():
+            try:
+                raw = torch.load(self.path, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises several types for a damaged or unsafe file
+                raise ValueError(f"{self.path}: cannot read checkpoint ({e})") from None
+            if raw["config"] != self.config_json:
+                ours, theirs = json.loads(self.config_json), json.loads(raw["config"])
+                diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+                raise CheckpointMismatch(f"{self.path} was written with different options ({', '.join(diff)}); "
+                                         f"resume with the same options or start a new --out folder")
+            self._stored = raw
+        return self._stored
+
+    def resume_state(self, phase: str) -> dict | None:
+        raw = self.load()
+        return raw if raw is not None and raw["phase"] == phase else None
+
+
+def restore(raw: dict, model, optimizer=None, sched=None, rng=None, gen=None) -> tuple[list, dict]:
+    """Put a checkpoint's state back into freshly built objects; returns (history, best)."""
+    model.load_state_dict(raw["model"])
+    if optimizer is not None and raw["optimizer"]:
+        optimizer.load_state_dict(raw["optimizer"])
+    if sched is not None and raw["sched"]:
+        sched.load_state_dict(raw["sched"])
+    torch.set_rng_state(raw["torch_rng"])
+    if gen is not None and raw["gen"].numel():
+        gen.set_state(raw["gen"])
+    if rng is not None and raw["np_rng"]:
+        rng.bit_generator.state = json.loads(raw["np_rng"])
+    best = json.loads(raw["best"])
+    best["val_rmse"] = best.get("val_rmse", float("inf"))
+    best["state"] = raw["best_state"] or None
+    return json.loads(raw["history"]), best
