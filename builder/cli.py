@@ -3,6 +3,7 @@ function and prints; everything it does is importable without it."""
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 from typing import Optional
@@ -196,14 +197,36 @@ def perf(
     typer.echo(f"report: {folder / 'report.md'}")
 
 
+def _admin_key(path: Path, create: bool) -> str:
+    """Read the admin key from PATH, or (serve) make a random one there readable by its owner only."""
+    import secrets
+    import stat
+    if path.is_file():
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            _fail(f"{path}: readable by others; chmod 600 it (it unlocks model load/unload)")
+        return path.read_text().strip()
+    if not create:
+        _fail(f"{path}: no admin key file (the server's `aerec serve --admin-key-file` writes it)")
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    typer.echo(f"admin key written to {path} (mode 600)")
+    return key
+
+
 @app.command()
 def serve(
     repository: Path = typer.Option(Path("model_repository"), "--repository"),
     http_port: int = typer.Option(8000), grpc_port: int = typer.Option(8001),
     address: str = typer.Option("127.0.0.1", help="bind address; loopback unless you ask"),
+    admin_key_file: Optional[Path] = typer.Option(
+        None, help="enable model load/unload (e.g. `aerec reload`) for holders of the key in this file "
+                   "(created, mode 600, if missing); without it nobody can change what is served"),
 ):
     """Run the embedded Triton server on REPOSITORY until Ctrl-C."""
     import time as _time
+    from server.admin import RESTRICTED
     from server.launcher import TritonServer
     if not repository.is_dir():
         _fail(f"{repository}: no model repository; build one with `aerec repository RUN_DIR`")
@@ -215,9 +238,15 @@ def serve(
     # Ctrl-C and SIGTERM (what service managers send) both stop the server cleanly.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    server = TritonServer(repository, http_port, grpc_port, address)
+    key = _admin_key(admin_key_file, create=True) if admin_key_file else None
+    try:
+        server = TritonServer(repository, http_port, grpc_port, address, admin_key=key)
+    except ValueError as e:
+        _fail(str(e))
     server.start()
     typer.echo(f"serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")
+    typer.echo(f"restricted APIs ({RESTRICTED}): "
+               + (f"open to holders of the key in {admin_key_file}" if key else "closed (no --admin-key-file)"))
     try:
         while server.process.poll() is None:
             _time.sleep(0.5)
@@ -225,6 +254,24 @@ def serve(
         pass
     finally:
         server.stop()
+
+
+@app.command()
+def reload(
+    admin_key_file: Path = typer.Option(..., help="the key file the server was started with"),
+    model: list[str] = typer.Option([], help="only these models (repeatable); default all"),
+    url: str = typer.Option("127.0.0.1:8001", help="server address"),
+    protocol: str = typer.Option("grpc", help="grpc | http"),
+):
+    """Make a running server load the newest versions in its repository, without dropping requests
+    (after `aerec repository RUN --out` added a version)."""
+    from client import RecommenderClient
+    key = _admin_key(admin_key_file, create=False)
+    try:
+        loaded = RecommenderClient(url, protocol, admin_key=key).reload(model or None)
+    except Exception as e:  # the server's own message names the problem
+        _fail(str(e))
+    typer.echo(f"reloaded: {', '.join(loaded)}")
 
 
 @app.command()

@@ -4,14 +4,38 @@
     rc = RecommenderClient("127.0.0.1:8001")            # gRPC; protocol="http" for :8000
     rc.recommend(user_id=42, k=10)                       # a known user
     rc.recommend(ratings={50: 5.0, 172: 4.0}, k=10)      # anyone, folded in without retraining
+
+Transient failures (server restarting, connection refused, a Python stub being restarted by
+the server's supervisor) are retried with capped exponential backoff and jitter; a request's
+own error (bad input) is raised at once. Recommending has no side effects, so a retry is safe.
 """
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from server.admin import admin_headers
+
 MODEL = "recommend"
+# Substrings of errors that say "try again later", never "your request is wrong".
+TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "Connection refused", "connection reset",
+             "Broken pipe", "failed to connect", "Socket closed", "Server is stopping", "timed out",
+             "StatusCode.DEADLINE_EXCEEDED", "unexpected EOF", "Connection aborted")
+GRPC_CHANNEL = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+                # Reconnect to a restarted server within a second, not gRPC's default of up to 120 s.
+                ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    text = f"{type(error).__name__}: {error}".lower()
+    return any(t.lower() in text for t in TRANSIENT)
 
 
 @dataclass
@@ -24,13 +48,19 @@ class Recommendation:
 
 class RecommenderClient:
     def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 10.0,
-                 model: str = MODEL):
+                 model: str = MODEL, retries: int = 10, backoff_s: float = 0.05, backoff_max_s: float = 2.0,
+                 admin_key: str | None = None):
+        """`retries` extra attempts on transient errors, sleeping backoff_s, 2x, 4x ... (at most
+        backoff_max_s, with jitter): the defaults ride out about 11 s of server restart.
+        `admin_key` is needed only for `reload` (see `aerec serve --admin-key-file`)."""
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.protocol, self.url, self.timeout_s, self.model = protocol, url, timeout_s, model
+        self.retries, self.backoff_s, self.backoff_max_s, self.admin_key = retries, backoff_s, backoff_max_s, admin_key
+        self.retried = 0  # transient failures ridden out so far (for monitoring)
         if protocol == "grpc":
             import tritonclient.grpc as mod
-            self._client = mod.InferenceServerClient(url)
+            self._client = mod.InferenceServerClient(url, channel_args=GRPC_CHANNEL)
         else:
             import tritonclient.http as mod
             self._client = mod.InferenceServerClient(url, network_timeout=timeout_s, connection_timeout=timeout_s)
@@ -62,10 +92,29 @@ class RecommenderClient:
             unknown_items=int(result.as_numpy("UNKNOWN_ITEMS")[0, 0]),
         )
 
+    def _delays(self):
+        """Sleeps between attempts: capped exponential backoff with jitter (no thundering herd)."""
+        delay = self.backoff_s
+        for _ in range(self.retries):
+            yield delay * random.uniform(0.5, 1.0)
+            delay = min(delay * 2, self.backoff_max_s)
+
+    def _retrying(self, call):
+        for pause in self._delays():
+            try:
+                return call()
+            except Exception as e:  # tritonclient and the transports raise many types
+                if not is_transient(e):
+                    raise
+                self.retried += 1
+                time.sleep(pause)
+        return call()  # the last attempt's error, transient or not, reaches the caller
+
     def recommend(self, user_id: int | None = None, ratings: dict[int, float] | None = None,
                   k: int = 10) -> Recommendation:
+        inputs = self._inputs(user_id, ratings, k)
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        return self._parse(self._client.infer(self.model, self._inputs(user_id, ratings, k), **kwargs))
+        return self._parse(self._retrying(lambda: self._client.infer(self.model, inputs, **kwargs)))
 
     def recommend_many(self, user_ids: list[int], k: int = 10) -> list[Recommendation]:
         """Many users with all requests in flight at once: the server batches them."""
@@ -93,8 +142,17 @@ class RecommenderClient:
         else:
             import tritonclient.http.aio as aio
         client = aio.InferenceServerClient(self.url)
+        inputs = self._inputs(user_id, ratings, k)
         try:
-            return self._parse(await client.infer(self.model, self._inputs(user_id, ratings, k)))
+            for pause in self._delays():
+                try:
+                    return self._parse(await client.infer(self.model, inputs))
+                except Exception as e:
+                    if not is_transient(e):
+                        raise
+                    self.retried += 1
+                    await asyncio.sleep(pause)
+            return self._parse(await client.infer(self.model, inputs))
         finally:
             await client.close()
 
@@ -105,6 +163,21 @@ class RecommenderClient:
                         and self._client.is_model_ready(self.model))
         except Exception:  # unreachable server: not healthy, whatever the transport raised
             return False
+
+    def reload(self, models: list[str] | None = None) -> list[str]:
+        """Load the newest versions in the server's repository (every model, or `models`),
+        networks and steps before the ensemble. Triton loads each new version beside the served
+        one and switches when it is ready, so requests keep succeeding. Needs the admin key."""
+        if not self.admin_key:
+            raise PermissionError("reload needs the server's admin key (aerec serve --admin-key-file)")
+        headers = admin_headers(self.admin_key, self.protocol)
+        if models is None:
+            index = self._client.get_model_repository_index(headers=headers)
+            names = ([m.name for m in index.models] if self.protocol == "grpc" else [m["name"] for m in index])
+            models = sorted(set(names), key=lambda n: (n == self.model, n))  # the ensemble last
+        for name in models:
+            self._client.load_model(name, headers=headers)
+        return models
 
     def metadata(self) -> dict:
         meta = self._client.get_model_metadata(self.model)

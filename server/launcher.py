@@ -3,25 +3,40 @@
 No Docker, no GPU: the launcher assembles a backend directory of the project's own (the
 wheel's Python backend plus the stub for this interpreter, and our Python-based `onnxruntime`
 backend), binds to loopback, waits until the server is ready, and stops it cleanly.
+
+Safe by default: the admin APIs (model repository load/unload, logging, trace, shared memory)
+answer only requests carrying the admin key, which is random and known to nobody but this
+launcher unless the caller supplies one; a supervisor reloads any model whose Python stub
+process dies (Triton 2.51 itself only reports "Stub process ... is not healthy" forever).
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytriton
+
+from server.admin import ADMIN_HEADER, RESTRICTED, admin_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = Path(pytriton.__file__).parent / "tritonserver"
 WHEEL_LIBS = WHEEL.parents[1] / "nvidia_pytriton.libs"
 OUR_BACKENDS = Path(__file__).parent / "backends"
+
+log = logging.getLogger(__name__)
 
 
 def _install(src: Path, dst: Path) -> None:
@@ -55,11 +70,100 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_pids(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def _stub_model(pid: int) -> str | None:
+    """The model a live Python stub serves: its first argument is <repo>/<model>/<version>/<file>."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
+        return None
+    return Path(argv[1].decode()).parents[1].name
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@dataclass
+class StubRestart:
+    model: str
+    pid: int
+    detected_at: float      # time.monotonic() when the dead stub was seen
+    reload_seconds: float
+    error: str = ""
+
+
+class StubSupervisor(threading.Thread):
+    """Watches the server's Python stubs; a stub that died (left defunct: Triton reaps the ones
+    it stops itself) gets its model reloaded through the admin API, which starts a new stub."""
+
+    def __init__(self, server: "TritonServer", interval: float = 0.25):
+        super().__init__(daemon=True, name="stub-supervisor")
+        self.server, self.interval = server, interval
+        self.known: dict[int, str] = {}
+        self._halt = threading.Event()
+
+    def scan(self) -> bool:
+        """Learn new stubs, restart dead known ones; False once the server is gone."""
+        proc = self.server.process
+        if proc is None or proc.poll() is not None:
+            return False
+        for pid in child_pids(proc.pid):
+            if pid not in self.known and (model := _stub_model(pid)):
+                self.known[pid] = model
+            elif pid in self.known and _is_zombie(pid):
+                self._restart(pid, self.known.pop(pid))
+        return True
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval) and self.scan():
+            pass
+
+    def _restart(self, pid: int, model: str) -> None:
+        t0 = time.monotonic()
+        log.warning("Python stub %d of model %r died; reloading the model", pid, model)
+        try:
+            self.server.load_model(model, force=True)
+            err = ""
+        except OSError as e:
+            err = str(e)
+            log.error("reloading %r failed: %s", model, e)
+        self.server.stub_restarts.append(StubRestart(model, pid, t0, time.monotonic() - t0, err))
+
+    def halt(self) -> None:
+        self._halt.set()
+
+
 class TritonServer:
-    """`with TritonServer(repo) as server:` a ready server on free loopback ports."""
+    """`with TritonServer(repo) as server:` a ready server on free loopback ports.
+
+    `admin_key`: the key for the restricted APIs (load/unload models, logging, trace, shared
+    memory); None makes a random one only this object knows. `supervise`: reload models whose
+    Python stub dies."""
 
     def __init__(self, repository: Path, http_port: int | None = None, grpc_port: int | None = None,
-                 address: str = "127.0.0.1", build_dir: Path | None = None, log: Path | None = None):
+                 address: str = "127.0.0.1", build_dir: Path | None = None, log: Path | None = None,
+                 admin_key: str | None = None, supervise: bool = True):
+        if admin_key is not None and (len(admin_key) < 16 or not admin_key.isascii() or "," in admin_key
+                                      or ":" in admin_key or "=" in admin_key or not admin_key.isprintable()):
+            raise ValueError("admin key: at least 16 printable ASCII characters, without ',', ':' or '='")
+        self.admin_key = admin_key or secrets.token_urlsafe(32)
+        self.supervise, self.supervisor = supervise, None
+        self.stub_restarts: list[StubRestart] = []
         self.repository = Path(repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
@@ -83,7 +187,12 @@ class TritonServer:
                 f"--http-address={self.address}", f"--http-port={self.http_port}",
                 f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
-                "--strict-readiness=true", "--exit-timeout-secs=10"]
+                "--strict-readiness=true", "--exit-timeout-secs=10",
+                # Explicit control lets the supervisor and the admin reload models (new versions,
+                # dead stubs); everything in the repository is loaded at start, as in the default mode.
+                "--model-control-mode=explicit", "--load-model=*",
+                f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}",
+                f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}"]
 
     def start(self, timeout: float = 120) -> "TritonServer":
         assemble_backends(self.build_dir / "backends")
@@ -102,6 +211,10 @@ class TritonServer:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log}:\n"
                                    + self.log.read_text(errors="replace")[-3000:])
             if self.ready():
+                if self.supervise:
+                    self.supervisor = StubSupervisor(self)
+                    self.supervisor.scan()  # every stub known before the first request
+                    self.supervisor.start()
                 return self
             time.sleep(0.25)
         self.stop()
@@ -114,7 +227,29 @@ class TritonServer:
         except OSError:
             return False
 
+    def _admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> bytes:
+        req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers=admin_headers(self.admin_key, "http"))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            raise OSError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')}") from None
+
+    def load_model(self, name: str, force: bool = False, timeout: float = 120) -> None:
+        """(Re)load one model through the admin API: a new version is loaded beside the served
+        one, which keeps answering until the new one is ready. Triton skips a model whose files
+        did not change; `force` hands it the model's current config, which always reloads."""
+        body = None
+        if force:
+            config = self._admin("GET", f"/v2/models/{name}/config").decode()
+            body = {"parameters": {"config": config}}
+        self._admin("POST", f"/v2/repository/models/{name}/load", body, timeout)
+
     def stop(self) -> None:
+        if self.supervisor:
+            self.supervisor.halt()
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
