@@ -25,6 +25,7 @@ from builder.repository import Tuning, add_network, apply_tuning, write_reposito
 from builder.train import load_run, make_model
 from perf import analyzer, baselines, inputs, load
 from perf.report import write_report
+from perf.soak import soak
 from server.launcher import ROOT, TritonServer, free_port
 
 def _say(msg: str) -> None:
@@ -46,6 +47,7 @@ class Plan:
     naive_seconds: float
     baseline_seconds: float
     tunings: list[dict] = field(default_factory=list)
+    soak_seconds: float = 20.0
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -59,7 +61,7 @@ class Plan:
                  "step_queue_delay_us": d}
                 for ni, th in ((1, 0), (2, 1)) for si in (1, 2) for d in (0, 100, 1000)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
-                   grid)
+                   grid, soak_seconds=60.0)
 
 
 def _ensure_run(run_dir: Path | None) -> Path:
@@ -250,6 +252,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
                     for r in json.loads(data["ratings"].read_text())["data"]]
         _say("ensemble sweeps done; naive service vs Triton under one generator")
         results["naive"] = _naive(run_dir, requests, plan, server)
+        _say(f"soak: {plan.soak_seconds:.0f} s at concurrency 64, one request in five invalid")
+        results["soak"] = soak(server, dataset, plan.soak_seconds, concurrency=64).to_dict()
         results["server_config"] = {p.parent.name: p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
     results["seconds"] = round(time.perf_counter() - started, 1)
     summary = summarise(results)
@@ -289,6 +293,9 @@ def summarise(r: dict) -> dict:
         "large_model_ort_inprocess_roof_fraction":
             base["large_w1024"]["ort_batched_b64"] * base["large_w1024"]["flops_per_user"] / 1e9 / roof,
         "tuning_gain": tuning["best"]["throughput"] / tuning["default"]["throughput"],
+        "soak": {k: r["soak"][k] for k in ("seconds", "concurrency", "requests", "valid_failed", "unexpected",
+                                           "throughput", "p99_ms", "rss_start_mb", "rss_end_mb", "rss_growth")}
+        if "soak" in r else None,
         "figures": {"ort_inprocess_b64_users_per_s": base["ml100k"]["ort_batched_b64"],
                     "ensemble_grpc_best_req_per_s": best_single, "ensemble_grpc_b64_users_per_s": best_batched,
                     "naive_best_req_per_s": naive_best, "triton_http_json_same_generator_req_per_s": triton_same_load,

@@ -117,6 +117,14 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         tp = max(x["throughput"] for x in served["rows"]) if served else float("nan")
         lines.append(f"| {name} | {b.get('hidden', 'run config')} | {b['flops_per_user'] / 1e6:.1f} M | "
                      f"{b['ort_batched_b64']:,.0f} | {tp:,.0f} | {tp * b['flops_per_user'] / 1e9 / roof:.1%} |")
+    if r.get("soak"):
+        k = r["soak"]
+        lines += ["", f"## Soak ({k['seconds']:.0f} s, concurrency {k['concurrency']}, gRPC)", "",
+                  f"{k['requests']:,} requests ({k['valid']:,} valid, {k['invalid']:,} invalid, each invalid one "
+                  f"expecting its own error): {k['throughput']:,.0f} req/s, p50 {k['p50_ms']:.1f} ms, p99 "
+                  f"{k['p99_ms']:.1f} ms; failed valid requests {k['valid_failed']}, unexpected answers "
+                  f"{k['unexpected']}; server memory (Triton + stubs) {k['rss_start_mb']:.0f} -> "
+                  f"{k['rss_end_mb']:.0f} MB ({k['rss_growth']:+.1%}, target <= +10%)."]
     lines += ["", "## Principal bottleneck", "",
               _bottleneck(r.get("server_time", {})), "",
               "## Tuning (ensemble, gRPC, concurrency 16)", "",
