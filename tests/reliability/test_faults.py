@@ -4,8 +4,11 @@ anyone without the key."""
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -15,7 +18,7 @@ from client import RecommenderClient
 from conftest import build_repository
 from perf.soak import drive, interleave, mixed_requests, soak
 from server.admin import admin_headers
-from server.launcher import TritonServer, child_pids
+from server.launcher import TritonServer, child_pids, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -207,3 +210,34 @@ def test_soak_mixed_valid_and_invalid(server, u1):
     assert r.valid_failed == 0
     assert r.invalid > 0 and r.valid > 0
     assert r.rss_growth <= 0.10
+
+
+def test_cli_serve_with_admin_key_file_then_reload(built, tmp_path):
+    """`aerec serve --admin-key-file` makes a private key file; `aerec reload` with it works,
+    and a key file others can read is refused."""
+    _, _, repo = built
+    aerec = str(Path(sys.executable).parent / "aerec")
+    key, http, grpc = tmp_path / "admin.key", free_port(), free_port()
+    serve = subprocess.Popen([aerec, "serve", "--repository", str(repo), "--http-port", str(http),
+                              "--grpc-port", str(grpc), "--admin-key-file", str(key)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        rc = RecommenderClient(f"127.0.0.1:{grpc}")
+        deadline = time.monotonic() + 120
+        while not rc.healthy() and time.monotonic() < deadline and serve.poll() is None:
+            time.sleep(0.5)
+        assert rc.healthy(), serve.stdout.read() if serve.poll() is not None else "not ready"
+        assert key.stat().st_mode & 0o777 == 0o600
+        ok = subprocess.run([aerec, "reload", "--admin-key-file", str(key), "--url", f"127.0.0.1:{grpc}"],
+                            capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and "reloaded: " in ok.stdout and "recommend" in ok.stdout, ok.stderr
+        key.chmod(0o644)
+        refused = subprocess.run([aerec, "reload", "--admin-key-file", str(key), "--url", f"127.0.0.1:{grpc}"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "readable by others" in refused.stderr + refused.stdout
+        assert len(rc.recommend(user_id=1, k=5).item_ids) == 5
+    finally:
+        serve.terminate()
+        out, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, out
+    assert "restricted APIs" in out and "open to holders of the key" in out
