@@ -22,6 +22,7 @@ STEPS = ROOT / "server" / "steps"
 MAX_BATCH = 64
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
+PIPELINES = ("ensemble", "fused")
 
 
 class RepositoryError(ValueError):
@@ -35,8 +36,12 @@ class Tuning:
     network_queue_delay_us: int = 100
     preferred_batch_sizes: list[int] = field(default_factory=list)
     ort_threads: int = 0              # 0: ONNX Runtime's default (all cores)
-    step_instances: int = 1           # preprocess and postprocess
+    step_instances: int = 1           # preprocess and postprocess (and the fused model)
     step_queue_delay_us: int = 100
+    # "ensemble": preprocess -> network -> postprocess, three models (runs anywhere, the network
+    # natively in NVIDIA's container); "fused": the same three steps in one Python model, one
+    # stub hop instead of three (the embedded CPU server: it needs onnxruntime in the stub).
+    pipeline: str = "ensemble"
 
     @classmethod
     def load(cls, path: Path) -> "Tuning":
@@ -53,6 +58,10 @@ class Tuning:
             raise RepositoryError(f"{path}: unknown tuning key(s) {sorted(unknown)}")
         return cls(**raw)
 
+    def __post_init__(self):
+        if self.pipeline not in PIPELINES:
+            raise RepositoryError(f"pipeline must be one of {PIPELINES}, got {self.pipeline!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -67,8 +76,6 @@ def network_config(name: str, n_items: int, max_batch: int = 256, tuning: Tuning
     container (native backend) and on the embedded server (our Python-based backend); both read
     the thread count from the native backend's own parameter name."""
     t = tuning or Tuning()
-    threads = (f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{t.ort_threads}" }} }}\n'
-               if t.ort_threads else "")
     return f'''name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch}
@@ -76,7 +83,12 @@ input [ {{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
 output [ {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
 {_batching(t.network_queue_delay_us, t.preferred_batch_sizes)}
 instance_group [ {{ count: {t.network_instances} kind: KIND_CPU }} ]
-{threads}'''
+{_threads(t)}'''
+
+
+def _threads(t: Tuning) -> str:
+    return (f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{t.ort_threads}" }} }}\n'
+            if t.ort_threads else "")
 
 
 def _python_step_config(name: str, inputs: list[str], outputs: list[str], tuning: Tuning | None) -> str:
@@ -97,13 +109,27 @@ instance_group [ {{ count: {t.step_instances} kind: KIND_CPU }} ]
 '''
 
 
+REQUEST_INPUTS = [
+    'name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true',
+    'name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true',
+    'name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true',
+    'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
+]
+RESPONSE_OUTPUTS = [
+    'name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ]',
+    'name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ]',
+    'name: "TITLES" data_type: TYPE_STRING dims: [ -1 ]',
+    'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]',
+]
+
+
+def fused_config(tuning: Tuning | None = None) -> str:
+    """The whole pipeline as one Python model, with the ensemble's inputs and outputs."""
+    return _python_step_config("recommend", REQUEST_INPUTS, RESPONSE_OUTPUTS, tuning) + _threads(tuning or Tuning())
+
+
 def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
-    return _python_step_config("preprocess", [
-        'name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true',
-        'name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true',
-        'name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true',
-        'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
-    ], [
+    return _python_step_config("preprocess", REQUEST_INPUTS, [
         f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
         'name: "TOP_K_OUT" data_type: TYPE_INT32 dims: [ 1 ]',
         'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]',
@@ -115,11 +141,7 @@ def postprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
         f'name: "PREDICTIONS" data_type: TYPE_FP32 dims: [ {n_items} ]',
         f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
         'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
-    ], [
-        'name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ]',
-        'name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ]',
-        'name: "TITLES" data_type: TYPE_STRING dims: [ -1 ]',
-    ], tuning)
+    ], RESPONSE_OUTPUTS[:3], tuning)
 
 
 def ensemble_config(network: str) -> str:
@@ -181,10 +203,37 @@ def _write_steps(tmp: Path, dataset, network: str, tuning: Tuning | None = None)
     shutil.copy2(ROOT / "builder" / "ranking.py", tmp / "postprocess" / str(written["postprocess"]) / "ranking.py")
     (tmp / "preprocess" / "config.pbtxt").write_text(preprocess_config(dataset.n_items, tuning))
     (tmp / "postprocess" / "config.pbtxt").write_text(postprocess_config(dataset.n_items, tuning))
-    (tmp / "recommend" / "1").mkdir(parents=True, exist_ok=True)
-    (tmp / "recommend" / "config.pbtxt").write_text(ensemble_config(network))
-    written["recommend"] = 1
+    written["recommend"] = write_recommend(tmp, network, tuning)
     return written
+
+
+def _latest(folder: Path) -> Path:
+    return folder / str(max(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()))
+
+
+def write_recommend(repo: Path, network: str, tuning: Tuning | None = None) -> int:
+    """The `recommend` model clients call, as the tuning's pipeline says; returns its version.
+    Fused: a new version folder holding the steps' code and assets and the network's ONNX file,
+    copied from their newest versions, so both pipelines serve exactly the same model."""
+    t, folder = tuning or Tuning(), Path(repo) / "recommend"
+    versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
+    if t.pipeline == "ensemble":
+        version = max(versions, default=1)
+        (folder / str(version)).mkdir(parents=True, exist_ok=True)
+        (folder / "config.pbtxt").write_text(ensemble_config(network))
+        return version
+    version = max(versions, default=0) + 1
+    vdir = folder / str(version)
+    vdir.mkdir(parents=True)
+    for step in ("preprocess", "postprocess"):
+        for f in _latest(Path(repo) / step).iterdir():
+            if f.is_file() and f.name != "model.py":
+                shutil.copy2(f, vdir / f.name)
+        shutil.copy2(STEPS / f"{step}.py", vdir / f"{step}.py")
+    shutil.copy2(STEPS / "fused.py", vdir / "model.py")
+    shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / "model.onnx")
+    (folder / "config.pbtxt").write_text(fused_config(t))
+    return version
 
 
 def _validate_network(path: Path, n_items: int) -> None:
@@ -234,10 +283,12 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
             dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
             written.update(_write_steps(tmp, dataset, f"autoencoder_{variants[0]}", tuning))
         networks = {f"autoencoder_{v}": n_items for v in variants}
-        if (tmp / "aerec_repository.json").is_file():
-            networks = {**json.loads((tmp / "aerec_repository.json").read_text()).get("networks", {}), **networks}
-        manifest = {"run": str(run_dir.resolve()), "models": written, "n_items": n_items, "networks": networks,
-                    "tuning": (tuning or Tuning()).to_dict()}
+        old_path = tmp / "aerec_repository.json"
+        old = json.loads(old_path.read_text()) if old_path.is_file() else {}
+        manifest = {"run": str(run_dir.resolve()), "models": written, "n_items": n_items,
+                    "networks": {**old.get("networks", {}), **networks},
+                    "standalone_networks": old.get("standalone_networks", {}),
+                    "served_network": f"autoencoder_{variants[0]}", "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}-old")
@@ -254,7 +305,8 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
 
 
 def add_network(repo: Path, name: str, onnx_path: Path, n_items: int, tuning: Tuning | None = None) -> None:
-    """A bare network beside the ensemble (perf's synthetic large models): model level only."""
+    """A bare network beside the ensemble (perf's synthetic large models): model level only, so
+    `apply_tuning` (which tunes the recommending pipeline) leaves its config alone."""
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(onnx_path, folder / "1" / "model.onnx")
@@ -262,7 +314,7 @@ def add_network(repo: Path, name: str, onnx_path: Path, n_items: int, tuning: Tu
     (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
     manifest_path = Path(repo) / "aerec_repository.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest.setdefault("networks", {})[name] = n_items
+    manifest.setdefault("standalone_networks", {})[name] = n_items
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
@@ -275,5 +327,7 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
     if (repo / "preprocess").is_dir():
         (repo / "preprocess" / "config.pbtxt").write_text(preprocess_config(manifest["n_items"], tuning))
         (repo / "postprocess" / "config.pbtxt").write_text(postprocess_config(manifest["n_items"], tuning))
+        manifest.setdefault("models", {})["recommend"] = write_recommend(
+            repo, manifest.get("served_network", "autoencoder_onnx"), tuning)
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))

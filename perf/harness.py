@@ -53,13 +53,16 @@ class Plan:
     def quick(cls) -> "Plan":
         return cls([1, 64], "1", [1, 4, 16, 64], [1, 4, 16], 1500, 3.0, 1.0, [
             {}, {"step_instances": 2}, {"ort_threads": 1, "network_instances": 2},
-            {"network_queue_delay_us": 500, "step_queue_delay_us": 500}])
+            {"pipeline": "fused"}, {"pipeline": "fused", "step_instances": 2, "ort_threads": 1}])
 
     @classmethod
     def full(cls) -> "Plan":
         grid = [{"network_instances": ni, "ort_threads": th, "step_instances": si, "network_queue_delay_us": d,
                  "step_queue_delay_us": d}
                 for ni, th in ((1, 0), (2, 1)) for si in (1, 2) for d in (0, 100, 1000)]
+        # Fused: one model does it all, so its instance count and threads are the knobs.
+        grid += [{"pipeline": "fused", "step_instances": si, "ort_threads": th, "step_queue_delay_us": d}
+                 for si, th in ((1, 0), (2, 1)) for d in (0, 100, 1000)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
                    grid, soak_seconds=60.0)
 

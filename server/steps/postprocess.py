@@ -23,22 +23,25 @@ class TritonPythonModel:
         self.titles = np.array([t.encode("utf-8") for t in titles.tolist()], dtype=np.object_)
         self.low, self.high = json.loads(open(os.path.join(here, "assets.json")).read())["scale"]
 
+    def rank(self, preds: np.ndarray, rated: np.ndarray, sizes: list[int], ks: list[int]):
+        """Top-k unrated items of each request's rows (a request may carry several users, all
+        with its one k): a list of (ids, scores, titles) per request."""
+        top = self.top_k_unrated(preds, rated, max(ks))
+        scores = np.clip(np.take_along_axis(preds, top, axis=1), self.low, self.high).astype(np.float32)
+        out, start = [], 0
+        for size, k in zip(sizes, ks):
+            idx = top[start:start + size, :k]
+            out.append((self.item_ids[idx].astype(np.int64), scores[start:start + size, :k], self.titles[idx]))
+            start += size
+        return out
+
     def execute(self, requests):
         get = lambda r, n: pb_utils.get_input_tensor_by_name(r, n).as_numpy()  # noqa: E731
         preds = [get(r, "PREDICTIONS") for r in requests]
-        sizes = [p.shape[0] for p in preds]  # a request may carry several users
-        preds = np.concatenate(preds)
+        sizes = [p.shape[0] for p in preds]
         rated = np.concatenate([get(r, "DENSE") for r in requests]) != 0
         ks = [int(get(r, "TOP_K").reshape(-1)[0]) for r in requests]  # one TOP_K per request
-        top = self.top_k_unrated(preds, rated, max(ks))
-        scores = np.clip(np.take_along_axis(preds, top, axis=1), self.low, self.high).astype(np.float32)
-        responses, start = [], 0
-        for size, k in zip(sizes, ks):
-            idx = top[start:start + size, :k]
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("RECOMMENDED_IDS", self.item_ids[idx].astype(np.int64)),
-                pb_utils.Tensor("SCORES", scores[start:start + size, :k]),
-                pb_utils.Tensor("TITLES", self.titles[idx]),
-            ]))
-            start += size
-        return responses
+        return [pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("RECOMMENDED_IDS", ids), pb_utils.Tensor("SCORES", scores),
+                    pb_utils.Tensor("TITLES", titles)])
+                for ids, scores, titles in self.rank(np.concatenate(preds), rated, sizes, ks)]

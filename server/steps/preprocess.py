@@ -90,38 +90,46 @@ class TritonPythonModel:
             raise ValueError("no known items among ITEM_IDS: nothing to recommend from")
         return row, cols, vals, k, unknown
 
-    def execute(self, requests):
-        parsed, spans, responses = [], [], [None] * len(requests)
+    def prepare(self, requests):
+        """Check every request, then scatter the valid ones into one dense batch.
+        Returns (errors: {request index: message}, spans: [(request index, first row, end row)],
+        dense [rows, n_items], top_k [rows, 1], unknown [rows, 1])."""
+        parsed, spans, errors = [], [], {}
         for i, request in enumerate(requests):
             try:
                 rows = self._parse(request)
             except ValueError as e:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e)))
+                errors[i] = str(e)
                 continue
             spans.append((i, len(parsed), len(parsed) + len(rows)))
             parsed.extend(rows)
-        if parsed:
-            dense = np.zeros((len(parsed), self.n_items), np.float32)
-            b = np.arange(len(parsed))
-            rows = np.array([p[0] for p in parsed])
-            # Known users' training histories, scattered in one step.
-            has = rows >= 0
-            starts, ends = self.indptr[rows[has]], self.indptr[rows[has] + 1]
-            counts = ends - starts
-            if counts.sum():
-                take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
-                dense[np.repeat(b[has], counts), self.indices[take]] = self.data[take]
-            # Ratings sent with the request override the history.
-            counts = np.array([p[1].size for p in parsed])
-            if counts.sum():
-                dense[np.repeat(b, counts), np.concatenate([p[1] for p in parsed])] = \
-                    np.concatenate([p[2] for p in parsed])
-            ks = np.array([[p[3]] for p in parsed], np.int32)
-            unknown = np.array([[p[4]] for p in parsed], np.int32)
-            for i, lo, hi in spans:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("DENSE", dense[lo:hi]),
-                    pb_utils.Tensor("TOP_K_OUT", ks[lo:hi]),
-                    pb_utils.Tensor("UNKNOWN_ITEMS", unknown[lo:hi]),
-                ])
+        dense = np.zeros((len(parsed), self.n_items), np.float32)
+        b = np.arange(len(parsed))
+        rows = np.array([p[0] for p in parsed], np.int64)
+        # Known users' training histories, scattered in one step.
+        has = rows >= 0
+        starts, ends = self.indptr[rows[has]], self.indptr[rows[has] + 1]
+        counts = ends - starts
+        if counts.sum():
+            take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+            dense[np.repeat(b[has], counts), self.indices[take]] = self.data[take]
+        # Ratings sent with the request override the history.
+        counts = np.array([p[1].size for p in parsed], np.int64)
+        if counts.sum():
+            dense[np.repeat(b, counts), np.concatenate([p[1] for p in parsed])] = \
+                np.concatenate([p[2] for p in parsed])
+        ks = np.array([[p[3]] for p in parsed], np.int32).reshape(-1, 1)
+        unknown = np.array([[p[4]] for p in parsed], np.int32).reshape(-1, 1)
+        return errors, spans, dense, ks, unknown
+
+    def execute(self, requests):
+        errors, spans, dense, ks, unknown = self.prepare(requests)
+        responses = [pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[i])) if i in errors else None
+                     for i in range(len(requests))]
+        for i, lo, hi in spans:
+            responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("DENSE", dense[lo:hi]),
+                pb_utils.Tensor("TOP_K_OUT", ks[lo:hi]),
+                pb_utils.Tensor("UNKNOWN_ITEMS", unknown[lo:hi]),
+            ])
         return responses

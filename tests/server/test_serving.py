@@ -7,23 +7,24 @@ import tritonclient.http as httpclient
 
 from builder.config import TrainConfig
 from builder.export import ExportConfig, export_run
-from builder.repository import RepositoryError, write_repository
+from builder.repository import RepositoryError, Tuning, write_repository
 from builder.train import save_run, train
 from server.launcher import TritonServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def served(u1, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
+@pytest.fixture(scope="module", params=["ensemble", "fused"])
+def served(u1, tmp_path_factory, request):
+    """Every test below runs against both pipelines: the three-model ensemble and the fused one."""
+    root = tmp_path_factory.mktemp(f"serve-{request.param}")
     config = TrainConfig(model="deeprec", hidden=[64], dropout=0.5, center=True, last_activation=False,
                          epochs=3, batch_size=64, device="cpu")
     result = train(config, u1, progress=False)
     run = save_run(result, u1, root / "run")
     export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
     repo = root / "model_repository"
-    write_repository(run, repo, ["onnx"])
+    write_repository(run, repo, ["onnx"], Tuning(pipeline=request.param))
     with TritonServer(repo, build_dir=root / "build") as server:
         yield server, result.model.eval(), run, repo
 
@@ -204,3 +205,23 @@ def test_one_request_may_carry_several_users(served, u1, protocol):
     inputs[1].set_data_from_numpy(np.arange(1, 17, dtype=np.int32)[:, None])
     with pytest.raises(Exception, match="TOP_K differs across the rows"):
         client.infer("recommend", inputs)
+
+
+def test_apply_tuning_switches_the_pipeline(served, tmp_path):
+    """`aerec repository --tuned` may pick the fused pipeline and back: same model files either way."""
+    import shutil
+    from builder.repository import apply_tuning
+    _, _, _, repo = served
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy)
+    apply_tuning(copy, Tuning(pipeline="fused", ort_threads=1))
+    config = (copy / "recommend" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "intra_op_thread_count" in config
+    latest = max((p for p in (copy / "recommend").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    for f in ("model.py", "preprocess.py", "postprocess.py", "ranking.py", "model.onnx", "user_ids.npy", "titles.npy"):
+        assert (latest / f).is_file(), f
+    assert (latest / "model.onnx").read_bytes() == (copy / "autoencoder_onnx" / "1" / "model.onnx").read_bytes()
+    apply_tuning(copy, Tuning())
+    assert 'platform: "ensemble"' in (copy / "recommend" / "config.pbtxt").read_text()
+    with pytest.raises(RepositoryError, match="pipeline must be one of"):
+        Tuning(pipeline="turbo")
