@@ -231,6 +231,7 @@ def write_recommend(repo: Path, network: str, tuning: Tuning | None = None) -> i
                 shutil.copy2(f, vdir / f.name)
         shutil.copy2(STEPS / f"{step}.py", vdir / f"{step}.py")
     shutil.copy2(STEPS / "fused.py", vdir / "model.py")
+    shutil.copy2(STEPS / "ranking_graph.py", vdir / "ranking_graph.py")
     shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / "model.onnx")
     (folder / "config.pbtxt").write_text(fused_config(t))
     return version

@@ -27,7 +27,12 @@ class TritonPythonModel:
         """Top-k unrated items of each request's rows (a request may carry several users, all
         with its one k): a list of (ids, scores, titles) per request."""
         top = self.top_k_unrated(preds, rated, max(ks))
-        scores = np.clip(np.take_along_axis(preds, top, axis=1), self.low, self.high).astype(np.float32)
+        return self.package(top, np.take_along_axis(preds, top, axis=1), sizes, ks)
+
+    def package(self, top: np.ndarray, values: np.ndarray, sizes: list[int], ks: list[int]):
+        """Chosen item columns and their predictions [rows, max k] -> per request (ids, scores
+        clipped to the rating scale, titles)."""
+        scores = np.clip(values, self.low, self.high).astype(np.float32)
         out, start = [], 0
         for size, k in zip(sizes, ks):
             idx = top[start:start + size, :k]
