@@ -269,6 +269,18 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         _say(f"soak: {plan.soak_seconds:.0f} s at concurrency 64, one request in five invalid")
         results["soak"] = soak(server, dataset, plan.soak_seconds, concurrency=64).to_dict()
         results["server_config"] = {p.parent.name: p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
+    # The ceilings again, with the server gone: on this noisy machine one reading can be low,
+    # which would flatter every ratio; the higher of the two readings is the one used.
+    _say("ceilings again (GEMM roof, ORT in-process); the higher reading of each is used")
+    again = {"gemm_peak_gflops": baselines.gemm_peak_gflops(seconds=plan.baseline_seconds),
+             "ml100k": baselines.ort_batched(baselines.ort_session(onnx_fp32), x, 64, plan.baseline_seconds),
+             **{name: baselines.ort_batched(baselines.ort_session(m["onnx"]), m["x"], 64, plan.baseline_seconds)
+                for name, m in large.items()}}
+    base["readings"] = {"gemm_peak_gflops": [base["gemm_peak_gflops"], again["gemm_peak_gflops"]],
+                        **{name: [base[name]["ort_batched_b64"], again[name]] for name in ("ml100k", *large)}}
+    base["gemm_peak_gflops"] = max(base["readings"]["gemm_peak_gflops"])
+    for name in ("ml100k", *large):
+        base[name]["ort_batched_b64"] = max(base["readings"][name])
     results["seconds"] = round(time.perf_counter() - started, 1)
     summary = summarise(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
