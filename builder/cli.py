@@ -44,12 +44,14 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
     set_: list[str] = typer.Option([], "--set", help="any other config field, KEY=JSON (repeatable)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
-    resume: bool = typer.Option(False, help="continue from OUT/checkpoint.pt (written after every epoch)"),
+    resume: bool = typer.Option(False, help="continue an interrupted run from OUT/checkpoint.pt"),
+    checkpoint_every: float = typer.Option(30.0, help="seconds between checkpoints (0: every epoch)"),
 ):
     """Train one model and write weights, config, metrics and curve to OUT.
 
-    Every epoch is checkpointed to OUT/checkpoint.pt; after an interruption, the same command
-    with --resume continues from the last finished epoch and ends with the same metrics."""
+    Training is checkpointed to OUT/checkpoint.pt (every --checkpoint-every seconds); after an
+    interruption, the same command with --resume continues from the checkpoint and ends with
+    the same metrics and weights as an uninterrupted run."""
     from builder.checkpoint import FILENAME as CHECKPOINT
     from builder.config import TrainConfig
     from builder.data.sources import load_dataset
@@ -85,7 +87,8 @@ def train(
     try:
         config = TrainConfig().updated(**changes)
         dataset = load_dataset(config.data, config.split, config.seed)
-        result = run_train(config, dataset, progress=not quiet, checkpoint_dir=out)
+        result = run_train(config, dataset, progress=not quiet, checkpoint_dir=out,
+                           checkpoint_every_s=checkpoint_every)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     save_run(result, dataset, out)

@@ -245,13 +245,15 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
 
 
 def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
-          checkpoint_dir: Path | None = None) -> TrainResult:
+          checkpoint_dir: Path | None = None, checkpoint_every_s: float = 30.0) -> TrainResult:
     """Select the epoch on a validation slice of training data; evaluate on test once.
 
-    With `checkpoint_dir`, every epoch is checkpointed there and an existing checkpoint of the
-    same config is resumed: the result equals an uninterrupted run's."""
+    With `checkpoint_dir`, the loop is checkpointed there (at most every `checkpoint_every_s`;
+    0: every epoch) and an existing checkpoint of the same config is resumed: the result
+    equals an uninterrupted run's."""
     start = time.perf_counter()
-    ckpt = Checkpoint(checkpoint_dir, json.dumps(asdict(config), sort_keys=True)) if checkpoint_dir else None
+    ckpt = (Checkpoint(checkpoint_dir, json.dumps(asdict(config), sort_keys=True), checkpoint_every_s)
+            if checkpoint_dir else None)
     stored = ckpt.load() if ckpt else None
     full = orient(dataset.train, config)
     if stored is not None and stored["phase"] == "refit":

@@ -201,6 +201,8 @@ class TritonServer:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         # The copied stub loses its relative rpath to the wheel's bundled libraries.
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(WHEEL_LIBS), env.get("LD_LIBRARY_PATH")]))
+        # No __pycache__ written into the repository: it would make Triton see a model as changed.
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "wb")
         self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
@@ -251,14 +253,35 @@ class TritonServer:
         if self.supervisor:
             self.supervisor.halt()
         if self.process and self.process.poll() is None:
+            stubs = [pid for pid in child_pids(self.process.pid) if _stub_model(pid)]
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+            # A stub the server was (re)starting as it stopped can outlive it, orphaned and
+            # polling: nothing of this server may stay behind.
+            for pid in stubs + self._group_members():
+                if _stub_model(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         if getattr(self, "_logf", None):
             self._logf.close()
+
+    def _group_members(self) -> list[int]:
+        """Processes still in the server's process group (the stubs it started inherit it)."""
+        pgid, found = self.process.pid, []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
+                found.append(int(stat.parent.name))
+        return found
 
     def __enter__(self):
         return self.start()

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import corrupt_run_copy
 
 from builder.config import TrainConfig
@@ -106,3 +107,15 @@ def test_cli_errors_are_clear(tmp_path):
     r = _aerec("evaluate", str(tmp_path))
     assert r.returncode == 2 and "run folder" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_checkpoint_interval_limits_writes(tmp_path):
+    """A checkpoint is written at most once per `every_s` (0: every call)."""
+    from builder.checkpoint import Checkpoint
+    model = torch.nn.Linear(3, 2)
+    rare = Checkpoint(tmp_path / "rare", "{}", every_s=3600)
+    rare.save("select", 1, model)
+    assert not rare.path.exists() and rare.load() is None
+    often = Checkpoint(tmp_path / "often", "{}", every_s=0)
+    often.save("select", 1, model, history=[{"epoch": 1}])
+    assert often.resume_state("select")["epoch"] == 1 and often.resume_state("refit") is None

@@ -77,6 +77,19 @@ def test_server_binds_loopback_and_has_a_private_key_by_default(built):
 
 # -- faults ------------------------------------------------------------------------------------
 
+def _stubs_of(server_pid: int) -> list[int]:
+    """Python stub processes started by this tritonserver (the stub's argv carries its pid)."""
+    found = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmd.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"triton_python_backend_stub") and str(server_pid).encode() in argv[1:7]:
+            found.append(int(cmd.parent.name))
+    return found
+
+
 def _stub_pid(server, model: str) -> int:
     for pid in child_pids(server.process.pid):
         try:
@@ -227,6 +240,8 @@ def test_cli_serve_with_admin_key_file_then_reload(built, tmp_path):
         while not rc.healthy() and time.monotonic() < deadline and serve.poll() is None:
             time.sleep(0.5)
         assert rc.healthy(), serve.stdout.read() if serve.poll() is not None else "not ready"
+        triton = child_pids(serve.pid)
+        assert _stubs_of(triton[0])
         assert key.stat().st_mode & 0o777 == 0o600
         ok = subprocess.run([aerec, "reload", "--admin-key-file", str(key), "--url", f"127.0.0.1:{grpc}"],
                             capture_output=True, text=True, timeout=120)
@@ -241,3 +256,4 @@ def test_cli_serve_with_admin_key_file_then_reload(built, tmp_path):
         out, _ = serve.communicate(timeout=60)
     assert serve.returncode == 0, out
     assert "restricted APIs" in out and "open to holders of the key" in out
+    assert _stubs_of(triton[0]) == [], "a Python stub outlived the server (a reload just before the stop)"
