@@ -253,7 +253,6 @@ class TritonServer:
         if self.supervisor:
             self.supervisor.halt()
         if self.process and self.process.poll() is None:
-            stubs = [pid for pid in child_pids(self.process.pid) if _stub_model(pid)]
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
@@ -261,27 +260,13 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
             # A stub the server was (re)starting as it stopped can outlive it, orphaned and
-            # polling: nothing of this server may stay behind.
-            for pid in stubs + self._group_members():
-                if _stub_model(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            # polling; stubs stay in the server's process group, so one signal clears them all.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if getattr(self, "_logf", None):
             self._logf.close()
-
-    def _group_members(self) -> list[int]:
-        """Processes still in the server's process group (the stubs it started inherit it)."""
-        pgid, found = self.process.pid, []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
-                found.append(int(stat.parent.name))
-        return found
 
     def __enter__(self):
         return self.start()
