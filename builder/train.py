@@ -171,8 +171,7 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
             ckpt.save(phase, epoch, model, optimizer, sched, rng, gen, history, best, row["seconds"], carry)
         if not np.isfinite(train_mse):
             log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
-            break
-        if val is not None and epoch - best["epoch"] >= config.patience:
+        if _stopped(history, best, config, val, max_epochs):
             break
     if val is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -180,13 +179,14 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
 
 
 def _stopped(history: list, best: dict, config: TrainConfig, val, max_epochs: int) -> bool:
-    """Did the last recorded epoch end the phase (divergence or patience)? Mirrors the loops' tests."""
+    """Did the last recorded epoch end the phase (divergence, patience, or the last epoch)? The
+    loops' one stopping rule, also read from a checkpoint to know whether its phase had ended."""
     last = history[-1]
     if last["epoch"] >= max_epochs or not np.isfinite(last["train_rmse"]):
         return True
     if val is None:
         return False
-    if config.optimizer == "lbfgs":
+    if config.optimizer == "lbfgs":  # patience counts only once fine-tuning has begun
         return (last["epoch"] > config.pretrain_epochs
                 and last["epoch"] - max(best["epoch"], config.pretrain_epochs) >= config.patience)
     return last["epoch"] - best["epoch"] >= config.patience
@@ -234,10 +234,7 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
             ckpt.save(phase, epoch, model, history=history, best=best, elapsed=row["seconds"], carry=carry)
         if not np.isfinite(row["train_rmse"]):
             log.warning("training diverged at epoch %d; stopping", epoch)
-            break
-        # Patience counts only once fine-tuning has begun (pre-training is a fixed schedule).
-        if (val is not None and epoch > config.pretrain_epochs
-                and epoch - max(best["epoch"], config.pretrain_epochs) >= config.patience):
+        if _stopped(history, best, config, val, max_epochs):
             break
     if val is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
