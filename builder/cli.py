@@ -23,6 +23,9 @@ def _print_metrics(metrics: dict) -> None:
     from rich.table import Table
     t = Table("metric", "value")
     for k, v in metrics.items():
+        if k == "teacher":  # {"preset": name, phase: {"val_rmse", "best_epoch"}}
+            v = "; ".join([v["preset"]] + [f"{phase} val_rmse {m['val_rmse']:.4f} at epoch {m['best_epoch']}"
+                                           for phase, m in v.items() if phase != "preset"])
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     Console().print(t)
 

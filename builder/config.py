@@ -20,6 +20,9 @@ class TrainConfig:
     constrained: bool = False         # deeprec: tied (transposed) decoder
     last_activation: bool = True      # deeprec: activation on the output layer too
     center: bool = False              # deeprec: model deviations from each user's mean rating
+    implicit: bool = False            # deeprec: also feed which items were rated (SVD++'s implicit feedback)
+    input_norm: bool = False          # deeprec: scale the input by 1/sqrt(#rated)
+    skip: bool = False                # deeprec: add a linear input -> output (wide) path
     kernel_dim: int = 5               # glocal-k: dimension of the local kernel's u, v
     kernel_l2: float = 0.006          # glocal-k: L2 on the local kernel values (lambda_s)
     gk_size: int = 3                  # glocal-k: global convolution kernel is gk_size x gk_size
@@ -38,6 +41,8 @@ class TrainConfig:
     lr_decay_epochs: int = 0          # step decay period; 0 = constant
     lr_decay: float = 0.5
     val_fraction: float = 0.1         # validation slice carved from the training ratings
+    val_scheme: str = "entries"       # "entries": val_fraction of all ratings at random; "users":
+                                      # val_fraction of users each hide up to 80% of their ratings
     refit: bool = False               # retrain on all training ratings for best_epoch epochs
     # regularisers of the seeds
     refeed: bool = False              # DeepRec dense re-feeding
@@ -46,6 +51,9 @@ class TrainConfig:
     loss_on: str = "observed"         # "observed" | "dropped": which entries the denoising loss scores
     sparsity: float = 0.0             # weight of the code-sparsity penalty
     contractive: float = 0.0          # weight of the contractive (Jacobian) penalty
+    # knowledge distillation
+    teacher: str = ""                 # a single-model preset trained first on the same ratings
+    distill: float = 0.0              # weight of the teacher's predictions on unrated entries
     # evaluation
     top_k: int = 10
     relevant_threshold: float = 4.0   # test ratings >= this count as relevant for top-N

@@ -7,6 +7,7 @@ then (optionally) DeepRec's dense re-feeding step.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import subprocess
@@ -23,9 +24,9 @@ from tqdm.auto import tqdm
 from builder.checkpoint import Checkpoint, restore
 from builder.config import TrainConfig
 from builder.data.dataset import Dataset
-from builder.data.splits import holdout_entries
+from builder.data.splits import holdout_entries, holdout_users
 from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse, sparsity_penalty
-from builder.models import build_model
+from builder.models import ITEM_BASED, build_model
 from builder import evaluate as ev
 from builder.metrics import rmse
 from builder.predict import dense_rows, orient, predict_entries
@@ -51,7 +52,8 @@ def make_model(config: TrainConfig, n_inputs: int, n_rows: int | None = None) ->
     return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
                        dropout=config.dropout, constrained=config.constrained,
                        last_activation=config.last_activation, input_dropout=config.input_dropout,
-                       center=config.center, n_rows=n_rows, kernel_dim=config.kernel_dim,
+                       center=config.center, implicit=config.implicit,
+                       input_norm=config.input_norm, skip=config.skip, n_rows=n_rows, kernel_dim=config.kernel_dim,
                        gk_size=config.gk_size, dot_scale=config.dot_scale)
 
 
@@ -66,12 +68,15 @@ def _optimizer(config: TrainConfig, params):
 
 
 def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torch.Generator,
-               n_ratings: int) -> float:
+               n_ratings: int, soft: torch.Tensor | None = None) -> float:
     """One update on a batch of rating vectors; returns the masked MSE of the batch.
 
     AutoRec's objective is sum-of-squares + lambda/2 ||W||^2 over the whole matrix; our loss is
     a mean over observed entries, so lambda is divided by the number of training ratings to
     keep its meaning (and the paper's grid of values) intact.
+
+    `soft` holds a teacher's predictions for these rows: the entries the user has not rated
+    are scored against them with weight `config.distill` (knowledge distillation).
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -84,6 +89,10 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
     else:
         loss = masked_mse(pred, x)
     reported = loss.item()
+    if soft is not None and config.distill:
+        # The teacher fills in what the ratings leave blank: a dense target for every item the
+        # user has not rated, so each of the few user rows teaches the whole output layer.
+        loss = loss + config.distill * masked_mse(pred, soft, x == 0)
     if config.l2:
         loss = loss + config.l2 * l2_penalty(model) / n_ratings
     if config.sparsity:
@@ -102,14 +111,16 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
     return reported
 
 
-def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng, gen, device) -> float:
+def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng, gen, device,
+              soft: torch.Tensor | None = None) -> float:
     rows = np.flatnonzero(np.diff(matrix.indptr) > 0)
     rng.shuffle(rows)
     losses, weights = [], []
     for start in range(0, len(rows), config.batch_size):
         batch = rows[start:start + config.batch_size]
         x = dense_rows(matrix, batch, device)
-        losses.append(train_step(model, optimizer, x, config, gen, matrix.nnz))
+        losses.append(train_step(model, optimizer, x, config, gen, matrix.nnz,
+                                 None if soft is None else soft[batch].to(device)))
         weights.append(int((x != 0).sum()))
     return float(np.average(losses, weights=weights))
 
@@ -141,8 +152,9 @@ def _resume(ckpt: Checkpoint | None, phase: str, model, **state) -> tuple[int, l
 
 def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
         progress: bool = True, on_epoch=None, ckpt: Checkpoint | None = None, phase: str = "fit",
-        carry: dict | None = None):
+        carry: dict | None = None, soft: torch.Tensor | None = None):
     """Train on `matrix` rows; early-stop on `val` when given. Returns (model, history, best).
+    `soft`: a teacher's dense predictions for every row of `matrix` (see train_step).
 
     With `ckpt`, the loop's state is saved after every epoch and a checkpoint of the same
     `phase` is resumed from (`carry` is stored alongside for the caller's own bookkeeping)."""
@@ -162,7 +174,7 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     bar = tqdm(range(first, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
     start = time.perf_counter() - spent
     for epoch in bar:
-        train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device)
+        train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device, soft)
         if sched:
             sched.step()
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
@@ -241,37 +253,98 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
     return model, history, best
 
 
+def validation_split(train_ui: sp.csr_matrix, config: TrainConfig):
+    """(fit, validation) parts of the training matrix, by the config's scheme, oriented for the model."""
+    if config.val_scheme == "entries":
+        return holdout_entries(orient(train_ui, config), config.val_fraction, config.seed)
+    if config.val_scheme == "users":
+        return tuple(orient(m, config) for m in holdout_users(train_ui.tocsr(), config.val_fraction, config.seed))
+    raise ValueError(f"unknown val_scheme {config.val_scheme!r}; use 'entries' or 'users'")
+
+
+# A teacher's predictions are held dense (users x items, float32): bound that memory.
+MAX_TEACHER_ENTRIES = 250_000_000
+
+
+def teacher_config(config: TrainConfig) -> TrainConfig:
+    """The teacher preset's config, on the student's data, split and seed."""
+    from builder.presets import preset
+    if config.model in ITEM_BASED:
+        raise ValueError(f"distillation targets users' rows; {config.model} is item-based")
+    if config.distill <= 0:
+        raise ValueError(f"teacher {config.teacher!r} given but distill is {config.distill}; set its weight > 0")
+    try:
+        options = preset(config.teacher)
+    except KeyError as e:
+        raise ValueError(f"teacher: {e.args[0]}") from None
+    if "blend" in options:
+        raise ValueError(f"teacher {config.teacher!r} is a blend; a teacher must be a single-model preset")
+    return TrainConfig().updated(**{**options, "data": config.data, "split": config.split, "seed": config.seed,
+                                    "device": config.device})
+
+
+def teacher_predictions(config: TrainConfig, dataset: Dataset, train_ui: sp.csr_matrix) -> tuple[torch.Tensor, dict]:
+    """Train the config's teacher preset on `train_ui` alone (so it never saw what the student
+    is validated on) and return its clipped dense predictions [users, items] and metrics."""
+    if train_ui.shape[0] * train_ui.shape[1] > MAX_TEACHER_ENTRIES:
+        raise ValueError(f"a teacher's dense predictions for {train_ui.shape[0]:,} x {train_ui.shape[1]:,} "
+                         f"exceed {MAX_TEACHER_ENTRIES:,} entries; train without --teacher on data this large")
+    tconfig = teacher_config(config)
+    part = dataclasses.replace(dataset, train=train_ui, test=sp.csr_matrix(train_ui.shape, dtype=np.float32))
+    result = train(tconfig, part, progress=False, evaluate=False)
+    dense = ev.predict_user_matrix(result.model, part, tconfig, pick_device(tconfig.device))
+    return torch.from_numpy(np.clip(dense, *dataset.scale).astype(np.float32)), result.metrics
+
+
 def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
-          checkpoint_dir: Path | None = None, checkpoint_every_s: float = 30.0) -> TrainResult:
+          checkpoint_dir: Path | None = None, checkpoint_every_s: float = 30.0,
+          evaluate: bool = True) -> TrainResult:
     """Select the epoch on a validation slice of training data; evaluate on test once.
 
     With `checkpoint_dir`, the loop is checkpointed there (at most every `checkpoint_every_s`;
     0: every epoch) and an existing checkpoint of the same config is resumed: the result
-    equals an uninterrupted run's."""
+    equals an uninterrupted run's. With `config.teacher`, that preset is trained first on the
+    same ratings as each phase (selection: the fit part; refit: all) and distilled from."""
     start = time.perf_counter()
+    if config.teacher:
+        teacher_config(config)  # a bad teacher fails here, before any training
+    elif config.distill:
+        raise ValueError("distill needs a teacher preset (teacher=NAME)")
     ckpt = (Checkpoint(checkpoint_dir, json.dumps(asdict(config), sort_keys=True), checkpoint_every_s)
             if checkpoint_dir else None)
     stored = ckpt.load() if ckpt else None
     full = orient(dataset.train, config)
+    teacher: dict = {}
     if stored is not None and stored["phase"] == "refit":
         # Selection finished before the interruption: its outcome travels in the checkpoint.
         selected = json.loads(stored["carry"])
         history, best, before = selected["history"], selected["best"], selected["seconds"]
+        if selected.get("teacher"):
+            teacher["select"] = selected["teacher"]
     else:
-        fit_part, val_part = holdout_entries(full, config.val_fraction, config.seed)
+        fit_part, val_part = validation_split(dataset.train, config)
+        soft = None
+        if config.teacher:
+            soft, teacher["select"] = teacher_predictions(config, dataset, fit_part)
         model, history, best = fit(config, fit_part, val_part, dataset.scale, config.epochs, progress,
-                                   ckpt=ckpt, phase="select")
+                                   ckpt=ckpt, phase="select", soft=soft)
         before = stored["elapsed"] if stored is not None else 0.0  # spent before an interruption
     if config.refit:
         # Same recipe, all training ratings, the epoch count chosen on validation.
+        soft = None
+        if config.teacher:
+            soft, teacher["refit"] = teacher_predictions(config, dataset, dataset.train.tocsr())
         carry = {"history": history, "best": {k: v for k, v in best.items() if k != "state"},
-                 "seconds": time.perf_counter() - start + before}
+                 "seconds": time.perf_counter() - start + before, "teacher": teacher.get("select")}
         model, _, _ = fit(config, full, None, dataset.scale, best["epoch"], progress, ckpt=ckpt, phase="refit",
-                          carry=carry)
+                          carry=carry, soft=soft)
     seconds = time.perf_counter() - start + before
     if stored is not None and stored["phase"] == "refit":
         seconds += stored["elapsed"]
-    metrics = ev.evaluate_model(model, dataset, config, pick_device(config.device))
+    metrics = ev.evaluate_model(model, dataset, config, pick_device(config.device)) if evaluate else {}
+    if teacher:
+        metrics["teacher"] = {"preset": config.teacher, **{phase: {k: m[k] for k in ("val_rmse", "best_epoch")}
+                                                          for phase, m in teacher.items()}}
     metrics.update(best_epoch=best["epoch"], val_rmse=best["val_rmse"], train_seconds=round(seconds, 2),
                    seconds_to_best=round(best.get("seconds", seconds), 2), epochs_run=len(history))
     return TrainResult(model, config, metrics, history)

@@ -14,6 +14,7 @@ ROW_MODELS = tuple(m for m in MODELS if m not in FULL_MATRIX)
 
 def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", dropout=0.0,
                 constrained=False, last_activation=True, input_dropout=0.0, center=False,
+                implicit=False, input_norm=False, skip=False,
                 n_rows=None, kernel_dim=5, gk_size=3, dot_scale=1.0):
     if name in ("autorec-i", "autorec-u"):
         return AutoRec(n_inputs, hidden=hidden[0], dropout=dropout)
@@ -21,7 +22,8 @@ def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", d
         return DeepAutoencoder(n_inputs, layers=tuple(hidden), activation=activation,
                                dropout=dropout, constrained=constrained,
                                last_activation=last_activation, input_dropout=input_dropout,
-                               center=center)
+                               center=center, implicit=implicit, input_norm=input_norm,
+                               skip=skip)
     if name == "glocal-k":
         if n_rows is None:
             raise ValueError("glocal-k needs n_rows (its global kernel spans every row of the matrix)")

@@ -7,7 +7,7 @@ from builder.data import (
     load_udata, split_canonical, split_per_user, split_random, split_temporal,
 )
 from builder.data.loaders import load_uitem_titles
-from builder.data.splits import SplitError, holdout_entries
+from builder.data.splits import SplitError, holdout_entries, holdout_users
 
 
 # ---- bundled MovieLens-100K -------------------------------------------------------------
@@ -163,6 +163,17 @@ def test_per_user_holdout(ml100k):
     counts = ml100k.frame.groupby("user").size()
     held = ml100k.frame[test].groupby("user").size()
     assert (held == np.floor(counts[held.index] * 0.2).clip(lower=1)).all()
+
+
+def test_holdout_users_hides_part_of_some_users_histories(u1):
+    fit, val = holdout_users(u1.train, 0.3, seed=0)
+    assert fit.nnz + val.nnz == u1.train.nnz and fit.multiply(val).nnz == 0
+    assert abs((fit + val) - u1.train).sum() == 0
+    before, hidden = np.diff(u1.train.indptr), np.diff(val.indptr)
+    losing = hidden > 0
+    assert 0.2 < losing.mean() < 0.3  # about 30% of users (a few draw a share near 0)
+    share = hidden[losing] / before[losing]
+    assert share.max() < 0.95 and 0.3 < share.mean() < 0.5  # shares drawn from [0, 0.8)
 
 
 def test_holdout_entries_partitions(u1):

@@ -139,3 +139,32 @@ def test_per_user_corruption_varies_the_rate_by_row():
     dropped = (y == 0).float().mean(dim=1)
     assert dropped.min() < 0.1 and dropped.max() > 0.7  # rows span [0, 0.8)
     assert abs(dropped.mean().item() - 0.4) < 0.03
+
+
+def test_distillation_scores_the_teacher_on_unrated_entries_only():
+    """Loss = masked MSE on ratings + distill x MSE against the teacher where nothing is rated."""
+    torch.manual_seed(0)
+    x = torch.tensor([[5.0, 0.0, 3.0, 0.0], [0.0, 4.0, 0.0, 0.0]])
+    config = TrainConfig(model="deeprec", hidden=[3], dropout=0.0, distill=2.0, teacher="autorec-i")
+
+    def loss_of(soft):
+        m = DeepAutoencoder(4, layers=(3,), dropout=0.0, last_activation=False)
+        m.load_state_dict(base.state_dict())
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        return train_step(m, opt, x, config, torch.Generator().manual_seed(0), 10, soft), m
+
+    base = DeepAutoencoder(4, layers=(3,), dropout=0.0, last_activation=False)
+    with torch.no_grad():
+        pred = base(x)
+    unrated = x == 0
+    # a teacher that agrees with the model where nothing is rated adds nothing to the gradient
+    agree = torch.where(unrated, pred, torch.full_like(pred, 99.0))  # 99 at rated entries: ignored
+    _, m_agree = loss_of(agree)
+    _, m_plain = loss_of(None)
+    for a, b in zip(m_agree.parameters(), m_plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    # a teacher one unit above the model on the unrated entries: gradient of 2 * mean((p - t)^2)
+    _, m_off = loss_of(pred + 1.0)
+    out_bias_grad = m_off.dec_b[-1].grad - m_plain.dec_b[-1].grad
+    expected = 2.0 * (-2.0 * unrated.float()).sum(dim=0) / unrated.sum()
+    assert torch.allclose(out_bias_grad, expected, atol=1e-5)

@@ -42,3 +42,34 @@ def test_unknown_model_and_activation():
         build_model("x", 3)
     with pytest.raises(ValueError, match="unknown activation"):
         DeepAutoencoder(3, activation="swishy")
+
+
+def test_features_scale_by_count_and_add_what_was_rated():
+    x = torch.tensor([[4.0, 0.0, 2.0, 0.0]])
+    m = DeepAutoencoder(4, layers=(2,), center=True, implicit=True, input_norm=True)
+    # deviations from the mean 3, then everything over sqrt(2 rated); indicator likewise
+    r = 2 ** -0.5
+    assert torch.allclose(m.features(x), torch.tensor([[r, 0.0, -r, 0.0, r, 0.0, r, 0.0]]))
+    assert m.enc[0].shape == (2, 8) and m(x).shape == (1, 4)  # first layer reads both halves
+    tied = DeepAutoencoder(4, layers=(2,), implicit=True, constrained=True)
+    assert tied(x).shape == (1, 4)  # the tied output layer uses the rating half only
+
+
+def test_input_norm_keeps_the_code_of_a_thinned_history_in_range():
+    """Half a user's history (same tastes) gives features of the same size, not half."""
+    torch.manual_seed(0)
+    full = torch.tensor([[5.0, 1.0] * 50])
+    half = full.clone()
+    half[0, 50:] = 0
+    m = DeepAutoencoder(100, layers=(4,), center=True, input_norm=True)
+    assert torch.isclose(m.features(full).norm(), m.features(half).norm(), rtol=1e-5)
+    plain = DeepAutoencoder(100, layers=(4,), center=True)
+    assert plain.features(half).norm() < 0.75 * plain.features(full).norm()
+
+
+def test_wide_path_starts_at_zero_and_is_trained():
+    m = DeepAutoencoder(6, layers=(3,), skip=True, dropout=0.0)
+    x = torch.tensor([[5.0, 0.0, 3.0, 0.0, 1.0, 0.0]])
+    assert torch.count_nonzero(m.skip.weight) == 0
+    ((m(x) - x) ** 2).sum().backward()
+    assert torch.count_nonzero(m.skip.weight.grad) > 0

@@ -66,6 +66,40 @@ def test_validation_slice_comes_from_training_data_only(u1):
     assert base["val_rmse"] == other["val_rmse"] and base["test_rmse"] != other["test_rmse"]
 
 
+def test_distillation_teacher_never_sees_the_validation_slice(u1, monkeypatch):
+    """The teacher (a real I-AutoRec preset) is trained on the student's fit part only; its
+    predictions then make the student better on the users' hidden ratings than alone."""
+    import builder.train as bt
+    seen = []
+    original = bt.teacher_predictions
+
+    def spy(config, dataset, train_ui):
+        seen.append(train_ui)
+        return original(config, dataset, train_ui)
+    monkeypatch.setattr(bt, "teacher_predictions", spy)
+    config = TrainConfig(model="deeprec", hidden=[64], dropout=0.5, center=True, last_activation=False,
+                         implicit=True, input_norm=True, corruption=0.5, loss_on="dropped", epochs=3,
+                         batch_size=64, val_scheme="users", val_fraction=0.3, teacher="autorec-i",
+                         distill=3.0, device="cpu")
+    taught = train(config, u1, progress=False).metrics
+    fit_part, val_part = bt.validation_split(u1.train, config)
+    assert len(seen) == 1 and abs(seen[0] - fit_part).sum() == 0 and seen[0].multiply(val_part).nnz == 0
+    assert taught["teacher"]["select"]["val_rmse"] < 0.95  # I-AutoRec on its own validation entries
+    alone = train(config.updated(teacher="", distill=0.0), u1, progress=False).metrics
+    assert taught["val_rmse"] < alone["val_rmse"]
+
+
+def test_distillation_options_are_checked_before_training(u1):
+    base = TrainConfig(model="deeprec", hidden=[8], epochs=1, device="cpu")
+    for changes, message in [({"teacher": "nope", "distill": 1.0}, "teacher: unknown preset 'nope'"),
+                             ({"teacher": "best", "distill": 1.0}, "is a blend"),
+                             ({"teacher": "autorec-i"}, "set its weight > 0"),
+                             ({"distill": 1.0}, "distill needs a teacher"),
+                             ({"model": "autorec-i", "teacher": "autorec-u", "distill": 1.0}, "item-based")]:
+        with pytest.raises(ValueError, match=message):
+            train(base.updated(**changes), u1, progress=False)
+
+
 def test_item_based_model_predicts_users_by_items(u1):
     config = TrainConfig(model="autorec-i", hidden=[32], epochs=10, lr=0.01, batch_size=256, device="cpu")
     m = train(config, u1, progress=False).metrics
