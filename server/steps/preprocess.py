@@ -12,6 +12,7 @@ import triton_python_backend_utils as pb_utils
 
 MAX_ITEMS_PER_REQUEST = 10_000
 DEFAULT_TOP_K = 10
+NO_COLS, NO_VALS = np.zeros(0, np.int64), np.zeros(0, np.float32)  # a row with no ratings sent
 
 
 class TritonPythonModel:
@@ -46,10 +47,23 @@ class TritonPythonModel:
         for name, t in (("USER_ID", user), ("ITEM_IDS", items), ("RATINGS", ratings)):
             if t is not None and t.size and t.shape[0] != n:
                 raise ValueError(f"{name} has {t.shape[0]} rows but TOP_K has {n}")
+        if user is not None and user.size and (items is None or not items.size) and (ratings is None or not ratings.size):
+            return self._parse_users(user.reshape(n, -1)[:, 0], int(ks[0]))
         return [self._parse_row(None if user is None or not user.size else user[b],
                                 None if items is None or not items.size else items[b],
                                 None if ratings is None or not ratings.size else ratings[b], int(ks[0]))
                 for b in range(n)]
+
+    def _parse_users(self, uids, k):
+        """Ids only (the common batched request): every row looked up in one searchsorted,
+        with the same checks and messages as _parse_row."""
+        if not 1 <= k <= self.n_items:
+            raise ValueError(f"TOP_K must be in 1..{self.n_items}, got {k}")
+        rows = np.clip(np.searchsorted(self.user_ids, uids), 0, len(self.user_ids) - 1)
+        known = self.user_ids[rows] == uids
+        if not known.all():
+            raise ValueError(f"unknown USER_ID {uids[~known][0]}")
+        return [(row, NO_COLS, NO_VALS, k, 0) for row in rows.tolist()]
 
     def _parse_row(self, user, items, ratings, k):
         if not 1 <= k <= self.n_items:
@@ -111,7 +125,8 @@ class TritonPythonModel:
         starts, ends = self.indptr[rows[has]], self.indptr[rows[has] + 1]
         counts = ends - starts
         if counts.sum():
-            take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
+            # Every history entry's position in the CSR arrays: row start + offset within the row.
+            take = np.arange(counts.sum()) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
             dense[np.repeat(b[has], counts), self.indices[take]] = self.data[take]
         # Ratings sent with the request override the history.
         counts = np.array([p[1].size for p in parsed], np.int64)
