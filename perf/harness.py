@@ -7,6 +7,7 @@ noisy); `summary.json` holds them under stable keys and `perf/results/latest` po
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -75,8 +76,10 @@ def _ensure_run(run_dir: Path | None) -> Path:
     from builder.train import save_run, train
     if run_dir is None:
         run_dir = ROOT / "runs" / "perf-deeprec"
-        if not (run_dir / "weights.safetensors").is_file():
-            config = TrainConfig(**preset("deeprec"))
+        config = TrainConfig(**preset("deeprec"))
+        # Retrain when the preset changed since the cached run (its export goes with it).
+        if not (run_dir / "weights.safetensors").is_file() or TrainConfig.load(run_dir / "config.json") != config:
+            shutil.rmtree(run_dir / "export", ignore_errors=True)
             dataset = load_dataset(config.data, config.split, config.seed)
             save_run(train(config, dataset, progress=False), dataset, run_dir)
     if not (run_dir / "export" / "model_int8.onnx").is_file():
