@@ -56,7 +56,10 @@ class Plan:
     def quick(cls) -> "Plan":
         return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, [
             {}, {"ort_threads": 1, "network_instances": 2},
-            {"pipeline": "fused"}, {"pipeline": "fused", "step_instances": 2, "ort_threads": 1}])
+            {"pipeline": "fused"}, {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
+            # No batching delay: at concurrency 1 nothing would join the batch, and under load
+            # requests queue (and batch) anyway while both instances are busy.
+            {"pipeline": "fused", "step_instances": 2, "ort_threads": 1, "step_queue_delay_us": 0}])
 
     @classmethod
     def full(cls) -> "Plan":
