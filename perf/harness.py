@@ -56,7 +56,7 @@ class Plan:
     def quick(cls) -> "Plan":
         return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, [
             {}, {"ort_threads": 1, "network_instances": 2},
-            {"pipeline": "fused"}, {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
+            {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
             # No batching delay: at concurrency 1 nothing would join the batch, and under load
             # requests queue (and batch) anyway while both instances are busy.
             {"pipeline": "fused", "step_instances": 2, "ort_threads": 1, "step_queue_delay_us": 0}])
@@ -167,9 +167,10 @@ def _ensemble_rows(server, data, plan, out, tag="") -> dict:
 
 def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict:
     """A small Model-Analyzer-style search: each candidate rewrites the configs, restarts the
-    server and measures `recommend` over gRPC twice: one user per request at concurrency 16, and
-    64 users per request at concurrency 4. The score is the geometric mean of the two (neither
-    traffic shape may be sacrificed to the other)."""
+    server and measures `recommend` over gRPC three ways: one user per request at concurrency
+    16, 64 users per request at concurrency 4, and one user at a time (concurrency 1, whose
+    throughput is 1 / mean latency). The score is the geometric mean of the three: no traffic
+    shape, and not the lone user's latency, may be sacrificed to the others."""
     trials = []
     for i, change in enumerate(plan.tunings):
         tuning = Tuning(**change)
@@ -180,12 +181,18 @@ def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict
             server_time = _statistics(server)  # this trial's own server: where its time went
             rb = analyzer.run("recommend", server.grpc_url, "grpc", data["user_ids"], out / f"tune_{i}_b64.csv",
                               batch=64, concurrency="4", interval_ms=plan.interval_ms)
-        row, batched = r.rows[0], rb.rows[0]["throughput"]
+            r1 = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}_c1.csv",
+                              concurrency="1", interval_ms=plan.interval_ms)
+        row, batched, single = r.rows[0], rb.rows[0]["throughput"], r1.rows[0]
         trials.append({"tuning": tuning.to_dict(), "throughput": row["throughput"], "p99_ms": row["p99_ms"],
-                       "batched_users_per_s": batched, "score": (row["throughput"] * batched) ** 0.5,
-                       "command": r.command, "command_batched": rb.command, "server_time": server_time})
+                       "batched_users_per_s": batched, "c1_req_per_s": single["throughput"],
+                       "c1_p99_ms": single["p99_ms"],
+                       "score": (row["throughput"] * batched * single["throughput"]) ** (1 / 3),
+                       "command": r.command, "command_batched": rb.command, "command_c1": r1.command,
+                       "server_time": server_time})
         _say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'}: {row['throughput']:.0f} req/s, "
-             f"{batched:.0f} users/s at 64 per request")
+             f"{batched:.0f} users/s at 64 per request, {single['throughput']:.0f} req/s at c=1 "
+             f"(p99 {single['p99_ms']:.2f} ms)")
     best = max(trials, key=lambda t: t["score"])
     apply_tuning(repo, Tuning(**best["tuning"]))
     return {"trials": trials, "best": best, "default": trials[0]}

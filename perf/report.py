@@ -156,15 +156,18 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
     lines += ["", "## Principal bottleneck", "",
               _bottleneck(r.get("server_time", {}), r.get("tuning")), "",
               "## Tuning (`recommend`, gRPC)", "",
-              "Each trial: one user per request at concurrency 16, and 64 users per request at concurrency 4;"
-              " score = geometric mean of the two throughputs.", "",
-              "| trial | knobs changed from default | req/s (c=16) | p99 ms | users/s (64/request) | score |",
-              "|---|---|---:|---:|---:|---:|"]
+              "Each trial: one user per request at concurrency 16, 64 users per request at concurrency 4, and"
+              " one user at a time (concurrency 1); score = geometric mean of the three throughputs.", "",
+              "| trial | knobs changed from default | req/s (c=16) | p99 ms | users/s (64/request) "
+              "| req/s (c=1) | p99 ms (c=1) | score |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     default = tuning["default"]["tuning"]
     for i, t in enumerate(tuning["trials"]):
         changed = {k: v for k, v in t["tuning"].items() if v != default.get(k)} or "default"
         lines.append(f"| {i} | `{changed}` | {t['throughput']:,.0f} | {t['p99_ms']:.2f} | "
-                     f"{t.get('batched_users_per_s', float('nan')):,.0f} | {t.get('score', t['throughput']):,.0f} |")
+                     f"{t.get('batched_users_per_s', float('nan')):,.0f} | "
+                     f"{t.get('c1_req_per_s', float('nan')):,.0f} | "
+                     f"{t.get('c1_p99_ms', float('nan')):.2f} | {t.get('score', t['throughput']):,.0f} |")
     best, dflt = tuning["best"], tuning["default"]
     lines += ["", f"Chosen: `{best['tuning']}`: {best['throughput']:,.0f} req/s and "
               f"{best.get('batched_users_per_s', float('nan')):,.0f} users/s at 64 per request, vs "
