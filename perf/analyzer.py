@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from perf.steal import Window
+
 ROOT = Path(__file__).resolve().parents[1]
 LIB_DIR = ROOT / "build" / "perf_libs"
 NEEDED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
@@ -88,6 +90,7 @@ class PerfRun:
     command: list[str]
     rows: list[dict]       # one per concurrency (or request rate), from perf_analyzer's CSV
     output: str
+    steal: float | None = None   # the hypervisor's share of CPU time during the call (perf/steal.py)
 
 
 def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *, batch: int = 1,
@@ -104,10 +107,12 @@ def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *
             "-f", str(csv_path), "--verbose-csv", *extra]
     for stable, band in ((True, "50"), (False, "1000")):
         cmd = [*base, "--stability-percentage", band]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=timeout_s)
+        with Window() as window:
+            out = subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=timeout_s)
         text = out.stdout + out.stderr
         if out.returncode == 0:
-            return PerfRun(cmd, [dict(r, stable=stable) for r in parse_csv(csv_path.read_text())], text)
+            rows = [dict(r, stable=stable, steal=window.steal) for r in parse_csv(csv_path.read_text())]
+            return PerfRun(cmd, rows, text, window.steal)
         if "stable measurement" not in text:
             break
     raise RuntimeError(f"perf_analyzer failed ({out.returncode}):\n{' '.join(cmd)}\n{text[-3000:]}")

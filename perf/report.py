@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from perf.steal import NOISY
+
 
 def _plots(out: Path, r: dict) -> list[str]:
     import matplotlib
@@ -85,6 +87,35 @@ def _readings(base: dict) -> str:
             + "; ".join(parts) + ". The higher reading of each is used, so no ratio gains from a slow reading.")
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def _noise(r: dict, s: dict) -> list[str]:
+    """Which figures were read while the host took CPU from us, window by window."""
+    st = s.get("steal") or {}
+    lines = ["## Noise: CPU time the hypervisor took (steal)", "",
+             "This is a shared 2-core virtual machine; `steal` is the share of CPU time the host gave to "
+             f"others while a figure was measured (`/proc/stat`). Above {NOISY:.0%} a figure describes the host "
+             "as much as aerec.", "",
+             f"- best served `recommend` figure: {_pct(st.get('ensemble_served'))}; ONNX Runtime in-process "
+             f"readings: {', '.join(_pct(v) for v in st.get('ort_inprocess') or []) or 'n/a'}.",
+             "- the lone user (`recommend`, gRPC, c=1), every window; the summary takes the one with the least "
+             "steal (chosen by steal, never by latency): "
+             + ", ".join(f"p99 {w['p99_ms']:.2f} ms at {_pct(w.get('steal'))}"
+                         for w in s.get("p99_ms_concurrency1_windows", [])) + "."]
+    paired = r["model_level"].get("large_w1024_b64_shm", {})
+    if paired.get("windows"):
+        lines += ["", "The 17,770-item model (n-512-512-1024), -b 64, tensors in shared memory, each window between "
+                  "two roof readings; its fraction uses the higher of the two, and the summary takes the median "
+                  "window:", "", "| window | users/s | steal | roof GFLOP/s before / after (steal) | % of roof |",
+                  "|---:|---:|---:|---|---:|"]
+        for i, w in enumerate(paired["windows"]):
+            g = " / ".join(f"{v:.0f} ({_pct(t)})" for v, t in zip(w["roof_gflops"], w["roof_steal"]))
+            lines.append(f"| {i} | {w['users_per_s']:,.0f} | {_pct(w['steal'])} | {g} | {w['fraction']:.1%} |")
+    return lines
+
+
 def write_report(out: Path, r: dict, s: dict) -> Path:
     plots = _plots(out, r)
     base = r["baselines"]
@@ -105,6 +136,7 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         met = v is not None and (v >= t if op == ">=" else v <= t)
         lines.append(f"| `{key}` | {v:.3f} | {op} {t} | {'yes' if met else 'NO'} |" if v is not None
                      else f"| `{key}` | n/a | {op} {t} | NO |")
+    lines += [""] + _noise(r, s)
     lines += ["", "## Every figure", "",
               f"Roof: measured FP32 GEMM peak {roof:.1f} GFLOP/s (torch, 2048x2048, all cores).", "",
               _readings(base), "",

@@ -10,7 +10,7 @@ from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
 from conftest import serve_small_model
-from perf import analyzer, baselines, inputs, load
+from perf import analyzer, baselines, inputs, load, steal
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,8 @@ def test_perf_analyzer_measures_the_ensemble(server, u1, tmp_path, protocol):
     assert row["concurrency"] == 2 and row["throughput"] > 0
     assert 0 < row["p50_ms"] <= row["p99_ms"]
     assert "--input-data" in run.command and str(data) in run.command
+    # Every row says how much CPU the host took during its window (Linux: always known).
+    assert 0 <= run.steal <= 1 and row["steal"] == run.steal
 
 
 def test_missing_perf_analyzer_is_named(monkeypatch):
@@ -73,3 +75,20 @@ def test_torch_baselines_on_real_users(u1):
     torch.set_num_threads(2)
     assert baselines.torch_one_per_forward(model, x, 0.1) > 0
     assert baselines.torch_batched(model, x, 64, 0.1) > 0
+
+
+def test_steal_share_from_proc_stat_fields():
+    # user nice system idle iowait irq softirq steal: 30 of 100 jiffies stolen.
+    before = [100, 0, 10, 500, 0, 0, 0, 40]
+    after = [150, 0, 20, 510, 0, 0, 0, 70]
+    assert steal.steal_share(before, after) == pytest.approx(30 / 100)
+    assert steal.steal_share(before, before) is None and steal.steal_share(None, after) is None
+    with steal.Window() as w:
+        sum(range(2_000_000))
+    assert w.steal is None or 0 <= w.steal <= 1
+
+
+def test_quietest_window_is_chosen_by_steal_not_latency():
+    windows = [{"p99_ms": 1.1, "steal": 0.40}, {"p99_ms": 3.0, "steal": 0.02}, {"p99_ms": 0.9, "steal": 0.05}]
+    assert steal.quietest(windows)["p99_ms"] == 3.0
+    assert steal.quietest([{"p99_ms": 2.0, "steal": None}, {"p99_ms": 1.0, "steal": None}])["p99_ms"] == 2.0
