@@ -53,6 +53,10 @@ class Plan:
     tunings: list[dict] = field(default_factory=list)
     soak_seconds: float = 10.0
     batched_concurrency: str = "2:4:2"   # 64 users per request
+    # Quick runs measure the large networks at -b 64 only (the batch the targets name) and leave
+    # the int8 network to `aerec export`'s own benchmark; the full run measures everything.
+    large_batches: list[int] = field(default_factory=lambda: [64])
+    int8_model_level: bool = False
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -72,7 +76,8 @@ class Plan:
         grid += [{"pipeline": "fused", "step_instances": si, "ort_threads": th, "step_queue_delay_us": d}
                  for si, th in ((1, 0), (2, 1)) for d in (0, 100, 1000)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
-                   grid, soak_seconds=60.0, batched_concurrency="1:8:1")
+                   grid, soak_seconds=60.0, batched_concurrency="1:8:1", large_batches=[1, 8, 64, 256],
+                   int8_model_level=True)
 
 
 def _ensure_run(run_dir: Path | None) -> Path:
@@ -301,10 +306,11 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
                                                indent=2))
     with factory() as server:
         model_level = {}
-        nets = {"autoencoder_onnx": data["model"], "autoencoder_onnx_int8": data["model"],
+        nets = {"autoencoder_onnx": data["model"],
+                **({"autoencoder_onnx_int8": data["model"]} if plan.int8_model_level else {}),
                 **{name: data[name] for name in large}}
         for name, d in nets.items():
-            for b in plan.model_batches:
+            for b in plan.large_batches if name in large else plan.model_batches:
                 r = analyzer.run(name, server.grpc_url, "grpc", d, out / f"model_{name}_b{b}.csv", batch=b,
                                  concurrency=plan.model_concurrency, interval_ms=plan.interval_ms)
                 model_level[f"{name}_b{b}"] = {"model": name, "batch": b, "command": r.command,
