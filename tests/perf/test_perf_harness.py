@@ -10,7 +10,7 @@ from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
 from conftest import serve_small_model
-from perf import analyzer, baselines, inputs, load, steal
+from perf import analyzer, baselines, harness, inputs, load, steal
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +92,33 @@ def test_quietest_window_is_chosen_by_steal_not_latency():
     windows = [{"p99_ms": 1.1, "steal": 0.40}, {"p99_ms": 3.0, "steal": 0.02}, {"p99_ms": 0.9, "steal": 0.05}]
     assert steal.quietest(windows)["p99_ms"] == 3.0
     assert steal.quietest([{"p99_ms": 2.0, "steal": None}, {"p99_ms": 1.0, "steal": None}])["p99_ms"] == 2.0
+
+
+def test_lone_user_is_measured_again_until_a_window_is_quiet(server, u1, tmp_path):
+    users = inputs.held_out_users(u1.test, u1.train, 8)
+    data = {"ratings": inputs.write(inputs.ensemble_ratings_data(u1.train, u1.item_ids, users), tmp_path / "d.json")}
+    plan = harness.Plan.quick()
+    plan.interval_ms = 500
+    quiet = {"throughput": 900.0, "p50_ms": 1.0, "p99_ms": 1.5, "steal": 0.0}
+    assert harness._c1_windows(server, data, plan, tmp_path, quiet) == [quiet]  # quiet already: nothing more
+    windows = harness._c1_windows(server, data, plan, tmp_path, dict(quiet, steal=0.5), extra=1, quiet=0.0)
+    assert len(windows) == 2
+    assert windows[1]["p99_ms"] >= windows[1]["p50_ms"] > 0 and 0 <= windows[1]["steal"] <= 1
+
+
+def test_roof_is_read_beside_each_served_window(server, u1, tmp_path):
+    users = inputs.held_out_users(u1.test, u1.train, 8)
+    data = inputs.write(inputs.model_data(u1.train, users), tmp_path / "m.json")
+    plan = harness.Plan.quick()
+    plan.interval_ms = 500
+    flops = 10_000
+    res = harness._paired_roof(server, "autoencoder_onnx", data, flops, plan, tmp_path, reps=2)
+    first, second = res["windows"]
+    assert first["roof_gflops"][1] == second["roof_gflops"][0]  # one reading between two windows
+    for w in (first, second):
+        assert w["users_per_s"] > 0
+        assert w["fraction"] == pytest.approx(w["users_per_s"] * flops / 1e9 / max(w["roof_gflops"]))
+    assert res["fraction"] == pytest.approx((first["fraction"] + second["fraction"]) / 2)  # the median of two
+    # Tensors went through system shared memory, registered with the admin key, which is not kept.
+    assert "--shared-memory" in res["command"] and "<admin key>" in " ".join(res["command"])
+    assert server.admin_key not in " ".join(res["command"])
