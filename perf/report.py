@@ -94,14 +94,18 @@ def _pct(v) -> str:
 def _noise(r: dict, s: dict) -> list[str]:
     """Which figures were read while the host took CPU from us, window by window."""
     st = s.get("steal") or {}
+    beside = r["ensemble"]["recommend_grpc_b64"].get("ort_inprocess", {})
     lines = ["## Noise: CPU time the hypervisor took (steal)", "",
              "This is a shared 2-core virtual machine; `steal` is the share of CPU time the host gave to "
              f"others while a figure was measured (`/proc/stat`). Above {NOISY:.0%} a figure describes the host "
              "as much as aerec.", "",
-             f"- best served `recommend` figure: {_pct(st.get('ensemble_served'))}; ONNX Runtime in-process "
-             f"readings: {', '.join(_pct(v) for v in st.get('ort_inprocess') or []) or 'n/a'}.",
-             "- the lone user (`recommend`, gRPC, c=1), every window; the summary takes the one with the least "
-             "steal (chosen by steal, never by latency): "
+             f"- `recommend`, 64 users per request (the best served figure): {_pct(st.get('ensemble_served'))};"
+             " ONNX Runtime in-process on the same users, read right before and after it (the ratio uses the "
+             "higher): " + (", ".join(f"{v:,.0f} users/s at {_pct(t)}" for v, t in zip(
+                 beside.get("users_per_s", []), beside.get("steal", []))) or "n/a") + ".",
+             "- the lone user (`recommend`, gRPC, c=1), every window (after the first, each waits up to "
+             f"{r['plan'].get('quiet_wait_s', 0):.0f} s for a quiet host); the summary takes the one with the "
+             "least steal (chosen by steal, never by latency): "
              + ", ".join(f"p99 {w['p99_ms']:.2f} ms at {_pct(w.get('steal'))}"
                          for w in s.get("p99_ms_concurrency1_windows", [])) + "."]
     paired = r["model_level"].get("large_w1024_b64_shm", {})
@@ -191,15 +195,16 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
               "Each trial: one user per request at concurrency 16, 64 users per request at concurrency 4, and"
               " one user at a time (concurrency 1); score = geometric mean of the three throughputs.", "",
               "| trial | knobs changed from default | req/s (c=16) | p99 ms | users/s (64/request) "
-              "| req/s (c=1) | p99 ms (c=1) | score |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+              "| req/s (c=1) | p99 ms (c=1) | score | steal (c=16 / 64 / c=1) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     default = tuning["default"]["tuning"]
     for i, t in enumerate(tuning["trials"]):
         changed = {k: v for k, v in t["tuning"].items() if v != default.get(k)} or "default"
         lines.append(f"| {i} | `{changed}` | {t['throughput']:,.0f} | {t['p99_ms']:.2f} | "
                      f"{t.get('batched_users_per_s', float('nan')):,.0f} | "
                      f"{t.get('c1_req_per_s', float('nan')):,.0f} | "
-                     f"{t.get('c1_p99_ms', float('nan')):.2f} | {t.get('score', t['throughput']):,.0f} |")
+                     f"{t.get('c1_p99_ms', float('nan')):.2f} | {t.get('score', t['throughput']):,.0f} | "
+                     f"{' / '.join(_pct(v) for v in t.get('steal', [])) or 'n/a'} |")
     best, dflt = tuning["best"], tuning["default"]
     lines += ["", f"Chosen: `{best['tuning']}`: {best['throughput']:,.0f} req/s and "
               f"{best.get('batched_users_per_s', float('nan')):,.0f} users/s at 64 per request, vs "

@@ -8,6 +8,7 @@ figures were taken on a quiet machine, and paired figures can be compared window
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 STAT = Path("/proc/stat")
@@ -43,6 +44,23 @@ class Window:
 
     def __exit__(self, *exc) -> None:
         self.steal = steal_share(self._start, cpu_times())
+
+
+def wait_quiet(threshold: float = 0.02, max_seconds: float = 15.0, probe_seconds: float = 0.25) -> dict:
+    """Probe with a burst of matrix products on every core (steal accrues only while we want the
+    CPU) until one burst loses less than `threshold` of its time, or `max_seconds` pass.
+    Returns {"waited_s", "steal"} (the last probe's share)."""
+    import torch
+    a = torch.randn(512, 512)
+    start = time.perf_counter()
+    while True:
+        with Window() as w:
+            end = time.perf_counter() + probe_seconds
+            while time.perf_counter() < end:
+                torch.mm(a, a)
+        waited = time.perf_counter() - start
+        if w.steal is None or w.steal < threshold or waited >= max_seconds:
+            return {"waited_s": round(waited, 2), "steal": w.steal}
 
 
 def quietest(windows: list[dict]) -> dict:

@@ -88,6 +88,13 @@ def test_steal_share_from_proc_stat_fields():
     assert w.steal is None or 0 <= w.steal <= 1
 
 
+def test_wait_quiet_gives_up_after_its_limit():
+    # A threshold no probe can meet: it must stop after max_seconds (one probe may overrun).
+    res = steal.wait_quiet(threshold=-1.0, max_seconds=0.5, probe_seconds=0.1)
+    assert 0.5 <= res["waited_s"] <= 1.0 and (res["steal"] is None or 0 <= res["steal"] <= 1)
+    assert steal.wait_quiet(threshold=2.0, max_seconds=5.0, probe_seconds=0.1)["waited_s"] < 1.0  # any probe is quiet
+
+
 def test_quietest_window_is_chosen_by_steal_not_latency():
     windows = [{"p99_ms": 1.1, "steal": 0.40}, {"p99_ms": 3.0, "steal": 0.02}, {"p99_ms": 0.9, "steal": 0.05}]
     assert steal.quietest(windows)["p99_ms"] == 3.0
@@ -100,9 +107,10 @@ def test_lone_user_is_measured_again_until_a_window_is_quiet(server, u1, tmp_pat
     plan = harness.Plan.quick()
     plan.interval_ms = 500
     quiet = {"throughput": 900.0, "p50_ms": 1.0, "p99_ms": 1.5, "steal": 0.0}
-    assert harness._c1_windows(server, data, plan, tmp_path, quiet) == [quiet]  # quiet already: nothing more
+    plan.quiet_wait_s = 1.0
+    assert harness._c1_windows(server, data, plan, tmp_path, quiet) == [dict(quiet, waited_s=0.0)]  # quiet: done
     windows = harness._c1_windows(server, data, plan, tmp_path, dict(quiet, steal=0.5), extra=1, quiet=0.0)
-    assert len(windows) == 2
+    assert len(windows) == 2 and 0 <= windows[1]["waited_s"] <= 1.0 + 0.5  # one probe may overrun the wait
     assert windows[1]["p99_ms"] >= windows[1]["p50_ms"] > 0 and 0 <= windows[1]["steal"] <= 1
 
 
