@@ -36,6 +36,9 @@ class Tuning:
     network_queue_delay_us: int = 100
     preferred_batch_sizes: list[int] = field(default_factory=list)
     ort_threads: int = 0              # 0: ONNX Runtime's default (all cores)
+    # Whether ONNX Runtime's idle pool threads spin waiting for work (its default) or sleep: a
+    # spinning thread holds a core the gRPC threads and a co-located client need between requests.
+    ort_spinning: bool = True
     step_instances: int = 1           # preprocess and postprocess (and the fused model)
     step_queue_delay_us: int = 100
     # "ensemble": preprocess -> network -> postprocess, three models (runs anywhere, the network
@@ -86,9 +89,13 @@ instance_group [ {{ count: {t.network_instances} kind: KIND_CPU }} ]
 {_threads(t)}'''
 
 
+SPINNING = "session.intra_op.allow_spinning"   # ONNX Runtime's own session-config key
+
+
 def _threads(t: Tuning) -> str:
-    return (f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{t.ort_threads}" }} }}\n'
-            if t.ort_threads else "")
+    return ((f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{t.ort_threads}" }} }}\n'
+             if t.ort_threads else "")
+            + (f'parameters {{ key: "{SPINNING}" value: {{ string_value: "0" }} }}\n' if not t.ort_spinning else ""))
 
 
 def _python_step_config(name: str, inputs: list[str], outputs: list[str], tuning: Tuning | None) -> str:

@@ -35,6 +35,10 @@ class TritonPythonModel:
         threads = int(param or os.environ.get("AEREC_ORT_THREADS", "0"))
         if threads:
             opts.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning when the config says so (Tuning.ort_spinning).
+        spinning = config.get("parameters", {}).get("session.intra_op.allow_spinning", {}).get("string_value")
+        if spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         graph = with_top_k(onnx.load(os.path.join(here, "model.onnx")))
         self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

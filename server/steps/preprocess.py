@@ -47,7 +47,9 @@ class TritonPythonModel:
         for name, t in (("USER_ID", user), ("ITEM_IDS", items), ("RATINGS", ratings)):
             if t is not None and t.size and t.shape[0] != n:
                 raise ValueError(f"{name} has {t.shape[0]} rows but TOP_K has {n}")
-        if user is not None and user.size and (items is None or not items.size) and (ratings is None or not ratings.size):
+        ids_only = (user is not None and user.size and (items is None or not items.size)
+                    and (ratings is None or not ratings.size))
+        if ids_only:
             return self._parse_users(user.reshape(n, -1)[:, 0], int(ks[0]))
         return [self._parse_row(None if user is None or not user.size else user[b],
                                 None if items is None or not items.size else items[b],

@@ -24,7 +24,11 @@ def served(u1, tmp_path_factory, request):
     run = save_run(result, u1, root / "run")
     export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
     repo = root / "model_repository"
-    write_repository(run, repo, ["onnx"], Tuning(pipeline=request.param))
+    # The fused variant with the knobs the quick tuning tries for the lone user (two ONNX Runtime
+    # threads that sleep when idle, no batching delay), so those configs are served for real.
+    tuning = (Tuning(pipeline="fused", ort_threads=2, ort_spinning=False, step_queue_delay_us=0)
+              if request.param == "fused" else Tuning())
+    write_repository(run, repo, ["onnx"], tuning)
     with TritonServer(repo, build_dir=root / "build") as server:
         yield server, result.model.eval(), run, repo
 
@@ -217,6 +221,10 @@ def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     apply_tuning(copy, Tuning(pipeline="fused", ort_threads=1))
     config = (copy / "recommend" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "intra_op_thread_count" in config
+    assert "allow_spinning" not in config  # ONNX Runtime's default unless asked
+    apply_tuning(copy, Tuning(pipeline="fused", ort_threads=2, ort_spinning=False))
+    config = (copy / "recommend" / "config.pbtxt").read_text()
+    assert 'key: "session.intra_op.allow_spinning" value: { string_value: "0" }' in config
     latest = max((p for p in (copy / "recommend").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     for f in ("model.py", "preprocess.py", "postprocess.py", "ranking_graph.py", "model.onnx", "user_ids.npy",
               "titles.npy"):
