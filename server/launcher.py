@@ -91,11 +91,12 @@ def _stub_model(pid: int) -> str | None:
     return Path(argv[1].decode()).parents[1].name
 
 
-def _is_zombie(pid: int) -> bool:
+def _state(pid: int) -> str | None:
+    """A process's state letter ("Z": dead, waiting to be reaped), or None once it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return None
 
 
 @dataclass
@@ -109,29 +110,49 @@ class StubRestart:
 
 class StubSupervisor(threading.Thread):
     """Watches the server's Python stubs; a stub that died (left defunct: Triton reaps the ones
-    it stops itself) gets its model reloaded through the admin API, which starts a new stub."""
+    it stops itself) gets its model reloaded through the admin API, which starts a new stub.
 
-    def __init__(self, server: "TritonServer", interval: float = 0.25):
+    Cheap on purpose: every tick reads one /proc file per known stub; finding new stubs means
+    reading the children of every server thread (170 of them: ~3 ms of CPU), so that is done
+    every `rescan_every` ticks and right after a model (re)load. Scanning everything 4 times a
+    second stole ~3 ms bursts from the serving path, visible in the lone user's p99."""
+
+    def __init__(self, server: "TritonServer", interval: float = 0.25, rescan_every: int = 16):
         super().__init__(daemon=True, name="stub-supervisor")
-        self.server, self.interval = server, interval
+        self.server, self.interval, self.rescan_every = server, interval, rescan_every
         self.known: dict[int, str] = {}
-        self._halt = threading.Event()
+        self._halt, self._rescan = threading.Event(), threading.Event()
 
-    def scan(self) -> bool:
-        """Learn new stubs, restart dead known ones; False once the server is gone."""
+    def rescan_soon(self) -> None:
+        """A model was (re)loaded: learn its new stub at the next tick."""
+        self._rescan.set()
+
+    def scan(self, full: bool = True) -> bool:
+        """Learn new stubs (`full`), restart dead known ones, forget reaped ones; False once the
+        server is gone."""
         proc = self.server.process
         if proc is None or proc.poll() is not None:
             return False
-        for pid in child_pids(proc.pid):
-            if pid not in self.known and (model := _stub_model(pid)):
-                self.known[pid] = model
-            elif pid in self.known and _is_zombie(pid):
+        if full:
+            for pid in child_pids(proc.pid):
+                if pid not in self.known and (model := _stub_model(pid)):
+                    self.known[pid] = model
+        for pid in list(self.known):
+            state = _state(pid)
+            if state is None:        # reaped: Triton stopped this stub itself (unload, new version)
+                del self.known[pid]
+            elif state == "Z":
                 self._restart(pid, self.known.pop(pid))
         return True
 
     def run(self) -> None:
-        while not self._halt.wait(self.interval) and self.scan():
-            pass
+        tick = 0
+        while not self._halt.wait(self.interval):
+            tick += 1
+            full = self._rescan.is_set() or tick % self.rescan_every == 0
+            self._rescan.clear()
+            if not self.scan(full):
+                return
 
     def _restart(self, pid: int, model: str) -> None:
         t0 = time.monotonic()
@@ -248,6 +269,8 @@ class TritonServer:
             config = self._admin("GET", f"/v2/models/{name}/config").decode()
             body = {"parameters": {"config": config}}
         self._admin("POST", f"/v2/repository/models/{name}/load", body, timeout)
+        if self.supervisor:
+            self.supervisor.rescan_soon()  # the new version runs in a new stub
 
     def stop(self) -> None:
         if self.supervisor:

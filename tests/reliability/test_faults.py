@@ -257,3 +257,19 @@ def test_cli_serve_with_admin_key_file_then_reload(built, tmp_path):
     assert serve.returncode == 0, out
     assert "restricted APIs" in out and "open to holders of the key" in out
     assert _stubs_of(triton[0]) == [], "a Python stub outlived the server (a reload just before the stop)"
+
+
+def test_supervisor_follows_a_reloaded_models_new_stub(server):
+    """Its cheap ticks only check the stubs it knows; a reload through the launcher makes it
+    learn the new stub at once (and forget the old one when Triton reaps it), so a stub that
+    dies right after a reload is still restarted."""
+    stubs = lambda: {p for p, m in dict(server.supervisor.known).items() if m == "postprocess"}  # noqa: E731
+    before = stubs()
+    assert before, "the supervisor does not know the postprocess stub"
+    server.load_model("postprocess", force=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (not stubs() or stubs() & before):
+        time.sleep(0.05)
+    after = stubs()
+    assert after and not after & before
+    assert all(b"/postprocess/" in open(f"/proc/{p}/cmdline", "rb").read() for p in after)
