@@ -32,8 +32,13 @@ from perf.steal import measured, quietest, wait_quiet
 from server.admin import ADMIN_HEADER
 from server.launcher import ROOT, TritonServer, free_port
 
+_STARTED = time.perf_counter()
+
+
 def _say(msg: str) -> None:
-    print(f"[perf] {msg}", file=sys.stderr, flush=True)
+    print(f"[perf {time.perf_counter() - _STARTED:5.0f} s] {msg}", file=sys.stderr, flush=True)
+
+
 RESULTS = ROOT / "perf" / "results"
 LARGE_ITEMS = 17_770
 # The DeepRecommender Netflix layout (n-512-512-1024, mirrored) and one at half the width.
@@ -57,11 +62,12 @@ class Plan:
     # the int8 network to `aerec export`'s own benchmark; the full run measures everything.
     large_batches: list[int] = field(default_factory=lambda: [64])
     int8_model_level: bool = False
-    quiet_wait_s: float = 10.0   # before each extra lone-user window, wait at most this for a quiet host
+    quiet_wait_s: float = 5.0    # before each tuning trial and extra lone-user window, wait at most this
+    http_concurrency: list[int] | None = None   # None: the gRPC sweep's levels
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, [
+        return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, http_concurrency=[1, 64], tunings=[
             {}, {"ort_threads": 1, "network_instances": 2},
             {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
             # For the lone user: one instance whose session splits each product over both cores
@@ -83,7 +89,7 @@ class Plan:
                  for si, th in ((1, 0), (2, 1)) for d in (0, 100, 1000)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
                    grid, soak_seconds=60.0, batched_concurrency="1:8:1", large_batches=[1, 8, 64, 256],
-                   int8_model_level=True)
+                   int8_model_level=True, quiet_wait_s=10.0)
 
 
 def _ensure_run(run_dir: Path | None) -> Path:
@@ -167,7 +173,7 @@ def _ensemble_rows(server, data, plan, out, ceiling=None) -> dict:
     for proto in ("grpc", "http"):
         url = server.grpc_url if proto == "grpc" else server.http_url
         rows, commands = [], []
-        for c in plan.ensemble_concurrency:
+        for c in (plan.ensemble_concurrency if proto == "grpc" else plan.http_concurrency or plan.ensemble_concurrency):
             r = analyzer.run("recommend", url, proto, data["ratings"], out / f"recommend_{proto}_c{c}.csv",
                              concurrency=str(c), interval_ms=plan.interval_ms)
             rows += r.rows
@@ -270,7 +276,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = results_root / stamp
     out.mkdir(parents=True)
-    started = time.perf_counter()
+    global _STARTED
+    started = _STARTED = time.perf_counter()
     _say(f"results in {out}")
     run_dir = _ensure_run(Path(run_dir) if run_dir else None)
     config, model = load_run(run_dir)
