@@ -58,9 +58,10 @@ class Plan:
     tunings: list[dict] = field(default_factory=list)
     soak_seconds: float = 10.0
     batched_concurrency: str = "2:4:2"   # 64 users per request
-    # Quick runs measure the large networks at -b 64 only (the batch the targets name) and leave
-    # the int8 network to `aerec export`'s own benchmark; the full run measures everything.
-    large_batches: list[int] = field(default_factory=lambda: [64])
+    # Quick runs measure the large networks only at -b 64 with their tensors in shared memory
+    # (the figure the targets name) and leave the int8 network to `aerec export`'s own benchmark;
+    # the full run measures everything, over gRPC too.
+    large_batches: list[int] = field(default_factory=list)   # quick: shared-memory windows only
     int8_model_level: bool = False
     quiet_wait_s: float = 5.0    # before each tuning trial and extra lone-user window, wait at most this
     http_concurrency: list[int] | None = None   # None: the gRPC sweep's levels
@@ -70,13 +71,14 @@ class Plan:
         return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, http_concurrency=[1, 64], tunings=[
             {}, {"ort_threads": 1, "network_instances": 2},
             {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
-            # For the lone user: one instance whose session splits each product over both cores
-            # (a user costs 5.4 MB of weights, more than one core's 4 MB L2: two threads each keep
-            # their half resident, 150 us per forward against 250 us on one thread here), no
-            # batching delay (at concurrency 1 nothing would join the batch), and the idle pool
-            # thread sleeping rather than spinning on a core the gRPC threads need (side by side:
-            # c=1 p99 4.4 -> 2.7 ms, c=16 +27%).
-            {"pipeline": "fused", "step_instances": 1, "ort_threads": 2, "step_queue_delay_us": 0,
+            # Two instances whose sessions each split a product over both cores (a user costs
+            # 5.4 MB of weights, more than one core's 4 MB L2: two threads each keep their half
+            # resident, 150 us per forward against 250 us on one thread here), idle pool threads
+            # sleeping rather than spinning on cores the gRPC threads need (side by side, one
+            # instance: c=1 p99 4.4 -> 2.7 ms, c=16 +27%), and no batching delay (at concurrency 1
+            # nothing would join the batch). Side by side with the trial above on a quiet host:
+            # c=16 3,227 vs 2,909 req/s, 64 users/request 33,198 vs 31,009, c=1 p99 1.61 vs 2.15 ms.
+            {"pipeline": "fused", "step_instances": 2, "ort_threads": 2, "step_queue_delay_us": 0,
              "ort_spinning": False}])
 
     @classmethod
@@ -87,6 +89,8 @@ class Plan:
         # Fused: one model does it all, so its instance count and threads are the knobs.
         grid += [{"pipeline": "fused", "step_instances": si, "ort_threads": th, "step_queue_delay_us": d}
                  for si, th in ((1, 0), (2, 1)) for d in (0, 100, 1000)]
+        grid += [{"pipeline": "fused", "step_instances": si, "ort_threads": 2, "step_queue_delay_us": d,
+                  "ort_spinning": False} for si in (1, 2) for d in (0, 100)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
                    grid, soak_seconds=60.0, batched_concurrency="1:8:1", large_batches=[1, 8, 64, 256],
                    int8_model_level=True, quiet_wait_s=10.0)
@@ -251,7 +255,7 @@ def _paired_roof(server: TritonServer, name: str, data_path: Path, flops: int, p
             "windows": windows, "fraction": statistics.median(w["fraction"] for w in windows)}
 
 
-def _c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: dict, extra: int = 3,
+def _c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: dict, extra: int = 2,
                 quiet: float = 0.01) -> list[dict]:
     """The lone user's latency (`recommend`, gRPC, concurrency 1), measured again (up to `extra`
     more windows) until a window sees less than `quiet` of its CPU time stolen: a few ms taken by

@@ -178,8 +178,9 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         tps = [max(x["throughput"] for x in r["model_level"][k]["rows"]) if k in r["model_level"] else float("nan")
                for k in (key, f"{key}_shm")]
         best = max((t for t in tps if t == t), default=float("nan"))
+        shown = " / ".join("n/a" if t != t else f"{t:,.0f}" for t in tps)  # NaN: not measured (quick)
         lines.append(f"| {name} | {b.get('hidden', 'run config')} | {b['flops_per_user'] / 1e6:.1f} M | "
-                     f"{b['ort_batched_b64']:,.0f} | {tps[0]:,.0f} / {tps[1]:,.0f} | "
+                     f"{b['ort_batched_b64']:,.0f} | {shown} | "
                      f"{best * b['flops_per_user'] / 1e9 / roof:.1%} |")
     if r.get("soak"):
         k = r["soak"]
