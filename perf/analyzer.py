@@ -26,6 +26,11 @@ class PerfAnalyzerMissing(RuntimeError):
     pass
 
 
+class PerfAnalyzerTimeout(RuntimeError):
+    """perf_analyzer ran past its time limit (on a host losing half its CPU it can chase a
+    stable window for minutes); the caller decides whether the run goes on without that point."""
+
+
 def _wheel_libs() -> Path | None:
     try:
         import pytriton
@@ -108,7 +113,12 @@ def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *
     for stable, band in ((True, "50"), (False, "1000")):
         cmd = [*base, "--stability-percentage", band]
         with Window() as window:
-            out = subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=timeout_s)
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                raise PerfAnalyzerTimeout(f"perf_analyzer did not finish in {timeout_s:.0f} s (steal "
+                                          f"{window.steal if window.steal is not None else 'unknown'}): "
+                                          f"{' '.join(cmd)}") from None
         text = out.stdout + out.stderr
         if out.returncode == 0:
             rows = [dict(r, stable=stable, steal=window.steal) for r in parse_csv(csv_path.read_text())]

@@ -64,6 +64,7 @@ class Plan:
     large_batches: list[int] = field(default_factory=list)   # quick: shared-memory windows only
     int8_model_level: bool = False
     quiet_wait_s: float = 5.0    # before each tuning trial and extra lone-user window, wait at most this
+    point_timeout_s: float = 120.0   # one perf_analyzer call of a sweep; past it the point is dropped
     http_concurrency: list[int] | None = None   # None: the gRPC sweep's levels
 
     @classmethod
@@ -93,7 +94,7 @@ class Plan:
                   "ort_spinning": False} for si in (1, 2) for d in (0, 100)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
                    grid, soak_seconds=60.0, batched_concurrency="1:8:1", large_batches=[1, 8, 64, 256],
-                   int8_model_level=True, quiet_wait_s=10.0)
+                   int8_model_level=True, quiet_wait_s=10.0, point_timeout_s=300.0)
 
 
 def _ensure_run(run_dir: Path | None) -> Path:
@@ -176,13 +177,18 @@ def _ensemble_rows(server, data, plan, out, ceiling=None) -> dict:
     res = {}
     for proto in ("grpc", "http"):
         url = server.grpc_url if proto == "grpc" else server.http_url
-        rows, commands = [], []
+        rows, commands, dropped = [], [], []
         for c in (plan.ensemble_concurrency if proto == "grpc" else plan.http_concurrency or plan.ensemble_concurrency):
-            r = analyzer.run("recommend", url, proto, data["ratings"], out / f"recommend_{proto}_c{c}.csv",
-                             concurrency=str(c), interval_ms=plan.interval_ms)
+            try:
+                r = analyzer.run("recommend", url, proto, data["ratings"], out / f"recommend_{proto}_c{c}.csv",
+                                 concurrency=str(c), interval_ms=plan.interval_ms, timeout_s=plan.point_timeout_s)
+            except analyzer.PerfAnalyzerTimeout as e:  # one point lost, not the whole run
+                _say(f"dropped {proto} c={c}: {str(e).split(':')[0]}")
+                dropped.append({"concurrency": c, "error": str(e)})
+                continue
             rows += r.rows
             commands.append(r.command)
-        res[f"recommend_{proto}"] = {"commands": commands, "rows": rows}
+        res[f"recommend_{proto}"] = {"commands": commands, "rows": rows, "dropped": dropped}
     before = measured(ceiling) if ceiling else None
     r = analyzer.run("recommend", server.grpc_url, "grpc", data["user_ids"], out / "recommend_grpc_b64.csv",
                      batch=64, concurrency=plan.batched_concurrency, interval_ms=plan.interval_ms)
@@ -205,15 +211,22 @@ def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict
     for i, change in enumerate(plan.tunings):
         tuning = Tuning(**change)
         apply_tuning(repo, tuning)
+        limit = plan.point_timeout_s
         with server_factory() as server:
             quiet = wait_quiet(max_seconds=plan.quiet_wait_s)  # no trial should lose to a neighbour
-            r = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}.csv",
-                             concurrency="16", interval_ms=plan.interval_ms)
-            server_time = _statistics(server)  # this trial's own server: where its time went
-            rb = analyzer.run("recommend", server.grpc_url, "grpc", data["user_ids"], out / f"tune_{i}_b64.csv",
-                              batch=64, concurrency="4", interval_ms=plan.interval_ms)
-            r1 = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}_c1.csv",
-                              concurrency="1", interval_ms=plan.interval_ms)
+            try:
+                r = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}.csv",
+                                 concurrency="16", interval_ms=plan.interval_ms, timeout_s=limit)
+                server_time = _statistics(server)  # this trial's own server: where its time went
+                rb = analyzer.run("recommend", server.grpc_url, "grpc", data["user_ids"], out / f"tune_{i}_b64.csv",
+                                  batch=64, concurrency="4", interval_ms=plan.interval_ms, timeout_s=limit)
+                r1 = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}_c1.csv",
+                                  concurrency="1", interval_ms=plan.interval_ms, timeout_s=limit)
+            except analyzer.PerfAnalyzerTimeout as e:
+                _say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'} dropped: {str(e).split(':')[0]}")
+                if i == 0:
+                    raise  # the default is the "before" every gain is measured against
+                continue
         row, batched, single = r.rows[0], rb.rows[0]["throughput"], r1.rows[0]
         trials.append({"tuning": tuning.to_dict(), "throughput": row["throughput"], "p99_ms": row["p99_ms"],
                        "batched_users_per_s": batched, "c1_req_per_s": single["throughput"],
@@ -262,13 +275,17 @@ def _c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: 
     the host a few times a second land in any p99 of ~1 ms requests, so a p99 read under steal
     measures the host's scheduler. The summary takes the window with the least steal (chosen by
     steal, never by its latency) and lists all."""
-    windows = [dict(first, waited_s=0.0)]
+    windows = [dict(first, waited_s=0.0)] if first else []
     for i in range(extra):
-        if (windows[-1].get("steal") or 0.0) < quiet:
+        if windows and (windows[-1].get("steal") or 0.0) < quiet:
             break
         waited = wait_quiet(max_seconds=plan.quiet_wait_s)["waited_s"]  # a quiet host, if one comes soon
-        r = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"recommend_grpc_c1_w{i + 1}.csv",
-                         concurrency="1", interval_ms=plan.interval_ms)
+        try:
+            r = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"],
+                             out / f"recommend_grpc_c1_w{i + 1}.csv", concurrency="1", interval_ms=plan.interval_ms,
+                             timeout_s=plan.point_timeout_s)
+        except analyzer.PerfAnalyzerTimeout:
+            continue
         windows.append(dict(r.rows[0], waited_s=waited))
     return [{k: w[k] for k in ("throughput", "p50_ms", "p99_ms", "steal", "waited_s")} for w in windows]
 
@@ -359,7 +376,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         session = baselines.ort_session(onnx_fp32)
         results["ensemble"] = _ensemble_rows(server, data, plan, out, ceiling=lambda: baselines.ort_batched(
             session, x, 64, plan.baseline_seconds))
-        first = next(x for x in results["ensemble"]["recommend_grpc"]["rows"] if x["concurrency"] == 1)
+        first = next((x for x in results["ensemble"]["recommend_grpc"]["rows"] if x["concurrency"] == 1), None)
         results["c1_windows"] = _c1_windows(server, data, plan, out, first)
         # Step by step as the default three-model pipeline spends it (the tuning's first trial).
         results["server_time"] = results["tuning"]["default"]["server_time"]
@@ -405,8 +422,8 @@ def summarise(r: dict) -> dict:
     best_batched = max(x["throughput"] for x in ens["recommend_grpc_b64"]["rows"])
     best_served = max(best_single, best_batched)
     # The lone user's window with the least stolen CPU (chosen by steal, not by latency).
-    c1_windows = r.get("c1_windows") or [next(x for x in grpc if x["concurrency"] == 1)]
-    c1 = quietest(c1_windows)
+    c1_windows = r.get("c1_windows") or [x for x in grpc if x["concurrency"] == 1]
+    c1 = quietest(c1_windows) if c1_windows else {"p99_ms": None}
     naive_best = max(x["throughput"] for x in r["naive"]["naive"])
     triton_same_load = max(x["throughput"] for x in r["naive"]["triton_http_json"])
     # The large model served with its tensors in shared memory, each window against the roof

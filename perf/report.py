@@ -108,6 +108,11 @@ def _noise(r: dict, s: dict) -> list[str]:
              "least steal (chosen by steal, never by latency): "
              + ", ".join(f"p99 {w['p99_ms']:.2f} ms at {_pct(w.get('steal'))}"
                          for w in s.get("p99_ms_concurrency1_windows", [])) + "."]
+    dropped = [f"{key.split('_')[1]} c={d['concurrency']}" for key in ("recommend_grpc", "recommend_http")
+               for d in r["ensemble"][key].get("dropped", [])]
+    if dropped:
+        lines.append(f"- perf_analyzer found no stable window within the time limit for: {', '.join(dropped)} "
+                     "(dropped from this run; the commands are in `results.json`).")
     paired = r["model_level"].get("large_w1024_b64_shm", {})
     if paired.get("windows"):
         lines += ["", "The 17,770-item model (n-512-512-1024), -b 64, tensors in shared memory, each window between "

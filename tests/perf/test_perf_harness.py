@@ -130,3 +130,11 @@ def test_roof_is_read_beside_each_served_window(server, u1, tmp_path):
     # Tensors went through system shared memory, registered with the admin key, which is not kept.
     assert "--shared-memory" in res["command"] and "<admin key>" in " ".join(res["command"])
     assert server.admin_key not in " ".join(res["command"])
+
+
+def test_perf_analyzer_past_its_limit_is_a_named_timeout(server, u1, tmp_path):
+    users = inputs.held_out_users(u1.test, u1.train, 4)
+    data = inputs.write(inputs.ensemble_ratings_data(u1.train, u1.item_ids, users), tmp_path / "d.json")
+    with pytest.raises(analyzer.PerfAnalyzerTimeout, match="did not finish in 1 s.*-m recommend"):
+        analyzer.run("recommend", server.grpc_url, "grpc", data, tmp_path / "o.csv", concurrency="1",
+                     interval_ms=5000, timeout_s=1)
