@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users perf perf-full clean
+.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs perf perf-full clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -41,6 +41,9 @@ bench: setup
 
 bench-scale: setup
 	$(PY) -m perf.bench_scale
+
+bench-knobs: setup
+	$(PY) -m perf.bench_knobs
 
 bench-new-users: setup
 	$(PY) -m perf.bench_new_users
