@@ -191,12 +191,15 @@ def perf(
     run_dir: Optional[Path] = typer.Argument(None, help="run folder to serve; default: the deeprec preset"),
     full: bool = typer.Option(False, "--full", help="the long sweep (make perf-full)"),
     out: Path = typer.Option(Path("perf/results"), "--out"),
+    p99_budget_ms: Optional[float] = typer.Option(
+        2.0, "--p99-budget-ms", help="tuning: choose among configurations whose lone user's p99 is within this"
+        " (Model Analyzer's latency constraint); 0: the best score whatever its latency"),
 ):
     """perf_analyzer sweeps, baselines, roofline and tuning -> OUT/<stamp>/report.md."""
     from perf.analyzer import PerfAnalyzerMissing
     from perf.harness import run_perf
     try:
-        folder = run_perf(run_dir, full=full, results_root=out)
+        folder = run_perf(run_dir, full=full, results_root=out, p99_budget_ms=p99_budget_ms or None)
     except PerfAnalyzerMissing as e:
         _fail(str(e))
     typer.echo((folder / "report.md").read_text())

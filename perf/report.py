@@ -199,7 +199,10 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
               _bottleneck(r.get("server_time", {}), r.get("tuning")), "",
               "## Tuning (`recommend`, gRPC)", "",
               "Each trial: one user per request at concurrency 16, 64 users per request at concurrency 4, and"
-              " one user at a time (concurrency 1); score = geometric mean of the three throughputs.", "",
+              " one user at a time (concurrency 1); score = geometric mean of the three throughputs. "
+              + (f"The choice is the best score among trials whose lone user's p99 is within "
+                 f"{tuning['p99_budget_ms']:g} ms (Model Analyzer's latency constraint; the best score of all "
+                 "when none is)." if tuning.get("p99_budget_ms") else "The choice is the best score."), "",
               "| trial | knobs changed from default | req/s (c=16) | p99 ms | users/s (64/request) "
               "| req/s (c=1) | p99 ms (c=1) | score | steal (c=16 / 64 / c=1) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]

@@ -138,3 +138,13 @@ def test_perf_analyzer_past_its_limit_is_a_named_timeout(server, u1, tmp_path):
     with pytest.raises(analyzer.PerfAnalyzerTimeout, match="did not finish in 1 s.*-m recommend"):
         analyzer.run("recommend", server.grpc_url, "grpc", data, tmp_path / "o.csv", concurrency="1",
                      interval_ms=5000, timeout_s=1)
+
+
+def test_tuning_chooses_the_best_score_within_the_latency_budget():
+    fast_tail = {"tuning": {"name": "a"}, "score": 900.0, "c1_p99_ms": 2.6}
+    within = {"tuning": {"name": "b"}, "score": 800.0, "c1_p99_ms": 1.6}
+    slower = {"tuning": {"name": "c"}, "score": 500.0, "c1_p99_ms": 1.2}
+    assert harness.best_trial([fast_tail, within, slower], 2.0) is within
+    assert harness.best_trial([fast_tail, within, slower], None) is fast_tail   # no constraint: score alone
+    # No trial meets the budget: the best score of all, as Model Analyzer falls back.
+    assert harness.best_trial([fast_tail, dict(within, c1_p99_ms=3.0)], 2.0) is fast_tail
