@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs perf perf-full clean
+.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large perf perf-full clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -44,6 +44,9 @@ bench-scale: setup
 
 bench-knobs: setup
 	$(PY) -m perf.bench_knobs
+
+bench-large: setup
+	$(PY) -m perf.bench_large
 
 bench-new-users: setup
 	$(PY) -m perf.bench_new_users

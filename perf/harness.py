@@ -78,7 +78,8 @@ class Plan:
             {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
             # The same without the batcher's 100 us wait: with two instances busy at concurrency
             # 16 requests queue up anyway, while a lone user waited the full delay every time
-            # (side by side, `make bench-knobs`: c=1 p50 1.15 vs 1.33 ms, c=16 unchanged).
+            # (`make bench-knobs`, windows with <= 1% steal: c=1 p50 1.09 vs 1.20-1.27 ms, p99
+            # 1.68 vs 1.60-1.80 ms, c=16 3,715 vs 3,066-3,681 req/s).
             {"pipeline": "fused", "step_instances": 2, "ort_threads": 1, "step_queue_delay_us": 0},
             # Two instances whose sessions each split a product over both cores (a user costs
             # 5.4 MB of weights, more than one core's 2 MB share of L2), idle pool threads
