@@ -148,3 +148,13 @@ def test_tuning_chooses_the_best_score_within_the_latency_budget():
     assert harness.best_trial([fast_tail, within, slower], None) is fast_tail   # no constraint: score alone
     # No trial meets the budget: the best score of all, as Model Analyzer falls back.
     assert harness.best_trial([fast_tail, dict(within, c1_p99_ms=3.0)], 2.0) is fast_tail
+
+
+def test_bench_large_profiles_every_layer_and_runs_sessions_side_by_side(u1, tmp_path):
+    from perf import bench_large
+    model = make_model(TrainConfig(model="deeprec", hidden=[32, 16], last_activation=False), u1.n_items).eval()
+    export_onnx_fp32(model, u1.n_items, tmp_path / "m.onnx")
+    x = u1.train[:8].toarray().astype(np.float32)
+    profile = bench_large.layer_profile(tmp_path / "m.onnx", x, runs=5)
+    assert sum("Gemm" in node for node in profile) == 4 and all(us > 0 for us in profile.values())
+    assert bench_large.concurrent_sessions(tmp_path / "m.onnx", x, sessions=2, threads=1, seconds=0.3) > 0
