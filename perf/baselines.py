@@ -57,6 +57,18 @@ def ort_batched(session: ort.InferenceSession, x: np.ndarray, batch: int = 64, s
     return _rate(lambda: session.run(None, {name: xb}), batch, seconds)
 
 
+def median_latency_us(session: ort.InferenceSession, x: np.ndarray, n: int = 400) -> float:
+    """Median microseconds of one forward of the batch x (after one warm-up call)."""
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e6)
+
+
 def _tile(x: np.ndarray, batch: int) -> np.ndarray:
     reps = -(-batch // len(x))
     return np.ascontiguousarray(np.tile(x, (reps, 1))[:batch], dtype=np.float32)

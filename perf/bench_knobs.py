@@ -38,16 +38,7 @@ CONFIGS = {
 
 def one_user_latency(onnx_path: Path, x: np.ndarray, threads: int, n: int = 1000) -> float:
     """Median microseconds of one single-user forward."""
-    session = baselines.ort_session(onnx_path, threads)
-    name = session.get_inputs()[0].name
-    row = x[:1]
-    session.run(None, {name: row})
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        session.run(None, {name: row})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e6)
+    return baselines.median_latency_us(baselines.ort_session(onnx_path, threads), x[:1], n)
 
 
 def supervisor_ticks(server: TritonServer, n: int = 100) -> dict:

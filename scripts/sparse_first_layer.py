@@ -11,7 +11,6 @@ dense product does for one user and 1.5-2x more from 8 users per request.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import onnx
@@ -21,6 +20,7 @@ from onnx import helper, numpy_helper
 from builder.data.sources import load_dataset
 from builder.train import load_run
 from perf import inputs
+from perf.baselines import median_latency_us
 from perf.harness import _ensure_run
 
 
@@ -60,17 +60,6 @@ def with_sparse_first_layer(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def median_us(session: ort.InferenceSession, x: np.ndarray, n: int = 400) -> float:
-    name = session.get_inputs()[0].name
-    session.run(None, {name: x})
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e6)
-
-
 def main() -> None:
     run_dir = _ensure_run(None)
     config, _ = load_run(run_dir)
@@ -89,8 +78,8 @@ def main() -> None:
             print(f"largest difference from the dense graph: {diff:.2e}; "
                   f"{(x != 0).sum(1).mean():.0f} ratings per user")
         for b in (1, 2, 4, 8, 16, 64):
-            print(f"{threads} thread(s), {b:2d} users: dense {median_us(dense_s, x[:b]):6.0f} us, "
-                  f"sparse {median_us(sparse_s, x[:b]):6.0f} us")
+            print(f"{threads} thread(s), {b:2d} users: dense {median_latency_us(dense_s, x[:b]):6.0f} us, "
+                  f"sparse {median_latency_us(sparse_s, x[:b]):6.0f} us")
 
 
 if __name__ == "__main__":
