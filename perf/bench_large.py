@@ -41,6 +41,8 @@ def layer_profile(onnx_path: Path, x: np.ndarray, runs: int = 50) -> dict[str, f
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.enable_profiling = True
+    # ORT writes its profile into the working directory unless told otherwise
+    opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort_profile")
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for _ in range(runs):
@@ -51,6 +53,7 @@ def layer_profile(onnx_path: Path, x: np.ndarray, runs: int = 50) -> dict[str, f
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             times[event["name"].removesuffix("_kernel_time")].append(event["dur"])
     profile.unlink()
+    profile.parent.rmdir()
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
