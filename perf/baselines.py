@@ -40,7 +40,7 @@ def torch_one_per_forward(model, x: np.ndarray, seconds: float = 1.0) -> float:
 
 @torch.no_grad()
 def torch_batched(model, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
-    xb = torch.from_numpy(_tile(x, batch))
+    xb = torch.from_numpy(tile(x, batch))
     return _rate(lambda: model(xb), batch, seconds)
 
 
@@ -53,7 +53,7 @@ def ort_session(path, threads: int = 0) -> ort.InferenceSession:
 
 def ort_batched(session: ort.InferenceSession, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
     name = session.get_inputs()[0].name
-    xb = _tile(x, batch)
+    xb = tile(x, batch)
     return _rate(lambda: session.run(None, {name: xb}), batch, seconds)
 
 
@@ -69,7 +69,8 @@ def median_latency_us(session: ort.InferenceSession, x: np.ndarray, n: int = 400
     return float(np.median(times) * 1e6)
 
 
-def _tile(x: np.ndarray, batch: int) -> np.ndarray:
+def tile(x: np.ndarray, batch: int) -> np.ndarray:
+    """`batch` rows made by repeating the users of `x`: a batch of any size from real users."""
     reps = -(-batch // len(x))
     return np.ascontiguousarray(np.tile(x, (reps, 1))[:batch], dtype=np.float32)
 

@@ -85,12 +85,12 @@ def main() -> None:
         out = Path(tmp)
         model = _large_models(out / "models")[NAME]
         flops = baselines.flops_per_user(model["onnx"])
-        x64 = baselines._tile(model["x"], 64)
+        x64 = baselines.tile(model["x"], 64)
         print(f"{NAME}: {flops / 1e6:.1f} MFLOP per user; one 64-user forward, two threads, ORT's profile:")
         for node, us in layer_profile(model["onnx"], x64).items():
             print(f"  {node:24s} {us / 1e3:6.2f} ms")
         for rows in (64, 128):
-            xb = baselines._tile(model["x"], rows)
+            xb = baselines.tile(model["x"], rows)
             for sessions, threads in ((1, 2), (2, 1)):
                 tp = concurrent_sessions(model["onnx"], xb, sessions, threads)
                 print(f"in-process, {rows} users per forward, {sessions} session(s) x {threads} thread(s): "
