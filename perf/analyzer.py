@@ -20,6 +20,14 @@ from perf.steal import Window
 ROOT = Path(__file__).resolve().parents[1]
 LIB_DIR = ROOT / "build" / "perf_libs"
 NEEDED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
+# Above this many requests in flight, perf_analyzer keeps them in flight from CLIENT_THREADS
+# threads (--async) instead of one blocking thread per request. On a 2-vCPU host 64 blocking
+# threads take CPU from the server being measured, and in HTTP mode they starved
+# perf_analyzer's own measuring thread: half of the `-i http --concurrency-range 64` calls never
+# finished their first window while requests kept flowing (gdb: the main thread in malloc behind
+# 64 curl threads). With 4 async threads, 14 calls in 14 finished in 6-17 s.
+SYNC_MAX_CONCURRENCY = 4
+CLIENT_THREADS = 4
 
 
 class PerfAnalyzerMissing(RuntimeError):
@@ -106,10 +114,12 @@ def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *
     On a noisy 2-core machine p99 may not settle within the stability band; then the sweep is
     repeated once with the band opened wide, and its rows say `stable: false`."""
     exe = binary()
+    most = max(int(c) for c in concurrency.split(":")[:2])
+    client = ("--async", "--max-threads", str(CLIENT_THREADS)) if most > SYNC_MAX_CONCURRENCY else ()
     base = [str(exe), "-m", model, "-u", url, "-i", protocol, "-b", str(batch),
             "--input-data", str(input_data), "--concurrency-range", concurrency,
             "--measurement-interval", str(interval_ms), "--percentile", "99", "--max-trials", "8",
-            "-f", str(csv_path), "--verbose-csv", *extra]
+            "-f", str(csv_path), "--verbose-csv", *client, *extra]
     for stable, band in ((True, "50"), (False, "1000")):
         cmd = [*base, "--stability-percentage", band]
         with Window() as window:

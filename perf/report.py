@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from perf import analyzer
 from perf.steal import NOISY
 
 
@@ -222,7 +223,10 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
               "applies it.", "",
               "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "## Reproduce", "", "Command lines of every perf_analyzer call are in `results.json`"
-              " (`command`/`commands`); the server's configs under `server_config`; the input data under `data/`.",
+              " (`command`/`commands`); the server's configs under `server_config`; the input data under `data/`."
+              f" Up to {analyzer.SYNC_MAX_CONCURRENCY} requests in flight, perf_analyzer gives each its own blocking"
+              f" thread; above that, {analyzer.CLIENT_THREADS} threads keep them in flight (`--async`): on 2 vCPUs,"
+              " 64 blocking client threads take the server's CPU and once stalled perf_analyzer itself.",
               "", "```", json.dumps(r["plan"]), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -44,6 +44,21 @@ def test_perf_analyzer_measures_the_ensemble(server, u1, tmp_path, protocol):
     assert 0 <= run.steal <= 1 and row["steal"] == run.steal
 
 
+def test_high_concurrency_http_is_driven_by_a_few_async_threads(server, u1, tmp_path):
+    """64 requests in flight over HTTP: the load perf_analyzer's blocking mode starved itself on."""
+    users = inputs.held_out_users(u1.test, u1.train, 16)
+    data = inputs.write(inputs.ensemble_ratings_data(u1.train, u1.item_ids, users), tmp_path / "data.json")
+    run = analyzer.run("recommend", server.http_url, "http", data, tmp_path / "out.csv", concurrency="64",
+                       interval_ms=500, timeout_s=120)
+    (row,) = run.rows
+    assert row["concurrency"] == 64 and row["throughput"] > 0
+    assert run.command[run.command.index("--max-threads") + 1] == str(analyzer.CLIENT_THREADS)
+    assert "--async" in run.command
+    low = analyzer.run("recommend", server.http_url, "http", data, tmp_path / "low.csv", concurrency="2",
+                       interval_ms=500)
+    assert "--async" not in low.command   # the lone and few users keep one blocking thread each
+
+
 def test_missing_perf_analyzer_is_named(monkeypatch):
     monkeypatch.setattr(analyzer.shutil, "which", lambda name: None)
     monkeypatch.setattr(analyzer.sys, "executable", "/nonexistent/bin/python")
