@@ -19,6 +19,7 @@ from builder.models import ITEM_BASED
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ROOT / "server" / "steps"
+ORT_BACKEND = ROOT / "server" / "backends" / "onnxruntime"
 MAX_BATCH = 64
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
@@ -239,6 +240,7 @@ def write_recommend(repo: Path, network: str, tuning: Tuning | None = None) -> i
         shutil.copy2(STEPS / f"{step}.py", vdir / f"{step}.py")
     shutil.copy2(STEPS / "fused.py", vdir / "model.py")
     shutil.copy2(STEPS / "ranking_graph.py", vdir / "ranking_graph.py")
+    shutil.copy2(ORT_BACKEND / "session_options.py", vdir / "session_options.py")
     shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / "model.onnx")
     (folder / "config.pbtxt").write_text(fused_config(t))
     return version

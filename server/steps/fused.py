@@ -25,20 +25,13 @@ class TritonPythonModel:
         from postprocess import TritonPythonModel as Postprocess
         from preprocess import TritonPythonModel as Preprocess
         from ranking_graph import K, TOP_INDICES, TOP_VALUES, with_top_k
+        from session_options import session_options
         self.names = K, TOP_VALUES, TOP_INDICES
         self.pre, self.post = Preprocess(), Postprocess()
         self.pre.initialize(args)
         self.post.initialize(args)
         config = json.loads(args["model_config"])
-        opts = ort.SessionOptions()
-        param = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
-        threads = int(param or os.environ.get("AEREC_ORT_THREADS", "0"))
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Idle pool threads sleep instead of spinning when the config says so (Tuning.ort_spinning).
-        spinning = config.get("parameters", {}).get("session.intra_op.allow_spinning", {}).get("string_value")
-        if spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        opts = session_options(config)   # session_options.py: copied beside this file
         graph = with_top_k(onnx.load(os.path.join(here, "model.onnx")))
         self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

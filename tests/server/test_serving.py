@@ -226,8 +226,8 @@ def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     config = (copy / "recommend" / "config.pbtxt").read_text()
     assert 'key: "session.intra_op.allow_spinning" value: { string_value: "0" }' in config
     latest = max((p for p in (copy / "recommend").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    for f in ("model.py", "preprocess.py", "postprocess.py", "ranking_graph.py", "model.onnx", "user_ids.npy",
-              "titles.npy"):
+    for f in ("model.py", "preprocess.py", "postprocess.py", "ranking_graph.py", "session_options.py", "model.onnx",
+              "user_ids.npy", "titles.npy"):
         assert (latest / f).is_file(), f
     assert (latest / "model.onnx").read_bytes() == (copy / "autoencoder_onnx" / "1" / "model.onnx").read_bytes()
     apply_tuning(copy, Tuning())

@@ -7,10 +7,14 @@ batch, make one ONNX Runtime call, and split the result back.
 """
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from session_options import session_options  # noqa: E402  (beside this file in the backend folder)
 
 
 class TritonPythonModel:
@@ -18,17 +22,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         name = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], name)
-        opts = ort.SessionOptions()
-        # The native backend's parameter name, so one config.pbtxt means the same on both.
-        param = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
-        threads = int(param or os.environ.get("AEREC_ORT_THREADS", "0"))
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Idle pool threads sleep instead of spinning when the config says so (Tuning.ort_spinning).
-        spinning = config.get("parameters", {}).get("session.intra_op.allow_spinning", {}).get("string_value")
-        if spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(path, session_options(config), providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
 
