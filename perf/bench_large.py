@@ -33,9 +33,6 @@ SERVED = {  # label: (tuning, concurrency)
     "1 instance x 2 threads, c=1": (Tuning(), "1"),
     "2 instances x 1 thread, c=2": (Tuning(network_instances=2, ort_threads=1, network_queue_delay_us=0), "2"),
     "1 x 2, batcher joins 128 rows, c=4": (Tuning(preferred_batch_sizes=[128], network_queue_delay_us=2000), "4"),
-    "2 x 1, batcher joins 128 rows, c=4": (Tuning(network_instances=2, ort_threads=1, preferred_batch_sizes=[128],
-                                                  network_queue_delay_us=2000), "4"),
-    "1 x 2, batcher joins 256 rows, c=8": (Tuning(preferred_batch_sizes=[256], network_queue_delay_us=4000), "8"),
 }
 
 
@@ -92,7 +89,7 @@ def main() -> None:
         print(f"{NAME}: {flops / 1e6:.1f} MFLOP per user; one 64-user forward, two threads, ORT's profile:")
         for node, us in layer_profile(model["onnx"], x64).items():
             print(f"  {node:24s} {us / 1e3:6.2f} ms")
-        for rows in (64, 128, 256):
+        for rows in (64, 128):
             xb = baselines.tile(model["x"], rows)
             for sessions, threads in ((1, 2), (2, 1)):
                 tp = concurrent_sessions(model["onnx"], xb, sessions, threads)
