@@ -16,10 +16,11 @@ import onnx
 
 from builder.export import INPUT, OUTPUT
 from builder.models import ITEM_BASED
+from server.backends.onnxruntime.session_options import SPINNING, THREADS  # the keys it reads back
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ROOT / "server" / "steps"
-ORT_BACKEND = ROOT / "server" / "backends" / "onnxruntime"
+ORT_BACKEND = ROOT / "server" / "backends" / "onnxruntime"   # session_options.py: the reader of these keys
 MAX_BATCH = 64
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
@@ -90,11 +91,8 @@ instance_group [ {{ count: {t.network_instances} kind: KIND_CPU }} ]
 {_threads(t)}'''
 
 
-SPINNING = "session.intra_op.allow_spinning"   # ONNX Runtime's own session-config key
-
-
 def _threads(t: Tuning) -> str:
-    return ((f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{t.ort_threads}" }} }}\n'
+    return ((f'parameters {{ key: "{THREADS}" value: {{ string_value: "{t.ort_threads}" }} }}\n'
              if t.ort_threads else "")
             + (f'parameters {{ key: "{SPINNING}" value: {{ string_value: "0" }} }}\n' if not t.ort_spinning else ""))
 
