@@ -25,7 +25,7 @@ NEEDED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
 # threads take CPU from the server being measured, and in HTTP mode they starved
 # perf_analyzer's own measuring thread: half of the `-i http --concurrency-range 64` calls never
 # finished their first window while requests kept flowing (gdb: the main thread in malloc behind
-# 64 curl threads). With 4 async threads, 14 calls in 14 finished in 6-17 s.
+# 64 curl threads). With 4 async threads they finished (tests/perf: the c=64 HTTP test).
 SYNC_MAX_CONCURRENCY = 4
 CLIENT_THREADS = 4
 
