@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from builder.data.ratings import Ratings
+from builder.data.ratings import Ratings, one_of_a_kind
 
 
 @dataclass
@@ -51,11 +51,18 @@ def _lookup(sorted_ids: np.ndarray, raw) -> np.ndarray:
 
 
 def build_dataset(ratings: Ratings, train_mask: np.ndarray, test_mask: np.ndarray, name: str = "") -> Dataset:
-    """Index users and items that appear in either part (sorted raw ids) and build CSR matrices."""
+    """Index users and items that appear in either part (sorted raw ids) and build CSR matrices.
+
+    Refuses (`DataFormatError`) data with a single user or a single item, such as one Netflix
+    `mv_` file on its own.
+    """
     f = ratings.frame
     used = train_mask | test_mask
     user_ids = np.unique(f["user"].to_numpy()[used])
     item_ids = np.unique(f["item"].to_numpy()[used])
+    for kind, ids in (("item", item_ids), ("user", user_ids)):
+        if len(ids) == 1:
+            raise one_of_a_kind(ratings.source, kind, ids[0])
     rows = np.searchsorted(user_ids, f["user"].to_numpy())
     cols = np.searchsorted(item_ids, f["item"].to_numpy())
     r = f["rating"].to_numpy(np.float32)

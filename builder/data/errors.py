@@ -1,4 +1,5 @@
 """Errors raised where bad rating data enters the system."""
+from __future__ import annotations
 
 
 class DataFormatError(ValueError):
@@ -12,3 +13,13 @@ class DataFormatError(ValueError):
         self.line = line
         where = f"{self.path} line {line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+def row_error(path, line_of_row, i: int, message: str, file_of_row=None) -> DataFormatError:
+    """The error for parsed row `i`: its file and line.
+
+    `path` is one file, or, when the rows came from several files, the list of them, with
+    `file_of_row[i]` the index of row i's file in it.
+    """
+    where = path if file_of_row is None else path[int(file_of_row[i])]
+    return DataFormatError(where, message, int(line_of_row[i]))

@@ -3,10 +3,14 @@ import numpy as np
 import pytest
 
 from builder.data import (
-    DataFormatError, load_csv, load_netflix, load_ratings_csv, load_ratings_dat,
+    DataFormatError, build_dataset, load_csv, load_netflix, load_ratings_csv, load_ratings_dat,
     load_udata, split_canonical, split_per_user, split_random, split_temporal,
 )
-from builder.data.loaders import load_uitem_titles
+from builder.data.loaders import (
+    load_movies_csv_titles, load_movies_dat_titles, load_netflix_titles, load_uitem_titles,
+)
+from builder.data.ratings import infer_scale
+from builder.data.sources import load_dataset, load_source
 from builder.data.splits import SplitError, holdout_entries, holdout_users
 
 
@@ -80,7 +84,6 @@ def test_ratings_csv_half_stars(fixtures):
 
 
 def test_netflix_blocks(fixtures):
-    from builder.data.loaders import load_netflix_titles
     r = load_netflix(fixtures / "combined_data_1.txt", fixtures / "movie_titles.csv")
     assert r.frame[["user", "item", "rating"]].values.tolist() == [
         [1488844, 1, 3], [822109, 1, 5], [1488844, 8, 4]]
@@ -181,3 +184,199 @@ def test_holdout_entries_partitions(u1):
     assert a.nnz + b.nnz == u1.train.nnz
     assert a.multiply(b).nnz == 0
     assert abs((a + b) - u1.train).sum() == 0
+
+
+# ---- the Netflix Prize as downloaded: many files, one data set ----------------------------
+
+NETFLIX_TITLES = {1: "Dinosaur Planet", 2: "Isle of Man TT 2004 Review", 3: "Character",
+                  4: "Paula Abdul's Get Up & Dance", 5: "The Rise and Fall of ECW",
+                  6: "Sick, Sad, and Bored: A Comedy", 7: "Misérables, Les"}
+
+
+@pytest.mark.parametrize("spec", [
+    "netflix/download/training_set",          # the folder, titles one level above
+    "netflix/download",                        # the folder above it
+    "netflix/download/training_set/mv_*.txt",  # a glob
+    "netflix/kaggle",                          # Kaggle: combined_data_*.txt, movie_titles.csv beside
+    "netflix/kaggle/combined_data_*.txt",
+])
+def test_netflix_folder_or_glob_is_one_data_set(fixtures, spec):
+    r = load_source(str(fixtures / spec))
+    assert len(r) == 48 and sorted(r.frame["item"].unique()) == [1, 2, 3, 4, 5, 6]
+    assert r.frame["user"].nunique() == 12
+    assert r.titles == NETFLIX_TITLES  # Latin-1 .txt and UTF-8 .csv alike; commas; year NULL
+    assert r.frame.iloc[0].tolist()[:3] == [2238063, 1, 1.0]  # mv_0000001.txt line 2
+
+
+def test_netflix_dataset_from_folder_has_every_movie(fixtures):
+    d = load_dataset(str(fixtures / "netflix/download/training_set"), "random")
+    assert (d.n_users, d.n_items) == (12, 6) and d.train.nnz + d.test.nnz == 48
+    assert d.titles[5] == "Sick, Sad, and Bored: A Comedy"
+
+
+def test_one_mv_file_is_refused_not_a_one_item_model(fixtures):
+    with pytest.raises(DataFormatError, match=r"mv_0000001.txt: the data holds only one item \(item 1\).*"
+                                              r"pass all of it: its folder, or a glob"):
+        load_dataset(str(fixtures / "netflix/download/training_set/mv_0000001.txt"), "random")
+
+
+def test_one_user_is_refused(tmp_path):
+    p = _write(tmp_path, "u.data", "7\t1\t3\t10\n7\t2\t4\t20\n7\t3\t5\t30\n")
+    r = load_udata(p)
+    with pytest.raises(DataFormatError, match=r"u.data: the data holds only one user \(user 7\)"):
+        build_dataset(r, np.ones(3, bool), np.zeros(3, bool))
+    with pytest.raises(DataFormatError, match="only one user"):
+        load_dataset(str(p), "random")
+
+
+def test_netflix_error_names_the_file_among_many(fixtures, tmp_path):
+    for src in sorted((fixtures / "netflix/download/training_set").glob("mv_*.txt")):
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    bad = tmp_path / "mv_0000004.txt"
+    bad.write_text(bad.read_text().replace("2207774,4,", "2207774,9,"))
+    with pytest.raises(DataFormatError, match=r"mv_0000004.txt line 3: rating 9 outside scale 1..5"):
+        load_source(str(tmp_path))
+
+
+def test_netflix_folder_with_both_kinds_is_refused(fixtures, tmp_path):
+    one_mv = fixtures / "netflix/download/training_set/mv_0000001.txt"
+    for src in [*(fixtures / "netflix/kaggle").glob("combined_*"), one_mv]:
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    with pytest.raises(DataFormatError, match=r"holds both 1 mv_\*.txt and 2 combined_data_\*.txt"):
+        load_source(str(tmp_path))
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("netflix/nothing_*.txt", "no file matches this pattern"),
+    ("encodings/latin1", "folder holds no ratings file aerec knows"),
+    ("*.data*", None),  # u.data only: one file, loads as u.data
+])
+def test_glob_and_folder_edges(fixtures, spec, message):
+    if message is None:
+        assert len(load_source(str(fixtures / spec))) == 5
+    else:
+        with pytest.raises(DataFormatError, match=message):
+            load_source(str(fixtures / spec))
+
+
+def test_several_files_only_for_netflix(fixtures):
+    with pytest.raises(DataFormatError, match="several files load as one data set only for the Netflix"):
+        load_source(str(fixtures / "ratings.*"))
+
+
+def test_netflix_titles_format_is_checked(tmp_path):
+    p = tmp_path / "movie_titles.txt"
+    p.write_bytes(b"1,2003,Dinosaur Planet\n2,Isle of Man\n")
+    with pytest.raises(DataFormatError, match=r"movie_titles.txt line 2: expected 'MovieID,Year,Title'"):
+        load_netflix_titles(p)
+
+
+# ---- text encodings: byte-order marks, UTF-8 or Latin-1, CRLF -------------------------------
+
+def test_excel_csv_utf8_with_bom_and_crlf(fixtures):
+    r = load_source(str(fixtures / "excel/ratings.csv"))  # movies.csv beside it: also BOM + CRLF
+    assert len(r) == 20 and r.frame.iloc[0].tolist() == [1, 1, 2.0, 1420000101]
+    assert r.titles == {1: "American President, The (1995)", 2: "Heat (1995)",
+                        3: "Misérables, Les (1995)", 4: "Sabrina (1995)"}
+
+
+TITLE_FILES = [
+    (load_uitem_titles, "u.item", "Misérables, Les (1995)"),
+    (load_movies_dat_titles, "movies.dat", "Misérables, Les (1995)"),
+    (load_movies_csv_titles, "movies.csv", "Misérables, Les (1995)"),
+    (load_netflix_titles, "movie_titles.txt", "Misérables, Les"),
+]
+
+
+@pytest.mark.parametrize("encoding", ["latin1", "utf8", "utf8-bom-crlf"])
+@pytest.mark.parametrize("loader,name,title", TITLE_FILES, ids=[n for _, n, _ in TITLE_FILES])
+def test_titles_in_any_encoding(fixtures, tmp_path, loader, name, title, encoding):
+    if encoding == "utf8-bom-crlf":  # the UTF-8 fixture as Excel/Notepad re-save it
+        text = (fixtures / "encodings/utf8" / name).read_bytes()
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + text.replace(b"\n", b"\r\n"))
+    else:
+        path = fixtures / "encodings" / encoding / name
+    titles = loader(path)
+    assert titles[3] == title and titles[1].startswith("Toy Story")
+
+
+RATINGS_FILES = [
+    ("u.data", load_udata),
+    ("ratings.dat", load_ratings_dat),
+    ("ratings.csv", load_ratings_csv),
+    ("combined_data_1.txt", load_netflix),
+    ("generic.csv", lambda p: load_csv(p, user="who", item="what", rating="score")),
+]
+
+
+def _resave(src, dest, bom=b"", newline=b"\n", codec="utf-8", last=b""):
+    text = src.read_bytes().decode("utf-8").encode(codec)
+    dest.write_bytes(bom + text.replace(b"\n", newline) + last)
+    return dest
+
+
+@pytest.mark.parametrize("variant", [
+    dict(bom=b"\xef\xbb\xbf"),
+    dict(bom=b"\xef\xbb\xbf", newline=b"\r\n"),
+    dict(newline=b"\r\n"),
+    dict(codec="utf-16"),  # Excel's "Unicode text": its own mark
+    dict(last=b"   \n"),   # a last line of spaces
+    dict(last=b" \t \r\n\t\n", newline=b"\r\n"),
+], ids=["bom", "bom-crlf", "crlf", "utf16", "spaces-line", "tabs-lines-crlf"])
+@pytest.mark.parametrize("name,loader", RATINGS_FILES, ids=[n for n, _ in RATINGS_FILES])
+def test_ratings_files_as_users_resave_them(fixtures, tmp_path, name, loader, variant):
+    want = loader(fixtures / name).frame
+    got = loader(_resave(fixtures / name, tmp_path / name, **variant)).frame
+    assert got.equals(want)
+
+
+def test_bom_that_lies_is_named(tmp_path):
+    p = tmp_path / "u.data"
+    p.write_bytes(b"\xef\xbb\xbf1\t2\t3\t4\n1\t\xe93\t3\t4\n")  # a UTF-8 mark, then Latin-1
+    with pytest.raises(DataFormatError, match="u.data: starts with a UTF-8 byte-order mark but is not valid UTF-8"):
+        load_udata(p)
+
+
+def test_whitespace_line_mid_file_keeps_line_numbers(tmp_path):
+    p = _write(tmp_path, "ratings.dat", "1::10::5::1\n  \n1::11::4::2\n2::10::7::3\n")
+    with pytest.raises(DataFormatError, match=r"ratings.dat line 4: rating 7 outside scale 1..5"):
+        load_ratings_dat(p)
+
+
+# ---- a generic CSV's rating scale -------------------------------------------------------------
+
+def test_csv_scale_read_from_data_and_stated(fixtures, caplog):
+    r = load_source(f"csv:{fixtures / 'scale10.csv'}")  # ratings 2..9
+    assert r.scale == (1.0, 10.0) and r.frame["rating"].max() == 9
+    assert "rating scale 1..10 read from the data (ratings span 2..9)" in caplog.text
+
+
+@pytest.mark.parametrize("ratings,scale", [
+    ([1, 4], (1.0, 5.0)), ([2, 5], (1.0, 5.0)), ([0.5, 4.5], (0.5, 5.0)), ([1, 9], (1.0, 10.0)),
+    ([0.5, 10], (0.5, 10.0)), ([3.5, 10], (1.0, 10.0)), ([1, 42], (1.0, 100.0)), ([-10, 10], (-10.0, 10.0)),
+])
+def test_infer_scale(ratings, scale):
+    assert infer_scale(np.array(ratings)) == scale
+
+
+def test_csv_scale_from_spec(fixtures):
+    assert load_source(f"csv:{fixtures / 'scale10.csv'}?scale=0.5:10").scale == (0.5, 10.0)
+    with pytest.raises(DataFormatError, match=r"scale10.csv line 3: rating 9 outside scale 1..5"):
+        load_source(f"csv:{fixtures / 'scale10.csv'}?scale=1:5")
+
+
+@pytest.mark.parametrize("query,message", [
+    ("scale=0:10", r"scale '0:10' .* expected LOW:HIGH with 0 < LOW < HIGH"),
+    ("scale=ten", r"scale 'ten' .* expected LOW:HIGH"),
+    ("sep=;", r"unknown option 'sep' .* the one option is scale=LOW:HIGH"),
+])
+def test_csv_spec_errors(fixtures, query, message):
+    with pytest.raises(DataFormatError, match=message):
+        load_source(f"csv:{fixtures / 'scale10.csv'}?{query}")
+
+
+def test_zero_rating_is_refused_with_a_way_forward(tmp_path):
+    p = _write(tmp_path, "zero.csv", "user,item,rating\n1,1,0\n2,1,10\n1,2,5\n")
+    with pytest.raises(DataFormatError, match=r"zero.csv line 2: rating 0: ratings must be above 0.*add 1"):
+        load_source(f"csv:{p}")
