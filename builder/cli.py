@@ -34,8 +34,11 @@ def _print_metrics(metrics: dict) -> None:
 def train(
     out: Path = typer.Option(..., "--out", help="run folder to write"),
     preset: Optional[str] = typer.Option(None, help="a named recipe (see `aerec presets`)"),
-    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae | glocal-k"),
-    data: Optional[str] = typer.Option(None, help="ml-100k, or a ratings file path"),
+    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae | glocal-k; "
+                                        "top-N: popularity | ease | mult-dae | mult-vae"),
+    data: Optional[str] = typer.Option(None, help="ml-100k; a ratings file (u.data, ratings.dat, ratings.csv, "
+                                       "Netflix combined_data_*.txt); a folder (Netflix training_set/); a quoted "
+                                       "glob ('training_set/mv_*.txt'); or csv:PATH[?scale=LOW:HIGH]"),
     split: Optional[str] = typer.Option(None, help="u1..u5, ua, ub, random[:F], temporal:DATE, per-user[:F]"),
     seed: Optional[int] = typer.Option(None),
     hidden: Optional[str] = typer.Option(None, help="layer sizes, comma separated, e.g. 512,512,1024"),
@@ -134,7 +137,21 @@ def evaluate(run_dir: Path):
         dataset = load_dataset(config.data, config.split, config.seed)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    _print_metrics(evaluate_model(model, dataset, config, "cpu"))
+    _print_evaluation(evaluate_model(model, dataset, config, "cpu"))
+
+
+def _print_evaluation(metrics: dict) -> None:
+    """Rating errors (if any), then each top-N figure beside the popularity baseline's and the lift."""
+    from rich.console import Console
+    from rich.table import Table
+    ranking = [k for k in metrics if f"popularity_{k}" in metrics]
+    _print_metrics({k: v for k, v in metrics.items()
+                    if k not in ranking and not k.startswith(("popularity_", "lift_"))})
+    t = Table("metric", "model", "popularity", "lift")
+    for k in ranking:
+        lift = metrics.get(f"lift_{k}")
+        t.add_row(k, f"{metrics[k]:.4f}", f"{metrics[f'popularity_{k}']:.4f}", "-" if lift is None else f"{lift:.2f}x")
+    Console().print(t)
 
 
 @app.command()
@@ -172,14 +189,19 @@ def export(
 def repository(
     run_dir: Path,
     out: Path = typer.Option(Path("model_repository"), "--out"),
-    variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_int8 (repeatable)"),
+    variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_int8 (repeatable); with --rating-model, "
+                                      "the rating model's (the top-N model is served in fp32)"),
     tuned: Optional[Path] = typer.Option(None, help="a perf results folder (or its tuned.json): use its best knobs"),
+    rating_model: Optional[Path] = typer.Option(None, "--rating-model",
+                                                help="a rating model's run, served beside the top-N model RUN_DIR: "
+                                                     "RUN_DIR ranks the list, this one predicts the ratings shown"),
 ):
-    """Add RUN_DIR's exported networks to a Triton model repository (a new version each build)."""
+    """Add RUN_DIR's exported networks to a Triton model repository (a new version each build).
+    RUN_DIR is a top-N model (it ranks) or a rating model (it ranks by predicted rating)."""
     from builder.repository import RepositoryError, Tuning, write_repository
     try:
         tuning = Tuning.load(tuned) if tuned else None
-        manifest = write_repository(run_dir, out, variant, tuning)
+        manifest = write_repository(run_dir, out, variant, tuning, rating_run=rating_model)
     except RepositoryError as e:
         _fail(str(e))
     for name, version in manifest["models"].items():
@@ -188,7 +210,10 @@ def repository(
 
 @app.command()
 def perf(
-    run_dir: Optional[Path] = typer.Argument(None, help="run folder to serve; default: the deeprec preset"),
+    run_dir: Optional[Path] = typer.Argument(None, help="run folder to serve (a top-N or a rating model); "
+                                             "default: the ease preset ranking beside the deeprec preset rating"),
+    rating_model: Optional[Path] = typer.Option(None, "--rating-model",
+                                                help="a rating model served beside the top-N RUN_DIR"),
     full: bool = typer.Option(False, "--full", help="the long sweep (make perf-full)"),
     out: Path = typer.Option(Path("perf/results"), "--out"),
     p99_budget_ms: Optional[float] = typer.Option(
@@ -199,7 +224,8 @@ def perf(
     from perf.analyzer import PerfAnalyzerMissing
     from perf.harness import run_perf
     try:
-        folder = run_perf(run_dir, full=full, results_root=out, p99_budget_ms=p99_budget_ms or None)
+        folder = run_perf(run_dir, full=full, results_root=out, p99_budget_ms=p99_budget_ms or None,
+                          rating_run=rating_model)
     except PerfAnalyzerMissing as e:
         _fail(str(e))
     typer.echo((folder / "report.md").read_text())
@@ -254,6 +280,7 @@ def serve(
         _fail(str(e))
     server.start()
     typer.echo(f"serving {repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)")
+    typer.echo(f"server log: {server.log}")
     typer.echo(f"restricted APIs ({RESTRICTED}): "
                + (f"open to holders of the key in {admin_key_file}" if key else "closed (no --admin-key-file)"))
     try:
@@ -291,7 +318,8 @@ def recommend(
     url: str = typer.Option("127.0.0.1:8001", help="server address"),
     protocol: str = typer.Option("grpc", help="grpc | http"),
 ):
-    """Top-K recommendations from a running server, as a table of titles and predicted ratings."""
+    """Top-K recommendations from a running server, as a table of titles, scores and (where the
+    server has a rating model) predicted ratings."""
     from rich.console import Console
     from rich.table import Table
     from client import RecommenderClient
@@ -303,20 +331,29 @@ def recommend(
         rec = RecommenderClient(url, protocol).recommend(user_id=user, ratings=ratings or None, k=k)
     except Exception as e:  # the server's own message names the problem
         _fail(str(e))
-    t = Table("#", "item", "title", "predicted rating")
+    ratings = rec.predicted_ratings
+    t = Table("#", "item", "title", "score", *(["predicted rating"] if ratings is not None else []))
     for i, (item, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
-        t.add_row(str(i), str(item), title, f"{score:.2f}")
+        t.add_row(str(i), str(item), title, f"{score:.3f}", *([f"{ratings[i - 1]:.2f}"] if ratings is not None else []))
     Console().print(t)
     if rec.unknown_items:
         typer.echo(f"{rec.unknown_items} rated item id(s) unknown to the model were skipped")
+    if not rec.complete:  # rated items are never recommended
+        typer.echo(f"only {rec.n_recommended} of {k} recommended: no other unrated item is left")
 
 
 @app.command()
 def results(run_dirs: list[Path]):
-    """One table over run folders: model, RMSE, MAE, best epoch, seconds."""
+    """One table over run folders: model, RMSE, MAE (- for top-N models), recall@10, NDCG@10 and
+    popularity's recall@10 beside, best epoch, seconds."""
     from rich.console import Console
     from rich.table import Table
-    t = Table("model", "test RMSE", "test MAE", "recall@10", "best epoch", "seconds")
+
+    def fmt(m: dict, key: str) -> str:
+        v = m.get(key)
+        return "-" if v is None else f"{v:.4f}"
+    t = Table("model", "test RMSE", "test MAE", "recall@10", "ndcg@10", "popularity recall@10", "best epoch",
+              "seconds")
     t.add_column("run", no_wrap=True)
     for d in run_dirs:
         try:
@@ -325,8 +362,8 @@ def results(run_dirs: list[Path]):
                  else json.loads((d / "config.json").read_text()))
         except (OSError, json.JSONDecodeError) as e:
             _fail(f"{d}: not a finished run folder ({e})")
-        t.add_row(c["model"], f"{m['test_rmse']:.4f}", f"{m['test_mae']:.4f}",
-                  f"{m.get('recall@10', float('nan')):.4f}", str(m["best_epoch"]), f"{m['train_seconds']:.1f}", str(d))
+        t.add_row(c["model"], fmt(m, "test_rmse"), fmt(m, "test_mae"), fmt(m, "recall@10"), fmt(m, "ndcg@10"),
+                  fmt(m, "popularity_recall@10"), str(m.get("best_epoch", "-")), f"{m['train_seconds']:.1f}", str(d))
     Console().print(t)
 
 

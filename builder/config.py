@@ -8,7 +8,8 @@ from pathlib import Path
 
 @dataclass
 class TrainConfig:
-    model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k
+    model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k;
+                                      # top-N: popularity | ease | mult-dae | mult-vae
     data: str = "ml-100k"
     split: str = "u1"
     seed: int = 0
@@ -27,6 +28,13 @@ class TrainConfig:
     kernel_l2: float = 0.006          # glocal-k: L2 on the local kernel values (lambda_s)
     gk_size: int = 3                  # glocal-k: global convolution kernel is gk_size x gk_size
     dot_scale: float = 1.0            # glocal-k: scale of the global kernel
+    # top-N models (implicit feedback)
+    implicit_threshold: float = 0.0   # a rating >= this is a positive; 0: any rating is
+    ease_lambda: float = 500.0        # ease: L2 weight lambda of the closed form
+    ease_max_gb: float = 4.0          # ease: refuse item-item matrices (4 * items^2 bytes) above this
+    anneal_cap: float = 0.2           # mult-vae: the KL weight beta grows linearly to this cap
+    total_anneal_steps: int = 2000    # mult-vae: update steps for beta to go from 0 to 1 (before the cap)
+    val_holdout: float = 0.2          # top-N validation: share of each training user's ratings hidden
     # optimisation
     optimizer: str = "adam"           # adam | sgd | rmsprop | lbfgs (full batch; glocal-k)
     lbfgs_iters: int = 5              # lbfgs: iterations per epoch (the optimiser restarts each epoch)

@@ -19,7 +19,8 @@ import onnxruntime as ort
 import torch
 
 from builder.data.sources import load_dataset
-from builder.metrics import rmse
+from builder.metrics import recall_at_k, rmse
+from builder.models import TOP_N
 from builder.ranking import top_k_unrated
 from builder.predict import orient
 from builder.train import load_run
@@ -109,13 +110,26 @@ def throughput(run, n_inputs: int, batch: int, seconds: float = 1.0) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _compare(pred_fn, ref_out, inputs_dense, targets, rated, scale, ref_top, k=10) -> dict:
+def _compare(pred_fn, ref_out, inputs_dense, accuracy, rated, ref_top, k=10) -> dict:
+    """The variant's accuracy (see _accuracy), its largest difference from PyTorch's output and
+    the share of PyTorch's top-k it keeps."""
     out = pred_fn(inputs_dense)
-    t = targets.tocoo()
-    test_rmse = rmse(out[t.row, t.col], t.data, scale)
+    name, value = accuracy(out)
     top = top_k_unrated(out, rated, k)
-    overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top.tolist(), ref_top.tolist())]))
-    return {"rmse": test_rmse, "max_abs_error": float(np.abs(out - ref_out).max()), "top10_overlap": overlap}
+    overlap = float(np.mean([len((set(a) & set(b)) - {-1}) / k for a, b in zip(top.tolist(), ref_top.tolist())]))
+    return {name: value, "max_abs_error": float(np.abs(out - ref_out).max()), "top10_overlap": overlap}
+
+
+def _accuracy(train_cfg, targets, scale, rated):
+    """out [rows, n] -> (name, value): test RMSE for a rating model; for a top-N model, whose
+    scores are not ratings, recall@10 on the test items rated >= relevant_threshold."""
+    if train_cfg.model not in TOP_N:
+        t = targets.tocoo()
+        return lambda out: ("rmse", rmse(out[t.row, t.col], t.data, scale))
+    relevant = targets.multiply(targets >= train_cfg.relevant_threshold).tocsr()
+    relevant.eliminate_zeros()
+    rows = np.arange(targets.shape[0])
+    return lambda out: ("recall@10", recall_at_k(top_k_unrated(out, rated, 10), relevant, rows))
 
 
 def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds: float = 1.0) -> Path:
@@ -138,8 +152,8 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
     n_inputs = inputs.shape[1]
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    t = targets[rows].tocoo()
-    ref_rmse = rmse(ref[t.row, t.col], t.data, dataset.scale)
+    accuracy = _accuracy(train_cfg, targets[rows], dataset.scale, rated)
+    metric, ref_value = accuracy(ref)
     ref_top = top_k_unrated(ref, rated, 10)
 
     final = run_dir / "export"
@@ -147,8 +161,8 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
     try:
         fp32 = tmp / "model_fp32.onnx"
         export_onnx_fp32(model, n_inputs, fp32, config.opset)
-        report = {"pytorch": {"rmse": ref_rmse}, "run": str(run_dir), "test_rows": int(len(rows)),
-                  "calibration_method": config.calibration_method}
+        report = {"pytorch": {metric: ref_value}, "metric": metric, "run": str(run_dir),
+                  "test_rows": int(len(rows)), "calibration_method": config.calibration_method}
         torch_threads = torch.get_num_threads()
         def torch_run(b):
             with torch.no_grad():
@@ -169,8 +183,8 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
                 quantize_int8(fp32, path, calib, config.calibration_method)
             sess = ort_session(path, torch_threads)
             run = lambda b, s=sess: s.run([OUTPUT], {INPUT: b})[0]  # noqa: E731
-            row = _compare(run, ref, x, targets[rows], rated, dataset.scale, ref_top)
-            row.update(rmse_delta=row["rmse"] - ref_rmse,
+            row = _compare(run, ref, x, accuracy, rated, ref_top)
+            row.update({f"{metric}_delta": row[metric] - ref_value},
                        throughput_b1=throughput(run, n_inputs, 1, bench_seconds),
                        throughput_b64=throughput(run, n_inputs, 64, bench_seconds),
                        file=path.name, bytes=path.stat().st_size)
@@ -192,18 +206,20 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
 
 
 def precision_markdown(report: dict) -> str:
+    metric = report.get("metric", "rmse")  # a top-N model's scores are not ratings: recall@10
+    label = "RMSE" if metric == "rmse" else metric
     lines = [f"# Precision report: {report['run']}", "",
-             f"PyTorch fp32 test RMSE {report['pytorch']['rmse']:.5f} over {report['test_rows']} test rows; "
+             f"PyTorch fp32 test {label} {report['pytorch'][metric]:.5f} over {report['test_rows']} test rows; "
              "throughput is ONNX Runtime CPU, inferences/s, measured in this run.", "",
-             "| variant | RMSE | change | top-10 overlap | max abs error | thr. b1 | thr. b64 |",
+             f"| variant | {label} | change | top-10 overlap | max abs error | thr. b1 | thr. b64 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     p = report["pytorch"]
-    lines.append(f"| pytorch | {p['rmse']:.5f} | 0 | 1.000 | 0 | "
+    lines.append(f"| pytorch | {p[metric]:.5f} | 0 | 1.000 | 0 | "
                  f"{p['throughput_b1']:.0f} | {p['throughput_b64']:.0f} |")
     for name in PRECISIONS:
         if name in report:
             r = report[name]
-            lines.append(f"| {name} | {r['rmse']:.5f} | {r['rmse_delta']:+.5f} | {r['top10_overlap']:.3f} | "
+            lines.append(f"| {name} | {r[metric]:.5f} | {r[f'{metric}_delta']:+.5f} | {r['top10_overlap']:.3f} | "
                          f"{r['max_abs_error']:.2e} | {r['throughput_b1']:.0f} | {r['throughput_b64']:.0f} |")
     if "int8" in report and "fp32" in report:
         ratio = report["int8"]["speedup_b64_vs_fp32"]

@@ -56,3 +56,15 @@ def contractive_penalty(encode, x: torch.Tensor, probes: int = 1) -> torch.Tenso
         (g,) = torch.autograd.grad((code * v).sum(), x, create_graph=True)
         total = total + (g ** 2).sum(dim=1).mean()
     return total / probes
+
+
+def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mult-VAE/DAE's loss (Liang et al. 2018): -sum_i x_i log softmax(logits)_i per user,
+    averaged over the batch. logits, x: [batch, n_items]; x binary (or counts)."""
+    return -(torch.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over the latent, averaged over the batch.
+    mu, logvar: [batch, latent]."""
+    return (0.5 * (-logvar + logvar.exp() + mu ** 2 - 1)).sum(dim=1).mean()

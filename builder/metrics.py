@@ -25,7 +25,8 @@ def _relevant_sets(relevant: sp.csr_matrix, users: np.ndarray):
 
 
 def recall_at_k(top: np.ndarray, relevant: sp.csr_matrix, users: np.ndarray) -> float:
-    """Mean over users with any relevant item of hits / min(k, |relevant|) (Liang et al. 2018)."""
+    """Mean over users with any relevant item of hits / min(k, |relevant|) (Liang et al. 2018).
+    A -1 in `top` (padding) is never a hit."""
     k = top.shape[1]
     vals = []
     for row, rel in zip(top, _relevant_sets(relevant, users)):
@@ -47,5 +48,6 @@ def ndcg_at_k(top: np.ndarray, relevant: sp.csr_matrix, users: np.ndarray) -> fl
 
 
 def coverage(top: np.ndarray, n_items: int) -> float:
-    """Share of the catalogue that appears in anyone's top-k."""
-    return float(len(np.unique(top)) / n_items)
+    """Share of the catalogue that appears in anyone's top-k (-1, top_k_unrated's padding
+    for a row with fewer unrated items than k, is no item)."""
+    return float(len(np.unique(top[top >= 0])) / n_items)

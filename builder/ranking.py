@@ -5,18 +5,27 @@ Python model, so the server and the offline path run literally the same code.
 """
 import numpy as np
 
+# The column a slot holds when a row has fewer unrated items than k: never a real column.
+PAD = -1
+
 
 def top_k_unrated(scores: np.ndarray, rated: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest scores per row, already-rated items excluded, best first.
 
-    scores: [batch, n_items]; rated: bool [batch, n_items]. argpartition finds the k
-    candidates in O(n) per row, then only those k are sorted; among equal scores the lower
-    item index comes first. Fully vectorised over the batch.
+    scores: [batch, n_items]; rated: bool [batch, n_items]; k >= 1. Returns int64
+    [batch, min(k, n_items)]. A row with fewer than k unrated items gets all of them, then
+    PAD (-1) in the remaining slots: a rated item is never returned, whatever k. Callers
+    count real entries with `(top >= 0).sum(axis=1)` and must not index with a PAD.
+
+    argpartition finds the k candidates in O(n) per row, then only those k are sorted; among
+    equal scores the lower item index comes first. Scores of -inf are raised to the lowest
+    float32 so that every unrated item still outranks every rated one (the served ONNX graph
+    does the same). Fully vectorised over the batch.
     """
     scores = np.asarray(scores, dtype=np.float32)
     n = scores.shape[1]
     k = int(min(k, n))
-    masked = np.where(rated, -np.inf, scores)
+    masked = np.where(rated, -np.inf, np.maximum(scores, np.finfo(np.float32).min))
     if k < n:
         cand = np.argpartition(-masked, k - 1, axis=1)[:, :k]
     else:
@@ -24,4 +33,7 @@ def top_k_unrated(scores: np.ndarray, rated: np.ndarray, k: int) -> np.ndarray:
     cand = np.sort(cand, axis=1)  # index order first, so the stable sort breaks ties by index
     vals = np.take_along_axis(masked, cand, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(cand, order, axis=1).astype(np.int64)
+    top = np.take_along_axis(cand, order, axis=1).astype(np.int64)
+    # Rated items sort last (-inf): they fill a row's slots only once its unrated items run out.
+    top[np.take_along_axis(np.asarray(rated, bool), top, axis=1)] = PAD
+    return top

@@ -1,5 +1,7 @@
-"""Render a Triton model repository from an exported run: the one place that knows Triton's layout.
+"""Render a Triton model repository from exported runs: the one place that knows Triton's layout.
 
+A repository serves a ranker (a top-N model: its scores order the list), a rater (a rating
+model: its predictions are the ratings shown), or both side by side on the same input vector.
 Each build adds a numbered version beside the ones already served; the whole repository is
 built in a temporary folder, validated, then swapped in, so a failure leaves the old one intact.
 """
@@ -15,7 +17,7 @@ import numpy as np
 import onnx
 
 from builder.export import INPUT, OUTPUT
-from builder.models import ITEM_BASED
+from builder.models import ITEM_BASED, TOP_N
 from server.backends.onnxruntime.session_options import SPINNING, THREADS  # the keys it reads back
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +79,7 @@ def _batching(delay_us: int, preferred=()) -> str:
 
 
 def network_config(name: str, n_items: int, max_batch: int = 256, tuning: Tuning | None = None) -> str:
-    """config.pbtxt for an autoencoder: platform onnxruntime_onnx runs unchanged on NVIDIA's
+    """config.pbtxt for a network (ranker or rater): platform onnxruntime_onnx runs unchanged on NVIDIA's
     container (native backend) and on the embedded server (our Python-based backend); both read
     the thread count from the native backend's own parameter name."""
     t = tuning or Tuning()
@@ -121,17 +123,28 @@ REQUEST_INPUTS = [
     'name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true',
     'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
 ]
-RESPONSE_OUTPUTS = [
+# What postprocess answers; UNKNOWN_ITEMS comes from preprocess. PREDICTED_RATINGS only where
+# a rater is served: a ranker alone has no ratings to show. Every row is TOP_K long; a row
+# with fewer unrated items than TOP_K (a rated item is never recommended) has N_RECOMMENDED
+# real items, then padding: RECOMMENDED_IDS -1, SCORES and PREDICTED_RATINGS NaN, TITLES "".
+RANKED_OUTPUTS = [
     'name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ]',
     'name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ]',
     'name: "TITLES" data_type: TYPE_STRING dims: [ -1 ]',
-    'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]',
+    'name: "N_RECOMMENDED" data_type: TYPE_INT32 dims: [ 1 ]',
 ]
+RATINGS_OUTPUT = 'name: "PREDICTED_RATINGS" data_type: TYPE_FP32 dims: [ -1 ]'
+UNKNOWN_OUTPUT = 'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]'
 
 
-def fused_config(tuning: Tuning | None = None) -> str:
+def _ranked_outputs(rater: bool) -> list[str]:
+    return RANKED_OUTPUTS + ([RATINGS_OUTPUT] if rater else [])
+
+
+def fused_config(tuning: Tuning | None = None, rater: bool = True) -> str:
     """The whole pipeline as one Python model, with the ensemble's inputs and outputs."""
-    return _python_step_config("recommend", REQUEST_INPUTS, RESPONSE_OUTPUTS, tuning) + _threads(tuning or Tuning())
+    return (_python_step_config("recommend", REQUEST_INPUTS, _ranked_outputs(rater) + [UNKNOWN_OUTPUT], tuning)
+            + _threads(tuning or Tuning()))
 
 
 def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
@@ -142,20 +155,30 @@ def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
     ], tuning)
 
 
-def postprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
-    return _python_step_config("postprocess", [
-        f'name: "PREDICTIONS" data_type: TYPE_FP32 dims: [ {n_items} ]',
+def postprocess_config(n_items: int, tuning: Tuning | None = None, ranker: bool = False, rater: bool = True) -> str:
+    """Inputs: the served networks' outputs (RANKER_SCORES, RATER_PREDICTIONS), DENSE, TOP_K."""
+    nets = [f'name: "{name}" data_type: TYPE_FP32 dims: [ {n_items} ]'
+            for name, on in (("RANKER_SCORES", ranker), ("RATER_PREDICTIONS", rater)) if on]
+    return _python_step_config("postprocess", nets + [
         f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
         'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
-    ], RESPONSE_OUTPUTS[:3], tuning)
+    ], _ranked_outputs(rater), tuning)
 
 
-def ensemble_config(network: str) -> str:
-    """preprocess -> network -> postprocess. The output is RECOMMENDED_IDS, not ITEM_IDS:
-    an ensemble tensor cannot be both an input and an output."""
+def ensemble_config(ranker: str | None, rater: str | None) -> str:
+    """preprocess -> ranker and rater, each on the same dense vector -> postprocess. The two
+    network steps depend on nothing but preprocess, so Triton runs them in parallel. The output
+    is RECOMMENDED_IDS, not ITEM_IDS: an ensemble tensor cannot be both an input and an output."""
     def maps(kind, pairs):
         return " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in pairs)
     pre_in = maps("input_map", [(n, n) for n in ("USER_ID", "ITEM_IDS", "RATINGS", "TOP_K")])
+    nets = [(network, tensor) for network, tensor in ((ranker, "RANKER_SCORES"), (rater, "RATER_PREDICTIONS"))
+            if network]
+    net_steps = "".join(f'''
+    {{ model_name: "{network}" model_version: -1 {maps("input_map", [(INPUT, "dense")])}
+      {maps("output_map", [(OUTPUT, tensor.lower())])} }},''' for network, tensor in nets)
+    outputs = ",\n".join(f"  {{ {line} }}" for line in _ranked_outputs(rater is not None) + [UNKNOWN_OUTPUT])
+    post_out = ["RECOMMENDED_IDS", "SCORES", "TITLES", "N_RECOMMENDED"] + (["PREDICTED_RATINGS"] if rater else [])
     return f'''name: "recommend"
 platform: "ensemble"
 max_batch_size: {MAX_BATCH}
@@ -166,31 +189,28 @@ input [
   {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
 ]
 output [
-  {{ name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ] }},
-  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] }},
-  {{ name: "TITLES" data_type: TYPE_STRING dims: [ -1 ] }},
-  {{ name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ] }}
+{outputs}
 ]
 ensemble_scheduling {{
   step [
     {{ model_name: "preprocess" model_version: -1 {pre_in}
-      {maps("output_map", [("DENSE", "dense"), ("TOP_K_OUT", "top_k"), ("UNKNOWN_ITEMS", "UNKNOWN_ITEMS")])} }},
-    {{ model_name: "{network}" model_version: -1 {maps("input_map", [(INPUT, "dense")])}
-      {maps("output_map", [(OUTPUT, "predictions")])} }},
+      {maps("output_map", [("DENSE", "dense"), ("TOP_K_OUT", "top_k"), ("UNKNOWN_ITEMS", "UNKNOWN_ITEMS")])}
+    }},{net_steps}
     {{ model_name: "postprocess" model_version: -1
-      {maps("input_map", [("PREDICTIONS", "predictions"), ("DENSE", "dense"), ("TOP_K", "top_k")])}
-      {maps("output_map", [(n, n) for n in ("RECOMMENDED_IDS", "SCORES", "TITLES")])} }}
+      {maps("input_map", [(t, t.lower()) for _, t in nets] + [("DENSE", "dense"), ("TOP_K", "top_k")])}
+      {maps("output_map", [(n, n) for n in post_out])} }}
   ]
 }}
 '''
 
 
-def _write_steps(tmp: Path, dataset, network: str, tuning: Tuning | None = None) -> dict:
+def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuning: Tuning | None = None) -> dict:
     """Versioned preprocess/postprocess with their assets, and the `recommend` ensemble."""
     written = {}
     titles = np.array(dataset.titles, dtype=str)
+    # "ranker"/"rater": which network outputs postprocess (and the fused model) receive.
     assets = json.dumps({"scale": list(dataset.scale), "n_items": dataset.n_items,
-                         "dataset": dataset.summary()})
+                         "dataset": dataset.summary(), "ranker": ranker, "rater": rater})
     hist = dataset.train.tocsr()
     for step, files in (("preprocess", {"item_ids.npy": dataset.item_ids, "user_ids.npy": dataset.user_ids,
                                          "hist_indptr.npy": hist.indptr.astype(np.int64),
@@ -208,8 +228,9 @@ def _write_steps(tmp: Path, dataset, network: str, tuning: Tuning | None = None)
         written[step] = int(vdir.name)
     shutil.copy2(ROOT / "builder" / "ranking.py", tmp / "postprocess" / str(written["postprocess"]) / "ranking.py")
     (tmp / "preprocess" / "config.pbtxt").write_text(preprocess_config(dataset.n_items, tuning))
-    (tmp / "postprocess" / "config.pbtxt").write_text(postprocess_config(dataset.n_items, tuning))
-    written["recommend"] = write_recommend(tmp, network, tuning)
+    (tmp / "postprocess" / "config.pbtxt").write_text(
+        postprocess_config(dataset.n_items, tuning, ranker is not None, rater is not None))
+    written["recommend"] = write_recommend(tmp, ranker, rater, tuning)
     return written
 
 
@@ -217,16 +238,17 @@ def _latest(folder: Path) -> Path:
     return folder / str(max(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()))
 
 
-def write_recommend(repo: Path, network: str, tuning: Tuning | None = None) -> int:
+def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: Tuning | None = None) -> int:
     """The `recommend` model clients call, as the tuning's pipeline says; returns its version.
-    Fused: a new version folder holding the steps' code and assets and the network's ONNX file,
-    copied from their newest versions, so both pipelines serve exactly the same model."""
+    `ranker`/`rater`: the served networks' names (at least one). Fused: a new version folder
+    holding the steps' code and assets and the networks' ONNX files (ranker.onnx, rater.onnx),
+    copied from their newest versions, so both pipelines serve exactly the same models."""
     t, folder = tuning or Tuning(), Path(repo) / "recommend"
     versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
     if t.pipeline == "ensemble":
         version = max(versions, default=1)
         (folder / str(version)).mkdir(parents=True, exist_ok=True)
-        (folder / "config.pbtxt").write_text(ensemble_config(network))
+        (folder / "config.pbtxt").write_text(ensemble_config(ranker, rater))
         return version
     version = max(versions, default=0) + 1
     vdir = folder / str(version)
@@ -239,8 +261,10 @@ def write_recommend(repo: Path, network: str, tuning: Tuning | None = None) -> i
     shutil.copy2(STEPS / "fused.py", vdir / "model.py")
     shutil.copy2(STEPS / "ranking_graph.py", vdir / "ranking_graph.py")
     shutil.copy2(ORT_BACKEND / "session_options.py", vdir / "session_options.py")
-    shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / "model.onnx")
-    (folder / "config.pbtxt").write_text(fused_config(t))
+    for role, network in (("ranker", ranker), ("rater", rater)):
+        if network:
+            shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / f"{role}.onnx")
+    (folder / "config.pbtxt").write_text(fused_config(t, rater is not None))
     return version
 
 
@@ -254,49 +278,139 @@ def _validate_network(path: Path, n_items: int) -> None:
         raise RepositoryError(f"{path}: input width {dim}, expected {n_items}")
 
 
-def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None) -> dict:
-    """Add one version of each variant's network to the repository at `out`."""
+@dataclass
+class _Served:
+    """One run's part in a repository: its role, the variants it adds, what its files say."""
+    role: str                  # "ranker" | "rater"
+    run: Path
+    variants: tuple
+    config: object             # builder.config.TrainConfig
+    n_items: int               # the exported network's input width
+    dataset: dict              # the summary saved beside its weights
+
+    @property
+    def served(self) -> str:
+        return f"{self.role}_{self.variants[0]}"
+
+
+def _read_run(run_dir: Path, role: str | None, variants) -> _Served:
+    """A run's config and export, checked before anything is written. role None: from the model."""
+    from builder.config import TrainConfig
+    run_dir = Path(run_dir)
+    cfg_path, export_cfg = run_dir / "config.json", run_dir / "export" / "export_config.json"
+    if not cfg_path.is_file():
+        raise RepositoryError(f"{cfg_path} not found: is {run_dir} a run folder made by `aerec train`?")
+    if not export_cfg.is_file():
+        raise RepositoryError(f"{run_dir / 'export'}: no export found; run `aerec export {run_dir}` first")
+    config = TrainConfig.load(cfg_path)
+    is_ranker = config.model in TOP_N
+    if role == "ranker" and not is_ranker:
+        raise RepositoryError(f"{run_dir} is a rating model ({config.model}); a rating model goes beside a "
+                              f"top-N model ({', '.join(sorted(TOP_N))}), not as the ranker")
+    if role == "rater" and is_ranker:
+        raise RepositoryError(f"{run_dir} is a top-N model ({config.model}), not a rating model: its scores "
+                              f"are no ratings")
+    for variant in variants:
+        src = run_dir / "export" / VARIANTS[variant]
+        if not src.is_file():
+            raise RepositoryError(f"{src} missing: export with the matching --precision first")
+    return _Served(role or ("ranker" if is_ranker else "rater"), run_dir, tuple(variants), config,
+                   json.loads(export_cfg.read_text())["n_inputs"],
+                   json.loads(cfg_path.read_text()).get("dataset", {}))
+
+
+def _same_items(ranker: _Served, rater: _Served) -> None:
+    """Both networks must score the same columns: one dense vector feeds both."""
+    if ranker.n_items != rater.n_items:
+        raise RepositoryError(f"{ranker.run} scores {ranker.n_items} items but {rater.run} {rater.n_items}: "
+                              "train both on the same ratings")
+    a, b = ranker.dataset.get("fingerprint"), rater.dataset.get("fingerprint")
+    if a != b:
+        raise RepositoryError(f"{ranker.run} was trained on ratings {a} ({ranker.dataset.get('name')}) but "
+                              f"{rater.run} on {b} ({rater.dataset.get('name')}): train both on the same ratings")
+
+
+def _same_data(part: _Served, dataset) -> None:
+    """The item ids, titles and histories served are rebuilt from the run's data path at build
+    time: data that changed since training would serve one item's column under another's id.
+    Refused when the run recorded a fingerprint and the data there now has another."""
+    recorded = part.dataset.get("fingerprint")
+    if recorded and recorded != dataset.fingerprint:
+        raise RepositoryError(f"{part.run} was trained on ratings {recorded} but {part.config.data} now holds "
+                              f"{dataset.fingerprint}: the data changed since training; restore it or retrain")
+
+
+def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None,
+                     rating_run: Path | None = None) -> dict:
+    """Add one version of each served network to the repository at `out`; returns the manifest.
+
+    `run_dir`: a top-N run (served as the ranker, `ranker_<variant>`) or a rating run (the rater,
+    `rater_<variant>`). `rating_run`: a rating run served beside a top-N `run_dir` as the rater;
+    then `variants` are the rater's (fp32, int8 ...) and the ranker is served as `ranker_onnx`
+    (fp32: the list it ranks is the one offline evaluation measured). The first variant is the
+    one `recommend` uses. Raises RepositoryError, leaving `out` as it was, when an export is
+    missing, a run has the wrong role, the two runs' item sets differ, or a run's data path
+    now holds other ratings than it was trained on (dataset fingerprints differ).
+    """
+    from builder.data.sources import load_dataset
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
+    if unknown or not variants:
         raise RepositoryError(f"unknown variant(s) {unknown}; available here: {', '.join(VARIANTS)}")
-    export = run_dir / "export"
-    cfg_path = export / "export_config.json"
-    if not cfg_path.is_file():
-        raise RepositoryError(f"{export}: no export found; run `aerec export {run_dir}` first")
-    n_items = json.loads(cfg_path.read_text())["n_inputs"]
+    if rating_run is None:
+        parts = [_read_run(run_dir, None, variants)]
+    else:
+        parts = [_read_run(run_dir, "ranker", ("onnx",)), _read_run(rating_run, "rater", variants)]
+        _same_items(*parts)
+    roles = {p.role: p for p in parts}
+    # Item-based models read one item's column, not a user's row: they cannot fold in a user.
+    folding = [p for p in parts if p.config.model not in ITEM_BASED]
+    if len(folding) < len(parts) and len(parts) > 1:
+        raise RepositoryError(f"{rating_run} is item-based ({roles['rater'].config.model}): it cannot rate a "
+                              "user's row beside a ranker; use a user-based rating model")
+    dataset = None
+    if folding:
+        first = parts[0].config
+        dataset = load_dataset(first.data, first.split, first.seed)
+        _same_data(parts[0], dataset)
+        if len(parts) > 1:
+            other = roles["rater"].config
+            other_data = load_dataset(other.data, other.split, other.seed)
+            _same_data(roles["rater"], other_data)
+            items = other_data.item_ids
+            if not np.array_equal(items, dataset.item_ids):
+                raise RepositoryError(f"{run_dir} and {rating_run} index different item ids "
+                                      f"({first.data}/{first.split} vs {other.data}/{other.split})")
+    n_items = parts[0].n_items
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         if out.exists():
             shutil.copytree(out, tmp, dirs_exist_ok=True)
-        written = {}
-        for variant in variants:
-            src = export / VARIANTS[variant]
-            if not src.is_file():
-                raise RepositoryError(f"{src} missing: export with the matching --precision first")
-            name = f"autoencoder_{variant}"
-            folder = tmp / name
-            versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
-            version = max(versions, default=0) + 1
-            (folder / str(version)).mkdir(parents=True)
-            shutil.copy2(src, folder / str(version) / "model.onnx")
-            _validate_network(folder / str(version) / "model.onnx", n_items)
-            (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
-            written[name] = version
-        from builder.config import TrainConfig
-        from builder.data.sources import load_dataset
-        train_cfg = TrainConfig.load(run_dir / "config.json")
-        if train_cfg.model not in ITEM_BASED:  # item-based models cannot fold in a user
-            dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
-            written.update(_write_steps(tmp, dataset, f"autoencoder_{variants[0]}", tuning))
-        networks = {f"autoencoder_{v}": n_items for v in variants}
+        written, networks = {}, {}
+        for part in parts:
+            for variant in part.variants:
+                name = f"{part.role}_{variant}"
+                folder = tmp / name
+                versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
+                version = max(versions, default=0) + 1
+                (folder / str(version)).mkdir(parents=True)
+                shutil.copy2(part.run / "export" / VARIANTS[variant], folder / str(version) / "model.onnx")
+                _validate_network(folder / str(version) / "model.onnx", n_items)
+                (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
+                written[name], networks[name] = version, n_items
+        served = {"ranker": None, "rater": None}
+        if dataset is not None:  # an item-based run alone: its networks only, nothing recommends
+            served.update({part.role: part.served for part in parts})
+            written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning))
         old_path = tmp / "aerec_repository.json"
         old = json.loads(old_path.read_text()) if old_path.is_file() else {}
-        manifest = {"run": str(run_dir.resolve()), "models": written, "n_items": n_items,
+        manifest = {"run": str(run_dir.resolve()),
+                    "rating_run": str(Path(rating_run).resolve()) if rating_run is not None else None,
+                    "models": written, "n_items": n_items,
                     "networks": {**old.get("networks", {}), **networks},
                     "standalone_networks": old.get("standalone_networks", {}),
-                    "served_network": f"autoencoder_{variants[0]}", "tuning": (tuning or Tuning()).to_dict()}
+                    **served, "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
         if out.exists():
             old = out.with_name(f".{out.name}-old")
@@ -332,10 +446,11 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
     manifest = json.loads((repo / "aerec_repository.json").read_text())
     for name, n_items in manifest.get("networks", {}).items():
         (repo / name / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
-    if (repo / "preprocess").is_dir():
+    ranker, rater = manifest.get("ranker"), manifest.get("rater")
+    if ranker or rater:
         (repo / "preprocess" / "config.pbtxt").write_text(preprocess_config(manifest["n_items"], tuning))
-        (repo / "postprocess" / "config.pbtxt").write_text(postprocess_config(manifest["n_items"], tuning))
-        manifest.setdefault("models", {})["recommend"] = write_recommend(
-            repo, manifest.get("served_network", "autoencoder_onnx"), tuning)
+        (repo / "postprocess" / "config.pbtxt").write_text(
+            postprocess_config(manifest["n_items"], tuning, ranker is not None, rater is not None))
+        manifest.setdefault("models", {})["recommend"] = write_recommend(repo, ranker, rater, tuning)
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))

@@ -26,8 +26,9 @@ from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.data.splits import holdout_entries, holdout_users
 from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse, sparsity_penalty
-from builder.models import ITEM_BASED, build_model
+from builder.models import ITEM_BASED, TOP_N, build_model
 from builder import evaluate as ev
+from builder import topn
 from builder.metrics import rmse
 from builder.predict import dense_rows, orient, predict_entries
 
@@ -49,6 +50,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def make_model(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
+    if config.model in TOP_N:
+        return topn.make_top_n_model(config, n_inputs)
     return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
                        dropout=config.dropout, constrained=config.constrained,
                        last_activation=config.last_activation, input_dropout=config.input_dropout,
@@ -304,7 +307,15 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     With `checkpoint_dir`, the loop is checkpointed there (at most every `checkpoint_every_s`;
     0: every epoch) and an existing checkpoint of the same config is resumed: the result
     equals an uninterrupted run's. With `config.teacher`, that preset is trained first on the
-    same ratings as each phase (selection: the fit part; refit: all) and distilled from."""
+    same ratings as each phase (selection: the fit part; refit: all) and distilled from.
+
+    Top-N models (builder.models.TOP_N) are trained by builder.topn.train_top_n instead:
+    validated on ranking each training user's hidden ratings, no RMSE, no checkpoints."""
+    if config.model in TOP_N:
+        device = pick_device(config.device)
+        model, selected, history = topn.train_top_n(config, dataset.train.tocsr(), device, progress)
+        metrics = ev.evaluate_model(model, dataset, config, device) if evaluate else {}
+        return TrainResult(model, config, {**metrics, **selected}, history)
     start = time.perf_counter()
     if config.teacher:
         teacher_config(config)  # a bad teacher fails here, before any training
@@ -397,6 +408,13 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     ep = [h["epoch"] for h in history]
+    if history and "train_rmse" not in history[0]:  # a top-N run: loss and validation ranking
+        _plot_top_n_curve(ax, ep, history)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
     ax.plot(ep, [h["train_rmse"] for h in history], label="train (masked) RMSE")
     if history and "val_rmse" in history[0]:
         ax.plot(ep, [h["val_rmse"] for h in history], label="validation RMSE")
@@ -407,3 +425,17 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _plot_top_n_curve(ax, ep: list, history: list[dict]) -> None:
+    """Training loss (left axis) and validation NDCG@100 / recall@10 (right axis) per epoch."""
+    ax.plot(ep, [h["train_loss"] for h in history], label="train loss", color="tab:blue")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("multinomial NLL (+ beta KL)")
+    right = ax.twinx()
+    for key, color in (("val_ndcg@100", "tab:orange"), ("val_recall@10", "tab:green")):
+        if key in history[0]:
+            right.plot(ep, [h[key] for h in history], label=key, color=color)
+    right.set_ylabel("validation")
+    ax.legend(loc="upper left")
+    right.legend(loc="lower right")

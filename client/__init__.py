@@ -1,4 +1,4 @@
 """aerec client SDK over tritonclient (gRPC and HTTP)."""
-from client.sdk import Recommendation, RecommenderClient
+from client.sdk import Recommendation, RecommenderClient, RecommenderError, RequestError, ServerError
 
-__all__ = ["Recommendation", "RecommenderClient"]
+__all__ = ["Recommendation", "RecommenderClient", "RecommenderError", "RequestError", "ServerError"]

@@ -8,6 +8,11 @@
 Transient failures (server restarting, connection refused, a Python stub being restarted by
 the server's supervisor) are retried with capped exponential backoff and jitter; a request's
 own error (bad input) is raised at once. Recommending has no side effects, so a retry is safe.
+
+Errors: `RequestError` when the server answered HTTP 400 / gRPC INVALID_ARGUMENT (the request
+is wrong: unknown user, bad TOP_K ...; never retried), `ServerError` for everything else once
+retries are spent (a server fault, or no server); both are `RecommenderError`s and carry the
+server's message and `status`.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import numpy as np
 from server.admin import admin_headers
 
 MODEL = "recommend"
+MAX_ROWS = 64   # users per request: the served model's max_batch_size
+PAD_ITEM = -1   # fills a shorter rating list in a several-user request; the server drops it
 # Substrings of errors that say "try again later", never "your request is wrong".
 TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "Connection refused", "connection reset",
              "Broken pipe", "failed to connect", "Socket closed", "Server is stopping", "timed out",
@@ -31,7 +38,44 @@ GRPC_CHANNEL = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_
                 ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
+class RecommenderError(Exception):
+    """A failed recommendation; `status` is the server's (e.g. "400", "StatusCode.INTERNAL"),
+    None where no answer came."""
+
+    def __init__(self, message: str, status: str | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class RequestError(RecommenderError):
+    """The request is wrong (HTTP 400 / gRPC INVALID_ARGUMENT): fix it, a retry cannot help."""
+
+
+class ServerError(RecommenderError):
+    """The server failed or could not be reached (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE ...)."""
+
+
+REQUEST_STATUSES = ("400", "StatusCode.INVALID_ARGUMENT")
+
+
+def _status(error: BaseException) -> str | None:
+    status = getattr(error, "status", None)  # tritonclient's InferenceServerException
+    return str(status()) if callable(status) and status() is not None else None
+
+
+def as_recommender_error(error: BaseException) -> RecommenderError:
+    """tritonclient's (or a transport's) exception as RequestError or ServerError."""
+    if isinstance(error, RecommenderError):
+        return error
+    status = _status(error)
+    message = error.message() if callable(getattr(error, "message", None)) else str(error)
+    kind = RequestError if status in REQUEST_STATUSES else ServerError
+    return kind(message or str(error), status)
+
+
 def is_transient(error: BaseException) -> bool:
+    if isinstance(error, RequestError) or _status(error) in REQUEST_STATUSES:
+        return False  # the request itself is wrong, whatever its message says
     if isinstance(error, (ConnectionError, TimeoutError)):
         return True
     text = f"{type(error).__name__}: {error}".lower()
@@ -40,10 +84,23 @@ def is_transient(error: BaseException) -> bool:
 
 @dataclass
 class Recommendation:
+    """One user's list, best first. `scores` order it (a top-N model's scores, or the predicted
+    ratings where the server has only a rating model); `predicted_ratings` are the rating model's
+    predictions for those items, clipped to the rating scale, None where the server has none.
+
+    Only real items: a user with fewer unrated items than `k` gets `n_recommended` < k items
+    (the server's padding, id -1, is dropped here); rated items are never recommended."""
     item_ids: list[int]
     scores: list[float]
     titles: list[str]
     unknown_items: int
+    predicted_ratings: list[float] | None = None
+    n_recommended: int = 0
+    k: int = 0                      # how many were asked for
+
+    @property
+    def complete(self) -> bool:
+        return self.n_recommended == self.k
 
 
 class RecommenderClient:
@@ -70,12 +127,21 @@ class RecommenderClient:
     def _inputs(self, user_id, ratings, k):
         if user_id is None and not ratings:
             raise ValueError("give user_id, ratings, or both")
-        arrays = {"TOP_K": (np.array([[k]], np.int32), "INT32")}
-        if user_id is not None:
-            arrays["USER_ID"] = (np.array([[user_id]], np.int64), "INT64")
-        if ratings:
-            arrays["ITEM_IDS"] = (np.array([list(ratings)], np.int64), "INT64")
-            arrays["RATINGS"] = (np.array([list(ratings.values())], np.float32), "FP32")
+        return self._tensors(None if user_id is None else [user_id], None if not ratings else [ratings], k)
+
+    def _tensors(self, user_ids: list[int] | None, ratings: list[dict] | None, k: int) -> list:
+        """Rows of users and/or rating dicts as one request's tensors; rating lists shorter than
+        the longest are padded with item -1, rating 0 (the server drops such entries)."""
+        rows = len(user_ids if user_ids is not None else ratings)
+        arrays = {"TOP_K": (np.full((rows, 1), k, np.int32), "INT32")}
+        if user_ids is not None:
+            arrays["USER_ID"] = (np.array(user_ids, np.int64).reshape(rows, 1), "INT64")
+        if ratings is not None:
+            width = max(1, max(len(r) for r in ratings))
+            items, values = np.full((rows, width), PAD_ITEM, np.int64), np.zeros((rows, width), np.float32)
+            for row, r in enumerate(ratings):
+                items[row, :len(r)], values[row, :len(r)] = list(r), list(r.values())
+            arrays["ITEM_IDS"], arrays["RATINGS"] = (items, "INT64"), (values, "FP32")
         inputs = []
         for name, (arr, dtype) in arrays.items():
             t = self._mod.InferInput(name, list(arr.shape), dtype)
@@ -84,13 +150,24 @@ class RecommenderClient:
         return inputs
 
     @staticmethod
-    def _parse(result) -> Recommendation:
-        return Recommendation(
-            item_ids=result.as_numpy("RECOMMENDED_IDS")[0].tolist(),
-            scores=result.as_numpy("SCORES")[0].tolist(),
-            titles=[t.decode("utf-8") for t in result.as_numpy("TITLES")[0]],
-            unknown_items=int(result.as_numpy("UNKNOWN_ITEMS")[0, 0]),
-        )
+    def _parse_rows(result, k: int) -> list[Recommendation]:
+        """Every row of a result, padding (id -1) trimmed."""
+        ids, scores = result.as_numpy("RECOMMENDED_IDS"), result.as_numpy("SCORES")
+        titles, unknown = result.as_numpy("TITLES"), result.as_numpy("UNKNOWN_ITEMS")
+        ratings = result.as_numpy("PREDICTED_RATINGS")  # None: the server serves no rating model
+        counts = result.as_numpy("N_RECOMMENDED")
+        out = []
+        for row in range(ids.shape[0]):
+            n = int(counts[row, 0]) if counts is not None else int((ids[row] >= 0).sum())
+            out.append(Recommendation(
+                item_ids=ids[row, :n].tolist(), scores=scores[row, :n].tolist(),
+                titles=[t.decode("utf-8") for t in titles[row, :n]], unknown_items=int(unknown[row, 0]),
+                predicted_ratings=None if ratings is None else ratings[row, :n].tolist(),
+                n_recommended=n, k=k))
+        return out
+
+    def _parse(self, result, k: int = 10) -> Recommendation:
+        return self._parse_rows(result, k)[0]
 
     def _delays(self):
         """Sleeps between attempts: capped exponential backoff with jitter (no thundering herd)."""
@@ -100,27 +177,54 @@ class RecommenderClient:
             delay = min(delay * 2, self.backoff_max_s)
 
     def _retrying(self, call):
+        """call() with retries on transient errors; any error that remains is raised as a
+        RequestError (never retried) or a ServerError."""
         for pause in self._delays():
             try:
                 return call()
             except Exception as e:  # tritonclient and the transports raise many types
                 if not is_transient(e):
-                    raise
+                    raise as_recommender_error(e) from e
                 self.retried += 1
                 time.sleep(pause)
-        return call()  # the last attempt's error, transient or not, reaches the caller
+        try:
+            return call()  # the last attempt's error, transient or not, reaches the caller
+        except Exception as e:
+            raise as_recommender_error(e) from e
+
+    def _infer(self, inputs):
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        return self._retrying(lambda: self._client.infer(self.model, inputs, **kwargs))
 
     def recommend(self, user_id: int | None = None, ratings: dict[int, float] | None = None,
                   k: int = 10) -> Recommendation:
-        inputs = self._inputs(user_id, ratings, k)
-        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        return self._parse(self._retrying(lambda: self._client.infer(self.model, inputs, **kwargs)))
+        """Raises RequestError (the server refused the request: unknown user, bad k ...) or
+        ServerError; ValueError before sending when neither user_id nor ratings is given."""
+        return self._parse(self._infer(self._inputs(user_id, ratings, k)), k)
 
-    def recommend_many(self, user_ids: list[int], k: int = 10) -> list[Recommendation]:
-        """Many users with all requests in flight at once: the server batches them."""
+    def recommend_many(self, user_ids: list[int] | None = None, k: int = 10,
+                       ratings: list[dict[int, float]] | None = None) -> list[Recommendation]:
+        """Many users at once, one Recommendation each, in order.
+
+        `user_ids` alone: one request per user, all in flight at once (the server batches
+        them). `ratings` (one dict per new user, with `user_ids` of the same length or None):
+        rows of up to MAX_ROWS users per request, the shorter rating lists padded (item -1,
+        rating 0). Raises RequestError for the first request the server refused."""
+        if ratings is not None:
+            if user_ids is not None and len(user_ids) != len(ratings):
+                raise ValueError(f"{len(user_ids)} user_ids but {len(ratings)} rating dicts")
+            out = []
+            for lo in range(0, len(ratings), MAX_ROWS):
+                users = None if user_ids is None else user_ids[lo:lo + MAX_ROWS]
+                out += self._parse_rows(self._infer(self._tensors(users, ratings[lo:lo + MAX_ROWS], k)), k)
+            return out
+        user_ids = list(user_ids or [])
         if self.protocol == "http":
             pending = [self._client.async_infer(self.model, self._inputs(u, None, k)) for u in user_ids]
-            return [self._parse(p.get_result()) for p in pending]
+            try:
+                return [self._parse(p.get_result(), k) for p in pending]
+            except Exception as e:
+                raise as_recommender_error(e) from e
         import queue
         done: queue.Queue = queue.Queue()
         for i, u in enumerate(user_ids):
@@ -131,8 +235,8 @@ class RecommenderClient:
         for _ in user_ids:
             i, result, error = done.get(timeout=self.timeout_s * 2)
             if error is not None:
-                raise error
-            out[i] = self._parse(result)
+                raise as_recommender_error(error) from error
+            out[i] = self._parse(result, k)
         return out
 
     async def recommend_async(self, user_id: int | None = None, ratings=None, k: int = 10) -> Recommendation:
@@ -146,13 +250,16 @@ class RecommenderClient:
         try:
             for pause in self._delays():
                 try:
-                    return self._parse(await client.infer(self.model, inputs))
+                    return self._parse(await client.infer(self.model, inputs), k)
                 except Exception as e:
                     if not is_transient(e):
-                        raise
+                        raise as_recommender_error(e) from e
                     self.retried += 1
                     await asyncio.sleep(pause)
-            return self._parse(await client.infer(self.model, inputs))
+            try:
+                return self._parse(await client.infer(self.model, inputs), k)
+            except Exception as e:
+                raise as_recommender_error(e) from e
         finally:
             await client.close()
 

@@ -1,8 +1,11 @@
 """In-process baselines and the roof, measured on the same users as the served figures.
 
+Each baseline takes one model or a list of them: a served pipeline with a ranker and a rater
+runs both networks on every user, so its in-process ceiling does too.
+
 - the seed notebook's way: PyTorch eager, one user per forward;
 - PyTorch batched;
-- ONNX Runtime batched in-process: the ceiling for any server of the same graph;
+- ONNX Runtime batched in-process: the ceiling for any server of the same graphs;
 - the machine's measured FP32 GEMM peak, and each model's FLOPs per user -> % of the roof.
 """
 from __future__ import annotations
@@ -28,20 +31,27 @@ def _rate(fn, n_items: int, min_seconds: float) -> float:
             return done / elapsed
 
 
+def _all(one_or_many) -> list:
+    return list(one_or_many) if isinstance(one_or_many, (list, tuple)) else [one_or_many]
+
+
 @torch.no_grad()
-def torch_one_per_forward(model, x: np.ndarray, seconds: float = 1.0) -> float:
-    rows = [torch.from_numpy(r[None]) for r in x]
+def torch_one_per_forward(models, x: np.ndarray, seconds: float = 1.0) -> float:
+    """Users per second, one user per forward of each model (`models`: one nn.Module or a list)."""
+    rows, models = [torch.from_numpy(r[None]) for r in x], _all(models)
 
     def go():
         for r in rows:
-            model(r)
+            for m in models:
+                m(r)
     return _rate(go, len(rows), seconds)
 
 
 @torch.no_grad()
-def torch_batched(model, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
-    xb = torch.from_numpy(tile(x, batch))
-    return _rate(lambda: model(xb), batch, seconds)
+def torch_batched(models, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
+    """Users per second, `batch` users per forward of each model."""
+    xb, models = torch.from_numpy(tile(x, batch)), _all(models)
+    return _rate(lambda: [m(xb) for m in models], batch, seconds)
 
 
 def ort_session(path, threads: int = 0) -> ort.InferenceSession:
@@ -51,10 +61,12 @@ def ort_session(path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_batched(session: ort.InferenceSession, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
-    name = session.get_inputs()[0].name
+def ort_batched(sessions, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
+    """Users per second, `batch` users per run of each ONNX Runtime session (one or a list: the
+    ranker and the rater of a two-network pipeline both run on every user)."""
+    runs = [(s, s.get_inputs()[0].name) for s in _all(sessions)]
     xb = tile(x, batch)
-    return _rate(lambda: session.run(None, {name: xb}), batch, seconds)
+    return _rate(lambda: [s.run(None, {name: xb}) for s, name in runs], batch, seconds)
 
 
 def median_latency_us(session: ort.InferenceSession, x: np.ndarray, n: int = 400) -> float:
@@ -83,9 +95,16 @@ def gemm_peak_gflops(n: int = 2048, seconds: float = 2.0) -> float:
     return calls * per_call / 1e9
 
 
-def flops_per_user(onnx_path) -> int:
-    """2*K*N for every weight matrix a MatMul/Gemm multiplies a user's vector with (fp32 graph)."""
-    graph = onnx.load(str(onnx_path)).graph
+def flops_per_user(onnx_paths) -> int:
+    """2*K*N for every weight matrix a MatMul/Gemm multiplies a user's vector with (fp32 graph;
+    one path or a list, whose FLOPs add up)."""
+    total = 0
+    for path in _all(onnx_paths):
+        total += _graph_flops(onnx.load(str(path)).graph)
+    return total
+
+
+def _graph_flops(graph) -> int:
     weights = {i.name: numpy_helper.to_array(i).shape for i in graph.initializer}
     total = 0
     for node in graph.node:

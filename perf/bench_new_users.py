@@ -6,6 +6,10 @@ bench drops a share of u1's test users from training entirely (every model, and 
 distillation teacher, trains without their rows), then feeds each one's u1.base ratings as
 the request, as the server would, and scores the model on their u1.test ratings. The same
 users' RMSE from a model that did train on them is printed beside it.
+
+Top-N presets (ease, mult-vae, ...) are scored by recall@10 and NDCG@10 on the new users' liked
+u1.test items (rated >= 4), ranking every item not in their request, beside the popularity
+baseline of the same training ratings (builder.evaluate.evaluate_fold_in).
 """
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ import torch
 
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
-from builder.evaluate import evaluate_model
+from builder.evaluate import evaluate_fold_in, evaluate_model
+from builder.models import TOP_N
 from builder.presets import preset
 from builder.train import train
 
 USER_BASED_PRESETS = ("deeprec", "deeprec-plain", "deeprec-paper", "autorec-u", "sae-seed")
+TOP_N_PRESETS = ("ease", "mult-vae", "mult-dae")
+TARGET_RECALL = 0.40  # recall@10 of the served ranker for people it never trained on
 
 
 def rows_only(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
@@ -34,6 +41,8 @@ def rows_only(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
 
 def new_user_rmse(name: str, ds, new_users: np.ndarray) -> dict:
     config = TrainConfig().updated(**preset(name))
+    if config.model in TOP_N:
+        return new_user_ranking(name, config, ds, new_users)
     seen = np.setdiff1d(np.arange(ds.n_users), new_users)
     without = dataclasses.replace(ds, train=rows_only(ds.train, seen), test=rows_only(ds.test, seen))
     start = time.perf_counter()
@@ -49,10 +58,25 @@ def new_user_rmse(name: str, ds, new_users: np.ndarray) -> dict:
             "test_ratings": new["test_ratings"], "train_seconds": round(seconds, 1)}
 
 
+def new_user_ranking(name: str, config: TrainConfig, ds, new_users: np.ndarray) -> dict:
+    """recall@10 / NDCG@10 of a top-N preset trained without `new_users`, each sent their
+    u1.base ratings; popularity (of the same training ratings) beside."""
+    seen = np.setdiff1d(np.arange(ds.n_users), new_users)
+    without = dataclasses.replace(ds, train=rows_only(ds.train, seen), test=rows_only(ds.test, seen))
+    start = time.perf_counter()
+    model = train(config, without, progress=False, evaluate=False).model
+    seconds = time.perf_counter() - start
+    m = evaluate_fold_in(model, rows_only(ds.train, new_users), rows_only(ds.test, new_users), without.train,
+                         config.relevant_threshold, torch.device("cpu"))
+    keys = ("recall@10", "ndcg@10", "popularity_recall@10", "popularity_ndcg@10", "lift_recall@10")
+    return {"preset": name, **{f"new_users_{k}": round(m[k], 4) for k in keys}, "scored_users": m["test_users"],
+            "meets_recall_target": m["recall@10"] >= TARGET_RECALL, "train_seconds": round(seconds, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--share", type=float, default=0.2, help="share of u1's test users left out")
-    parser.add_argument("--presets", default=",".join(USER_BASED_PRESETS))
+    parser.add_argument("--presets", default=",".join(USER_BASED_PRESETS + TOP_N_PRESETS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -102,22 +102,37 @@ class Plan:
                    int8_model_level=True, quiet_wait_s=10.0, point_timeout_s=300.0)
 
 
-def _ensure_run(run_dir: Path | None) -> Path:
-    """The ML-100K model to serve: a given run folder, or the `deeprec` preset trained once."""
+def _trained(name: str, run_dir: Path, precisions: list[str]) -> Path:
+    """`run_dir` trained from preset `name` (retrained when the preset changed since) and exported."""
     from builder.presets import preset
     from builder.train import save_run, train
-    if run_dir is None:
-        run_dir = ROOT / "runs" / "perf-deeprec"
-        config = TrainConfig(**preset("deeprec"))
-        # Retrain when the preset changed since the cached run (its export goes with it).
-        if not (run_dir / "weights.safetensors").is_file() or TrainConfig.load(run_dir / "config.json") != config:
-            shutil.rmtree(run_dir / "export", ignore_errors=True)
-            dataset = load_dataset(config.data, config.split, config.seed)
-            save_run(train(config, dataset, progress=False), dataset, run_dir)
-    if not (run_dir / "export" / "model_int8.onnx").is_file():
+    config = TrainConfig().updated(**preset(name))
+    if not (run_dir / "weights.safetensors").is_file() or TrainConfig.load(run_dir / "config.json") != config:
+        shutil.rmtree(run_dir / "export", ignore_errors=True)
+        dataset = load_dataset(config.data, config.split, config.seed)
+        save_run(train(config, dataset, progress=False), dataset, run_dir)
+    return _exported(run_dir, precisions)
+
+
+def _exported(run_dir: Path, precisions: list[str]) -> Path:
+    if not all((run_dir / "export" / f"model_{p}.onnx").is_file() for p in precisions):
         from builder.export import ExportConfig, export_run
-        export_run(run_dir, ExportConfig(precisions=["fp32", "int8"]), bench_seconds=0.2)
+        export_run(run_dir, ExportConfig(precisions=precisions), bench_seconds=0.2)
     return run_dir
+
+
+def _ensure_runs(run_dir: Path | None, rating_run: Path | None) -> tuple[Path | None, Path | None]:
+    """(ranker, rater) run folders to serve, as `aerec repository` takes them. With no run given:
+    the `ease` ranker beside the `deeprec` rater, each trained once and cached under runs/. A
+    given run is served alone unless `rating_run` is given too; a rating run alone is the rater."""
+    from builder.models import TOP_N
+    if run_dir is None:
+        return (_trained("ease", ROOT / "runs" / "perf-ease", ["fp32"]),
+                _trained("deeprec", ROOT / "runs" / "perf-deeprec", ["fp32", "int8"]))
+    ranker = TrainConfig.load(Path(run_dir) / "config.json").model in TOP_N
+    if rating_run is not None:
+        return _exported(Path(run_dir), ["fp32"]), _exported(Path(rating_run), ["fp32", "int8"])
+    return (_exported(Path(run_dir), ["fp32"]), None) if ranker else (None, _exported(Path(run_dir), ["fp32", "int8"]))
 
 
 def _large_models(folder: Path) -> dict[str, dict]:
@@ -154,11 +169,13 @@ def _statistics(server: TritonServer) -> dict:
     return out
 
 
-def _naive(run_dir: Path, requests, plan: Plan, server: TritonServer) -> dict:
-    """The hand-written service and Triton's HTTP/JSON endpoint under the same generator."""
+def _naive(runs: list[Path], requests, plan: Plan, server: TritonServer) -> dict:
+    """The hand-written service (the same networks: `runs` is [ranker, rater] or one of them) and
+    Triton's HTTP/JSON endpoint under the same generator."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "perf.naive_service", str(run_dir), "--port", str(port)],
+    rater = ["--rating-model", str(runs[1])] if len(runs) > 1 else []
+    proc = subprocess.Popen([sys.executable, "-m", "perf.naive_service", str(runs[0]), *rater, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     try:
         line = proc.stdout.readline().decode()
@@ -303,7 +320,11 @@ def _c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: 
 
 
 def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path = RESULTS,
-             n_users: int = 64, p99_budget_ms: float | None = 2.0) -> Path:
+             n_users: int = 64, p99_budget_ms: float | None = 2.0, rating_run: Path | None = None) -> Path:
+    """Build the repository `aerec repository RUN_DIR [--rating-model RATING_RUN]` would (by
+    default the `ease` ranker beside the `deeprec` rater), measure it and every baseline, tune it,
+    and write report.md, summary.json and results.json under `results_root`/<stamp>/; returns
+    that folder. Raises PerfAnalyzerMissing when perf_analyzer cannot run."""
     plan = Plan.full() if full else Plan.quick()
     plan.p99_budget_ms = p99_budget_ms
     analyzer.check()  # fail first, and clearly, if perf_analyzer cannot run
@@ -313,8 +334,10 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     global _STARTED
     started = _STARTED = time.perf_counter()
     _say(f"results in {out}")
-    run_dir = _ensure_run(Path(run_dir) if run_dir else None)
-    config, model = load_run(run_dir)
+    ranker_run, rater_run = _ensure_runs(Path(run_dir) if run_dir else None, Path(rating_run) if rating_run else None)
+    runs = [r for r in (ranker_run, rater_run) if r is not None]
+    # The served pipeline runs every network on every user: its baselines run them all too.
+    config, models = load_run(runs[0])[0], [load_run(r)[1] for r in runs]
     dataset = load_dataset(config.data, config.split, config.seed)
     users = inputs.held_out_users(dataset.test, dataset.train, n_users)
     x = dataset.train[users].toarray().astype(np.float32)
@@ -329,28 +352,40 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         data[name] = inputs.write({"data": [{"RATINGS": {"content": [float(v) for v in r], "shape": [len(r)]}}
                                             for r in m["x"]]}, out / "data" / f"model_{name}.json")
     repo = out / "model_repository"
-    write_repository(run_dir, repo, ["onnx", "onnx_int8"])
+    variants = ["onnx", "onnx_int8"] if rater_run else ["onnx"]
+    manifest = write_repository(runs[0], repo, variants, rating_run=rater_run if ranker_run else None)
+    served = [n for n in (manifest["ranker"], manifest["rater"]) if n]
     for name, m in large.items():
         add_network(repo, name, m["onnx"], LARGE_ITEMS)
     factory = lambda: TritonServer(repo, build_dir=ROOT / "build" / "triton", log=out / "server.log")  # noqa: E731
-    results = {"run": str(run_dir), "stamp": stamp, "mode": "full" if full else "quick", "users": int(len(users)),
+    results = {"run": str(runs[0]), "runs": {"ranker": str(ranker_run) if ranker_run else None,
+                                             "rater": str(rater_run) if rater_run else None},
+               "networks": served, "stamp": stamp, "mode": "full" if full else "quick", "users": int(len(users)),
                "dataset": dataset.summary(), "plan": asdict(plan)}
 
     # In-process baselines and the roof first, with no server competing for the 2 cores.
     _say("in-process baselines and the GEMM roof")
     roof, first_steal = measured(baselines.gemm_peak_gflops, seconds=plan.baseline_seconds)
     first_steal = {"gemm_peak_gflops": first_steal}
-    onnx_fp32, onnx_int8 = run_dir / "export" / "model_fp32.onnx", run_dir / "export" / "model_int8.onnx"
+    onnx_fp32 = [r / "export" / "model_fp32.onnx" for r in runs]
+    sessions = lambda: [baselines.ort_session(p) for p in onnx_fp32]  # noqa: E731
     torch.set_num_threads(os.cpu_count() or 1)
-    ort_small, first_steal["ml100k"] = measured(baselines.ort_batched, baselines.ort_session(onnx_fp32), x, 64,
-                                                plan.baseline_seconds)
+    ort_small, first_steal["ml100k"] = measured(baselines.ort_batched, sessions(), x, 64, plan.baseline_seconds)
     base = {"gemm_peak_gflops": roof, "ml100k": {
+        "networks": served,
         "flops_per_user": baselines.flops_per_user(onnx_fp32),
-        "torch_one_per_forward": baselines.torch_one_per_forward(model, x, plan.baseline_seconds),
-        "torch_batched_b64": baselines.torch_batched(model, x, 64, plan.baseline_seconds),
-        "ort_batched_b64": ort_small,
-        "ort_int8_batched_b64": baselines.ort_batched(baselines.ort_session(onnx_int8), x, 64,
-                                                      plan.baseline_seconds)}}
+        "torch_one_per_forward": baselines.torch_one_per_forward(models, x, plan.baseline_seconds),
+        "torch_batched_b64": baselines.torch_batched(models, x, 64, plan.baseline_seconds),
+        "ort_batched_b64": ort_small}}
+    for name, path in zip(served, onnx_fp32):  # each network alone: the model-level rows' reference
+        base[name] = {"flops_per_user": baselines.flops_per_user(path),
+                      "ort_batched_b64": baselines.ort_batched(baselines.ort_session(path), x, 64,
+                                                               plan.baseline_seconds)}
+    if rater_run:
+        # The rater's int8 variant is served as `rater_onnx_int8`; in-process with the ranker in fp32.
+        int8 = [*onnx_fp32[:-1], rater_run / "export" / "model_int8.onnx"]
+        base["ml100k"]["ort_int8_batched_b64"] = baselines.ort_batched([baselines.ort_session(p) for p in int8], x,
+                                                                       64, plan.baseline_seconds)
     for name, m in large.items():
         ort_large, first_steal[name] = measured(baselines.ort_batched, baselines.ort_session(m["onnx"]), m["x"], 64,
                                                 plan.baseline_seconds)
@@ -368,8 +403,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
                                                indent=2))
     with factory() as server:
         model_level = {}
-        nets = {"autoencoder_onnx": data["model"],
-                **({"autoencoder_onnx_int8": data["model"]} if plan.int8_model_level else {}),
+        nets = {**{name: data["model"] for name in served},
+                **({"rater_onnx_int8": data["model"]} if plan.int8_model_level and rater_run else {}),
                 **{name: data[name] for name in large}}
         for name, d in nets.items():
             for b in plan.large_batches if name in large else plan.model_batches:
@@ -386,9 +421,9 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
             _say(f"model level {name} done")
         results["model_level"] = model_level
         results["server_time_model_level"] = _statistics(server)
-        session = baselines.ort_session(onnx_fp32)
+        pipeline = sessions()
         results["ensemble"] = _ensemble_rows(server, data, plan, out, ceiling=lambda: baselines.ort_batched(
-            session, x, 64, plan.baseline_seconds))
+            pipeline, x, 64, plan.baseline_seconds))
         first = next((x for x in results["ensemble"]["recommend_grpc"]["rows"] if x["concurrency"] == 1), None)
         results["c1_windows"] = _c1_windows(server, data, plan, out, first)
         # Step by step as the default three-model pipeline spends it (the tuning's first trial).
@@ -396,7 +431,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
                     for r in json.loads(data["ratings"].read_text())["data"]]
         _say("ensemble sweeps done; naive service vs Triton under one generator")
-        results["naive"] = _naive(run_dir, requests, plan, server)
+        results["naive"] = _naive(runs, requests, plan, server)
         _say(f"soak: {plan.soak_seconds:.0f} s at concurrency 64, one request in five invalid")
         results["soak"] = soak(server, dataset, plan.soak_seconds, concurrency=64).to_dict()
         results["server_config"] = {p.parent.name: p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
@@ -404,7 +439,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     # which would flatter every ratio; the higher of the two readings is the one used.
     _say("ceilings again (GEMM roof, ORT in-process); the higher reading of each is used")
     again = {"gemm_peak_gflops": measured(baselines.gemm_peak_gflops, seconds=plan.baseline_seconds),
-             "ml100k": measured(baselines.ort_batched, baselines.ort_session(onnx_fp32), x, 64, plan.baseline_seconds),
+             "ml100k": measured(baselines.ort_batched, sessions(), x, 64, plan.baseline_seconds),
              **{name: measured(baselines.ort_batched, baselines.ort_session(m["onnx"]), m["x"], 64,
                                plan.baseline_seconds) for name, m in large.items()}}
     base["readings_steal"] = {k: [first_steal[k], v[1]] for k, v in again.items()}

@@ -1,7 +1,9 @@
 """The baseline a user would write by hand: a stdlib HTTP server, JSON in and out, one request
 -> one PyTorch forward of one user -> mask rated items -> top-K. No batching, no Triton.
+With a rating model beside a top-N model (as the served pipeline has), the top-N model ranks
+and the rating model's predictions for the chosen items are returned too.
 
-    python -m perf.naive_service RUN_DIR --port 8099
+    python -m perf.naive_service RUN_DIR [--rating-model RUN_DIR2] --port 8099
     curl -d '{"item_ids":[50,172],"ratings":[5,4],"k":10}' localhost:8099/recommend
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ from builder.ranking import top_k_unrated
 from builder.train import load_run
 
 
-def make_handler(model, item_ids: np.ndarray):
+def make_handler(model, item_ids: np.ndarray, rater=None):
+    """`model` ranks (scores [1, n_items]); `rater`, if given, predicts the ratings returned."""
     index = {int(i): c for c, i in enumerate(item_ids)}
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,8 +43,13 @@ def make_handler(model, item_ids: np.ndarray):
                         x[0, index[int(i)]] = float(r)
                 with torch.no_grad():
                     pred = model(torch.from_numpy(x)).numpy()
+                    rated = None if rater is None else rater(torch.from_numpy(x)).numpy()
                 top = top_k_unrated(pred, x != 0, int(body.get("k", 10)))[0]
-                out = json.dumps({"item_ids": item_ids[top].tolist(), "scores": pred[0, top].tolist()}).encode()
+                top = top[top >= 0]  # -1 pads the slots beyond the user's unrated items
+                answer = {"item_ids": item_ids[top].tolist(), "scores": pred[0, top].tolist()}
+                if rated is not None:
+                    answer["predicted_ratings"] = rated[0, top].tolist()
+                out = json.dumps(answer).encode()
                 self.send_response(200)
             except (KeyError, ValueError, TypeError) as e:
                 out = json.dumps({"error": str(e)}).encode()
@@ -54,11 +62,12 @@ def make_handler(model, item_ids: np.ndarray):
     return Handler
 
 
-def serve(run_dir: Path, port: int, threads: int = 1) -> ThreadingHTTPServer:
+def serve(run_dir: Path, port: int, threads: int = 1, rating_run: Path | None = None) -> ThreadingHTTPServer:
     torch.set_num_threads(threads)
     config, model = load_run(run_dir)
+    rater = load_run(rating_run)[1] if rating_run else None
     dataset = load_dataset(config.data, config.split, config.seed)
-    return ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, dataset.item_ids))
+    return ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, dataset.item_ids, rater))
 
 
 def main() -> None:
@@ -66,8 +75,9 @@ def main() -> None:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--port", type=int, default=8099)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rating-model", type=Path, default=None, help="a rating run beside the top-N RUN_DIR")
     a = p.parse_args()
-    server = serve(a.run_dir, a.port, a.threads)
+    server = serve(a.run_dir, a.port, a.threads, a.rating_model)
     print(f"naive service on 127.0.0.1:{a.port}", flush=True)
     server.serve_forever()
 

@@ -54,7 +54,8 @@ def _bottleneck(times: dict, tuning: dict | None = None) -> str:
     """The sentences naming where server time goes, computed from Triton's statistics, and what
     the fused pipeline (if a trial tried it) changed."""
     steps = {k: v["input_us"] + v["infer_us"] + v["output_us"] for k, v in times.items()
-             if k in ("preprocess", "postprocess") or k.startswith("autoencoder")}
+             # "autoencoder": the network's name in results written before ranker/rater
+             if k in ("preprocess", "postprocess") or k.startswith(("ranker", "rater", "autoencoder"))}
     if not steps:
         return "No server statistics were collected."
     ranked = sorted(steps.items(), key=lambda kv: -kv[1])
@@ -158,10 +159,12 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
     row("ML-100K: PyTorch eager, one user per forward (seed notebook)", base["ml100k"]["torch_one_per_forward"])
     row("ML-100K: PyTorch batched b64", base["ml100k"]["torch_batched_b64"])
     row("ML-100K: ONNX Runtime in-process b64 fp32 (ceiling)", ort)
-    row("ML-100K: ONNX Runtime in-process b64 int8", base["ml100k"]["ort_int8_batched_b64"])
+    if "ort_int8_batched_b64" in base["ml100k"]:
+        row("ML-100K: ONNX Runtime in-process b64, rater int8", base["ml100k"]["ort_int8_batched_b64"])
     for key, v in sorted(r["model_level"].items()):
-        flops = base.get(v["model"], base["ml100k"])["flops_per_user"] if v["model"].startswith("large") else f_small
-        ref = base[v["model"]]["ort_batched_b64"] if v["model"].startswith("large") else ort
+        # Each network against itself in-process (runs before per-network baselines: the pipeline's).
+        own = base.get(v["model"]) or ({} if not v["model"].startswith("large") else base["ml100k"])
+        flops, ref = own.get("flops_per_user", f_small), own.get("ort_batched_b64", ort)
         how = ", tensors in system shared memory (HTTP)" if v.get("shared_memory") else ""
         row(f"served model level `{v['model']}` -b {v['batch']}{how}", max(x["throughput"] for x in v["rows"]),
             flops, ref)
@@ -180,7 +183,10 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
               "|---|---|---:|---:|---:|---:|"]
     for name in ["ml100k", *sorted(k for k in base if k.startswith("large"))]:
         b = base[name]
-        key = "autoencoder_onnx_b64" if name == "ml100k" else f"{name}_b64"
+        key = f"{name}_b64"
+        if name == "ml100k":  # "autoencoder_onnx": its name in results written before ranker/rater
+            key = next((k for k in ("rater_onnx_b64", "autoencoder_onnx_b64") if k in r["model_level"]),
+                       "rater_onnx_b64")
         tps = [max(x["throughput"] for x in r["model_level"][k]["rows"]) if k in r["model_level"] else float("nan")
                for k in (key, f"{key}_shm")]
         best = max((t for t in tps if t == t), default=float("nan"))

@@ -1,6 +1,9 @@
 """The demo's serving half: start the embedded Triton on a repository, recommend, stop.
 
     python scripts/demo_serve.py REPOSITORY
+
+Each list is ranked by the repository's top-N model ("score") and shows the rating model's
+predicted rating beside each title (a column left out when the repository has no rating model).
 """
 import sys
 
@@ -12,18 +15,20 @@ from server.launcher import TritonServer
 
 
 def show(title, rec):
-    t = Table("#", "item", "title", "predicted rating", title=title)
-    for i, (item, name, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
-        t.add_row(str(i), str(item), name, f"{score:.2f}")
+    ratings = rec.predicted_ratings
+    t = Table("#", "item", "title", "score", *(["predicted rating"] if ratings is not None else []), title=title)
+    for i, (item, name, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores)):
+        t.add_row(str(i + 1), str(item), name, f"{score:.3f}", *([f"{ratings[i]:.2f}"] if ratings is not None else []))
     Console().print(t)
 
 
 if __name__ == "__main__":
     with TritonServer(sys.argv[1]) as server:
         print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}")
-        grpc = RecommenderClient(server.grpc_url, "grpc")
-        show("user 42 (gRPC)", grpc.recommend(user_id=42, k=5))
-        show("user 196 (HTTP)", RecommenderClient(server.http_url, "http").recommend(user_id=196, k=5))
-        show("a new user who loved Star Wars (50) and The Godfather (127)",
-             grpc.recommend(ratings={50: 5.0, 127: 5.0, 98: 4.0}, k=5))
+        grpc, http = RecommenderClient(server.grpc_url, "grpc"), RecommenderClient(server.http_url, "http")
+        new_user = {50: 5.0, 127: 5.0, 98: 4.0}  # Star Wars, The Godfather, The Silence of the Lambs
+        for protocol, client in (("gRPC", grpc), ("HTTP", http)):
+            show(f"known user 42 ({protocol})", client.recommend(user_id=42, k=5))
+            show(f"a new user who loved Star Wars (50) and The Godfather (127) ({protocol})",
+                 client.recommend(ratings=new_user, k=5))
     print("server stopped")

@@ -174,7 +174,7 @@ class TritonServer:
 
     `admin_key`: the key for the restricted APIs (load/unload models, logging, trace, shared
     memory); None makes a random one only this object knows. `supervise`: reload models whose
-    Python stub dies."""
+    Python stub dies. `log`: the server's output; default build_dir/server-http<port>-grpc<port>.log."""
 
     def __init__(self, repository: Path, http_port: int | None = None, grpc_port: int | None = None,
                  address: str = "127.0.0.1", build_dir: Path | None = None, log: Path | None = None,
@@ -191,7 +191,10 @@ class TritonServer:
         self.metrics_port = free_port()
         self.address = address
         self.build_dir = Path(build_dir or ROOT / "build" / "triton")
-        self.log = Path(log) if log else self.build_dir / "server.log"
+        # One log per server: several servers started from one checkout share build_dir, and a
+        # shared name let each new server truncate the log of one still running. Two live
+        # servers never hold the same ports.
+        self.log = Path(log) if log else self.build_dir / f"server-http{self.http_port}-grpc{self.grpc_port}.log"
         self.process: subprocess.Popen | None = None
 
     @property

@@ -34,8 +34,9 @@ def corrupt_run_copy(run, dest):
     return dest
 
 
-def build_repository(dataset, root, config=None):
-    """Train a small user-based model briefly, export fp32, write a repository: (run, repo, result)."""
+def build_repository(dataset, root, config=None, tuning=None):
+    """Train a small user-based model briefly, export fp32, write a repository (pipeline as
+    `tuning` says; default the ensemble): (run, repo, result)."""
     from builder.config import TrainConfig
     from builder.export import ExportConfig, export_run
     from builder.repository import write_repository
@@ -44,13 +45,37 @@ def build_repository(dataset, root, config=None):
     result = train(config, dataset, progress=False)
     run = save_run(result, dataset, root / "run")
     export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
-    write_repository(run, root / "repo", ["onnx"])
+    write_repository(run, root / "repo", ["onnx"], tuning)
     return run, root / "repo", result
 
 
-def serve_small_model(dataset, root):
+def serve_small_model(dataset, root, tuning=None):
     """For a fixture: `yield from serve_small_model(u1, root)` yields a ready server."""
     from server.launcher import TritonServer
-    _, repo, _ = build_repository(dataset, root)
+    _, repo, _ = build_repository(dataset, root, tuning=tuning)
     with TritonServer(repo, build_dir=root / "build") as s:
+        yield s
+
+
+def train_and_export(dataset, out, config):
+    """Train `config` on `dataset`, save the run at `out` and export it in fp32: (run, result)."""
+    from builder.export import ExportConfig, export_run
+    from builder.train import save_run, train
+    result = train(config, dataset, progress=False)
+    run = save_run(result, dataset, out)
+    export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
+    return run, result
+
+
+def serve_ranker_and_rater(dataset, root):
+    """For a fixture: a ready server whose `recommend` ranks by a top-N model (EASE, closed form:
+    a second) and shows a small rating model's predictions beside each item."""
+    from builder.config import TrainConfig
+    from builder.repository import write_repository
+    from server.launcher import TritonServer
+    ranker, _ = train_and_export(dataset, root / "ranker", TrainConfig(model="ease", device="cpu"))
+    rater, _ = train_and_export(dataset, root / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=2,
+                                                                     batch_size=64, device="cpu"))
+    write_repository(ranker, root / "repo", ["onnx"], rating_run=rater)
+    with TritonServer(root / "repo", build_dir=root / "build") as s:
         yield s

@@ -122,6 +122,53 @@ def holdout_users(matrix: sp.csr_matrix, user_fraction: float, seed: int, max_sh
     return part(~pick), part(pick)
 
 
+def holdout_share_per_user(matrix: sp.csr_matrix, share: float, seed: int):
+    """(visible, hidden): each row hides a random `share` of its entries (rounded down, at least
+    one for rows with two or more), shapes unchanged.
+
+    The top-N validation split (Liang et al.'s weak generalisation): the model sees the visible
+    part of every user and is scored on ranking the hidden part, as u1's test asks of it.
+    """
+    if not 0 < share < 1:
+        raise SplitError(f"holdout share must be in (0, 1), got {share}")
+    matrix = matrix.tocsr()
+    counts = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(matrix.shape[0]), counts)
+    rng = np.random.default_rng(seed)
+    # A random rank of each entry within its row: hide the entries ranked below the row's quota.
+    order = np.lexsort((rng.random(matrix.nnz), rows))
+    rank = np.empty(matrix.nnz, np.int64)
+    rank[order] = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)
+    quota = np.where(counts >= 2, np.maximum(1, np.floor(counts * share)), 0).astype(np.int64)
+    pick = rank < quota[rows]
+    coo = matrix.tocoo()
+    def part(m):
+        return sp.csr_matrix((coo.data[m], (coo.row[m], coo.col[m])), shape=matrix.shape, dtype=np.float32)
+    return part(~pick), part(pick)
+
+
+def split_strong_generalisation(matrix: sp.csr_matrix, user_fraction: float, seed: int, fold_in: float = 0.8):
+    """Liang et al. 2018's strong generalisation: (train, fold_in, truth, users).
+
+    A random `user_fraction` of the rows (`users`, sorted) is removed from `train`; of each such
+    user's entries a random `fold_in` share is the request sent to the model (`fold_in`), the
+    rest is what it is scored on (`truth`). All three keep the input's shape.
+    """
+    if not 0 < user_fraction < 1:
+        raise SplitError(f"user_fraction must be in (0, 1), got {user_fraction}")
+    matrix = matrix.tocsr()
+    rng = np.random.default_rng(seed)
+    active = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    users = np.sort(rng.choice(active, max(1, int(round(len(active) * user_fraction))), replace=False))
+    held = np.zeros(matrix.shape[0], np.float32)
+    held[users] = 1
+    train, heldout = (sp.diags(1 - held) @ matrix).tocsr(), (sp.diags(held) @ matrix).tocsr()
+    train.eliminate_zeros()  # the diagonal's zeros may be stored: drop them, or they read as ratings
+    heldout.eliminate_zeros()
+    visible, hidden = holdout_share_per_user(heldout, 1 - fold_in, seed + 1)
+    return train, visible, hidden, users
+
+
 def _to_seconds(t) -> int:
     if isinstance(t, (int, np.integer)):
         return int(t)

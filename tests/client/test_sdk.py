@@ -5,15 +5,15 @@ import sys
 
 import pytest
 
-from client import RecommenderClient
-from conftest import serve_small_model
+from client import RecommenderClient, RecommenderError, RequestError, ServerError
+from conftest import serve_ranker_and_rater
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(u1, tmp_path_factory):
-    yield from serve_small_model(u1, tmp_path_factory.mktemp("sdk"))
+    yield from serve_ranker_and_rater(u1, tmp_path_factory.mktemp("sdk"))
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -25,6 +25,8 @@ def test_sdk_user_ratings_batch_async_health(server, protocol):
     by_user = rc.recommend(user_id=42, k=5)
     assert len(by_user.item_ids) == 5 and len(by_user.titles) == 5 and by_user.unknown_items == 0
     assert by_user.scores == sorted(by_user.scores, reverse=True) or len(set(by_user.scores)) < 5
+    # Ranked by the top-N model's scores; the rating model's predictions shown beside them.
+    assert len(by_user.predicted_ratings) == 5 and all(1 <= r <= 5 for r in by_user.predicted_ratings)
     new_user = rc.recommend(ratings={50: 5.0, 172: 4.0, 999_999: 3.0}, k=3)
     assert new_user.unknown_items == 1 and 50 not in new_user.item_ids
     many = rc.recommend_many([1, 2, 3], k=4)
@@ -33,15 +35,31 @@ def test_sdk_user_ratings_batch_async_health(server, protocol):
     async def gather():
         return await asyncio.gather(*(rc.recommend_async(user_id=u, k=4) for u in (1, 2, 3)))
     assert [m.item_ids for m in asyncio.run(gather())] == [m.item_ids for m in many]
-    with pytest.raises(Exception, match="unknown USER_ID"):
+    with pytest.raises(RequestError, match="unknown USER_ID") as e:
         rc.recommend(user_id=123_456)
+    assert e.value.status == {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}[protocol]
+    with pytest.raises(RequestError, match="TOP_K must be in 1..1682, got 5000"):
+        rc.recommend(user_id=42, k=5000)
+    with pytest.raises(RequestError, match="unknown USER_ID 123456"):
+        rc.recommend_many([1, 123_456], k=3)
+    with pytest.raises(RequestError, match="unknown USER_ID 123456"):
+        asyncio.run(rc.recommend_async(user_id=123_456))
+    assert rc.retried == 0  # a refused request is never retried
+    assert (by_user.n_recommended, by_user.k, by_user.complete) == (5, 5, True)
     with pytest.raises(ValueError, match="give user_id, ratings, or both"):
         rc.recommend()
 
 
-def test_sdk_unreachable_server_is_not_healthy():
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sdk_unreachable_server_is_not_healthy_and_a_server_error(protocol):
+    """No server: retried (transient), then ServerError, distinct from a RequestError."""
     from server.launcher import free_port
-    assert not RecommenderClient(f"127.0.0.1:{free_port()}", "http", timeout_s=1).healthy()
+    rc = RecommenderClient(f"127.0.0.1:{free_port()}", protocol, timeout_s=1, retries=2, backoff_s=0.01)
+    assert not rc.healthy()
+    with pytest.raises(ServerError) as e:
+        rc.recommend(user_id=1)
+    assert isinstance(e.value, RecommenderError) and not isinstance(e.value, RequestError)
+    assert rc.retried == 2
 
 
 def test_cli_recommend_table(server):
@@ -49,8 +67,10 @@ def test_cli_recommend_table(server):
                                     capture_output=True, text=True, timeout=120)
     r = run("--user", "42", "-k", "3")
     assert r.returncode == 0, r.stderr
-    assert "predicted rating" in r.stdout and r.stdout.count("\n") >= 5
+    assert "score" in r.stdout and "predicted rating" in r.stdout and r.stdout.count("\n") >= 5
     r = run("--rate", "50=5", "--rate", "172=4", "--rate", "999999=3", "-k", "3")
     assert r.returncode == 0 and "1 rated item id(s) unknown" in r.stdout
     r = run("--user", "123456")
     assert r.returncode == 2 and "unknown USER_ID 123456" in r.stderr
+    r = run("--user", "42", "-k", "1682")  # more than user 42 left unrated: fewer, and said so
+    assert r.returncode == 0 and "recommended: no other unrated item is left" in r.stdout

@@ -135,7 +135,7 @@ def test_roof_is_read_beside_each_served_window(server, u1, tmp_path):
     plan = harness.Plan.quick()
     plan.interval_ms = 500
     flops = 10_000
-    res = harness._paired_roof(server, "autoencoder_onnx", data, flops, plan, tmp_path, reps=2)
+    res = harness._paired_roof(server, "rater_onnx", data, flops, plan, tmp_path, reps=2)
     first, second = res["windows"]
     assert first["roof_gflops"][1] == second["roof_gflops"][0]  # one reading between two windows
     for w in (first, second):
@@ -173,3 +173,54 @@ def test_bench_large_profiles_every_layer_and_runs_sessions_side_by_side(u1, tmp
     profile = bench_large.layer_profile(tmp_path / "m.onnx", x, runs=5)
     assert sum("Gemm" in node for node in profile) == 4 and all(us > 0 for us in profile.values())
     assert bench_large.concurrent_sessions(tmp_path / "m.onnx", x, sessions=2, threads=1, seconds=0.3) > 0
+
+
+def test_pipeline_baselines_run_every_network(u1, tmp_path):
+    """A ranker + rater pipeline's in-process figures run both networks: FLOPs add up, and the
+    pair is slower than either network alone on the same users."""
+    users = inputs.held_out_users(u1.test, u1.train, 8)
+    x = u1.train[users].toarray().astype(np.float32)
+    torch.manual_seed(0)
+    paths = []
+    for name, hidden in (("a", [256]), ("b", [128])):
+        model = make_model(TrainConfig(model="deeprec", hidden=hidden), x.shape[1]).eval()
+        export_onnx_fp32(model, x.shape[1], tmp_path / f"{name}.onnx")
+        paths.append(tmp_path / f"{name}.onnx")
+    one, two = (baselines.flops_per_user(p) for p in paths)
+    assert baselines.flops_per_user(paths) == one + two
+    sessions = [baselines.ort_session(p, threads=1) for p in paths]
+    both = baselines.ort_batched(sessions, x, 64, 0.3)
+    alone = baselines.ort_batched(sessions[0], x, 64, 0.3)
+    assert 0 < both < alone
+
+
+def test_naive_service_ranks_by_the_ranker_and_returns_the_raters_predictions(u1, tmp_path):
+    """The hand-written baseline serves the same two networks as `recommend`: its list is the
+    offline top-K of the ranker, its predicted ratings the rater's at those items."""
+    import http.client
+    import threading
+
+    from builder.ranking import top_k_unrated
+    from builder.train import load_run
+    from conftest import train_and_export
+    from perf.naive_service import serve
+    ranker, _ = train_and_export(u1, tmp_path / "ranker", TrainConfig(model="ease", device="cpu"))
+    rater, _ = train_and_export(u1, tmp_path / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=1,
+                                                                      batch_size=64, device="cpu"))
+    httpd = serve(ranker, 0, threads=1, rating_run=rater)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        items, ratings = [50, 172, 181], [5.0, 4.0, 5.0]
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=10)
+        conn.request("POST", "/recommend", json.dumps({"item_ids": items, "ratings": ratings, "k": 10}))
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        httpd.shutdown()
+    x = np.zeros((1, u1.n_items), np.float32)
+    x[0, u1.item_index(items)] = ratings
+    with torch.no_grad():
+        scores = load_run(ranker)[1](torch.from_numpy(x)).numpy()
+        predicted = load_run(rater)[1](torch.from_numpy(x)).numpy()
+    top = top_k_unrated(scores, x != 0, 10)[0]
+    assert answer["item_ids"] == u1.item_ids[top].tolist()
+    assert np.allclose(answer["predicted_ratings"], predicted[0, top], atol=1e-5)

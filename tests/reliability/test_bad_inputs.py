@@ -1,5 +1,6 @@
 """A catalogue of malformed requests, over gRPC and HTTP, against a real server: each gets an
-error that names the problem, and a good request succeeds right after each one."""
+error that names the problem with a client-error status (HTTP 400, gRPC INVALID_ARGUMENT),
+never a server-error one, and a good request succeeds right after each one."""
 import http.client
 import json
 
@@ -8,14 +9,17 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from builder.repository import Tuning
 from conftest import serve_small_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
-@pytest.fixture(scope="module")
-def server(u1, tmp_path_factory):
-    yield from serve_small_model(u1, tmp_path_factory.mktemp("bad-inputs"))
+@pytest.fixture(scope="module", params=["ensemble", "fused"])
+def server(u1, tmp_path_factory, request):
+    """Both pipelines: the ensemble's errors come from preprocess, the fused model's from itself."""
+    yield from serve_small_model(u1, tmp_path_factory.mktemp(f"bad-inputs-{request.param}"),
+                                 Tuning(pipeline=request.param))
 
 
 def i64(*v):
@@ -27,6 +31,8 @@ def f32(*v):
 
 
 TOP10 = ("TOP_K", np.array([[10]], np.int32))
+# A request's own mistake, on each protocol (500 / INTERNAL would say the server failed).
+INVALID = {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}
 # (case id, inputs as (name, array[, datatype]), a piece of the expected error)
 CASES = [
     ("unknown user", [("USER_ID", np.array([[999_999]], np.int64)), TOP10], "unknown USER_ID 999999"),
@@ -96,13 +102,28 @@ def _good(mod, client):
 @pytest.mark.parametrize("inputs,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_malformed_request_is_named_and_server_keeps_serving(server, protocol, inputs, message):
     mod, client = _client(server, protocol)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(Exception, match=message) as e:
         _infer(mod, client, inputs)
+    assert e.value.status() == INVALID[protocol]
     _good(mod, client)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_top_k_is_optional_and_defaults_to_ten(server, protocol):
+@pytest.mark.parametrize("inputs,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_sdk_raises_request_error_without_retrying(server, protocol, inputs, message):
+    """Every case above, through the SDK: RequestError with the server's message, no retry."""
+    from client import RecommenderClient, RequestError
+    from client.sdk import as_recommender_error
+    rc = RecommenderClient(server.grpc_url if protocol == "grpc" else server.http_url, protocol)
+    mod, client = _client(server, protocol)
+    with pytest.raises(RequestError, match=message) as e:
+        rc._retrying(lambda: _infer(mod, client, inputs))
+    assert e.value.status == INVALID[protocol] and rc.retried == 0
+    assert isinstance(as_recommender_error(e.value.__cause__), RequestError)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_top_k_is_optional_and_defaults_to_ten(server, protocol):  # ten of 1682 items
     mod, client = _client(server, protocol)
     r = _infer(mod, client, [("USER_ID", np.array([[1], [2]], np.int64))])
     assert r.as_numpy("RECOMMENDED_IDS").shape == (2, 10)

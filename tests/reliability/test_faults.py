@@ -100,7 +100,7 @@ def _stub_pid(server, model: str) -> int:
     raise AssertionError(f"no stub process for {model}")
 
 
-@pytest.mark.parametrize("model", ["preprocess", "autoencoder_onnx"])
+@pytest.mark.parametrize("model", ["preprocess", "rater_onnx"])
 def test_killed_stub_recovers_under_load(server, load, model):
     """SIGKILL one model's Python stub under load: the supervisor reloads the model; failures
     stop within a bounded time and every later request succeeds."""
@@ -185,7 +185,7 @@ def test_new_version_swapped_in_under_load_without_failures(u1, built, tmp_path)
         build_repository(u1, tmp_path / "b", other)  # the new model's export
         from builder.repository import write_repository
         write_repository(tmp_path / "b" / "run", live, ["onnx"])
-        assert (live / "autoencoder_onnx" / "2" / "model.onnx").is_file()
+        assert (live / "rater_onnx" / "2" / "model.onnx").is_file()
         stop, outcomes = threading.Event(), []
         valid = mixed_requests(u1, n_valid=100)[0]
         t = threading.Thread(target=lambda: outcomes.extend(drive(s.grpc_url, valid, 8, 120, stop)))
@@ -208,7 +208,7 @@ def test_new_version_swapped_in_under_load_without_failures(u1, built, tmp_path)
         state = grpcclient.InferenceServerClient(s.grpc_url).get_model_repository_index(
             headers=admin_headers(KEY, "grpc"))
         served = {(m.name, m.version) for m in state.models if m.state == "READY"}
-        assert ("autoencoder_onnx", "2") in served and ("autoencoder_onnx", "1") not in served
+        assert ("rater_onnx", "2") in served and ("rater_onnx", "1") not in served
 
 
 def test_soak_mixed_valid_and_invalid(server, u1):

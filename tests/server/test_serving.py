@@ -1,84 +1,143 @@
-"""A real Triton server (the embedded binary) serving the exported network, gRPC and HTTP."""
+"""A real Triton server (the embedded binary) serving a ranker and a rater, gRPC and HTTP."""
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from builder.config import TrainConfig
-from builder.export import ExportConfig, export_run
+from builder.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
-from builder.train import save_run, train
+from conftest import train_and_export
 from server.launcher import TritonServer
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def runs(u1, tmp_path_factory):
+    """A top-N ranker (EASE) and a small rating model, trained once for both pipelines."""
+    root = tmp_path_factory.mktemp("runs")
+    ranker, _ = train_and_export(u1, root / "ranker", TrainConfig(model="ease", device="cpu"))
+    rater_config = TrainConfig(model="deeprec", hidden=[64], dropout=0.5, center=True, last_activation=False,
+                               epochs=3, batch_size=64, device="cpu")
+    rater, result = train_and_export(u1, root / "rater", rater_config)
+    return ranker, rater, result.model.eval()
+
+
+def onnx_outputs(run: Path, x: np.ndarray) -> np.ndarray:
+    """The exported fp32 network's output for rows x [users, n_items], by ONNX Runtime in-process."""
+    session = ort.InferenceSession(str(run / "export" / "model_fp32.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+@dataclass
+class Served:
+    server: TritonServer
+    tuning: Tuning
+    ranker: Path            # the ranker's run
+    rater: Path             # the rater's run
+    rater_model: torch.nn.Module
+    repo: Path
+
+
 @pytest.fixture(scope="module", params=["ensemble", "fused"])
-def served(u1, tmp_path_factory, request):
-    """Every test below runs against both pipelines: the three-model ensemble and the fused one."""
+def served(runs, tmp_path_factory, request):
+    """Every test below runs against both pipelines: the ensemble (preprocess -> ranker and rater
+    -> postprocess) and the fused one (one Python model, one merged ONNX graph)."""
     root = tmp_path_factory.mktemp(f"serve-{request.param}")
-    config = TrainConfig(model="deeprec", hidden=[64], dropout=0.5, center=True, last_activation=False,
-                         epochs=3, batch_size=64, device="cpu")
-    result = train(config, u1, progress=False)
-    run = save_run(result, u1, root / "run")
-    export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
+    ranker, rater, model = runs
     repo = root / "model_repository"
     # The fused variant with the knobs the quick tuning tries for the lone user (two ONNX Runtime
     # threads that sleep when idle, no batching delay), so those configs are served for real.
     tuning = (Tuning(pipeline="fused", ort_threads=2, ort_spinning=False, step_queue_delay_us=0)
               if request.param == "fused" else Tuning())
-    write_repository(run, repo, ["onnx"], tuning)
+    write_repository(ranker, repo, ["onnx"], tuning, rating_run=rater)
     with TritonServer(repo, build_dir=root / "build") as server:
-        yield server, result.model.eval(), run, repo
+        yield Served(server, tuning, ranker, rater, model, repo)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_server_matches_pytorch_on_200_test_users(served, u1, protocol):
-    server, model, _, _ = served
+def test_rater_network_matches_pytorch_on_200_test_users(served, u1, protocol):
     users = np.flatnonzero(np.diff(u1.test.indptr) > 0)[:200]
     x = u1.train[users].toarray().astype(np.float32)
-    mod, url = (grpcclient, server.grpc_url) if protocol == "grpc" else (httpclient, server.http_url)
-    client = mod.InferenceServerClient(url)
+    mod, client = _client(served.server, protocol)
     inp = mod.InferInput("RATINGS", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    out = client.infer("autoencoder_onnx", [inp]).as_numpy("PREDICTIONS")
+    out = client.infer("rater_onnx", [inp]).as_numpy("PREDICTIONS")
     with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
+        ref = served.rater_model(torch.from_numpy(x)).numpy()
     assert np.abs(out - ref).max() <= 1e-4
 
 
 def test_new_build_adds_a_version_and_a_failed_build_keeps_the_old(served, tmp_path):
-    _, _, run, repo = served
     copy = tmp_path / "repo"
-    write_repository(run, copy, ["onnx"])
-    assert write_repository(run, copy, ["onnx"])["models"] == {"autoencoder_onnx": 2, "preprocess": 2,
-                                                              "postprocess": 2, "recommend": 1}
+    write_repository(served.ranker, copy, ["onnx"], rating_run=served.rater)
+    manifest = write_repository(served.ranker, copy, ["onnx"], rating_run=served.rater)
+    assert manifest["models"] == {"ranker_onnx": 2, "rater_onnx": 2, "preprocess": 2, "postprocess": 2,
+                                  "recommend": 1}
+    assert (manifest["ranker"], manifest["rater"], manifest["n_items"]) == ("ranker_onnx", "rater_onnx", 1682)
+    assert manifest["networks"] == {"ranker_onnx": 1682, "rater_onnx": 1682}
+    assert manifest["rating_run"] == str(served.rater.resolve())
     before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
     with pytest.raises(RepositoryError, match="model_int8.onnx missing"):
-        write_repository(run, copy, ["onnx", "onnx_int8"])
+        write_repository(served.ranker, copy, ["onnx", "onnx_int8"], rating_run=served.rater)
+    with pytest.raises(RepositoryError, match="is a rating model"):   # the roles swapped
+        write_repository(served.rater, copy, ["onnx"], rating_run=served.ranker)
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
     assert not any(p.name.startswith(".repo-") for p in tmp_path.iterdir())
 
 
+def test_runs_with_different_item_sets_are_refused(served, ml100k, tmp_path):
+    """A ranker trained on fewer items than the rater cannot share its input vector: refused,
+    naming both widths, and the repository already there is left as it was."""
+    copy = tmp_path / "repo"
+    write_repository(served.ranker, copy, ["onnx"], rating_run=served.rater)
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    f = ml100k.frame
+    part = tmp_path / "part.csv"
+    f[f.item <= 1500][["user", "item", "rating"]].to_csv(part, index=False)
+    from builder.data.sources import load_dataset
+    small = load_dataset(f"csv:{part}?scale=1:5", "random", 0)
+    other, _ = train_and_export(small, tmp_path / "ease-1500", TrainConfig(model="ease", data=f"csv:{part}?scale=1:5",
+                                                                           split="random", device="cpu"))
+    with pytest.raises(RepositoryError, match=r"scores 1500 items but .* 1682"):
+        write_repository(other, copy, ["onnx"], rating_run=served.rater)
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
 def test_server_loads_configs_without_warnings(served):
-    server, *_ = served
-    log = server.log.read_text(errors="replace")
-    assert "successfully loaded 'autoencoder_onnx'" in log
+    log = served.server.log.read_text(errors="replace")
+    if served.tuning.pipeline == "ensemble":  # the fused model holds both networks in one session
+        assert "successfully loaded 'ranker_onnx'" in log and "successfully loaded 'rater_onnx'" in log
     config_warnings = [line for line in log.splitlines() if line.startswith("W") and "config" in line.lower()]
     assert config_warnings == []
 
 
 def test_second_server_on_the_same_build_folder(served):
-    """Two servers may share one backend folder (the stub is in use by the first)."""
-    server, *_ = served
-    with TritonServer(server.repository, build_dir=server.build_dir, log=server.log.with_name("second.log")) as two:
+    """Two servers may share one backend folder (the stub is in use by the first), each with its
+    own log: the second never truncates the first one's."""
+    server = served.server
+    first = server.log.read_bytes()
+    with TritonServer(server.repository, build_dir=server.build_dir) as two:
         assert two.ready() and server.ready()
+        assert two.log != server.log and two.log.parent == server.log.parent
+        assert str(two.http_port) in two.log.name and "successfully loaded" in two.log.read_text(errors="replace")
+        assert server.log.read_bytes().startswith(first)
 
 
-# ---- the `recommend` ensemble ----------------------------------------------------------------
+# ---- the `recommend` model -------------------------------------------------------------------
 
-def _recommend(mod, client, user=None, items=None, ratings=None, k=10, dtype_items="INT64"):
+OUTPUTS = ("RECOMMENDED_IDS", "SCORES", "PREDICTED_RATINGS", "TITLES")
+
+
+def _recommend(mod, client, user=None, items=None, ratings=None, k=10, dtype_items="INT64") -> dict:
+    """One request; {output name: its first row} for the outputs the server sent, and
+    UNKNOWN_ITEMS and N_RECOMMENDED as ints."""
     inputs = []
     def add(name, arr, dt):
         t = mod.InferInput(name, list(arr.shape), dt)
@@ -92,8 +151,9 @@ def _recommend(mod, client, user=None, items=None, ratings=None, k=10, dtype_ite
         add("RATINGS", np.asarray([ratings], np.float32), "FP32")
     add("TOP_K", np.array([[k]], np.int32), "INT32")
     r = client.infer("recommend", inputs)
-    first = [r.as_numpy(n)[0] for n in ("RECOMMENDED_IDS", "SCORES", "TITLES")]
-    return (*first, r.as_numpy("UNKNOWN_ITEMS")[0, 0])
+    out = {n: r.as_numpy(n)[0] for n in OUTPUTS if r.as_numpy(n) is not None}
+    return {**out, "UNKNOWN_ITEMS": int(r.as_numpy("UNKNOWN_ITEMS")[0, 0]),
+            "N_RECOMMENDED": int(r.as_numpy("N_RECOMMENDED")[0, 0])}
 
 
 def _client(server, protocol):
@@ -102,32 +162,59 @@ def _client(server, protocol):
     return httpclient, httpclient.InferenceServerClient(server.http_url)
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_ensemble_top10_equals_offline_reference(served, u1, protocol):
-    from builder.ranking import top_k_unrated
-    server, model, _, _ = served
+def _assert_served_equals_offline(server, u1, protocol, ranker: Path | None, rater: Path | None, n_users=200):
+    """Known users (USER_ID) and new users (ITEM_IDS+RATINGS of a user's training ratings): the
+    served list equals top_k_unrated over the ranker's (else the rater's) ONNX Runtime outputs on
+    the exported fp32 file; SCORES are the ranker's outputs there (else the clipped predicted
+    ratings); PREDICTED_RATINGS the rater's, clipped, and absent when no rater is served."""
     mod, client = _client(server, protocol)
-    users = np.flatnonzero(np.diff(u1.test.indptr) > 0)[:200]
+    users = np.flatnonzero(np.diff(u1.test.indptr) > 0)[:n_users]
     x = u1.train[users].toarray().astype(np.float32)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    top = top_k_unrated(ref, x != 0, 10)
+    predicted = None if rater is None else np.clip(onnx_outputs(rater, x), 1, 5)
+    by = onnx_outputs(ranker, x) if ranker is not None else onnx_outputs(rater, x)
+    top = top_k_unrated(by, x != 0, 10)
     for j, u in enumerate(users):
-        ids, scores, titles, unknown = _recommend(mod, client, user=int(u1.user_ids[u]))
-        assert ids.tolist() == u1.item_ids[top[j]].tolist()
-        assert np.abs(scores - np.clip(ref[j, top[j]], 1, 5)).max() <= 1e-4
-        assert titles[0].decode() == u1.titles[top[j][0]] and unknown == 0
-
-
-def test_ratings_only_path_equals_user_id_path(served, u1):
-    server, *_ = served
-    mod, client = _client(server, "grpc")
-    for u in np.flatnonzero(np.diff(u1.train.indptr) > 0)[:20]:
         row = u1.train[u]
-        by_id = _recommend(mod, client, user=int(u1.user_ids[u]))
-        by_ratings = _recommend(mod, client, items=u1.item_ids[row.indices].tolist(), ratings=row.data.tolist())
-        assert by_id[0].tolist() == by_ratings[0].tolist()
-        assert np.allclose(by_id[1], by_ratings[1])
+        for got in (_recommend(mod, client, user=int(u1.user_ids[u])),
+                    _recommend(mod, client, items=u1.item_ids[row.indices].tolist(), ratings=row.data.tolist())):
+            assert got["RECOMMENDED_IDS"].tolist() == u1.item_ids[top[j]].tolist()
+            scores = by[j, top[j]] if ranker is not None else predicted[j, top[j]]
+            np.testing.assert_allclose(got["SCORES"], scores, rtol=1e-5, atol=1e-6)
+            if rater is None:
+                assert "PREDICTED_RATINGS" not in got
+            else:
+                np.testing.assert_allclose(got["PREDICTED_RATINGS"], predicted[j, top[j]], rtol=1e-5, atol=1e-6)
+            assert got["TITLES"][0].decode() == u1.titles[top[j][0]] and got["UNKNOWN_ITEMS"] == 0
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_top10_ranked_by_the_ranker_with_the_raters_ratings_equals_offline(served, u1, protocol):
+    _assert_served_equals_offline(served.server, u1, protocol, served.ranker, served.rater)
+
+
+@pytest.mark.parametrize("alone", ["ranker", "rater"])
+def test_one_network_alone_serves(served, u1, tmp_path, alone):
+    """A repository of a ranker alone (no PREDICTED_RATINGS declared or sent) or a rater alone
+    (ranked by predicted rating: SCORES = PREDICTED_RATINGS), in the same pipeline."""
+    import subprocess
+    import sys
+    from client import RecommenderClient
+    run = served.ranker if alone == "ranker" else served.rater
+    manifest = write_repository(run, tmp_path / "repo", ["onnx"], served.tuning)
+    assert (manifest["ranker"], manifest["rater"]) == ((f"{alone}_onnx", None) if alone == "ranker"
+                                                       else (None, f"{alone}_onnx"))
+    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
+        for protocol in ("grpc", "http"):
+            _assert_served_equals_offline(server, u1, protocol, served.ranker if alone == "ranker" else None,
+                                          served.rater if alone == "rater" else None, n_users=20)
+        outputs = [o["name"] for o in RecommenderClient(server.http_url, "http").metadata()["outputs"]]
+        assert ("PREDICTED_RATINGS" in outputs) == (alone == "rater")
+        rec = RecommenderClient(server.grpc_url).recommend(user_id=42, k=3)
+        assert (rec.predicted_ratings is None) == (alone == "ranker")
+        table = subprocess.run([sys.executable, "-m", "builder.cli", "recommend", "--url", server.grpc_url,
+                                "--user", "42", "-k", "3"], capture_output=True, text=True, timeout=120)
+        assert table.returncode == 0, table.stderr
+        assert "score" in table.stdout and ("predicted rating" in table.stdout) == (alone == "rater")
 
 
 BAD_REQUESTS = [
@@ -146,25 +233,52 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize("kwargs,message", BAD_REQUESTS, ids=[m for _, m in BAD_REQUESTS])
 def test_bad_request_gets_its_error_and_server_keeps_serving(served, protocol, kwargs, message):
-    server, *_ = served
+    """Each a client's mistake: HTTP 400 / gRPC INVALID_ARGUMENT, never a server error."""
+    server = served.server
     mod, client = _client(server, protocol)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(Exception, match=message) as e:
         _recommend(mod, client, **kwargs)
-    ids, *_ = _recommend(mod, client, user=1, k=5)
-    assert len(ids) == 5
+    assert e.value.status() == {"grpc": "StatusCode.INVALID_ARGUMENT", "http": "400"}[protocol]
+    assert len(_recommend(mod, client, user=1, k=5)["RECOMMENDED_IDS"]) == 5
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_top_k_beyond_the_unrated_items_is_padded_as_offline(served, u1, protocol):
+    """User 13 (373 training ratings in u1) and a new user (40 ratings) asking for more items than they
+    have left unrated: every unrated item, ranked as top_k_unrated ranks it offline, then
+    padding (id -1, NaN, b""); N_RECOMMENDED counts the real ones; no rated item comes back."""
+    mod, client = _client(served.server, protocol)
+    user = 13
+    row = u1.train[int(u1.user_index([user])[0])]
+    new = u1.item_ids[:40]
+    x = np.zeros((2, u1.n_items), np.float32)
+    x[0, row.indices] = row.data
+    x[1, :40] = 3.0
+    top = top_k_unrated(onnx_outputs(served.ranker, x), x != 0, u1.n_items)
+    for j, request in enumerate((dict(user=user), dict(items=new.tolist(), ratings=[3.0] * 40))):
+        n = int((x[j] == 0).sum())
+        k = n + 5 if j == 0 else u1.n_items
+        r = _recommend(mod, client, k=k, **request)
+        ids = r["RECOMMENDED_IDS"]
+        assert len(ids) == k and r["N_RECOMMENDED"] == n
+        assert ids.tolist() == [int(u1.item_ids[c]) if c >= 0 else -1 for c in top[j, :k]]
+        assert not set(ids[:n].tolist()) & set(u1.item_ids[x[j] != 0].tolist())
+        assert (ids[n:] == -1).all() and np.isnan(r["SCORES"][n:]).all() and np.isnan(r["PREDICTED_RATINGS"][n:]).all()
+        assert set(r["TITLES"][n:].tolist()) == {b""} and not np.isnan(r["SCORES"][:n]).any()
 
 
 def test_unknown_items_are_skipped_and_counted(served):
-    server, *_ = served
+    server = served.server
     mod, client = _client(server, "grpc")
-    ids, _, _, unknown = _recommend(mod, client, items=[50, 172, 999_999, 888_888], ratings=[5.0, 4.0, 3.0, 2.0])
-    assert unknown == 2 and len(ids) == 10 and 50 not in ids.tolist()
+    got = _recommend(mod, client, items=[50, 172, 999_999, 888_888], ratings=[5.0, 4.0, 3.0, 2.0])
+    ids = got["RECOMMENDED_IDS"].tolist()
+    assert got["UNKNOWN_ITEMS"] == 2 and len(ids) == 10 and 50 not in ids
 
 
 def test_bad_request_does_not_fail_its_batch_mates(served):
     """Good and bad requests in flight together (dynamic batching groups them): only the bad fail."""
     import queue
-    server, *_ = served
+    server = served.server
     client = grpcclient.InferenceServerClient(server.grpc_url)
 
     def inputs(user):
@@ -192,7 +306,7 @@ def test_bad_request_does_not_fail_its_batch_mates(served):
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_one_request_may_carry_several_users(served, u1, protocol):
     """USER_ID [B, 1] in one request: B rows back, each equal to that user's own request."""
-    server, *_ = served
+    server = served.server
     mod, client = _client(server, protocol)
     users = [int(u) for u in u1.user_ids[:16]]
     inputs = []
@@ -204,7 +318,7 @@ def test_one_request_may_carry_several_users(served, u1, protocol):
     ids = client.infer("recommend", inputs).as_numpy("RECOMMENDED_IDS")
     assert ids.shape == (16, 7)
     for j in (0, 5, 15):
-        assert ids[j].tolist() == _recommend(mod, client, user=users[j], k=7)[0].tolist()
+        assert ids[j].tolist() == _recommend(mod, client, user=users[j], k=7)["RECOMMENDED_IDS"].tolist()
     # Mixed TOP_K in one request cannot make a rectangular answer: a clear error instead.
     inputs[1].set_data_from_numpy(np.arange(1, 17, dtype=np.int32)[:, None])
     with pytest.raises(Exception, match="TOP_K differs across the rows"):
@@ -215,9 +329,8 @@ def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     """`aerec repository --tuned` may pick the fused pipeline and back: same model files either way."""
     import shutil
     from builder.repository import apply_tuning
-    _, _, _, repo = served
     copy = tmp_path / "repo"
-    shutil.copytree(repo, copy)
+    shutil.copytree(served.repo, copy)
     apply_tuning(copy, Tuning(pipeline="fused", ort_threads=1))
     config = (copy / "recommend" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "intra_op_thread_count" in config
@@ -226,11 +339,15 @@ def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     config = (copy / "recommend" / "config.pbtxt").read_text()
     assert 'key: "session.intra_op.allow_spinning" value: { string_value: "0" }' in config
     latest = max((p for p in (copy / "recommend").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    for f in ("model.py", "preprocess.py", "postprocess.py", "ranking_graph.py", "session_options.py", "model.onnx",
-              "user_ids.npy", "titles.npy"):
+    for f in ("model.py", "preprocess.py", "postprocess.py", "ranking_graph.py", "session_options.py", "ranker.onnx",
+              "rater.onnx", "user_ids.npy", "titles.npy"):
         assert (latest / f).is_file(), f
-    assert (latest / "model.onnx").read_bytes() == (copy / "autoencoder_onnx" / "1" / "model.onnx").read_bytes()
+    for role in ("ranker", "rater"):
+        assert (latest / f"{role}.onnx").read_bytes() == (copy / f"{role}_onnx" / "1" / "model.onnx").read_bytes()
+    assert "PREDICTED_RATINGS" in config
     apply_tuning(copy, Tuning())
-    assert 'platform: "ensemble"' in (copy / "recommend" / "config.pbtxt").read_text()
+    config = (copy / "recommend" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in config
+    assert 'model_name: "ranker_onnx"' in config and 'model_name: "rater_onnx"' in config
     with pytest.raises(RepositoryError, match="pipeline must be one of"):
         Tuning(pipeline="turbo")

@@ -1,0 +1,67 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data"): a linear
+item-item autoencoder with a closed form and a zero diagonal, so no item predicts itself.
+
+B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1, X binary implicit feedback.
+Serving is one MatMul: scores = binarise(x) @ B.
+"""
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from builder.models.implicit import binarise
+
+GB = 1e9
+
+
+def ease_bytes(n_items: int) -> int:
+    """Bytes of the float32 item-item matrix B."""
+    return 4 * n_items * n_items
+
+
+def check_ease_memory(n_items: int, max_gb: float) -> None:
+    """Raise ValueError if B (4 * n_items^2 bytes) exceeds `max_gb` gigabytes."""
+    need = ease_bytes(n_items)
+    if need > max_gb * GB:
+        raise ValueError(f"EASE needs a {n_items:,} x {n_items:,} float32 item-item matrix "
+                         f"({need / GB:.2f} GB), above the limit ease_max_gb={max_gb:g} GB; "
+                         "train mult-vae instead (memory linear in the number of items) "
+                         "or raise ease_max_gb")
+
+
+def fit_ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
+    """B float32 [n_items, n_items] from binary X [n_users, n_items] (csr) and L2 weight lam > 0.
+
+    The Gram matrix is inverted in float64: with lambda in the hundreds and counts in the
+    hundreds its condition number is modest, but float32 loses the small off-diagonal weights.
+    """
+    if lam <= 0:
+        raise ValueError(f"EASE lambda must be > 0, got {lam}")
+    X = sp.csr_matrix(X, dtype=np.float64)
+    G = (X.T @ X).toarray()
+    G[np.diag_indices_from(G)] += lam
+    P = np.linalg.inv(G)
+    B = P / -np.diag(P)  # column j divided by -P_jj
+    B[np.diag_indices_from(B)] = 0.0
+    return B.astype(np.float32)
+
+
+class EASE(nn.Module):
+    """forward(x [batch, n_items] raw ratings) -> scores [batch, n_items]; B is a buffer."""
+
+    def __init__(self, n_items: int, threshold: float = 0.0, max_gb: float = 4.0):
+        super().__init__()
+        check_ease_memory(n_items, max_gb)
+        self.threshold = threshold
+        self.register_buffer("B", torch.zeros(n_items, n_items))
+
+    def fit(self, matrix: sp.csr_matrix, lam: float) -> "EASE":
+        """matrix: users x items raw ratings; binarised with the model's threshold."""
+        X = sp.csr_matrix(matrix, dtype=np.float64, copy=True)  # a copy: eliminate_zeros works in place
+        X.data = (X.data > 0 if self.threshold <= 0 else X.data >= self.threshold).astype(np.float64)
+        X.eliminate_zeros()
+        self.B.copy_(torch.from_numpy(fit_ease(X, lam)))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return binarise(x, self.threshold) @ self.B

@@ -1,0 +1,153 @@
+"""Training of the top-N models (popularity, EASE, Mult-DAE, Mult-VAE) on implicit feedback,
+validated the way they are tested: each training user hides a share of their ratings, the
+model sees the rest, and is scored on ranking the hidden liked items (recall@10, NDCG@100).
+
+Popularity and EASE have closed forms: fitted on the visible part to report validation
+figures, then on all training ratings. Mult-DAE/VAE (Liang et al. 2018) are trained by the
+loop below with early stopping on validation NDCG@100, then refit for the chosen epochs.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from builder.config import TrainConfig
+from builder.data.splits import holdout_share_per_user
+from builder.evaluate import liked, ranking_metrics
+from builder.losses import kl_divergence, multinomial_nll
+from builder.models import TOP_N, build_model
+from builder.models.ease import check_ease_memory
+from builder.models.implicit import binarise
+from builder.predict import dense_rows, predict_rows
+
+# The early-stopping score (Liang et al. select on NDCG@100) and the headline figure.
+STOP_ON = "ndcg@100"
+REPORTED = ("recall@10", "ndcg@100")
+
+
+def make_top_n_model(config: TrainConfig, n_items: int) -> torch.nn.Module:
+    """The untrained top-N model of `config` for n_items items."""
+    return build_model(config.model, n_items, hidden=tuple(config.hidden), input_dropout=config.input_dropout,
+                       implicit_threshold=config.implicit_threshold, ease_max_gb=config.ease_max_gb)
+
+
+def validation_split_top_n(train_ui: sp.csr_matrix, config: TrainConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(visible, hidden) of the training matrix (users x items): `config.val_holdout` of each
+    user's ratings hidden. The test set is never read."""
+    return holdout_share_per_user(train_ui, config.val_holdout, config.seed)
+
+
+def validation_metrics(model, visible: sp.csr_matrix, hidden: sp.csr_matrix, config: TrainConfig, device) -> dict:
+    """REPORTED metrics on the hidden liked ratings; the model's input is each user's visible
+    ratings, and only those are excluded from the ranking (a hidden disliked item may be
+    ranked, and is a miss, as a disliked test item is in the test)."""
+    relevant = liked(hidden, config.relevant_threshold)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    scores = predict_rows(model, visible, users, device)
+    m = ranking_metrics(scores, visible[users].toarray() != 0, relevant[users])
+    return {k: m[k] for k in REPORTED}
+
+
+def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Module:
+    """Popularity's counts or EASE's B from `matrix` (users x items, raw ratings)."""
+    if config.model == "ease":
+        check_ease_memory(matrix.shape[1], config.ease_max_gb)
+        return make_top_n_model(config, matrix.shape[1]).fit(matrix, config.ease_lambda).eval()
+    if config.model == "popularity":
+        return make_top_n_model(config, matrix.shape[1]).fit(matrix).eval()
+    raise ValueError(f"{config.model!r} has no closed form; it is trained by fit_multinomial")
+
+
+def beta_at(step: int, config: TrainConfig) -> float:
+    """Mult-VAE's KL weight after `step` updates: linear from 0, capped at anneal_cap."""
+    return min(config.anneal_cap, step / max(1, config.total_anneal_steps))
+
+
+def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | None, max_epochs: int, device,
+                    progress: bool = True):
+    """Train Mult-DAE or Mult-VAE on `matrix` rows (users x items, raw ratings) for up to
+    max_epochs; with val = (visible, hidden) keep the epoch of the best validation NDCG@100 and
+    stop after `config.patience` epochs without a gain. Returns (model, history, best)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = make_top_n_model(config, matrix.shape[1]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    positives = binarise(torch.from_numpy(matrix.data), config.implicit_threshold).numpy()
+    counts = np.bincount(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), weights=positives,
+                         minlength=matrix.shape[0])
+    rows = np.flatnonzero((np.diff(matrix.indptr) > 0) & (counts > 0))  # a user with no positive teaches nothing
+    vae = config.model == "mult-vae"
+    history, best, step = [], {"epoch": 0, STOP_ON: -np.inf, "state": None}, 0
+    start = time.perf_counter()
+    bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
+    for epoch in bar:
+        model.train()
+        rng.shuffle(rows)
+        losses = []
+        for s in range(0, len(rows), config.batch_size):
+            x = dense_rows(matrix, rows[s:s + config.batch_size], device)
+            target = binarise(x, config.implicit_threshold)
+            optimizer.zero_grad(set_to_none=True)
+            if vae:
+                mu, logvar = model.encode(x)  # with the input dropout: the denoising
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                loss = multinomial_nll(model.decode(z), target) + beta_at(step, config) * kl_divergence(mu, logvar)
+            else:
+                loss = multinomial_nll(model(x), target)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(loss.item())
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
+        if vae:
+            row["beta"] = beta_at(step, config)
+        if val is not None:
+            model.eval()
+            row.update({f"val_{k}": v for k, v in validation_metrics(model, *val, config, device).items()})
+            if row[f"val_{STOP_ON}"] > best[STOP_ON]:
+                best = {"epoch": epoch, STOP_ON: row[f"val_{STOP_ON}"], "seconds": row["seconds"],
+                        "row": row, "state": copy.deepcopy(model.state_dict())}
+            bar.set_postfix({STOP_ON: f"{row[f'val_{STOP_ON}']:.4f}", "best": best["epoch"]})
+        history.append(row)
+        if not np.isfinite(row["train_loss"]) or (val is not None and epoch - best["epoch"] >= config.patience):
+            break
+    if val is not None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return model.eval(), history, best
+
+
+def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: bool = True):
+    """Select on validation, then fit on all of `train_ui` (users x items, raw ratings).
+
+    Returns (model, metrics, history); metrics hold val_recall@10, val_ndcg@100 (of the model
+    fitted on the visible part), best_epoch, epochs_run, train_seconds, seconds_to_best.
+    Raises ValueError for a model that is not top-N, or an EASE matrix over ease_max_gb.
+    """
+    if config.model not in TOP_N:
+        raise ValueError(f"{config.model!r} is not a top-N model ({', '.join(sorted(TOP_N))})")
+    start = time.perf_counter()
+    if config.model == "ease":  # refuse before any work
+        check_ease_memory(train_ui.shape[1], config.ease_max_gb)
+    visible, hidden = validation_split_top_n(train_ui, config)
+    if config.model in ("popularity", "ease"):
+        # A closed form has nothing to stop early: validation scores the fit on the visible part;
+        # the served model is the same formula on every training rating.
+        selected = fit_closed_form(config, visible)
+        val = validation_metrics(selected, visible, hidden, config, device)
+        model, history = fit_closed_form(config, train_ui).to(device), []
+        best = {"epoch": 0, "seconds": time.perf_counter() - start}
+    else:
+        model, history, best = fit_multinomial(config, visible, (visible, hidden), config.epochs, device, progress)
+        val = {k: best["row"][f"val_{k}"] for k in REPORTED} if best["state"] is not None else {}
+        if config.refit and best["epoch"]:
+            # Same recipe, all training ratings, for the epochs chosen on validation.
+            model, _, _ = fit_multinomial(config, train_ui, None, best["epoch"], device, progress)
+    seconds = time.perf_counter() - start
+    metrics = {**{f"val_{k}": v for k, v in val.items()}, "best_epoch": best["epoch"], "epochs_run": len(history),
+               "train_seconds": round(seconds, 2), "seconds_to_best": round(best.get("seconds", seconds), 2)}
+    return model.eval(), metrics, history
