@@ -41,3 +41,21 @@ def test_recall_ndcg_coverage_by_hand():
     ndcg0 = (d[0] + d[2]) / d.sum()
     assert np.isclose(ndcg_at_k(top, relevant, users), (ndcg0 + 0) / 2)
     assert coverage(top, 10) == 0.6
+
+
+def test_top_k_breaks_ties_at_the_boundary_by_lower_index():
+    """Equal scores across the k-th place: the lowest indices are chosen (ONNX TopK's rule), so
+    offline ranking, the served graph and any k agree on which tied items make the list."""
+    import numpy as np
+
+    from builder.ranking import top_k_unrated
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(50, 40)).astype(np.float32)   # many ties
+    rated = rng.random((50, 40)) < 0.2
+    for k in (1, 3, 10, 39):
+        top = top_k_unrated(scores, rated, k)
+        for s, r, t in zip(scores, rated, top):
+            unrated = [i for i in np.lexsort((np.arange(40), -s)) if not r[i]]
+            expected = (unrated + [-1] * 40)[:k]
+            assert t.tolist() == expected
+        assert (top_k_unrated(scores, rated, 39)[:, :k] == top).all()
