@@ -27,16 +27,16 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not gpu and not slow"
 
 demo: setup
-	$(AEREC) train --preset deeprec --out runs/demo-deeprec --quiet
-	$(AEREC) results runs/demo-deeprec
-	$(AEREC) export runs/demo-deeprec --precision fp32,int8
 	$(AEREC) train --preset ease --out runs/demo-ease --quiet
+	$(AEREC) train --preset deeprec --out runs/demo-deeprec --quiet
+	$(AEREC) results runs/demo-ease runs/demo-deeprec
 	$(AEREC) export runs/demo-ease --precision fp32
+	$(AEREC) export runs/demo-deeprec --precision fp32,int8
 	$(AEREC) repository runs/demo-ease --rating-model runs/demo-deeprec --variant onnx --variant onnx_int8 --out runs/demo-repository
-	$(PY) scripts/demo_serve.py runs/demo-repository
+	$(PY) examples/demo_serve.py runs/demo-repository
 
 lint: setup
-	$(VENV)/bin/ruff check builder perf tests scripts
+	$(VENV)/bin/ruff check builder perf tests scripts server client examples
 
 bench: setup
 	$(PY) -m perf.bench_train

@@ -69,6 +69,38 @@ def ort_batched(sessions, x: np.ndarray, batch: int = 64, seconds: float = 1.0) 
     return _rate(lambda: [s.run(None, {name: xb}) for s, name in runs], batch, seconds)
 
 
+def ort_batched_parallel(paths, x: np.ndarray, batch: int = 64, seconds: float = 1.0, workers: int = 0) -> float:
+    """Users per second of `workers` threads (0: one per core) side by side, each with its own
+    one-thread session of every graph in `paths` (one path or a list) running `batch` users at a
+    time: what a server with one single-thread instance per core can reach. ONNX Runtime releases
+    the GIL while it runs, so the threads compute in parallel."""
+    import os
+    import threading
+    workers = workers or os.cpu_count() or 1
+    rates: list[float] = []
+    start = threading.Barrier(workers)
+
+    def work():
+        sessions = [ort_session(p, threads=1) for p in _all(paths)]
+        start.wait()  # measure only while every worker runs
+        rates.append(ort_batched(sessions, x, batch, seconds))
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return float(sum(rates))
+
+
+def ort_ceiling(paths, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
+    """The in-process ceiling for serving the graphs in `paths` (one or a list, every graph run
+    on every user): the higher of one session per graph on every core and one single-thread
+    worker per core (ort_batched_parallel), so no server configuration can beat it by running
+    the graphs a way the ceiling did not try. Users per second."""
+    one = ort_batched([ort_session(p) for p in _all(paths)], x, batch, seconds)
+    return max(one, ort_batched_parallel(paths, x, batch, seconds))
+
+
 def median_latency_us(session: ort.InferenceSession, x: np.ndarray, n: int = 400) -> float:
     """Median microseconds of one forward of the batch x (after one warm-up call)."""
     name = session.get_inputs()[0].name
@@ -88,11 +120,23 @@ def tile(x: np.ndarray, batch: int) -> np.ndarray:
 
 
 def gemm_peak_gflops(n: int = 2048, seconds: float = 2.0) -> float:
-    """FP32 GEMM peak of this machine with torch's BLAS: the compute roof for CPU inference."""
+    """FP32 GEMM peak of this machine (GFLOP/s, n x n x n products on every core): the higher of
+    torch's BLAS and ONNX Runtime's MLAS, the compute roof for CPU inference. Both are read
+    because on some CPUs MLAS outruns torch's GEMM, and a roof below what a served model
+    reaches measures nothing."""
+    from onnx import TensorProto, helper
     a, b = torch.randn(n, n), torch.randn(n, n)
     per_call = 2 * n ** 3
-    calls = _rate(lambda: torch.mm(a, b), 1, seconds)
-    return calls * per_call / 1e9
+    torch_rate = _rate(lambda: torch.mm(a, b), 1, seconds / 2)
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "gemm",
+                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
+                              [numpy_helper.from_array(b.numpy(), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"A": a.numpy()}
+    ort_rate = _rate(lambda: session.run(None, feed), 1, seconds / 2)
+    return max(torch_rate, ort_rate) * per_call / 1e9
 
 
 def flops_per_user(onnx_paths) -> int:

@@ -368,9 +368,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     roof, first_steal = measured(baselines.gemm_peak_gflops, seconds=plan.baseline_seconds)
     first_steal = {"gemm_peak_gflops": first_steal}
     onnx_fp32 = [r / "export" / "model_fp32.onnx" for r in runs]
-    sessions = lambda: [baselines.ort_session(p) for p in onnx_fp32]  # noqa: E731
     torch.set_num_threads(os.cpu_count() or 1)
-    ort_small, first_steal["ml100k"] = measured(baselines.ort_batched, sessions(), x, 64, plan.baseline_seconds)
+    ort_small, first_steal["ml100k"] = measured(baselines.ort_ceiling, onnx_fp32, x, 64, plan.baseline_seconds)
     base = {"gemm_peak_gflops": roof, "ml100k": {
         "networks": served,
         "flops_per_user": baselines.flops_per_user(onnx_fp32),
@@ -379,15 +378,14 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         "ort_batched_b64": ort_small}}
     for name, path in zip(served, onnx_fp32):  # each network alone: the model-level rows' reference
         base[name] = {"flops_per_user": baselines.flops_per_user(path),
-                      "ort_batched_b64": baselines.ort_batched(baselines.ort_session(path), x, 64,
-                                                               plan.baseline_seconds)}
+                      "ort_batched_b64": baselines.ort_ceiling(path, x, 64, plan.baseline_seconds)}
     if rater_run:
         # The rater's int8 variant is served as `rater_onnx_int8`; in-process with the ranker in fp32.
         int8 = [*onnx_fp32[:-1], rater_run / "export" / "model_int8.onnx"]
         base["ml100k"]["ort_int8_batched_b64"] = baselines.ort_batched([baselines.ort_session(p) for p in int8], x,
                                                                        64, plan.baseline_seconds)
     for name, m in large.items():
-        ort_large, first_steal[name] = measured(baselines.ort_batched, baselines.ort_session(m["onnx"]), m["x"], 64,
+        ort_large, first_steal[name] = measured(baselines.ort_ceiling, m["onnx"], m["x"], 64,
                                                 plan.baseline_seconds)
         base[name] = {"flops_per_user": baselines.flops_per_user(m["onnx"]), "hidden": m["hidden"],
                       "torch_batched_b64": baselines.torch_batched(m["torch"], m["x"], 64, plan.baseline_seconds),
@@ -421,9 +419,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
             _say(f"model level {name} done")
         results["model_level"] = model_level
         results["server_time_model_level"] = _statistics(server)
-        pipeline = sessions()
-        results["ensemble"] = _ensemble_rows(server, data, plan, out, ceiling=lambda: baselines.ort_batched(
-            pipeline, x, 64, plan.baseline_seconds))
+        results["ensemble"] = _ensemble_rows(server, data, plan, out, ceiling=lambda: baselines.ort_ceiling(
+            onnx_fp32, x, 64, plan.baseline_seconds))
         first = next((x for x in results["ensemble"]["recommend_grpc"]["rows"] if x["concurrency"] == 1), None)
         results["c1_windows"] = _c1_windows(server, data, plan, out, first)
         # Step by step as the default three-model pipeline spends it (the tuning's first trial).
@@ -439,8 +436,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     # which would flatter every ratio; the higher of the two readings is the one used.
     _say("ceilings again (GEMM roof, ORT in-process); the higher reading of each is used")
     again = {"gemm_peak_gflops": measured(baselines.gemm_peak_gflops, seconds=plan.baseline_seconds),
-             "ml100k": measured(baselines.ort_batched, sessions(), x, 64, plan.baseline_seconds),
-             **{name: measured(baselines.ort_batched, baselines.ort_session(m["onnx"]), m["x"], 64,
+             "ml100k": measured(baselines.ort_ceiling, onnx_fp32, x, 64, plan.baseline_seconds),
+             **{name: measured(baselines.ort_ceiling, m["onnx"], m["x"], 64,
                                plan.baseline_seconds) for name, m in large.items()}}
     base["readings_steal"] = {k: [first_steal[k], v[1]] for k, v in again.items()}
     again = {k: v[0] for k, v in again.items()}

@@ -127,6 +127,13 @@ def _noise(r: dict, s: dict) -> list[str]:
     return lines
 
 
+def _served(r: dict) -> str:
+    """The served networks and the runs they came from (one run in results written before the
+    ranker and rater were served together)."""
+    runs = r.get("runs") or {"rater": r["run"]}
+    return ", ".join(f"{role} `{path}`" for role, path in runs.items() if path)
+
+
 def write_report(out: Path, r: dict, s: dict) -> Path:
     plots = _plots(out, r)
     base = r["baselines"]
@@ -135,7 +142,7 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
     tuning = r["tuning"]
     lines = [
         f"# aerec perf report ({r['stamp']}, {r['mode']})", "",
-        f"Served run: `{r['run']}`; {r['users']} held-out users of {r['dataset'].get('name', 'the dataset')}; "
+        f"Served: {_served(r)}; {r['users']} held-out users of {r['dataset'].get('name', 'the dataset')}; "
         f"took {r['seconds']} s. Every ratio below divides two numbers measured in this run.", "",
         "## Targets", "",
         "| figure | measured | target | met |", "|---|---:|---:|---|",
@@ -149,7 +156,8 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
                      else f"| `{key}` | n/a | {op} {t} | NO |")
     lines += [""] + _noise(r, s)
     lines += ["", "## Every figure", "",
-              f"Roof: measured FP32 GEMM peak {roof:.1f} GFLOP/s (torch, 2048x2048, all cores).", "",
+              f"Roof: measured FP32 GEMM peak {roof:.1f} GFLOP/s (2048x2048, all cores, the faster of "
+              "torch's BLAS and ONNX Runtime's MLAS).", "",
               _readings(base), "",
               "| what | users/s | x ORT in-process | % of roof |", "|---|---:|---:|---:|"]
     f_small = base["ml100k"]["flops_per_user"]
@@ -158,7 +166,8 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         lines.append(f"| {label} | {tp:,.0f} | {tp / ref:.3f} | {tp * flops / 1e9 / roof:.1%} |")
     row("ML-100K: PyTorch eager, one user per forward (seed notebook)", base["ml100k"]["torch_one_per_forward"])
     row("ML-100K: PyTorch batched b64", base["ml100k"]["torch_batched_b64"])
-    row("ML-100K: ONNX Runtime in-process b64 fp32 (ceiling)", ort)
+    row("ML-100K: ONNX Runtime in-process b64 fp32 (ceiling: the faster of one session per network on "
+        "all cores and one single-thread worker per core)", ort)
     if "ort_int8_batched_b64" in base["ml100k"]:
         row("ML-100K: ONNX Runtime in-process b64, rater int8", base["ml100k"]["ort_int8_batched_b64"])
     for key, v in sorted(r["model_level"].items()):

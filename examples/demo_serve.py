@@ -1,6 +1,6 @@
 """The demo's serving half: start the embedded Triton on a repository, recommend, stop.
 
-    python scripts/demo_serve.py REPOSITORY
+    python examples/demo_serve.py REPOSITORY
 
 Each list is ranked by the repository's top-N model ("score") and shows the rating model's
 predicted rating beside each title (a column left out when the repository has no rating model).
