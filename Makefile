@@ -36,7 +36,7 @@ demo: setup
 	$(PY) examples/demo_serve.py runs/demo-repository
 
 lint: setup
-	$(VENV)/bin/ruff check builder perf tests scripts server client examples
+	$(VENV)/bin/ruff check builder perf tests scripts server client cli examples serving model_repository
 
 bench: setup
 	$(PY) -m perf.bench_train

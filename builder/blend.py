@@ -26,11 +26,15 @@ from builder.data.splits import holdout_entries
 from builder.metrics import mae, rmse
 from builder.models import ITEM_BASED
 from builder.predict import orient, predict_entries
-from builder.train import TrainResult, fit, load_run, pick_device, save_run
+from builder.presets import preset
+from builder.runs import load_run, save_run
+from builder.train import TrainResult, fit, pick_device
 
 
 @dataclass
 class BlendResult:
+    """The members (each retrained on all training ratings), their non-negative weights and the blend's test
+    metrics."""
     members: list[TrainResult]
     weights: list[float]
     metrics: dict
@@ -59,6 +63,10 @@ def member_predictions(model, config: TrainConfig, inputs_ui: sp.csr_matrix, tar
 
 def train_blend(members: list[TrainConfig], dataset: Dataset, val_fraction: float = 0.05, seed: int = 0,
                 progress: bool = True) -> BlendResult:
+    """Train `members` on one shared validation slice (`val_fraction` of the training ratings), fit non-negative
+    least-squares weights to their clipped validation predictions, retrain each on all training ratings for
+    its chosen epochs and score the weighted blend on test once (stacking as in the Netflix Prize blends,
+    Toescher et al. 2009). Returns the members, weights and metrics (test RMSE/MAE in rating units)."""
     start = time.perf_counter()
     fit_ui, val_ui = holdout_entries(dataset.train.tocsr(), val_fraction, seed)
     val_truth = _entries(val_ui)
@@ -95,6 +103,8 @@ def train_blend(members: list[TrainConfig], dataset: Dataset, val_fraction: floa
 
 
 def save_blend(result: BlendResult, dataset: Dataset, out: Path, val_fraction: float, seed: int) -> Path:
+    """Write each member as a run folder (member<i>-<model>/) under `out`, with blend.json (members, weights,
+    validation slice) and metrics.json; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = []
@@ -106,6 +116,23 @@ def save_blend(result: BlendResult, dataset: Dataset, out: Path, val_fraction: f
                                                 "val_fraction": val_fraction, "seed": seed}, indent=2))
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     return out
+
+
+def train_blend_run(changes: dict, out: Path, progress: bool = True) -> BlendResult:
+    """`aerec train --preset NAME` for a blend preset: `changes` holds "blend" (member preset
+    names), optionally "val_fraction" (default 0.05) and overrides applied to every member. The
+    members are trained, stacked and saved to `out` (see save_blend). Raises ValueError for an
+    unknown preset or option, FileNotFoundError for missing data."""
+    changes = dict(changes)
+    members, val_fraction = changes.pop("blend"), changes.pop("val_fraction", 0.05)
+    try:
+        configs = [TrainConfig().updated(**{**preset(m), **changes}) for m in members]
+    except KeyError as e:
+        raise ValueError(str(e.args[0])) from None
+    dataset = load_dataset(configs[0].data, configs[0].split, configs[0].seed)
+    result = train_blend(configs, dataset, val_fraction, configs[0].seed, progress=progress)
+    save_blend(result, dataset, out, val_fraction, configs[0].seed)
+    return result
 
 
 def evaluate_blend(folder: Path) -> dict:

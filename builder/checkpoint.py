@@ -39,6 +39,8 @@ class Checkpoint:
     # -- writing ------------------------------------------------------------------------------
     def save(self, phase: str, epoch: int, model, optimizer=None, sched=None, rng=None, gen=None,
              history=(), best=None, elapsed: float = 0.0, carry: dict | None = None) -> None:
+        """Write the loop's whole state after `epoch` of `phase`, atomically (copy, then rename);
+        skipped when the last write was less than `every_s` seconds ago."""
         if time.monotonic() - self._last < self.every_s:
             return
         best = best or {}
@@ -63,6 +65,7 @@ class Checkpoint:
         self._last = time.monotonic()
 
     def remove(self) -> None:
+        """Delete the checkpoint file (the run finished)."""
         self.path.unlink(missing_ok=True)
 
     # -- reading ------------------------------------------------------------------------------
@@ -82,6 +85,7 @@ class Checkpoint:
         return self._stored
 
     def resume_state(self, phase: str) -> dict | None:
+        """The stored state when it belongs to `phase`, else None (a fresh start for that phase)."""
         raw = self.load()
         return raw if raw is not None and raw["phase"] == phase else None
 

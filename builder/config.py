@@ -1,13 +1,33 @@
-"""The training stage's one config object, saved as JSON beside the weights it produced."""
+"""The training stage's one config object, saved as JSON beside the weights it produced, and
+the one way a stage's config dataclass is built from a dict read from JSON or a command line."""
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], raw: dict, unknown: str = "error", error: type[Exception] = ValueError,
+              what: str = "option") -> T:
+    """`cls(**raw)` for a dataclass `cls`. Keys that are not fields of `cls` are refused
+    (`unknown="error"`: raises `error` naming them, as "unknown {what}(s): [...]") or dropped
+    (`unknown="ignore"`: a saved file may carry more than the config, e.g. provenance)."""
+    names = {f.name for f in fields(cls)}
+    extra = set(raw) - names
+    if extra and unknown == "error":
+        raise error(f"unknown {what}(s): {sorted(extra)}")
+    return cls(**{k: v for k, v in raw.items() if k in names})
 
 
 @dataclass
 class TrainConfig:
+    """Everything that decides a training run: model family and architecture, data and split,
+    optimisation, regularisers, evaluation. Defaults are the DeepRecommender family's
+    (Kuchaiev & Ginsburg 2017, "Training Deep AutoEncoders for Collaborative Filtering");
+    builder/presets.py holds the tuned recipes."""
     model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k;
                                       # top-N: popularity | ease | mult-dae | mult-vae
     data: str = "ml-100k"
@@ -68,17 +88,15 @@ class TrainConfig:
     device: str = "auto"
 
     def save(self, path: Path, **extra) -> None:
+        """Write the config as JSON to `path`, with `extra` keys (provenance) beside its fields."""
         Path(path).write_text(json.dumps({**asdict(self), **extra}, indent=2))
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
-        raw = json.loads(Path(path).read_text())
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        """The config saved at `path` (the extra keys save() wrote beside it are ignored)."""
+        return from_dict(cls, json.loads(Path(path).read_text()), unknown="ignore")
 
     def updated(self, **changes) -> "TrainConfig":
-        names = {f.name for f in fields(self)}
-        unknown = set(changes) - names
-        if unknown:
-            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        """A copy with `changes` applied; raises ValueError naming any key that is not a field."""
+        from_dict(TrainConfig, changes, what="training option")  # refuses unknown keys
         return TrainConfig(**{**asdict(self), **changes})

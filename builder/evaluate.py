@@ -10,7 +10,7 @@ from builder.metrics import coverage, mae, ndcg_at_k, recall_at_k, rmse
 from builder.models import ITEM_BASED, TOP_N
 from builder.models.popularity import item_counts
 from builder.predict import orient, predict_entries, predict_rows
-from builder.ranking import top_k_unrated
+from serving.ranking import top_k_unrated
 
 RECALL_KS = (10, 20, 50)
 NDCG_KS = (10, 100)
@@ -37,7 +37,7 @@ def ranking_metrics(scores: np.ndarray, seen: np.ndarray, relevant: sp.csr_matri
     scores: float [users, items], higher first; seen: bool [users, items], the items each user
     already gave (excluded from the ranking); relevant: csr [users, items], non-zero where an
     item counts as a hit. Rows align; users without a relevant item are skipped by the means.
-    Ranks with builder.ranking.top_k_unrated, the function the server runs.
+    Ranks with serving.ranking.top_k_unrated, the function the server runs.
     """
     n_items = scores.shape[1]
     top = top_k_unrated(scores, seen, max(100, top_k))
@@ -63,8 +63,14 @@ def with_baseline(model_metrics: dict, popularity_metrics: dict) -> dict:
 
 
 def evaluate_model(model, dataset, config, device) -> dict:
-    """Test metrics of a trained model: test_rmse/test_mae/test_ratings for rating models (a
-    top-N model's scores are not ratings: no RMSE), top-N metrics and the baseline's for all."""
+    """Test metrics of a trained model on `dataset`'s test split, as a flat dict of floats/ints.
+
+    Rating models: test_rmse / test_mae (in rating units, predictions clipped to the data set's
+    scale) and test_ratings. Every model, top-N models included (their scores are not ratings:
+    no RMSE): recall@10/20/50, ndcg@10/100 and coverage@10 over the test users with a rating >=
+    config.relevant_threshold, each beside the most-popular baseline's (`popularity_<key>`) and
+    the ratio (`lift_<key>`), plus test_users; see top_n_metrics. `device`: a torch device or
+    its name. Recall and NDCG are defined as in Liang et al. 2018 (Mult-VAE), builder.metrics."""
     out = {}
     if config.model not in TOP_N:
         inputs, targets = orient(dataset.train, config), orient(dataset.test, config)

@@ -21,22 +21,26 @@ import torch
 from builder.data.sources import load_dataset
 from builder.metrics import recall_at_k, rmse
 from builder.models import TOP_N
-from builder.ranking import top_k_unrated
+from serving.ranking import top_k_unrated
 from builder.predict import orient
-from builder.train import load_run
+from builder.runs import load_run
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INPUT, OUTPUT = "RATINGS", "PREDICTIONS"  # stable tensor names: configs and clients rely on them
+from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT  # noqa: E402  (stable names)
 OPSET = 17
 INT8_SPEEDUP_TARGET = 1.5  # on a CPU with AVX-512 VNNI
 
 
 class ExportError(ValueError):
+    """The run cannot be exported as asked (unknown precision or calibration, missing run, a model that cannot be
+    served)."""
     pass
 
 
 @dataclass
 class ExportConfig:
+    """The export stage's config, saved in export/export_config.json: which precisions, and how int8 is
+    calibrated (method and number of training-user vectors)."""
     precisions: list[str] = field(default_factory=lambda: list(PRECISIONS))
     calibration_method: str = "minmax"   # minmax | entropy | percentile
     calibration_samples: int = 256       # training-user vectors fed to the calibrator
@@ -91,11 +95,18 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str) ->
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
 
 
-def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
+def ort_session(model, threads: int = 0, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """The project's one way to open an ONNX Runtime CPU session (offline: export checks,
+    baselines, benchmarks). `model`: a path, serialized bytes or an onnx.ModelProto; `threads`:
+    intra-op threads (0: ONNX Runtime's default, one per physical core); `options`: start from
+    these (e.g. with profiling on) instead of fresh SessionOptions."""
+    opts = options or ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def throughput(run, n_inputs: int, batch: int, seconds: float = 1.0) -> float:
@@ -133,6 +144,18 @@ def _accuracy(train_cfg, targets, scale, rated):
 
 
 def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds: float = 1.0) -> Path:
+    """`aerec export`: RUN_DIR/export/ with model_<precision>.onnx for each of `config.precisions` (fp32; fp16
+    weights with fp32 inputs and outputs; int8 as explicit Q/DQ calibrated on training users),
+    precision.json/.md and export_config.json; returns that folder.
+
+    Each variant runs on the run's test users ([rows, n_inputs] float32 in, the same shape out) and is
+    compared with PyTorch: test RMSE (rating models) or recall@10 (top-N models), the largest absolute
+    difference, the share of PyTorch's top-10 kept, and ONNX Runtime throughput (inferences/s at batch 1 and
+    64, over `bench_seconds` each). Built in a temporary folder and renamed into place: a failure leaves any
+    previous export/ as it was. Raises ExportError for an unknown precision or calibration method, a missing
+    run folder or a model that is not user-based; FileNotFoundError / ValueError as load_run does.
+    Quantization: ONNX Runtime's quantize_static (QDQ format, symmetric, per-channel weights), the form
+    TensorRT's explicit-quantization path takes."""
     config = config or ExportConfig()
     run_dir = Path(run_dir)
     bad = [p for p in config.precisions if p not in PRECISIONS]
@@ -206,6 +229,8 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
 
 
 def precision_markdown(report: dict) -> str:
+    """The precision report (one row per variant beside PyTorch's) as Markdown, from the dict export_run writes
+    to precision.json."""
     metric = report.get("metric", "rmse")  # a top-N model's scores are not ratings: recall@10
     label = "RMSE" if metric == "rmse" else metric
     lines = [f"# Precision report: {report['run']}", "",

@@ -6,15 +6,20 @@ import scipy.sparse as sp
 
 
 def clip(pred: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """Predictions clipped to the rating scale (lo, hi)."""
     return np.clip(pred, scale[0], scale[1])
 
 
 def rmse(pred: np.ndarray, truth: np.ndarray, scale: tuple[float, float] | None = None) -> float:
+    """Root mean squared error of `pred` against `truth` (1-D, same length), in rating units; predictions are
+    clipped to `scale` first when given."""
     pred = clip(pred, scale) if scale else pred
     return float(np.sqrt(np.mean((np.asarray(pred, np.float64) - truth) ** 2)))
 
 
 def mae(pred: np.ndarray, truth: np.ndarray, scale: tuple[float, float] | None = None) -> float:
+    """Mean absolute error of `pred` against `truth` (1-D, same length), in rating units; predictions are clipped
+    to `scale` first when given."""
     pred = clip(pred, scale) if scale else pred
     return float(np.mean(np.abs(np.asarray(pred, np.float64) - truth)))
 

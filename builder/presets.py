@@ -76,6 +76,7 @@ PRESETS["best"] = dict(blend=["glocal-k", "autorec-i"], val_fraction=0.05)
 
 
 def preset(name: str) -> dict:
+    """A copy of the named recipe's TrainConfig changes; KeyError naming the known presets otherwise."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dict(PRESETS[name])

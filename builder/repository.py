@@ -1,9 +1,14 @@
-"""Render a Triton model repository from exported runs: the one place that knows Triton's layout.
+"""Fill a Triton model repository from exported runs: the one place that knows Triton's layout.
 
 A repository serves a ranker (a top-N model: its scores order the list), a rater (a rating
 model: its predictions are the ratings shown), or both side by side on the same input vector.
+Every config starts from its committed template in model_repository/ (read and written as
+`model_config_pb2.ModelConfig` messages, never as text) and gets this build's values: the
+catalogue's size, the served networks, the tuning. The Python models' model.py is copied from
+there too, with the serving package vendored beside it, so the repository is self-contained.
 Each build adds a numbered version beside the ones already served; the whole repository is
-built in a temporary folder, validated, then swapped in, so a failure leaves the old one intact.
+built in a temporary folder, its configs parsed back, then swapped in, so a failure leaves the
+old one intact.
 """
 from __future__ import annotations
 
@@ -15,15 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
-from builder.export import INPUT, OUTPUT
 from builder.models import ITEM_BASED, TOP_N
-from server.backends.onnxruntime.session_options import SPINNING, THREADS  # the keys it reads back
+from serving import contract
+from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
+from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ROOT / "server" / "steps"
-ORT_BACKEND = ROOT / "server" / "backends" / "onnxruntime"   # session_options.py: the reader of these keys
-MAX_BATCH = 64
+TEMPLATES = ROOT / "model_repository"   # committed: config.pbtxt templates and the Python models
+SERVING = ROOT / "serving"              # vendored into every Python model's version folder
+# Where each config's template lives under TEMPLATES; the fused `recommend` keeps its own in a
+# folder Triton skips (its name is no version number).
+TEMPLATE = {"ranker": "ranker_onnx", "rater": "rater_onnx", "preprocess": "preprocess",
+            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend/fused"}
+MODEL_PY = {"preprocess": "preprocess/1/model.py", "postprocess": "postprocess/1/model.py",
+            "fused": "recommend/fused/model.py"}
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
 PIPELINES = ("ensemble", "fused")
@@ -73,139 +86,159 @@ class Tuning:
         return asdict(self)
 
 
-def _batching(delay_us: int, preferred=()) -> str:
-    pref = f" preferred_batch_size: [ {', '.join(map(str, preferred))} ]" if preferred else ""
-    return f"dynamic_batching {{{pref} max_queue_delay_microseconds: {delay_us} }}"
+# -- configs: template + this build's values --------------------------------------------------
+def template(kind: str) -> model_config_pb2.ModelConfig:
+    """The committed config.pbtxt for `kind` (a key of TEMPLATE), parsed. Raises RepositoryError
+    when it is missing or does not parse."""
+    path = TEMPLATES / TEMPLATE[kind] / "config.pbtxt"
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except (OSError, text_format.ParseError) as e:
+        raise RepositoryError(f"{path}: not a readable model config template ({e})") from e
 
 
-def network_config(name: str, n_items: int, max_batch: int = 256, tuning: Tuning | None = None) -> str:
-    """config.pbtxt for a network (ranker or rater): platform onnxruntime_onnx runs unchanged on NVIDIA's
-    container (native backend) and on the embedded server (our Python-based backend); both read
-    the thread count from the native backend's own parameter name."""
+def config_text(config: model_config_pb2.ModelConfig, kind: str) -> str:
+    """config.pbtxt's text: a config equal to its template is the template's own text, comments
+    included (so a build with the template's values leaves the committed file as it was)."""
+    path = TEMPLATES / TEMPLATE[kind] / "config.pbtxt"
+    if config == template(kind):
+        return path.read_text()
+    return text_format.MessageToString(config)
+
+
+def _tensor_dims(tensors, names, n_items: int) -> None:
+    for t in tensors:
+        if t.name in names:
+            t.dims[:] = [n_items]
+
+
+def _keep(repeated, keep) -> None:
+    """Remove the entries of a repeated field for which keep(entry) is false, in place."""
+    kept = [m for m in repeated if keep(m)]
+    del repeated[:]
+    repeated.extend(kept)
+
+
+def _schedule(config, delay_us: int, instances: int, preferred=()) -> None:
+    config.dynamic_batching.max_queue_delay_microseconds = delay_us
+    config.dynamic_batching.preferred_batch_size[:] = list(preferred)
+    config.instance_group[0].count = instances
+
+
+def _ort_parameters(config, t: Tuning) -> None:
+    """The native ONNX Runtime backend's parameter names; serving.session_options reads them."""
+    for key in (THREADS, SPINNING):
+        if key in config.parameters:
+            del config.parameters[key]
+    if t.ort_threads:
+        config.parameters[THREADS].string_value = str(t.ort_threads)
+    if not t.ort_spinning:
+        config.parameters[SPINNING].string_value = "0"
+
+
+def network_config_message(name: str, n_items: int, tuning: Tuning | None = None) -> model_config_pb2.ModelConfig:
+    """A network's config (ranker_onnx's template, rater_onnx's for a name starting "rater"):
+    `name`, input and output [n_items], the tuning's batching, instances and ORT parameters."""
     t = tuning or Tuning()
-    return f'''name: "{name}"
-platform: "onnxruntime_onnx"
-max_batch_size: {max_batch}
-input [ {{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
-output [ {{ name: "{OUTPUT}" data_type: TYPE_FP32 dims: [ {n_items} ] }} ]
-{_batching(t.network_queue_delay_us, t.preferred_batch_sizes)}
-instance_group [ {{ count: {t.network_instances} kind: KIND_CPU }} ]
-{_threads(t)}'''
+    config = template("rater" if name.startswith("rater") else "ranker")
+    config.name = name
+    _tensor_dims(config.input, {INPUT}, n_items)
+    _tensor_dims(config.output, {OUTPUT}, n_items)
+    _schedule(config, t.network_queue_delay_us, t.network_instances, t.preferred_batch_sizes)
+    _ort_parameters(config, t)
+    return config
 
 
-def _threads(t: Tuning) -> str:
-    return ((f'parameters {{ key: "{THREADS}" value: {{ string_value: "{t.ort_threads}" }} }}\n'
-             if t.ort_threads else "")
-            + (f'parameters {{ key: "{SPINNING}" value: {{ string_value: "0" }} }}\n' if not t.ort_spinning else ""))
+def network_config(name: str, n_items: int, tuning: Tuning | None = None) -> str:
+    """config.pbtxt text for a network: platform onnxruntime_onnx runs unchanged on NVIDIA's
+    container (native backend) and on the embedded server (our Python-based backend)."""
+    return text_format.MessageToString(network_config_message(name, n_items, tuning))
 
 
-def _python_step_config(name: str, inputs: list[str], outputs: list[str], tuning: Tuning | None) -> str:
-    """config.pbtxt of a Python-backend step; `inputs`/`outputs` are the tensor lines' bodies."""
+def preprocess_config(n_items: int, tuning: Tuning | None = None) -> model_config_pb2.ModelConfig:
     t = tuning or Tuning()
-    tensors = lambda lines: ",\n".join(f"  {{ {line} }}" for line in lines)  # noqa: E731
-    return f'''name: "{name}"
-backend: "python"
-max_batch_size: {MAX_BATCH}
-input [
-{tensors(inputs)}
-]
-output [
-{tensors(outputs)}
-]
-{_batching(t.step_queue_delay_us)}
-instance_group [ {{ count: {t.step_instances} kind: KIND_CPU }} ]
-'''
+    config = template("preprocess")
+    _tensor_dims(config.output, {contract.DENSE}, n_items)
+    _schedule(config, t.step_queue_delay_us, t.step_instances)
+    return config
 
 
-REQUEST_INPUTS = [
-    'name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true',
-    'name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true allow_ragged_batch: true',
-    'name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true allow_ragged_batch: true',
-    'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
-]
-# What postprocess answers; UNKNOWN_ITEMS comes from preprocess. PREDICTED_RATINGS only where
-# a rater is served: a ranker alone has no ratings to show. Every row is TOP_K long; a row
-# with fewer unrated items than TOP_K (a rated item is never recommended) has N_RECOMMENDED
-# real items, then padding: RECOMMENDED_IDS -1, SCORES and PREDICTED_RATINGS NaN, TITLES "".
-RANKED_OUTPUTS = [
-    'name: "RECOMMENDED_IDS" data_type: TYPE_INT64 dims: [ -1 ]',
-    'name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ]',
-    'name: "TITLES" data_type: TYPE_STRING dims: [ -1 ]',
-    'name: "N_RECOMMENDED" data_type: TYPE_INT32 dims: [ 1 ]',
-]
-RATINGS_OUTPUT = 'name: "PREDICTED_RATINGS" data_type: TYPE_FP32 dims: [ -1 ]'
-UNKNOWN_OUTPUT = 'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]'
+def _served_outputs(config, rater: bool) -> None:
+    """PREDICTED_RATINGS only where a rater is served: a ranker alone has no ratings to show."""
+    if not rater:
+        _keep(config.output, lambda o: o.name != contract.PREDICTED_RATINGS)
 
 
-def _ranked_outputs(rater: bool) -> list[str]:
-    return RANKED_OUTPUTS + ([RATINGS_OUTPUT] if rater else [])
-
-
-def fused_config(tuning: Tuning | None = None, rater: bool = True) -> str:
-    """The whole pipeline as one Python model, with the ensemble's inputs and outputs."""
-    return (_python_step_config("recommend", REQUEST_INPUTS, _ranked_outputs(rater) + [UNKNOWN_OUTPUT], tuning)
-            + _threads(tuning or Tuning()))
-
-
-def preprocess_config(n_items: int, tuning: Tuning | None = None) -> str:
-    return _python_step_config("preprocess", REQUEST_INPUTS, [
-        f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
-        'name: "TOP_K_OUT" data_type: TYPE_INT32 dims: [ 1 ]',
-        'name: "UNKNOWN_ITEMS" data_type: TYPE_INT32 dims: [ 1 ]',
-    ], tuning)
-
-
-def postprocess_config(n_items: int, tuning: Tuning | None = None, ranker: bool = False, rater: bool = True) -> str:
+def postprocess_config(n_items: int, tuning: Tuning | None = None, ranker: bool = False,
+                       rater: bool = True) -> model_config_pb2.ModelConfig:
     """Inputs: the served networks' outputs (RANKER_SCORES, RATER_PREDICTIONS), DENSE, TOP_K."""
-    nets = [f'name: "{name}" data_type: TYPE_FP32 dims: [ {n_items} ]'
-            for name, on in (("RANKER_SCORES", ranker), ("RATER_PREDICTIONS", rater)) if on]
-    return _python_step_config("postprocess", nets + [
-        f'name: "DENSE" data_type: TYPE_FP32 dims: [ {n_items} ]',
-        'name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true',
-    ], _ranked_outputs(rater), tuning)
+    t = tuning or Tuning()
+    config = template("postprocess")
+    absent = {name for name, on in ((contract.RANKER_SCORES, ranker), (contract.RATER_PREDICTIONS, rater)) if not on}
+    _keep(config.input, lambda i: i.name not in absent)
+    _tensor_dims(config.input, {contract.RANKER_SCORES, contract.RATER_PREDICTIONS, contract.DENSE}, n_items)
+    _served_outputs(config, rater)
+    _schedule(config, t.step_queue_delay_us, t.step_instances)
+    return config
 
 
-def ensemble_config(ranker: str | None, rater: str | None) -> str:
-    """preprocess -> ranker and rater, each on the same dense vector -> postprocess. The two
-    network steps depend on nothing but preprocess, so Triton runs them in parallel. The output
-    is RECOMMENDED_IDS, not ITEM_IDS: an ensemble tensor cannot be both an input and an output."""
-    def maps(kind, pairs):
-        return " ".join(f'{kind} {{ key: "{k}" value: "{v}" }}' for k, v in pairs)
-    pre_in = maps("input_map", [(n, n) for n in ("USER_ID", "ITEM_IDS", "RATINGS", "TOP_K")])
-    nets = [(network, tensor) for network, tensor in ((ranker, "RANKER_SCORES"), (rater, "RATER_PREDICTIONS"))
-            if network]
-    net_steps = "".join(f'''
-    {{ model_name: "{network}" model_version: -1 {maps("input_map", [(INPUT, "dense")])}
-      {maps("output_map", [(OUTPUT, tensor.lower())])} }},''' for network, tensor in nets)
-    outputs = ",\n".join(f"  {{ {line} }}" for line in _ranked_outputs(rater is not None) + [UNKNOWN_OUTPUT])
-    post_out = ["RECOMMENDED_IDS", "SCORES", "TITLES", "N_RECOMMENDED"] + (["PREDICTED_RATINGS"] if rater else [])
-    return f'''name: "recommend"
-platform: "ensemble"
-max_batch_size: {MAX_BATCH}
-input [
-  {{ name: "USER_ID" data_type: TYPE_INT64 dims: [ 1 ] optional: true }},
-  {{ name: "ITEM_IDS" data_type: TYPE_INT64 dims: [ -1 ] optional: true }},
-  {{ name: "RATINGS" data_type: TYPE_FP32 dims: [ -1 ] optional: true }},
-  {{ name: "TOP_K" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
-]
-output [
-{outputs}
-]
-ensemble_scheduling {{
-  step [
-    {{ model_name: "preprocess" model_version: -1 {pre_in}
-      {maps("output_map", [("DENSE", "dense"), ("TOP_K_OUT", "top_k"), ("UNKNOWN_ITEMS", "UNKNOWN_ITEMS")])}
-    }},{net_steps}
-    {{ model_name: "postprocess" model_version: -1
-      {maps("input_map", [(t, t.lower()) for _, t in nets] + [("DENSE", "dense"), ("TOP_K", "top_k")])}
-      {maps("output_map", [(n, n) for n in post_out])} }}
-  ]
-}}
-'''
+def ensemble_config(ranker: str | None, rater: str | None) -> model_config_pb2.ModelConfig:
+    """The template's ensemble with the served networks (`ranker`/`rater`: their model names, at
+    least one) in the network steps; an absent network's step, its postprocess input and (no
+    rater) PREDICTED_RATINGS dropped."""
+    config = template("ensemble")
+    served = {"ranker_onnx": ranker, "rater_onnx": rater}   # the template's step -> the served model
+    steps = config.ensemble_scheduling.step
+    _keep(steps, lambda s: served.get(s.model_name, s.model_name) is not None)
+    for step in steps:
+        step.model_name = served.get(step.model_name) or step.model_name
+    post = next(s for s in steps if s.model_name == "postprocess")
+    for tensor, on in ((contract.RANKER_SCORES, ranker), (contract.RATER_PREDICTIONS, rater)):
+        if not on:
+            del post.input_map[tensor]
+    if not rater:
+        del post.output_map[contract.PREDICTED_RATINGS]
+    _served_outputs(config, rater is not None)
+    return config
+
+
+def fused_config(tuning: Tuning | None = None, rater: bool = True) -> model_config_pb2.ModelConfig:
+    """The whole pipeline as one Python model, with the ensemble's inputs and outputs."""
+    t = tuning or Tuning()
+    config = template("fused")
+    _served_outputs(config, rater)
+    _schedule(config, t.step_queue_delay_us, t.step_instances)
+    _ort_parameters(config, t)
+    return config
+
+
+def _write_config(folder: Path, config: model_config_pb2.ModelConfig, kind: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.pbtxt").write_text(config_text(config, kind))
+
+
+# -- version folders ---------------------------------------------------------------------------
+def _versions(folder: Path) -> list[int]:
+    return [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
+
+
+def _next_version(folder: Path) -> int:
+    """One above the newest version a build filled. A version folder holding nothing but
+    model.py is the committed template's (model_repository/<step>/1/): the first build fills it."""
+    filled = [v for v in _versions(folder) if any(f.name != "model.py" for f in (folder / str(v)).iterdir())]
+    return max(filled, default=0) + 1
+
+
+def _python_model(vdir: Path, kind: str) -> None:
+    """The committed model.py of `kind` and the serving package it imports, into `vdir`."""
+    vdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(TEMPLATES / MODEL_PY[kind], vdir / "model.py")
+    shutil.rmtree(vdir / "serving", ignore_errors=True)
+    shutil.copytree(SERVING, vdir / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuning: Tuning | None = None) -> dict:
-    """Versioned preprocess/postprocess with their assets, and the `recommend` ensemble."""
+    """Versioned preprocess/postprocess with their assets, and `recommend`."""
     written = {}
     titles = np.array(dataset.titles, dtype=str)
     # "ranker"/"rater": which network outputs postprocess (and the fused model) receive.
@@ -218,54 +251,68 @@ def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuni
                                          "hist_data.npy": hist.data.astype(np.float32)}),
                         ("postprocess", {"item_ids.npy": dataset.item_ids, "titles.npy": titles})):
         folder = tmp / step
-        versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
-        vdir = folder / str(max(versions, default=0) + 1)
-        vdir.mkdir(parents=True)
-        shutil.copy2(STEPS / f"{step}.py", vdir / "model.py")
+        vdir = folder / str(_next_version(folder))
+        _python_model(vdir, step)
         for name, arr in files.items():
             np.save(vdir / name, arr, allow_pickle=False)  # plain arrays only: safe to load
         (vdir / "assets.json").write_text(assets)
         written[step] = int(vdir.name)
-    shutil.copy2(ROOT / "builder" / "ranking.py", tmp / "postprocess" / str(written["postprocess"]) / "ranking.py")
-    (tmp / "preprocess" / "config.pbtxt").write_text(preprocess_config(dataset.n_items, tuning))
-    (tmp / "postprocess" / "config.pbtxt").write_text(
-        postprocess_config(dataset.n_items, tuning, ranker is not None, rater is not None))
+    _write_config(tmp / "preprocess", preprocess_config(dataset.n_items, tuning), "preprocess")
+    _write_config(tmp / "postprocess", postprocess_config(dataset.n_items, tuning, ranker is not None,
+                                                          rater is not None), "postprocess")
     written["recommend"] = write_recommend(tmp, ranker, rater, tuning)
     return written
 
 
 def _latest(folder: Path) -> Path:
-    return folder / str(max(int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()))
+    return folder / str(max(_versions(folder)))
 
 
 def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: Tuning | None = None) -> int:
     """The `recommend` model clients call, as the tuning's pipeline says; returns its version.
     `ranker`/`rater`: the served networks' names (at least one). Fused: a new version folder
-    holding the steps' code and assets and the networks' ONNX files (ranker.onnx, rater.onnx),
-    copied from their newest versions, so both pipelines serve exactly the same models."""
+    holding the fused model.py, the serving package, the steps' assets and the networks' ONNX
+    files (ranker.onnx, rater.onnx), copied from their newest versions, so both pipelines serve
+    exactly the same models."""
     t, folder = tuning or Tuning(), Path(repo) / "recommend"
-    versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
+    versions = _versions(folder)
     if t.pipeline == "ensemble":
         version = max(versions, default=1)
         (folder / str(version)).mkdir(parents=True, exist_ok=True)
-        (folder / "config.pbtxt").write_text(ensemble_config(ranker, rater))
+        _write_config(folder, ensemble_config(ranker, rater), "ensemble")
         return version
     version = max(versions, default=0) + 1
     vdir = folder / str(version)
-    vdir.mkdir(parents=True)
     for step in ("preprocess", "postprocess"):
+        vdir.mkdir(parents=True, exist_ok=True)
         for f in _latest(Path(repo) / step).iterdir():
             if f.is_file() and f.name != "model.py":
                 shutil.copy2(f, vdir / f.name)
-        shutil.copy2(STEPS / f"{step}.py", vdir / f"{step}.py")
-    shutil.copy2(STEPS / "fused.py", vdir / "model.py")
-    shutil.copy2(STEPS / "ranking_graph.py", vdir / "ranking_graph.py")
-    shutil.copy2(ORT_BACKEND / "session_options.py", vdir / "session_options.py")
+    _python_model(vdir, "fused")
     for role, network in (("ranker", ranker), ("rater", rater)):
         if network:
             shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / f"{role}.onnx")
-    (folder / "config.pbtxt").write_text(fused_config(t, rater is not None))
+    _write_config(folder, fused_config(t, rater is not None), "fused")
     return version
+
+
+def check_configs(repo: Path) -> None:
+    """Parse every model's config.pbtxt back and check what Triton would refuse at load time: a
+    name other than its folder's, an ensemble step naming a model the repository lacks. Raises
+    RepositoryError naming the file."""
+    repo = Path(repo)
+    models = {p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file()}
+    for name in sorted(models):
+        path = repo / name / "config.pbtxt"
+        try:
+            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        except text_format.ParseError as e:
+            raise RepositoryError(f"{path}: does not parse as a model config ({e})") from e
+        if config.name != name:
+            raise RepositoryError(f"{path}: names model {config.name!r}, but its folder is {name!r}")
+        missing = [s.model_name for s in config.ensemble_scheduling.step if s.model_name not in models]
+        if missing:
+            raise RepositoryError(f"{path}: ensemble steps {missing} have no model in {repo}")
 
 
 def _validate_network(path: Path, n_items: int) -> None:
@@ -392,12 +439,11 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
             for variant in part.variants:
                 name = f"{part.role}_{variant}"
                 folder = tmp / name
-                versions = [int(p.name) for p in folder.glob("*") if p.is_dir() and p.name.isdigit()]
-                version = max(versions, default=0) + 1
+                version = _next_version(folder)
                 (folder / str(version)).mkdir(parents=True)
                 shutil.copy2(part.run / "export" / VARIANTS[variant], folder / str(version) / "model.onnx")
                 _validate_network(folder / str(version) / "model.onnx", n_items)
-                (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
+                _write_config(folder, network_config_message(name, n_items, tuning), part.role)
                 written[name], networks[name] = version, n_items
         served = {"ranker": None, "rater": None}
         if dataset is not None:  # an item-based run alone: its networks only, nothing recommends
@@ -412,6 +458,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                     "standalone_networks": old.get("standalone_networks", {}),
                     **served, "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
+        check_configs(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -433,7 +480,7 @@ def add_network(repo: Path, name: str, onnx_path: Path, n_items: int, tuning: Tu
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(onnx_path, folder / "1" / "model.onnx")
     _validate_network(folder / "1" / "model.onnx", n_items)
-    (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
+    (folder / "config.pbtxt").write_text(network_config(name, n_items, tuning))
     manifest_path = Path(repo) / "aerec_repository.json"
     manifest = json.loads(manifest_path.read_text())
     manifest.setdefault("standalone_networks", {})[name] = n_items
@@ -445,12 +492,13 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
     repo = Path(repo)
     manifest = json.loads((repo / "aerec_repository.json").read_text())
     for name, n_items in manifest.get("networks", {}).items():
-        (repo / name / "config.pbtxt").write_text(network_config(name, n_items, tuning=tuning))
+        _write_config(repo / name, network_config_message(name, n_items, tuning),
+                      "rater" if name.startswith("rater") else "ranker")
     ranker, rater = manifest.get("ranker"), manifest.get("rater")
     if ranker or rater:
-        (repo / "preprocess" / "config.pbtxt").write_text(preprocess_config(manifest["n_items"], tuning))
-        (repo / "postprocess" / "config.pbtxt").write_text(
-            postprocess_config(manifest["n_items"], tuning, ranker is not None, rater is not None))
+        _write_config(repo / "preprocess", preprocess_config(manifest["n_items"], tuning), "preprocess")
+        _write_config(repo / "postprocess", postprocess_config(manifest["n_items"], tuning, ranker is not None,
+                                                               rater is not None), "postprocess")
         manifest.setdefault("models", {})["recommend"] = write_recommend(repo, ranker, rater, tuning)
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))

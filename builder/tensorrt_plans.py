@@ -32,7 +32,11 @@ def tensorrt_unavailable() -> str | None:
 def build_plan(onnx_path: Path, plan_path: Path, precision: str, n_inputs: int,
                min_batch: int = 1, opt_batch: int = 64, max_batch: int = 256,
                timing_cache: Path | None = None) -> dict:
-    """Build one serialized engine; returns the metadata saved beside it."""
+    """Build one serialized engine from `onnx_path` ([batch, n_inputs] float32 input, batches
+    min_batch..max_batch, tuned for opt_batch) to `plan_path`; returns the metadata saved beside
+    it (plan_path with .json). Raises RuntimeError when TensorRT cannot parse or build the graph.
+    Uses TensorRT 10's strongly typed networks for int8 (NVIDIA's TensorRT developer guide,
+    "Explicit Quantization")."""
     import tensorrt as trt
     import torch
 
@@ -81,7 +85,9 @@ def compare_with_onnxruntime(onnx_path: Path, plan_path: Path) -> bool:
 
 
 def build_plans(export_dir: Path, precisions, n_inputs: int, **profile) -> list[dict]:
-    """Plans for every exported precision, sharing one timing cache."""
+    """Plans for every exported precision (model_<p>.plan beside model_<p>.onnx in `export_dir`),
+    sharing one timing cache; each plan's metadata says whether it matches ONNX Runtime. Raises
+    RuntimeError with tensorrt_unavailable()'s reason where plans cannot be built."""
     reason = tensorrt_unavailable()
     if reason:
         raise RuntimeError(reason)
@@ -94,3 +100,16 @@ def build_plans(export_dir: Path, precisions, n_inputs: int, **profile) -> list[
         meta["matches_onnxruntime"] = compare_with_onnxruntime(onnx_path, export_dir / f"model_{p}.plan")
         out.append(meta)
     return out
+
+
+def build_export_plans(export_dir: Path, precisions) -> list[str]:
+    """`aerec export --tensorrt`: plans for an export folder export_run wrote (its
+    export_config.json gives the input width), as one line per plan; where plans cannot be
+    built here, the one line that says why (nothing is raised)."""
+    reason = tensorrt_unavailable()
+    if reason:
+        return [reason]
+    n_inputs = json.loads((Path(export_dir) / "export_config.json").read_text())["n_inputs"]
+    return [f"plan {meta['precision']}: TensorRT {meta['tensorrt']} on {meta['gpu']}, "
+            f"matches ONNX Runtime: {meta['matches_onnxruntime']}"
+            for meta in build_plans(export_dir, precisions, n_inputs)]

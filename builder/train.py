@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import json
 import logging
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from builder.checkpoint import Checkpoint, restore
@@ -37,6 +35,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
+    """A trained model with its config, test metrics (see builder.evaluate.evaluate_model, plus best_epoch,
+    val_rmse, train_seconds ...) and per-epoch history."""
     model: torch.nn.Module
     config: TrainConfig
     metrics: dict
@@ -44,12 +44,16 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda when a GPU is visible, else cpu; any other name as torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
 def make_model(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
+    """An untrained model of `config.model` for input vectors of width `n_inputs` (items for user-based models,
+    users for item-based); `n_rows` only for full-matrix models (GLocal-K). Raises ValueError for an unknown
+    model."""
     if config.model in TOP_N:
         return topn.make_top_n_model(config, n_inputs)
     return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
@@ -60,7 +64,8 @@ def make_model(config: TrainConfig, n_inputs: int, n_rows: int | None = None) ->
                        gk_size=config.gk_size, dot_scale=config.dot_scale)
 
 
-def _optimizer(config: TrainConfig, params):
+def make_optimizer(config: TrainConfig, params):
+    """The optimiser `config.optimizer` names (adam, sgd, rmsprop) over `params`; ValueError otherwise."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
@@ -116,6 +121,9 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
 
 def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng, gen, device,
               soft: torch.Tensor | None = None) -> float:
+    """One pass over the non-empty rows of `matrix` (CSR, rows are the model's input vectors) in a shuffled
+    order, minibatches of config.batch_size; returns the epoch's masked MSE, weighted by each batch's observed
+    ratings."""
     rows = np.flatnonzero(np.diff(matrix.indptr) > 0)
     rng.shuffle(rows)
     losses, weights = [], []
@@ -168,7 +176,7 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     device = pick_device(config.device)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     model = make_model(config, matrix.shape[1]).to(device)
-    optimizer = _optimizer(config, model.parameters())
+    optimizer = make_optimizer(config, model.parameters())
     sched = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_epochs, config.lr_decay)
              if config.lr_decay_epochs else None)
     first, history, best, spent = _resume(ckpt, phase, model, optimizer=optimizer, sched=sched, rng=rng, gen=gen)
@@ -359,83 +367,3 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     metrics.update(best_epoch=best["epoch"], val_rmse=best["val_rmse"], train_seconds=round(seconds, 2),
                    seconds_to_best=round(best.get("seconds", seconds), 2), epochs_run=len(history))
     return TrainResult(model, config, metrics, history)
-
-
-# ---- run folders ---------------------------------------------------------------------------
-
-def code_version() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def save_run(result: TrainResult, dataset: Dataset, out: Path) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-    save_file(state, str(out / "weights.safetensors"))  # no pickle: weights a user can swap are safe to load
-    result.config.save(out / "config.json", dataset=dataset.summary(), code_version=code_version(),
-                       n_inputs=int(orient(dataset.train, result.config).shape[1]),
-                       n_rows=int(orient(dataset.train, result.config).shape[0]))
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    (out / "history.json").write_text(json.dumps(result.history, indent=2))
-    plot_curve(result.history, out / "curve.png", result.config.model)
-    return out
-
-
-def load_run(run_dir: Path, device="cpu") -> tuple[TrainConfig, torch.nn.Module]:
-    run_dir = Path(run_dir)
-    cfg_path, w_path = run_dir / "config.json", run_dir / "weights.safetensors"
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: is {run_dir} a run folder made by `aerec train`?")
-    config = TrainConfig.load(cfg_path)
-    saved = json.loads(cfg_path.read_text())
-    model = make_model(config, saved["n_inputs"], saved.get("n_rows"))
-    try:
-        state = load_file(str(w_path), device=str(device))
-        model.load_state_dict(state)
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise ValueError(f"{w_path}: cannot load weights ({e})") from None
-    return config, model.to(device).eval()
-
-
-def plot_curve(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ep = [h["epoch"] for h in history]
-    if history and "train_rmse" not in history[0]:  # a top-N run: loss and validation ranking
-        _plot_top_n_curve(ax, ep, history)
-        ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return
-    ax.plot(ep, [h["train_rmse"] for h in history], label="train (masked) RMSE")
-    if history and "val_rmse" in history[0]:
-        ax.plot(ep, [h["val_rmse"] for h in history], label="validation RMSE")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("RMSE")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_top_n_curve(ax, ep: list, history: list[dict]) -> None:
-    """Training loss (left axis) and validation NDCG@100 / recall@10 (right axis) per epoch."""
-    ax.plot(ep, [h["train_loss"] for h in history], label="train loss", color="tab:blue")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("multinomial NLL (+ beta KL)")
-    right = ax.twinx()
-    for key, color in (("val_ndcg@100", "tab:orange"), ("val_recall@10", "tab:green")):
-        if key in history[0]:
-            right.plot(ep, [h[key] for h in history], label=key, color=color)
-    right.set_ylabel("validation")
-    ax.legend(loc="upper left")
-    right.legend(loc="lower right")

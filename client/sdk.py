@@ -23,11 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.admin import admin_headers
+from serving.contract import (ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PREDICTED_RATINGS, RATINGS,
+                              RECOMMENDED_IDS, SCORES, TITLES, TOP_K, UNKNOWN_ITEMS, USER_ID, admin_headers)
 
-MODEL = "recommend"
-MAX_ROWS = 64   # users per request: the served model's max_batch_size
-PAD_ITEM = -1   # fills a shorter rating list in a several-user request; the server drops it
+PAD_ITEM = PAD   # fills a shorter rating list in a several-user request; the server drops it
 # Substrings of errors that say "try again later", never "your request is wrong".
 TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "Connection refused", "connection reset",
              "Broken pipe", "failed to connect", "Socket closed", "Server is stopping", "timed out",
@@ -133,15 +132,15 @@ class RecommenderClient:
         """Rows of users and/or rating dicts as one request's tensors; rating lists shorter than
         the longest are padded with item -1, rating 0 (the server drops such entries)."""
         rows = len(user_ids if user_ids is not None else ratings)
-        arrays = {"TOP_K": (np.full((rows, 1), k, np.int32), "INT32")}
+        arrays = {TOP_K: (np.full((rows, 1), k, np.int32), "INT32")}
         if user_ids is not None:
-            arrays["USER_ID"] = (np.array(user_ids, np.int64).reshape(rows, 1), "INT64")
+            arrays[USER_ID] = (np.array(user_ids, np.int64).reshape(rows, 1), "INT64")
         if ratings is not None:
             width = max(1, max(len(r) for r in ratings))
             items, values = np.full((rows, width), PAD_ITEM, np.int64), np.zeros((rows, width), np.float32)
             for row, r in enumerate(ratings):
                 items[row, :len(r)], values[row, :len(r)] = list(r), list(r.values())
-            arrays["ITEM_IDS"], arrays["RATINGS"] = (items, "INT64"), (values, "FP32")
+            arrays[ITEM_IDS], arrays[RATINGS] = (items, "INT64"), (values, "FP32")
         inputs = []
         for name, (arr, dtype) in arrays.items():
             t = self._mod.InferInput(name, list(arr.shape), dtype)
@@ -152,10 +151,10 @@ class RecommenderClient:
     @staticmethod
     def _parse_rows(result, k: int) -> list[Recommendation]:
         """Every row of a result, padding (id -1) trimmed."""
-        ids, scores = result.as_numpy("RECOMMENDED_IDS"), result.as_numpy("SCORES")
-        titles, unknown = result.as_numpy("TITLES"), result.as_numpy("UNKNOWN_ITEMS")
-        ratings = result.as_numpy("PREDICTED_RATINGS")  # None: the server serves no rating model
-        counts = result.as_numpy("N_RECOMMENDED")
+        ids, scores = result.as_numpy(RECOMMENDED_IDS), result.as_numpy(SCORES)
+        titles, unknown = result.as_numpy(TITLES), result.as_numpy(UNKNOWN_ITEMS)
+        ratings = result.as_numpy(PREDICTED_RATINGS)  # None: the server serves no rating model
+        counts = result.as_numpy(N_RECOMMENDED)
         out = []
         for row in range(ids.shape[0]):
             n = int(counts[row, 0]) if counts is not None else int((ids[row] >= 0).sum())

@@ -31,7 +31,7 @@ CLIENT_THREADS = 4
 
 
 class PerfAnalyzerMissing(RuntimeError):
-    pass
+    """perf_analyzer cannot run here; the message says what to install."""
 
 
 class PerfAnalyzerTimeout(RuntimeError):
@@ -81,6 +81,7 @@ def _lib_dir() -> Path:
 
 
 def environment() -> dict:
+    """The environment perf_analyzer runs in (its bundled libraries on LD_LIBRARY_PATH)."""
     env = dict(os.environ)
     lib = _lib_dir()
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), env.get("LD_LIBRARY_PATH")]))
@@ -100,6 +101,8 @@ def check() -> str:
 
 @dataclass
 class PerfRun:
+    """One perf_analyzer call: its rows (throughput per second, latencies in ms, one per concurrency), the
+    command line and the CPU share stolen by the host during it."""
     command: list[str]
     rows: list[dict]       # one per concurrency (or request rate), from perf_analyzer's CSV
     output: str

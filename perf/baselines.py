@@ -18,6 +18,8 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+from builder.export import ort_session
+
 
 def _rate(fn, n_items: int, min_seconds: float) -> float:
     """Calls fn() (which processes n_items users) until min_seconds pass; users per second."""
@@ -52,13 +54,6 @@ def torch_batched(models, x: np.ndarray, batch: int = 64, seconds: float = 1.0) 
     """Users per second, `batch` users per forward of each model."""
     xb, models = torch.from_numpy(tile(x, batch)), _all(models)
     return _rate(lambda: [m(xb) for m in models], batch, seconds)
-
-
-def ort_session(path, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def ort_batched(sessions, x: np.ndarray, batch: int = 64, seconds: float = 1.0) -> float:
@@ -133,7 +128,7 @@ def gemm_peak_gflops(n: int = 2048, seconds: float = 2.0) -> float:
                               [helper.make_tensor_value_info("C", TensorProto.FLOAT, [n, n])],
                               [numpy_helper.from_array(b.numpy(), "B")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort_session(model)
     feed = {"A": a.numpy()}
     ort_rate = _rate(lambda: session.run(None, feed), 1, seconds / 2)
     return max(torch_rate, ort_rate) * per_call / 1e9

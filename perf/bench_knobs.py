@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from builder.data.sources import load_dataset
+from builder.export import ort_session
 from builder.repository import Tuning, write_repository
-from builder.train import load_run
+from builder.runs import load_run
 from perf import baselines, inputs
-from perf.harness import Plan, _ensure_run, _tune
+from perf.harness import Plan, ensure_runs, tune
 from server.launcher import ROOT, TritonServer
 
 CONFIGS = {
@@ -38,7 +39,7 @@ CONFIGS = {
 
 def one_user_latency(onnx_path: Path, x: np.ndarray, threads: int, n: int = 1000) -> float:
     """Median microseconds of one single-user forward."""
-    return baselines.median_latency_us(baselines.ort_session(onnx_path, threads), x[:1], n)
+    return baselines.median_latency_us(ort_session(onnx_path, threads), x[:1], n)
 
 
 def supervisor_ticks(server: TritonServer, n: int = 100) -> dict:
@@ -53,10 +54,11 @@ def supervisor_ticks(server: TritonServer, n: int = 100) -> dict:
 
 
 def main() -> None:
+    """`make bench-knobs`: what the module docstring lists, printed as a table."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    run_dir = _ensure_run(None)
+    run_dir = ensure_runs(None, None)[1]  # the deeprec rating model
     config, _ = load_run(run_dir)
     dataset = load_dataset(config.data, config.split, config.seed)
     users = inputs.held_out_users(dataset.test, dataset.train, 64)
@@ -78,7 +80,7 @@ def main() -> None:
                 print(f"stub supervisor tick, {label}: {ms:.2f} ms")
         plan = Plan.quick()
         plan.tunings = list(CONFIGS.values()) * args.rounds
-        trials = _tune(factory, repo, data, plan, out)["trials"]
+        trials = tune(factory, repo, data, plan, out)["trials"]
     labels = {str(Tuning(**c).to_dict()): name for name, c in CONFIGS.items()}
     print(f"\n{'configuration':32s} {'c=16 req/s':>10s} {'64/req users/s':>15s} {'c=1 req/s':>10s} "
           f"{'c=1 p50 ms':>10s} {'c=1 p99 ms':>10s}  steal (c=16 / 64 / c=1)")

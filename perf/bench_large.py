@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from builder.export import ort_session
 from builder.repository import Tuning, add_network, network_config
 from perf import analyzer, baselines, inputs
-from perf.harness import LARGE_ITEMS, _large_models
-from server.admin import ADMIN_HEADER
+from perf.harness import LARGE_ITEMS, large_models
+from serving.contract import ADMIN_HEADER
 from server.launcher import ROOT, TritonServer
 
 NAME = "large_w1024"
@@ -39,11 +40,10 @@ SERVED = {  # label: (tuning, concurrency)
 def layer_profile(onnx_path: Path, x: np.ndarray, runs: int = 50) -> dict[str, float]:
     """Median microseconds of each node in one 64-user forward (two threads)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
     opts.enable_profiling = True
     # ORT writes its profile into the working directory unless told otherwise
     opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort_profile")
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(onnx_path, threads=2, options=opts)
     name = session.get_inputs()[0].name
     for _ in range(runs):
         session.run(None, {name: x})
@@ -59,7 +59,7 @@ def layer_profile(onnx_path: Path, x: np.ndarray, runs: int = 50) -> dict[str, f
 
 def concurrent_sessions(onnx_path: Path, x: np.ndarray, sessions: int, threads: int, seconds: float = 3.0) -> float:
     """Users/s of `sessions` sessions of `threads` threads each, run at once on the same batch."""
-    made = [baselines.ort_session(onnx_path, threads) for _ in range(sessions)]
+    made = [ort_session(onnx_path, threads) for _ in range(sessions)]
     counts, stop = [0] * sessions, time.perf_counter() + seconds
 
     def go(i):
@@ -78,12 +78,13 @@ def concurrent_sessions(onnx_path: Path, x: np.ndarray, sessions: int, threads: 
 
 
 def main() -> None:
+    """`make bench-large`: what the module docstring lists, printed."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        model = _large_models(out / "models")[NAME]
+        model = large_models(out / "models")[NAME]
         flops = baselines.flops_per_user(model["onnx"])
         x64 = baselines.tile(model["x"], 64)
         print(f"{NAME}: {flops / 1e6:.1f} MFLOP per user; one 64-user forward, two threads, ORT's profile:")

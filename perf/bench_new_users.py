@@ -35,11 +35,15 @@ TARGET_RECALL = 0.40  # recall@10 of the served ranker for people it never train
 
 
 def rows_only(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """`matrix` with only `rows` kept (every other row emptied), same shape."""
     keep = sp.diags(np.isin(np.arange(matrix.shape[0]), rows).astype(np.float32))
     return (keep @ matrix).tocsr()
 
 
 def new_user_rmse(name: str, ds, new_users: np.ndarray) -> dict:
+    """Preset `name` trained without `new_users`, then scored on them from their training ratings
+    (folded in, no retraining): test RMSE in rating units beside known users' (a top-N preset:
+    new_user_ranking's recall and NDCG)."""
     config = TrainConfig().updated(**preset(name))
     if config.model in TOP_N:
         return new_user_ranking(name, config, ds, new_users)
@@ -74,6 +78,7 @@ def new_user_ranking(name: str, config: TrainConfig, ds, new_users: np.ndarray) 
 
 
 def main() -> None:
+    """`make bench-new-users`: accuracy on users never trained on, against known users."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--share", type=float, default=0.2, help="share of u1's test users left out")
     parser.add_argument("--presets", default=",".join(USER_BASED_PRESETS + TOP_N_PRESETS))

@@ -17,14 +17,16 @@ import torch
 from builder.config import TrainConfig
 from builder.data.synthetic import synthetic_ratings
 from builder.presets import preset
-from builder.train import _optimizer, make_model, run_epoch
+from builder.train import make_optimizer, make_model, run_epoch
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB (getrusage)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def main() -> None:
+    """`make bench-scale`: seconds per epoch and peak memory on synthetic Netflix-sized data."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=48_000)
     ap.add_argument("--items", type=int, default=17_770)
@@ -39,7 +41,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = make_model(config, args.items).to(device)
-    opt = _optimizer(config, model.parameters())
+    opt = make_optimizer(config, model.parameters())
     t = time.perf_counter()
     gen = torch.Generator(device=device).manual_seed(0)
     loss = run_epoch(model, opt, matrix, config, np.random.default_rng(0), gen, device)

@@ -22,21 +22,30 @@ import torch
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.data.synthetic import synthetic_ratings
-from builder.export import export_onnx_fp32
+from builder.export import export_onnx_fp32, ort_session
 from builder.repository import Tuning, add_network, apply_tuning, write_repository
-from builder.train import load_run, make_model
+from builder.runs import load_run
+from builder.train import make_model
 from perf import analyzer, baselines, inputs, load
 from perf.report import write_report
 from perf.soak import soak
 from perf.steal import measured, quietest, wait_quiet
-from server.admin import ADMIN_HEADER
+from serving.contract import ADMIN_HEADER
 from server.launcher import ROOT, TritonServer, free_port
 
-_STARTED = time.perf_counter()
 
+@dataclass
+class Clock:
+    """A run's clock: progress lines on stderr stamped with the seconds since it began."""
+    started: float = field(default_factory=time.perf_counter)
 
-def _say(msg: str) -> None:
-    print(f"[perf {time.perf_counter() - _STARTED:5.0f} s] {msg}", file=sys.stderr, flush=True)
+    def seconds(self) -> float:
+        """Seconds since the run began."""
+        return time.perf_counter() - self.started
+
+    def say(self, msg: str) -> None:
+        """One progress line on stderr: `[perf   12 s] msg`."""
+        print(f"[perf {self.seconds():5.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
 RESULTS = ROOT / "perf" / "results"
@@ -72,6 +81,7 @@ class Plan:
 
     @classmethod
     def quick(cls) -> "Plan":
+        """`make perf`: a few minutes on 2 cores; four tuning candidates."""
         return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, http_concurrency=[1, 64], tunings=[
             {},
             # One Python model for the three steps, two instances of it, one ORT thread each.
@@ -89,6 +99,7 @@ class Plan:
 
     @classmethod
     def full(cls) -> "Plan":
+        """`make perf-full`: every knob on a grid, every batch size and concurrency (hours)."""
         grid = [{"network_instances": ni, "ort_threads": th, "step_instances": si, "network_queue_delay_us": d,
                  "step_queue_delay_us": d}
                 for ni, th in ((1, 0), (2, 1)) for si in (1, 2) for d in (0, 100, 1000)]
@@ -105,7 +116,8 @@ class Plan:
 def _trained(name: str, run_dir: Path, precisions: list[str]) -> Path:
     """`run_dir` trained from preset `name` (retrained when the preset changed since) and exported."""
     from builder.presets import preset
-    from builder.train import save_run, train
+    from builder.runs import save_run
+    from builder.train import train
     config = TrainConfig().updated(**preset(name))
     if not (run_dir / "weights.safetensors").is_file() or TrainConfig.load(run_dir / "config.json") != config:
         shutil.rmtree(run_dir / "export", ignore_errors=True)
@@ -121,7 +133,7 @@ def _exported(run_dir: Path, precisions: list[str]) -> Path:
     return run_dir
 
 
-def _ensure_runs(run_dir: Path | None, rating_run: Path | None) -> tuple[Path | None, Path | None]:
+def ensure_runs(run_dir: Path | None, rating_run: Path | None) -> tuple[Path | None, Path | None]:
     """(ranker, rater) run folders to serve, as `aerec repository` takes them. With no run given:
     the `ease` ranker beside the `deeprec` rater, each trained once and cached under runs/. A
     given run is served alone unless `rating_run` is given too; a rating run alone is the rater."""
@@ -135,7 +147,7 @@ def _ensure_runs(run_dir: Path | None, rating_run: Path | None) -> tuple[Path | 
     return (_exported(Path(run_dir), ["fp32"]), None) if ranker else (None, _exported(Path(run_dir), ["fp32", "int8"]))
 
 
-def _large_models(folder: Path) -> dict[str, dict]:
+def large_models(folder: Path) -> dict[str, dict]:
     """Synthetic 17,770-item autoencoders (untrained weights: cost does not depend on values)
     and real-looking inputs for them from the synthetic generator's users."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -192,7 +204,7 @@ def _naive(runs: list[Path], requests, plan: Plan, server: TritonServer) -> dict
     return {"naive": naive, "triton_http_json": served}
 
 
-def _ensemble_rows(server, data, plan, out, ceiling=None) -> dict:
+def ensemble_rows(server, data, plan, out, clock: Clock, ceiling=None) -> dict:
     """One perf_analyzer call per concurrency (powers of two are not an arithmetic range).
     `ceiling()` (ONNX Runtime in-process on the same users) is read right before and right after
     the 64-users-per-request sweep, so their ratio compares two readings of the same minute."""
@@ -205,7 +217,7 @@ def _ensemble_rows(server, data, plan, out, ceiling=None) -> dict:
                 r = analyzer.run("recommend", url, proto, data["ratings"], out / f"recommend_{proto}_c{c}.csv",
                                  concurrency=str(c), interval_ms=plan.interval_ms, timeout_s=plan.point_timeout_s)
             except analyzer.PerfAnalyzerTimeout as e:  # one point lost, not the whole run
-                _say(f"dropped {proto} c={c}: {str(e).split(':')[0]}")
+                clock.say(f"dropped {proto} c={c}: {str(e).split(':')[0]}")
                 dropped.append({"concurrency": c, "error": str(e)})
                 continue
             rows += r.rows
@@ -223,12 +235,17 @@ def _ensemble_rows(server, data, plan, out, ceiling=None) -> dict:
     return res
 
 
-def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict:
+def tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path, clock: Clock | None = None) -> dict:
     """A small Model-Analyzer-style search: each candidate rewrites the configs, restarts the
     server and measures `recommend` over gRPC three ways: one user per request at concurrency
     16, 64 users per request at concurrency 4, and one user at a time (concurrency 1, whose
     throughput is 1 / mean latency). The score is the geometric mean of the three: no traffic
-    shape, and not the lone user's latency, may be sacrificed to the others."""
+    shape, and not the lone user's latency, may be sacrificed to the others.
+
+    Returns {"trials", "best" (best_trial's pick), "default" (the first trial: the "before"),
+    "p99_budget_ms"}; the repository is left with the best trial's configs. Raises
+    analyzer.PerfAnalyzerTimeout when the default trial cannot be measured."""
+    clock = clock or Clock()
     trials = []
     for i, change in enumerate(plan.tunings):
         tuning = Tuning(**change)
@@ -245,7 +262,7 @@ def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict
                 r1 = analyzer.run("recommend", server.grpc_url, "grpc", data["ratings"], out / f"tune_{i}_c1.csv",
                                   concurrency="1", interval_ms=plan.interval_ms, timeout_s=limit)
             except analyzer.PerfAnalyzerTimeout as e:
-                _say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'} dropped: {str(e).split(':')[0]}")
+                clock.say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'} dropped: {str(e).split(':')[0]}")
                 if i == 0:
                     raise  # the default is the "before" every gain is measured against
                 continue
@@ -257,7 +274,7 @@ def _tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path) -> dict
                        "score": (row["throughput"] * batched * single["throughput"]) ** (1 / 3),
                        "command": r.command, "command_batched": rb.command, "command_c1": r1.command,
                        "server_time": server_time})
-        _say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'}: {row['throughput']:.0f} req/s, "
+        clock.say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'}: {row['throughput']:.0f} req/s, "
              f"{batched:.0f} users/s at 64 per request, {single['throughput']:.0f} req/s at c=1 "
              f"(p99 {single['p99_ms']:.2f} ms)")
     best = best_trial(trials, plan.p99_budget_ms)
@@ -272,7 +289,7 @@ def best_trial(trials: list[dict], p99_budget_ms: float | None) -> dict:
     return max(within or trials, key=lambda t: t["score"])
 
 
-def _paired_roof(server: TritonServer, name: str, data_path: Path, flops: int, plan: Plan, out: Path,
+def paired_roof(server: TritonServer, name: str, data_path: Path, flops: int, plan: Plan, out: Path,
                  reps: int = 3) -> dict:
     """The large model served at -b 64 (tensors in system shared memory, concurrency 1) between
     two readings of the GEMM roof, `reps` times. Each window's fraction uses the higher of its
@@ -297,7 +314,7 @@ def _paired_roof(server: TritonServer, name: str, data_path: Path, flops: int, p
             "windows": windows, "fraction": statistics.median(w["fraction"] for w in windows)}
 
 
-def _c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: dict, extra: int = 2,
+def c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: dict, extra: int = 2,
                 quiet: float = 0.01) -> list[dict]:
     """The lone user's latency (`recommend`, gRPC, concurrency 1), measured again (up to `extra`
     more windows) until a window sees less than `quiet` of its CPU time stolen: a few ms taken by
@@ -319,22 +336,43 @@ def _c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: 
     return [{k: w[k] for k in ("throughput", "p50_ms", "p99_ms", "steal", "waited_s")} for w in windows]
 
 
-def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path = RESULTS,
-             n_users: int = 64, p99_budget_ms: float | None = 2.0, rating_run: Path | None = None) -> Path:
-    """Build the repository `aerec repository RUN_DIR [--rating-model RATING_RUN]` would (by
-    default the `ease` ranker beside the `deeprec` rater), measure it and every baseline, tune it,
-    and write report.md, summary.json and results.json under `results_root`/<stamp>/; returns
-    that folder. Raises PerfAnalyzerMissing when perf_analyzer cannot run."""
-    plan = Plan.full() if full else Plan.quick()
-    plan.p99_budget_ms = p99_budget_ms
-    analyzer.check()  # fail first, and clearly, if perf_analyzer cannot run
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = results_root / stamp
-    out.mkdir(parents=True)
-    global _STARTED
-    started = _STARTED = time.perf_counter()
-    _say(f"results in {out}")
-    ranker_run, rater_run = _ensure_runs(Path(run_dir) if run_dir else None, Path(rating_run) if rating_run else None)
+@dataclass
+class Setup:
+    """What every stage of one run works on, made once by `prepare`: the plan, the output folder
+    and clock, the served runs and their networks, the held-out users (`x`: their training
+    ratings, float32 [users, items]), the perf_analyzer input files (`data`), the synthetic large
+    networks and the model repository the server loads."""
+    plan: Plan
+    out: Path
+    clock: Clock
+    ranker_run: Path | None
+    rater_run: Path | None
+    runs: list[Path]
+    models: list[torch.nn.Module]
+    dataset: object
+    users: np.ndarray
+    x: np.ndarray
+    data: dict[str, Path]
+    large: dict[str, dict]
+    repo: Path
+    served: list[str]
+
+    @property
+    def onnx_fp32(self) -> list[Path]:
+        """The served networks' fp32 ONNX files, in serving order (ranker, rater)."""
+        return [r / "export" / "model_fp32.onnx" for r in self.runs]
+
+    def server(self) -> TritonServer:
+        """A server (not started) on this run's repository, logging to OUT/server.log."""
+        return TritonServer(self.repo, build_dir=ROOT / "build" / "triton", log=self.out / "server.log")
+
+
+def prepare(run_dir: Path | None, rating_run: Path | None, plan: Plan, out: Path, clock: Clock,
+            n_users: int = 64) -> Setup:
+    """Stage 1: the runs (trained and exported if needed, see ensure_runs), `n_users` held-out
+    test users as perf_analyzer input files, the synthetic 17,770-item networks, and the model
+    repository `aerec repository` would write, with the large networks added."""
+    ranker_run, rater_run = ensure_runs(Path(run_dir) if run_dir else None, Path(rating_run) if rating_run else None)
     runs = [r for r in (ranker_run, rater_run) if r is not None]
     # The served pipeline runs every network on every user: its baselines run them all too.
     config, models = load_run(runs[0])[0], [load_run(r)[1] for r in runs]
@@ -346,8 +384,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
             "user_ids": inputs.write(inputs.ensemble_user_data(dataset.user_ids, users),
                                      out / "data" / "recommend_user_ids.json"),
             "model": inputs.write(inputs.model_data(dataset.train, users), out / "data" / "model_ml100k.json")}
-    _say("building the synthetic 17,770-item models")
-    large = _large_models(out / "models")
+    clock.say("building the synthetic 17,770-item models")
+    large = large_models(out / "models")
     for name, m in large.items():
         data[name] = inputs.write({"data": [{"RATINGS": {"content": [float(v) for v in r], "shape": [len(r)]}}
                                             for r in m["x"]]}, out / "data" / f"model_{name}.json")
@@ -357,52 +395,64 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     served = [n for n in (manifest["ranker"], manifest["rater"]) if n]
     for name, m in large.items():
         add_network(repo, name, m["onnx"], LARGE_ITEMS)
-    factory = lambda: TritonServer(repo, build_dir=ROOT / "build" / "triton", log=out / "server.log")  # noqa: E731
-    results = {"run": str(runs[0]), "runs": {"ranker": str(ranker_run) if ranker_run else None,
-                                             "rater": str(rater_run) if rater_run else None},
-               "networks": served, "stamp": stamp, "mode": "full" if full else "quick", "users": int(len(users)),
-               "dataset": dataset.summary(), "plan": asdict(plan)}
+    return Setup(plan, out, clock, ranker_run, rater_run, runs, models, dataset, users, x, data, large, repo, served)
 
-    # In-process baselines and the roof first, with no server competing for the 2 cores.
-    _say("in-process baselines and the GEMM roof")
+
+def measure_baselines(s: Setup) -> tuple[dict, dict]:
+    """Stage 2, with no server competing for the cores: the GEMM roof (GFLOP/s), and per
+    network set the FLOPs per user and users/s in-process (PyTorch one user per forward and 64
+    per forward, ONNX Runtime 64 per run; the rater's int8 too). Returns (baselines, the steal
+    share of each ceiling's first reading: reread_ceilings pairs it with the second)."""
+    plan, x = s.plan, s.x
     roof, first_steal = measured(baselines.gemm_peak_gflops, seconds=plan.baseline_seconds)
     first_steal = {"gemm_peak_gflops": first_steal}
-    onnx_fp32 = [r / "export" / "model_fp32.onnx" for r in runs]
     torch.set_num_threads(os.cpu_count() or 1)
-    ort_small, first_steal["ml100k"] = measured(baselines.ort_ceiling, onnx_fp32, x, 64, plan.baseline_seconds)
+    ort_small, first_steal["ml100k"] = measured(baselines.ort_ceiling, s.onnx_fp32, x, 64, plan.baseline_seconds)
     base = {"gemm_peak_gflops": roof, "ml100k": {
-        "networks": served,
-        "flops_per_user": baselines.flops_per_user(onnx_fp32),
-        "torch_one_per_forward": baselines.torch_one_per_forward(models, x, plan.baseline_seconds),
-        "torch_batched_b64": baselines.torch_batched(models, x, 64, plan.baseline_seconds),
+        "networks": s.served,
+        "flops_per_user": baselines.flops_per_user(s.onnx_fp32),
+        "torch_one_per_forward": baselines.torch_one_per_forward(s.models, x, plan.baseline_seconds),
+        "torch_batched_b64": baselines.torch_batched(s.models, x, 64, plan.baseline_seconds),
         "ort_batched_b64": ort_small}}
-    for name, path in zip(served, onnx_fp32):  # each network alone: the model-level rows' reference
+    for name, path in zip(s.served, s.onnx_fp32):  # each network alone: the model-level rows' reference
         base[name] = {"flops_per_user": baselines.flops_per_user(path),
                       "ort_batched_b64": baselines.ort_ceiling(path, x, 64, plan.baseline_seconds)}
-    if rater_run:
+    if s.rater_run:
         # The rater's int8 variant is served as `rater_onnx_int8`; in-process with the ranker in fp32.
-        int8 = [*onnx_fp32[:-1], rater_run / "export" / "model_int8.onnx"]
-        base["ml100k"]["ort_int8_batched_b64"] = baselines.ort_batched([baselines.ort_session(p) for p in int8], x,
+        int8 = [*s.onnx_fp32[:-1], s.rater_run / "export" / "model_int8.onnx"]
+        base["ml100k"]["ort_int8_batched_b64"] = baselines.ort_batched([ort_session(p) for p in int8], x,
                                                                        64, plan.baseline_seconds)
-    for name, m in large.items():
+    for name, m in s.large.items():
         ort_large, first_steal[name] = measured(baselines.ort_ceiling, m["onnx"], m["x"], 64,
                                                 plan.baseline_seconds)
         base[name] = {"flops_per_user": baselines.flops_per_user(m["onnx"]), "hidden": m["hidden"],
                       "torch_batched_b64": baselines.torch_batched(m["torch"], m["x"], 64, plan.baseline_seconds),
                       "ort_batched_b64": ort_large}
-    results["baselines"] = base
+    return base, first_steal
 
-    # Tuning first, so the sweeps below describe the configuration the report recommends;
-    # the default configuration's figure is the tuning's first trial (the "before").
-    results["tuning"] = _tune(factory, repo, data, plan, out)
-    (out / "tuned.json").write_text(json.dumps({"tuning": results["tuning"]["best"]["tuning"],
-                                                "measured": {k: results["tuning"]["best"][k]
-                                                             for k in ("throughput", "p99_ms", "batched_users_per_s")}},
-                                               indent=2))
-    with factory() as server:
+
+def tune_and_save(s: Setup) -> dict:
+    """Stage 3: the tuning (see tune), its choice written to OUT/tuned.json for
+    `aerec repository --tuned`; the repository keeps the chosen configs for the sweeps."""
+    tuning = tune(s.server, s.repo, s.data, s.plan, s.out, s.clock)
+    best = tuning["best"]
+    (s.out / "tuned.json").write_text(json.dumps(
+        {"tuning": best["tuning"], "measured": {k: best[k] for k in ("throughput", "p99_ms", "batched_users_per_s")}},
+        indent=2))
+    return tuning
+
+
+def sweep(s: Setup, base: dict) -> dict:
+    """Stage 4, on one server with the tuned configs: each network alone at the plan's batch
+    sizes (the large ones also through shared memory, beside the roof), the `recommend`
+    pipeline over gRPC and HTTP, the lone user's quiet windows, the hand-written service under
+    the same generator, and a soak with invalid requests mixed in. Returns those results."""
+    plan, data, out, large = s.plan, s.data, s.out, s.large
+    results = {}
+    with s.server() as server:
         model_level = {}
-        nets = {**{name: data["model"] for name in served},
-                **({"rater_onnx_int8": data["model"]} if plan.int8_model_level and rater_run else {}),
+        nets = {**{name: data["model"] for name in s.served},
+                **({"rater_onnx_int8": data["model"]} if plan.int8_model_level and s.rater_run else {}),
                 **{name: data[name] for name in large}}
         for name, d in nets.items():
             for b in plan.large_batches if name in large else plan.model_batches:
@@ -413,40 +463,46 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
             if name in large:
                 # A co-located client can hand Triton its tensors in system shared memory instead
                 # of 4.5 MB gRPC messages each way; registering a region is an admin API (the key).
-                model_level[f"{name}_b64_shm"] = _paired_roof(server, name, data[name],
-                                                              base[name]["flops_per_user"], plan, out,
-                                                              reps=3 if name == "large_w1024" else 1)
-            _say(f"model level {name} done")
+                model_level[f"{name}_b64_shm"] = paired_roof(server, name, data[name], base[name]["flops_per_user"],
+                                                             plan, out, reps=3 if name == "large_w1024" else 1)
+            s.clock.say(f"model level {name} done")
         results["model_level"] = model_level
         results["server_time_model_level"] = _statistics(server)
-        results["ensemble"] = _ensemble_rows(server, data, plan, out, ceiling=lambda: baselines.ort_ceiling(
-            onnx_fp32, x, 64, plan.baseline_seconds))
+        results["ensemble"] = ensemble_rows(server, data, plan, out, s.clock, ceiling=lambda: baselines.ort_ceiling(
+            s.onnx_fp32, s.x, 64, plan.baseline_seconds))
         first = next((x for x in results["ensemble"]["recommend_grpc"]["rows"] if x["concurrency"] == 1), None)
-        results["c1_windows"] = _c1_windows(server, data, plan, out, first)
-        # Step by step as the default three-model pipeline spends it (the tuning's first trial).
-        results["server_time"] = results["tuning"]["default"]["server_time"]
+        results["c1_windows"] = c1_windows(server, data, plan, out, first)
         requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
                     for r in json.loads(data["ratings"].read_text())["data"]]
-        _say("ensemble sweeps done; naive service vs Triton under one generator")
-        results["naive"] = _naive(runs, requests, plan, server)
-        _say(f"soak: {plan.soak_seconds:.0f} s at concurrency 64, one request in five invalid")
-        results["soak"] = soak(server, dataset, plan.soak_seconds, concurrency=64).to_dict()
-        results["server_config"] = {p.parent.name: p.read_text() for p in sorted(repo.glob("*/config.pbtxt"))}
-    # The ceilings again, with the server gone: on this noisy machine one reading can be low,
-    # which would flatter every ratio; the higher of the two readings is the one used.
-    _say("ceilings again (GEMM roof, ORT in-process); the higher reading of each is used")
+        s.clock.say("ensemble sweeps done; naive service vs Triton under one generator")
+        results["naive"] = _naive(s.runs, requests, plan, server)
+        s.clock.say(f"soak: {plan.soak_seconds:.0f} s at concurrency 64, one request in five invalid")
+        results["soak"] = soak(server, s.dataset, plan.soak_seconds, concurrency=64).to_dict()
+        results["server_config"] = {p.parent.name: p.read_text() for p in sorted(s.repo.glob("*/config.pbtxt"))}
+    return results
+
+
+def reread_ceilings(s: Setup, base: dict, first_steal: dict) -> None:
+    """Stage 5, the server gone: the roof and the in-process ceilings read again. On a noisy
+    machine one reading can be low, which would flatter every ratio; `base` keeps both readings
+    (and their steal) and uses the higher of each."""
+    plan = s.plan
     again = {"gemm_peak_gflops": measured(baselines.gemm_peak_gflops, seconds=plan.baseline_seconds),
-             "ml100k": measured(baselines.ort_ceiling, onnx_fp32, x, 64, plan.baseline_seconds),
+             "ml100k": measured(baselines.ort_ceiling, s.onnx_fp32, s.x, 64, plan.baseline_seconds),
              **{name: measured(baselines.ort_ceiling, m["onnx"], m["x"], 64,
-                               plan.baseline_seconds) for name, m in large.items()}}
+                               plan.baseline_seconds) for name, m in s.large.items()}}
     base["readings_steal"] = {k: [first_steal[k], v[1]] for k, v in again.items()}
     again = {k: v[0] for k, v in again.items()}
     base["readings"] = {"gemm_peak_gflops": [base["gemm_peak_gflops"], again["gemm_peak_gflops"]],
-                        **{name: [base[name]["ort_batched_b64"], again[name]] for name in ("ml100k", *large)}}
+                        **{name: [base[name]["ort_batched_b64"], again[name]] for name in ("ml100k", *s.large)}}
     base["gemm_peak_gflops"] = max(base["readings"]["gemm_peak_gflops"])
-    for name in ("ml100k", *large):
+    for name in ("ml100k", *s.large):
         base[name]["ort_batched_b64"] = max(base["readings"][name])
-    results["seconds"] = round(time.perf_counter() - started, 1)
+
+
+def write_results(out: Path, results: dict, results_root: Path) -> dict:
+    """Stage 6: results.json (everything), summary.json (see summarise) and report.md in `out`,
+    and `results_root`/latest pointing at it. Returns the summary."""
     summary = summarise(results)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -454,7 +510,51 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     latest = results_root / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
-    latest.symlink_to(stamp)
+    latest.symlink_to(out.name)
+    return summary
+
+
+def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path = RESULTS,
+             n_users: int = 64, p99_budget_ms: float | None = 2.0, rating_run: Path | None = None) -> Path:
+    """`aerec perf`: build the repository `aerec repository RUN_DIR [--rating-model RATING_RUN]`
+    would (by default the `ease` ranker beside the `deeprec` rater), measure it and every
+    baseline on `n_users` held-out users, tune it, and write report.md, summary.json,
+    results.json and tuned.json under `results_root`/<stamp>/; returns that folder.
+
+    `full`: Plan.full() (hours) instead of Plan.quick() (minutes). `p99_budget_ms`: the tuning's
+    latency constraint on the lone user's p99 (None: score alone). Throughputs are requests or
+    users per second, latencies ms, the roof GFLOP/s. Method: perf_analyzer (NVIDIA's client
+    tool) as Triton's performance guide uses it; the tuning follows Model Analyzer's search with
+    a latency constraint. Raises PerfAnalyzerMissing when perf_analyzer cannot run (checked
+    before anything else), analyzer.PerfAnalyzerTimeout when the default configuration cannot
+    be measured."""
+    plan = Plan.full() if full else Plan.quick()
+    plan.p99_budget_ms = p99_budget_ms
+    analyzer.check()  # fail first, and clearly, if perf_analyzer cannot run
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = results_root / stamp
+    out.mkdir(parents=True)
+    clock = Clock()
+    clock.say(f"results in {out}")
+    s = prepare(run_dir, rating_run, plan, out, clock, n_users)
+    results = {"run": str(s.runs[0]), "runs": {"ranker": str(s.ranker_run) if s.ranker_run else None,
+                                               "rater": str(s.rater_run) if s.rater_run else None},
+               "networks": s.served, "stamp": stamp, "mode": "full" if full else "quick", "users": int(len(s.users)),
+               "dataset": s.dataset.summary(), "plan": asdict(plan)}
+    # In-process baselines and the roof first, with no server competing for the cores.
+    clock.say("in-process baselines and the GEMM roof")
+    base, first_steal = measure_baselines(s)
+    results["baselines"] = base
+    # Tuning before the sweeps, so they describe the configuration the report recommends; the
+    # default configuration's figure is the tuning's first trial (the "before").
+    results["tuning"] = tune_and_save(s)
+    results.update(sweep(s, base))
+    # Step by step as the default three-model pipeline spends it (the tuning's first trial).
+    results["server_time"] = results["tuning"]["default"]["server_time"]
+    clock.say("ceilings again (GEMM roof, ORT in-process); the higher reading of each is used")
+    reread_ceilings(s, base, first_steal)
+    results["seconds"] = round(clock.seconds(), 1)
+    write_results(out, results, results_root)
     return out
 
 
@@ -472,7 +572,7 @@ def summarise(r: dict) -> dict:
     naive_best = max(x["throughput"] for x in r["naive"]["naive"])
     triton_same_load = max(x["throughput"] for x in r["naive"]["triton_http_json"])
     # The large model served with its tensors in shared memory, each window against the roof
-    # read right before and after it; the median window (see _paired_roof).
+    # read right before and after it; the median window (see paired_roof).
     paired = r["model_level"].get("large_w1024_b64_shm", {})
     large_fraction = paired.get("fraction")
     large_tp = statistics.median(w["users_per_s"] for w in paired["windows"]) if paired.get("windows") else None

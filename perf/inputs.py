@@ -26,6 +26,8 @@ def _floats(values) -> list[float]:
 
 
 def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.ndarray, top_k: int = 10) -> dict:
+    """perf_analyzer --input-data for `recommend`: each user's training ratings as ITEM_IDS (raw ids) and
+    RATINGS, one request per user of `users` (rows of `train`)."""
     train = train.tocsr()
     data = []
     for u in users:
@@ -37,16 +39,20 @@ def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.
 
 
 def ensemble_user_data(user_ids: np.ndarray, users: np.ndarray, top_k: int = 10) -> dict:
+    """perf_analyzer --input-data for `recommend` by known user: USER_ID (raw ids) of `users`."""
     return {"data": [{"USER_ID": {"content": [int(user_ids[u])], "shape": [1]},
                       "TOP_K": {"content": [top_k], "shape": [1]}} for u in users]}
 
 
 def model_data(train: sp.csr_matrix, users: np.ndarray, name: str = "RATINGS") -> dict:
+    """perf_analyzer --input-data for a network alone: each user's dense rating vector (RATINGS, float32
+    [items])."""
     dense = train.tocsr()[users].toarray().astype(np.float32)
     return {"data": [{name: {"content": _floats(r), "shape": [len(r)]}} for r in dense]}
 
 
 def write(obj: dict, path: Path) -> Path:
+    """Write perf_analyzer input data as JSON to `path` (parents created); returns `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
     return path

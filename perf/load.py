@@ -15,6 +15,8 @@ import numpy as np
 
 @dataclass
 class LoadResult:
+    """What one drive() measured: requests (successes) and errors, throughput per second, latency percentiles in
+    ms, the first error's text."""
     concurrency: int
     requests: int
     errors: int
@@ -27,6 +29,9 @@ class LoadResult:
 
 def drive(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, seconds: float,
           ok=lambda status, payload: status == 200) -> LoadResult:
+    """POST `bodies` (in turn) to http://host:port/path from `concurrency` keep-alive connections for `seconds`;
+    returns throughput and latency of the successful requests and the error count. The same generator for
+    every HTTP service compared."""
     lat: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     first_error: list[str] = []
@@ -71,6 +76,8 @@ def drive(host: str, port: int, path: str, bodies: list[bytes], concurrency: int
 
 
 def naive_bodies(requests: list[tuple[list[int], list[float]]], k: int = 10) -> list[bytes]:
+    """Request bodies for the hand-written service (perf/naive_service.py): JSON item_ids, ratings and k per
+    request."""
     return [json.dumps({"item_ids": i, "ratings": r, "k": k}).encode() for i, r in requests]
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from builder.data.sources import load_dataset
-from builder.ranking import top_k_unrated
-from builder.train import load_run
+from serving.ranking import top_k_unrated
+from builder.runs import load_run
 
 
 def make_handler(model, item_ids: np.ndarray, rater=None):
@@ -63,6 +63,9 @@ def make_handler(model, item_ids: np.ndarray, rater=None):
 
 
 def serve(run_dir: Path, port: int, threads: int = 1, rating_run: Path | None = None) -> ThreadingHTTPServer:
+    """The hand-written baseline: a ThreadingHTTPServer on 127.0.0.1:`port` answering POST
+    /recommend with the ranker's top-K (and the rater's predicted ratings), one PyTorch forward
+    per request on `threads` threads; not started yet (call serve_forever)."""
     torch.set_num_threads(threads)
     config, model = load_run(run_dir)
     rater = load_run(rating_run)[1] if rating_run else None
@@ -71,6 +74,7 @@ def serve(run_dir: Path, port: int, threads: int = 1, rating_run: Path | None = 
 
 
 def main() -> None:
+    """`python -m perf.naive_service RUN [--rating-model RUN] --port N`: serve until killed."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--port", type=int, default=8099)

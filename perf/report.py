@@ -135,6 +135,8 @@ def _served(r: dict) -> str:
 
 
 def write_report(out: Path, r: dict, s: dict) -> Path:
+    """Write report.md in `out` from a run's results and summary (see harness.summarise): every figure beside the
+    command that measured it."""
     plots = _plots(out, r)
     base = r["baselines"]
     roof = base["gemm_peak_gflops"]

@@ -23,7 +23,7 @@ from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.models.popularity import item_counts
 from builder.metrics import ndcg_at_k, recall_at_k, rmse
-from builder.ranking import top_k_unrated
+from serving.ranking import top_k_unrated
 
 
 def served_metrics(url: str, dataset, k: int = 10, relevant_threshold: float = 4.0, protocol: str = "grpc") -> dict:
@@ -64,6 +64,8 @@ def served_metrics(url: str, dataset, k: int = 10, relevant_threshold: float = 4
 
 
 def main() -> None:
+    """`python -m perf.served_accuracy REPOSITORY`: serve a repository `aerec repository` wrote and
+    print the accuracy of its lists (served_metrics) on its run's data as JSON."""
     from server.launcher import TritonServer
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("repository", type=Path, help="a repository written by `aerec repository`")

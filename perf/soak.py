@@ -16,18 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from perf.inputs import held_out_users
-
-MODEL = "recommend"
+from serving.contract import MODEL
 
 
 @dataclass
 class Request:
+    """One soak request: its input tensors and, for an invalid one, a piece of the error it must get."""
     inputs: dict                 # name -> numpy array ([1, ...])
     expect_error: str | None     # None: must succeed; else a piece of the error it must get
 
 
 @dataclass
 class Outcome:
+    """One soak request's result: when it was sent, its latency (seconds), whether it was valid and
+    got what it should (success, or the expected error), and the error text."""
     start: float                 # time.monotonic() when sent
     seconds: float
     valid: bool
@@ -139,6 +141,8 @@ def process_tree_rss_mb(pid: int) -> float:
 
 @dataclass
 class SoakResult:
+    """A soak's totals: requests valid and invalid, failures of each kind, throughput (requests/s),
+    p99 (ms) and the server's RSS (its whole process tree) at start and end (MB)."""
     seconds: float
     concurrency: int
     requests: int
@@ -156,6 +160,7 @@ class SoakResult:
     first_unexpected: str = ""
 
     def to_dict(self) -> dict:
+        """The result as a JSON-ready dict."""
         return asdict(self)
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from builder.data.sources import load_dataset
-from builder.train import load_run
+from builder.export import ort_session
+from builder.runs import load_run
 from perf import inputs
 from perf.baselines import median_latency_us
-from perf.harness import _ensure_run
+from perf.harness import ensure_runs
 
 
 def with_sparse_first_layer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -61,7 +61,7 @@ def with_sparse_first_layer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def main() -> None:
-    run_dir = _ensure_run(None)
+    run_dir = ensure_runs(None, None)[1]  # the deeprec rating model
     config, _ = load_run(run_dir)
     dataset = load_dataset(config.data, config.split, config.seed)
     x = dataset.train[inputs.held_out_users(dataset.test, dataset.train, 64)].toarray().astype(np.float32)
@@ -69,10 +69,8 @@ def main() -> None:
     sparse = with_sparse_first_layer(onnx.load(str(path)))
     onnx.checker.check_model(sparse)
     for threads in (1, 2):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        dense_s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        sparse_s = ort.InferenceSession(sparse.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        dense_s = ort_session(path, threads)
+        sparse_s = ort_session(sparse, threads)
         if threads == 1:
             diff = np.abs(dense_s.run(None, {"RATINGS": x})[0] - sparse_s.run(None, {"RATINGS": x})[0]).max()
             print(f"largest difference from the dense graph: {diff:.2e}; "

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEEL = Path(pytriton.__file__).parent / "tritonserver"
 WHEEL_LIBS = WHEEL.parents[1] / "nvidia_pytriton.libs"
 OUR_BACKENDS = Path(__file__).parent / "backends"
+SERVING = ROOT / "serving"
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _install(src: Path, dst: Path) -> None:
 
 
 def assemble_backends(dest: Path) -> Path:
-    """backends/python (library, utils, the stub matching this Python) + backends/onnxruntime."""
+    """backends/python (library, utils, the stub matching this Python) + backends/onnxruntime (with serving/)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = WHEEL / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
@@ -61,16 +62,21 @@ def assemble_backends(dest: Path) -> Path:
     _install(stub, dest / "python" / "triton_python_backend_stub")
     for src in (OUR_BACKENDS / "onnxruntime").glob("*.py"):
         _install(src, dest / "onnxruntime" / src.name)
+    # Its model.py imports serving.session_options from its own folder, as the fused model does.
+    for src in SERVING.glob("*.py"):
+        _install(src, dest / "onnxruntime" / "serving" / src.name)
     return dest
 
 
 def free_port() -> int:
+    """A TCP port free on loopback right now (the OS's pick; another process may take it later)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid`, from /proc (Linux); [] once it is gone."""
     kids = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -101,6 +107,8 @@ def _state(pid: int) -> str | None:
 
 @dataclass
 class StubRestart:
+    """One dead Python stub the supervisor replaced: its model, old pid, when it was seen and
+    how long the reload took (seconds); `error` is the reload's failure, if any."""
     model: str
     pid: int
     detected_at: float      # time.monotonic() when the dead stub was seen
@@ -146,6 +154,7 @@ class StubSupervisor(threading.Thread):
         return True
 
     def run(self) -> None:
+        """The thread's loop: a cheap check every `interval` seconds, a full scan now and then."""
         tick = 0
         while not self._halt.wait(self.interval):
             tick += 1
@@ -166,6 +175,7 @@ class StubSupervisor(threading.Thread):
         self.server.stub_restarts.append(StubRestart(model, pid, t0, time.monotonic() - t0, err))
 
     def halt(self) -> None:
+        """Stop the loop at its next tick."""
         self._halt.set()
 
 
@@ -199,13 +209,16 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """host:port of the HTTP/REST endpoint."""
         return f"{self.address}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
+        """host:port of the gRPC endpoint."""
         return f"{self.address}:{self.grpc_port}"
 
     def command(self) -> list[str]:
+        """The tritonserver command line this object runs."""
         return [str(WHEEL / "bin" / "tritonserver"), f"--model-repository={self.repository}",
                 f"--backend-directory={self.build_dir / 'backends'}",
                 f"--http-address={self.address}", f"--http-port={self.http_port}",
@@ -219,6 +232,9 @@ class TritonServer:
                 f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}"]
 
     def start(self, timeout: float = 120) -> "TritonServer":
+        """Start tritonserver and wait until every model is ready (at most `timeout` seconds).
+        Raises RuntimeError when the server exits first (with the end of its log) and
+        TimeoutError when it is not ready in time (the server is stopped then)."""
         assemble_backends(self.build_dir / "backends")
         env = dict(os.environ)
         # The Python stub finds packages (numpy, onnxruntime) through PATH: our venv comes first.
@@ -247,6 +263,7 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s; see {self.log}")
 
     def ready(self) -> bool:
+        """Whether the server answers /v2/health/ready with 200 (every model loaded)."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
                 return r.status == 200
@@ -276,6 +293,7 @@ class TritonServer:
             self.supervisor.rescan_soon()  # the new version runs in a new stub
 
     def stop(self) -> None:
+        """SIGTERM the server's process group (SIGKILL after 20 s), and any stub left behind."""
         if self.supervisor:
             self.supervisor.halt()
         if self.process and self.process.poll() is None:
@@ -293,6 +311,27 @@ class TritonServer:
                 pass
         if getattr(self, "_logf", None):
             self._logf.close()
+
+    def serve_forever(self, on_ready=None) -> None:
+        """Start the server, call `on_ready(self)` once it is ready, and return when the server
+        process ends or on Ctrl-C / SIGTERM (what service managers send), stopping it cleanly
+        either way. The previous SIGINT and SIGTERM handlers are restored before returning."""
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            if on_ready:
+                on_ready(self)
+            while self.process.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def __enter__(self):
         return self.start()

@@ -40,7 +40,8 @@ def build_repository(dataset, root, config=None, tuning=None):
     from builder.config import TrainConfig
     from builder.export import ExportConfig, export_run
     from builder.repository import write_repository
-    from builder.train import save_run, train
+    from builder.runs import save_run
+    from builder.train import train
     config = config or TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64, device="cpu")
     result = train(config, dataset, progress=False)
     run = save_run(result, dataset, root / "run")
@@ -60,7 +61,8 @@ def serve_small_model(dataset, root, tuning=None):
 def train_and_export(dataset, out, config):
     """Train `config` on `dataset`, save the run at `out` and export it in fp32: (run, result)."""
     from builder.export import ExportConfig, export_run
-    from builder.train import save_run, train
+    from builder.runs import save_run
+    from builder.train import train
     result = train(config, dataset, progress=False)
     run = save_run(result, dataset, out)
     export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)

@@ -24,10 +24,12 @@ class Dataset:
 
     @property
     def n_users(self) -> int:
+        """Rows of the train/test matrices."""
         return self.train.shape[0]
 
     @property
     def n_items(self) -> int:
+        """Columns of the train/test matrices."""
         return self.train.shape[1]
 
     def user_index(self, raw_ids) -> np.ndarray:
@@ -35,9 +37,11 @@ class Dataset:
         return _lookup(self.user_ids, raw_ids)
 
     def item_index(self, raw_ids) -> np.ndarray:
+        """Raw item ids -> column indices (-1 where unknown)."""
         return _lookup(self.item_ids, raw_ids)
 
     def summary(self) -> dict:
+        """Name, shape, rating counts, scale and fingerprint: what a run's config.json records of its data."""
         return {"name": self.name, "users": self.n_users, "items": self.n_items,
                 "train_ratings": int(self.train.nnz), "test_ratings": int(self.test.nnz),
                 "scale": list(self.scale), "fingerprint": self.fingerprint}

@@ -30,6 +30,7 @@ def data_dir() -> Path:
 
 
 def ml100k_dir() -> Path:
+    """Where ML-100K's files (u.data, u.item, u1.base ...) are fetched to: data_dir()/ml-100k."""
     return data_dir() / "ml-100k"
 
 

@@ -123,6 +123,9 @@ def load_source(spec: str) -> Ratings:
 
 
 def make_split(ratings: Ratings, split: str, seed: int = 0):
+    """(train, test) Ratings of `ratings` by the split word: u1..u5/ua/ub (ML-100K's canonical files), random[:F]
+    (seeded, F of ratings to test, default 0.1), temporal:YYYY-MM-DD (ratings from that day on to test),
+    per-user[:F] (F of each user's ratings, default 0.2). Raises SplitError for an unknown or incomplete word."""
     kind, _, arg = split.partition(":")
     if kind in CANONICAL_ML100K:
         return split_canonical(ratings, kind)
@@ -138,7 +141,15 @@ def make_split(ratings: Ratings, split: str, seed: int = 0):
 
 
 def load_dataset(data: str, split: str, seed: int = 0) -> Dataset:
-    """Load `data`, split it, and index it as a `Dataset` named DATA/SPLIT."""
+    """Load `data`, split it, and index it as a `Dataset` named DATA/SPLIT.
+
+    `data`: ml-100k, a ratings file (u.data, ratings.dat, ratings.csv, Netflix
+    combined_data_*.txt), a folder or quoted glob of Netflix mv_*.txt files, or
+    csv:PATH[?scale=LO:HI] (see the module docstring); `split`: see make_split; `seed`: for the
+    random splits. The Dataset's train and test are users x items CSR float32 matrices of raw
+    ratings (0: unrated) over the same id maps. Raises DataFormatError (a ValueError naming the
+    file and line) for unreadable data or data with one user or one item, SplitError for a bad
+    split word, FileNotFoundError for a missing path."""
     ratings = load_source(data)
     require_two_each(ratings)  # before splitting, which would fail less clearly
     train, test = make_split(ratings, split, seed)

@@ -18,6 +18,7 @@ CANONICAL_ML100K = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 
 
 class SplitError(ValueError):
+    """A split word or its argument cannot be applied to these ratings."""
     pass
 
 

@@ -12,7 +12,8 @@ from conftest import corrupt_run_copy
 from builder.config import TrainConfig
 from builder.export import ExportConfig, ExportError, export_onnx_fp32, export_run, ort_session
 from builder.models import ROW_MODELS
-from builder.train import save_run, train
+from builder.runs import save_run
+from builder.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -77,11 +78,11 @@ def test_bad_input_leaves_no_partial_export(exported, tmp_path):
 
 def test_cli_export_and_tensorrt_skip(exported):
     run, _ = exported
-    r = subprocess.run([sys.executable, "-m", "builder.cli", "export", str(run), "--precision", "fp32",
+    r = subprocess.run([sys.executable, "-m", "cli.main", "export", str(run), "--precision", "fp32",
                         "--tensorrt"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "TensorRT plans skipped" in r.stdout and "| fp32 |" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "builder.cli", "export", str(run), "--precision", "int4"],
+    r = subprocess.run([sys.executable, "-m", "cli.main", "export", str(run), "--precision", "int4"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown precision" in r.stderr
 

@@ -9,7 +9,8 @@ from builder.blend import evaluate_blend, save_blend, train_blend
 from builder.config import TrainConfig
 from builder.export import ExportError, export_run
 from builder.models.glocal import GlocalK, KernelLayer
-from builder.train import load_run, save_run, train
+from builder.runs import load_run, save_run
+from builder.train import train
 
 
 def test_local_kernel_is_finite_support_and_scales_weights():

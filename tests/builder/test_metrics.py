@@ -2,7 +2,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from builder.metrics import coverage, mae, ndcg_at_k, recall_at_k, rmse
-from builder.ranking import top_k_unrated
+from serving.ranking import top_k_unrated
 
 
 def test_rmse_mae_clip_by_hand():
@@ -48,7 +48,7 @@ def test_top_k_breaks_ties_at_the_boundary_by_lower_index():
     offline ranking, the served graph and any k agree on which tied items make the list."""
     import numpy as np
 
-    from builder.ranking import top_k_unrated
+    from serving.ranking import top_k_unrated
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, size=(50, 40)).astype(np.float32)   # many ties
     rated = rng.random((50, 40)) < 0.2

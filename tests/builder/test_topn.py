@@ -20,7 +20,8 @@ from builder.losses import kl_divergence, multinomial_nll
 from builder.models import EASE, MODELS, TOP_N, Popularity
 from builder.models.ease import fit_ease
 from builder.presets import preset
-from builder.train import load_run, save_run, train
+from builder.runs import load_run, save_run
+from builder.train import train
 
 X4 = np.array([[1, 1, 0, 0, 1],
                [0, 1, 1, 0, 0],
@@ -134,12 +135,12 @@ def test_evaluation_sets_every_figure_beside_popularity(ease_run, u1):
         assert again[k] == pytest.approx(result.metrics[k], abs=1e-9)
         assert f"popularity_{k}" in again
     assert again["lift_ndcg@100"] > 1
-    r = subprocess.run([sys.executable, "-m", "builder.cli", "evaluate", str(out)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "evaluate", str(out)], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "popularity" in r.stdout and "lift" in r.stdout and "recall@50" in r.stdout
     assert "test_rmse" not in r.stdout
-    r = subprocess.run([sys.executable, "-m", "builder.cli", "results", str(out)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "results", str(out)], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "COLUMNS": "300"})  # room for every column
     assert r.returncode == 0 and "ease" in r.stdout and f"{result.metrics['recall@10']:.4f}" in r.stdout
 

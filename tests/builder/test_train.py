@@ -10,7 +10,8 @@ from conftest import corrupt_run_copy
 
 from builder.config import TrainConfig
 from builder.evaluate import evaluate_model
-from builder.train import load_run, save_run, train
+from builder.runs import load_run, save_run
+from builder.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +117,7 @@ def test_bad_run_folders(tmp_path, short_run):
 
 
 def _aerec(*args):
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_cli_train_evaluate_results(tmp_path):

@@ -63,7 +63,7 @@ def test_sdk_unreachable_server_is_not_healthy_and_a_server_error(protocol):
 
 
 def test_cli_recommend_table(server):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "builder.cli", "recommend", "--url", server.grpc_url, *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url", server.grpc_url, *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
     r = run("--user", "42", "-k", "3")
     assert r.returncode == 0, r.stderr

@@ -123,8 +123,8 @@ def test_lone_user_is_measured_again_until_a_window_is_quiet(server, u1, tmp_pat
     plan.interval_ms = 500
     quiet = {"throughput": 900.0, "p50_ms": 1.0, "p99_ms": 1.5, "steal": 0.0}
     plan.quiet_wait_s = 1.0
-    assert harness._c1_windows(server, data, plan, tmp_path, quiet) == [dict(quiet, waited_s=0.0)]  # quiet: done
-    windows = harness._c1_windows(server, data, plan, tmp_path, dict(quiet, steal=0.5), extra=1, quiet=0.0)
+    assert harness.c1_windows(server, data, plan, tmp_path, quiet) == [dict(quiet, waited_s=0.0)]  # quiet: done
+    windows = harness.c1_windows(server, data, plan, tmp_path, dict(quiet, steal=0.5), extra=1, quiet=0.0)
     assert len(windows) == 2 and 0 <= windows[1]["waited_s"] <= 1.0 + 0.5  # one probe may overrun the wait
     assert windows[1]["p99_ms"] >= windows[1]["p50_ms"] > 0 and 0 <= windows[1]["steal"] <= 1
 
@@ -135,7 +135,7 @@ def test_roof_is_read_beside_each_served_window(server, u1, tmp_path):
     plan = harness.Plan.quick()
     plan.interval_ms = 500
     flops = 10_000
-    res = harness._paired_roof(server, "rater_onnx", data, flops, plan, tmp_path, reps=2)
+    res = harness.paired_roof(server, "rater_onnx", data, flops, plan, tmp_path, reps=2)
     first, second = res["windows"]
     assert first["roof_gflops"][1] == second["roof_gflops"][0]  # one reading between two windows
     for w in (first, second):
@@ -217,8 +217,8 @@ def test_naive_service_ranks_by_the_ranker_and_returns_the_raters_predictions(u1
     import http.client
     import threading
 
-    from builder.ranking import top_k_unrated
-    from builder.train import load_run
+    from serving.ranking import top_k_unrated
+    from builder.runs import load_run
     from conftest import train_and_export
     from perf.naive_service import serve
     ranker, _ = train_and_export(u1, tmp_path / "ranker", TrainConfig(model="ease", device="cpu"))

@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from builder.config import TrainConfig
-from builder.ranking import top_k_unrated
+from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
 from conftest import train_and_export
 from server.launcher import TritonServer
@@ -211,7 +211,7 @@ def test_one_network_alone_serves(served, u1, tmp_path, alone):
         assert ("PREDICTED_RATINGS" in outputs) == (alone == "rater")
         rec = RecommenderClient(server.grpc_url).recommend(user_id=42, k=3)
         assert (rec.predicted_ratings is None) == (alone == "ranker")
-        table = subprocess.run([sys.executable, "-m", "builder.cli", "recommend", "--url", server.grpc_url,
+        table = subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url", server.grpc_url,
                                 "--user", "42", "-k", "3"], capture_output=True, text=True, timeout=120)
         assert table.returncode == 0, table.stderr
         assert "score" in table.stdout and ("predicted rating" in table.stdout) == (alone == "rater")
@@ -328,6 +328,10 @@ def test_one_request_may_carry_several_users(served, u1, protocol):
 def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     """`aerec repository --tuned` may pick the fused pipeline and back: same model files either way."""
     import shutil
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
     from builder.repository import apply_tuning
     copy = tmp_path / "repo"
     shutil.copytree(served.repo, copy)
@@ -337,10 +341,11 @@ def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     assert "allow_spinning" not in config  # ONNX Runtime's default unless asked
     apply_tuning(copy, Tuning(pipeline="fused", ort_threads=2, ort_spinning=False))
     config = (copy / "recommend" / "config.pbtxt").read_text()
-    assert 'key: "session.intra_op.allow_spinning" value: { string_value: "0" }' in config
+    parsed = text_format.Parse(config, model_config_pb2.ModelConfig())
+    assert parsed.parameters["session.intra_op.allow_spinning"].string_value == "0"
     latest = max((p for p in (copy / "recommend").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
-    for f in ("model.py", "preprocess.py", "postprocess.py", "ranking_graph.py", "session_options.py", "ranker.onnx",
-              "rater.onnx", "user_ids.npy", "titles.npy"):
+    for f in ("model.py", "serving/requests.py", "serving/lists.py", "serving/ranking_graph.py",
+              "serving/session_options.py", "ranker.onnx", "rater.onnx", "user_ids.npy", "titles.npy"):
         assert (latest / f).is_file(), f
     for role in ("ranker", "rater"):
         assert (latest / f"{role}.onnx").read_bytes() == (copy / f"{role}_onnx" / "1" / "model.onnx").read_bytes()

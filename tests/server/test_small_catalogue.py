@@ -15,7 +15,7 @@ import tritonclient.http as httpclient
 
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
-from builder.ranking import top_k_unrated
+from serving.ranking import top_k_unrated
 from builder.repository import Tuning, write_repository
 from client import RecommenderClient, RequestError
 from conftest import FIXTURES, train_and_export
@@ -167,10 +167,10 @@ def test_several_new_users_in_one_request_are_padded(served, protocol):
 
 
 def test_cli_says_when_fewer_than_k_are_left(served):
-    r = subprocess.run([sys.executable, "-m", "builder.cli", "recommend", "--url", served.server.grpc_url,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url", served.server.grpc_url,
                         "--rate", "1=5", "-k", "6"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "only 5 of 6 recommended" in r.stdout and "Toy Story" not in r.stdout
-    r = subprocess.run([sys.executable, "-m", "builder.cli", "recommend", "--url", served.server.grpc_url,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url", served.server.grpc_url,
                         "--user", "113"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and NO_HISTORY in r.stderr

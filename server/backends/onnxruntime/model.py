@@ -13,8 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+# The serving package the launcher vendors beside this file, ahead of any installed copy.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from session_options import session_options  # noqa: E402  (beside this file in the backend folder)
+from serving.session_options import session_options  # noqa: E402
 
 
 class TritonPythonModel:

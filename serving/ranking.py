@@ -1,12 +1,12 @@
 """Top-N selection shared by offline evaluation and the served postprocess model.
 
-numpy only, no project imports: the repository writer copies this file next to the Triton
-Python model, so the server and the offline path run literally the same code.
+numpy only: a repository build vendors the serving package into the Python models' version
+folders, so the server and the offline path run literally the same code.
 """
 import numpy as np
 
-# The column a slot holds when a row has fewer unrated items than k: never a real column.
-PAD = -1
+# PAD: the column a slot holds when a row has fewer unrated items than k, never a real column.
+from serving.contract import PAD
 
 
 def top_k_unrated(scores: np.ndarray, rated: np.ndarray, k: int) -> np.ndarray:

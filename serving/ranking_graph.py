@@ -1,10 +1,10 @@
 """Masking and top-K as ONNX nodes appended to a network, for the fused `recommend` model.
 
-The same selection as builder/ranking.py (already-rated items excluded, highest first, ties to
+The same selection as serving/ranking.py (already-rated items excluded, highest first, ties to
 the lower item index: ONNX TopK's documented order), run by ONNX Runtime in the network's own
 session instead of numpy afterwards. With a rater beside the ranker, both networks become one
 graph on the shared RATINGS input, so one session runs both and gathers the rater's
-predictions at the ranker's chosen items. tests/server/test_ranking_graph.py holds the lists
+predictions at the ranker's chosen items. tests/serving/test_ranking_graph.py holds the lists
 equal to ranking.py's.
 """
 import numpy as np
@@ -12,12 +12,13 @@ import onnx
 from onnx import TensorProto, helper
 from onnx.compose import add_prefix_graph
 
+from serving.contract import PAD  # ranking.py's padding value
+
 # K: int64 [1], the list length; TOP_INDICES: int64 [batch, K], item columns, best first, PAD
 # (-1) in the slots beyond a row's unrated items; TOP_SCORES: float32 [batch, K], the ranker's
 # scores there (NaN at PAD); TOP_RATINGS: float32 [batch, K], the rater's predictions there
 # (NaN at PAD; only when a rater is merged in).
 K, TOP_INDICES, TOP_SCORES, TOP_RATINGS = "K", "TOP_INDICES", "TOP_SCORES", "TOP_RATINGS"
-PAD = -1  # ranking.py's padding value
 
 
 def with_top_k(ranker: onnx.ModelProto, rater: onnx.ModelProto | None = None) -> onnx.ModelProto:

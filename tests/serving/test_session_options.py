@@ -1,14 +1,10 @@
 """The one reading of a config's ONNX Runtime parameters, shared by our backend and the fused step."""
-import sys
-from pathlib import Path
-
 import pytest
-from builder.repository import Tuning, network_config
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "server" / "backends" / "onnxruntime"))
-from session_options import SPINNING, session_options  # noqa: E402
+from builder.repository import Tuning, network_config
+from serving.session_options import SPINNING, session_options
 
 
 def _config(tuning: Tuning) -> dict:

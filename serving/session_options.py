@@ -1,9 +1,9 @@
 """ONNX Runtime SessionOptions from a Triton model config's parameters.
 
 One reading of the config for both places that open an ONNX Runtime session on the embedded
-server: our Python-based `onnxruntime` backend (this folder) and the fused `recommend` step
-(builder/repository.py copies this file beside it). The parameter names are the native C++
-backend's, so one config.pbtxt means the same on the embedded server and in NVIDIA's container.
+server: our Python-based `onnxruntime` backend (server/backends/onnxruntime) and the fused
+`recommend` model (both get the serving package vendored beside them). The parameter names are
+the native C++ backend's, so one config.pbtxt means the same there and in NVIDIA's container.
 """
 import os
 
@@ -14,6 +14,8 @@ SPINNING = "session.intra_op.allow_spinning"   # ONNX Runtime's own session-conf
 
 
 def session_options(config: dict) -> ort.SessionOptions:
+    """`config`: the model config as the JSON dict Triton hands `initialize` (args["model_config"]).
+    Threads: the config's THREADS parameter, else $AEREC_ORT_THREADS, else ONNX Runtime's default."""
     params = config.get("parameters", {})
     value = lambda key: params.get(key, {}).get("string_value")  # noqa: E731
     opts = ort.SessionOptions()

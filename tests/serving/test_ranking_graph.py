@@ -1,4 +1,4 @@
-"""The fused model's in-graph masking + TopK selects exactly what builder/ranking.py selects,
+"""The fused model's in-graph masking + TopK selects exactly what serving/ranking.py selects,
 for one network and for a ranker and a rater merged into one graph."""
 import numpy as np
 import onnx
@@ -8,8 +8,8 @@ import torch
 
 from builder.export import export_onnx_fp32
 from builder.models import build_model
-from builder.ranking import top_k_unrated
-from server.steps.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k
+from serving.ranking import top_k_unrated
+from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k
 
 
 def _exported(name, n_items, path, seed, **kwargs):

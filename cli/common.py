@@ -1,0 +1,23 @@
+"""What every command shares: the error exit and the metrics table."""
+from __future__ import annotations
+
+import typer
+
+
+def fail(msg: str) -> None:
+    """Print `error: MSG` in red on stderr and exit with status 2."""
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def print_metrics(metrics: dict) -> None:
+    """A two-column table (metric, value); floats to 4 decimals, a distilled run's teacher in one row."""
+    from rich.console import Console
+    from rich.table import Table
+    t = Table("metric", "value")
+    for k, v in metrics.items():
+        if k == "teacher":  # {"preset": name, phase: {"val_rmse", "best_epoch"}}
+            v = "; ".join([v["preset"]] + [f"{phase} val_rmse {m['val_rmse']:.4f} at epoch {m['best_epoch']}"
+                                           for phase, m in v.items() if phase != "preset"])
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)

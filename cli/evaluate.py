@@ -1,0 +1,57 @@
+"""`aerec evaluate` (a run's test metrics, recomputed) and `aerec results` (one table over runs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cli.common import fail, print_metrics
+
+
+def evaluate(run_dir: Path):
+    """Recompute a run's test metrics from its saved weights and config."""
+    from builder.runs import evaluate_run
+    try:
+        metrics = evaluate_run(run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    _print_evaluation(metrics)
+
+
+def _print_evaluation(metrics: dict) -> None:
+    """Rating errors (if any), then each top-N figure beside the popularity baseline's and the lift."""
+    from rich.console import Console
+    from rich.table import Table
+    ranking = [k for k in metrics if f"popularity_{k}" in metrics]
+    print_metrics({k: v for k, v in metrics.items()
+                   if k not in ranking and not k.startswith(("popularity_", "lift_"))})
+    if not ranking:
+        return
+    t = Table("metric", "model", "popularity", "lift")
+    for k in ranking:
+        lift = metrics.get(f"lift_{k}")
+        t.add_row(k, f"{metrics[k]:.4f}", f"{metrics[f'popularity_{k}']:.4f}", "-" if lift is None else f"{lift:.2f}x")
+    Console().print(t)
+
+
+def results(run_dirs: list[Path]):
+    """One table over run folders: model, RMSE, MAE (- for top-N models), recall@10, NDCG@10 and
+    popularity's recall@10 beside, best epoch, seconds."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(m: dict, key: str) -> str:
+        v = m.get(key)
+        return "-" if v is None else f"{v:.4f}"
+    t = Table("model", "test RMSE", "test MAE", "recall@10", "ndcg@10", "popularity recall@10", "best epoch",
+              "seconds")
+    t.add_column("run", no_wrap=True)
+    for d in run_dirs:
+        try:
+            m = json.loads((d / "metrics.json").read_text())
+            c = ({"model": "blend: " + "+".join(m["members"])} if (d / "blend.json").is_file()
+                 else json.loads((d / "config.json").read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            fail(f"{d}: not a finished run folder ({e})")
+        t.add_row(c["model"], fmt(m, "test_rmse"), fmt(m, "test_mae"), fmt(m, "recall@10"), fmt(m, "ndcg@10"),
+                  fmt(m, "popularity_recall@10"), str(m.get("best_epoch", "-")), f"{m['train_seconds']:.1f}", str(d))
+    Console().print(t)

@@ -1,0 +1,32 @@
+"""`aerec perf`: the measurement run (perf_analyzer sweeps, baselines, roofline, tuning) and its report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import fail
+
+
+def perf(
+    run_dir: Optional[Path] = typer.Argument(None, help="run folder to serve (a top-N or a rating model); "
+                                             "default: the ease preset ranking beside the deeprec preset rating"),
+    rating_model: Optional[Path] = typer.Option(None, "--rating-model",
+                                                help="a rating model served beside the top-N RUN_DIR"),
+    full: bool = typer.Option(False, "--full", help="the long sweep (make perf-full)"),
+    out: Path = typer.Option(Path("perf/results"), "--out"),
+    p99_budget_ms: Optional[float] = typer.Option(
+        2.0, "--p99-budget-ms", help="tuning: choose among configurations whose lone user's p99 is within this"
+        " (Model Analyzer's latency constraint); 0: the best score whatever its latency"),
+):
+    """perf_analyzer sweeps, baselines, roofline and tuning -> OUT/<stamp>/report.md."""
+    from perf.analyzer import PerfAnalyzerMissing
+    from perf.harness import run_perf
+    try:
+        folder = run_perf(run_dir, full=full, results_root=out, p99_budget_ms=p99_budget_ms or None,
+                          rating_run=rating_model)
+    except PerfAnalyzerMissing as e:
+        fail(str(e))
+    typer.echo((folder / "report.md").read_text())
+    typer.echo(f"report: {folder / 'report.md'}")

@@ -1,0 +1,89 @@
+"""`aerec train` (one model, or a blend preset, into a run folder) and `aerec presets`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import fail, print_metrics
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="run folder to write"),
+    preset: Optional[str] = typer.Option(None, help="a named recipe (see `aerec presets`)"),
+    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae | glocal-k; "
+                                        "top-N: popularity | ease | mult-dae | mult-vae"),
+    data: Optional[str] = typer.Option(None, help="ml-100k; a ratings file (u.data, ratings.dat, ratings.csv, "
+                                       "Netflix combined_data_*.txt); a folder (Netflix training_set/); a quoted "
+                                       "glob ('training_set/mv_*.txt'); or csv:PATH[?scale=LOW:HIGH]"),
+    split: Optional[str] = typer.Option(None, help="u1..u5, ua, ub, random[:F], temporal:DATE, per-user[:F]"),
+    seed: Optional[int] = typer.Option(None),
+    hidden: Optional[str] = typer.Option(None, help="layer sizes, comma separated, e.g. 512,512,1024"),
+    epochs: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    dropout: Optional[float] = typer.Option(None),
+    l2: Optional[float] = typer.Option(None, help="AutoRec lambda"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    set_: list[str] = typer.Option([], "--set", help="any other config field, KEY=JSON (repeatable)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    resume: bool = typer.Option(False, help="continue an interrupted run from OUT/checkpoint.pt"),
+    checkpoint_every: float = typer.Option(30.0, help="seconds between checkpoints (0: every epoch)"),
+):
+    """Train one model and write weights, config, metrics and curve to OUT.
+
+    Training is checkpointed to OUT/checkpoint.pt (every --checkpoint-every seconds); after an
+    interruption, the same command with --resume continues from the checkpoint and ends with
+    the same metrics and weights as an uninterrupted run."""
+    from builder.presets import preset as get_preset
+
+    changes = {}
+    if preset:
+        try:
+            changes.update(get_preset(preset))
+        except KeyError as e:
+            fail(str(e.args[0]))
+    for key, val in dict(model=model, data=data, split=split, seed=seed, epochs=epochs, lr=lr,
+                         batch_size=batch_size, dropout=dropout, l2=l2, device=device).items():
+        if val is not None:
+            changes[key] = val
+    if hidden:
+        changes["hidden"] = [int(h) for h in hidden.split(",")]
+    for item in set_:
+        key, _, raw = item.partition("=")
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
+    if "blend" in changes:  # a preset made of other presets, stacked on a shared validation slice
+        if resume:
+            fail("--resume applies to single models; a blend retrains its members")
+        _train_blend(changes, out, quiet)
+        return
+    from builder.runs import train_run
+    try:
+        result = train_run(changes, out, progress=not quiet, resume=resume, checkpoint_every_s=checkpoint_every)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    print_metrics(result.metrics)
+    typer.echo(f"run written to {out}")
+
+
+def _train_blend(changes: dict, out: Path, quiet: bool) -> None:
+    from builder.blend import train_blend_run
+    try:
+        result = train_blend_run(changes, out, progress=not quiet)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        fail(str(e))
+    print_metrics({k: v for k, v in result.metrics.items() if not isinstance(v, list)})
+    typer.echo(f"blend of {', '.join(changes['blend'])} (weights {', '.join(f'{w:.3f}' for w in result.weights)}) "
+               f"written to {out}")
+
+
+def presets():
+    """List the named training recipes."""
+    from builder.presets import PRESETS
+    for name, p in PRESETS.items():
+        typer.echo(f"{name:10s} {json.dumps(p)}")

@@ -1,0 +1,55 @@
+"""The serving contract: what the `recommend` model takes and answers, shared by the repository
+writer, the Python models, the client SDK and perf. model_repository/README.md documents it.
+
+Every tensor has the request's rows (users) as its first dimension: [rows, ...].
+"""
+MODEL = "recommend"        # the model clients call, ensemble or fused
+
+# Inputs: all optional; a request sends USER_ID, or ITEM_IDS with RATINGS, or both.
+USER_ID = "USER_ID"        # int64 [rows, 1]: a known user's raw id
+ITEM_IDS = "ITEM_IDS"      # int64 [rows, n]: raw ids of items a user rated
+RATINGS = "RATINGS"        # float32 [rows, n]: their ratings, on the data set's scale
+TOP_K = "TOP_K"            # int32 [rows, 1]: list length, the same on every row
+INPUTS = {USER_ID: "TYPE_INT64", ITEM_IDS: "TYPE_INT64", RATINGS: "TYPE_FP32", TOP_K: "TYPE_INT32"}
+
+# Outputs, each [rows, k] unless said.
+RECOMMENDED_IDS = "RECOMMENDED_IDS"        # int64: raw item ids, best first (PAD in padding slots)
+SCORES = "SCORES"                          # float32: what ordered the list (NaN in padding)
+PREDICTED_RATINGS = "PREDICTED_RATINGS"    # float32: the rater's predictions, clipped; only with a rater
+TITLES = "TITLES"                          # bytes: UTF-8 titles (b"" in padding)
+N_RECOMMENDED = "N_RECOMMENDED"            # int32 [rows, 1]: real items in the row
+UNKNOWN_ITEMS = "UNKNOWN_ITEMS"            # int32 [rows, 1]: sent item ids the model does not know
+OUTPUTS = {RECOMMENDED_IDS: "TYPE_INT64", SCORES: "TYPE_FP32", TITLES: "TYPE_STRING", N_RECOMMENDED: "TYPE_INT32",
+           PREDICTED_RATINGS: "TYPE_FP32", UNKNOWN_ITEMS: "TYPE_INT32"}
+
+# Between the ensemble's steps (preprocess -> networks -> postprocess).
+DENSE = "DENSE"                            # float32 [rows, n_items]: the user's ratings, 0 = not rated
+TOP_K_OUT = "TOP_K_OUT"                    # int32 [rows, 1]: TOP_K, its default filled in
+RANKER_SCORES = "RANKER_SCORES"            # float32 [rows, n_items]: the ranker's output
+RATER_PREDICTIONS = "RATER_PREDICTIONS"    # float32 [rows, n_items]: the rater's output
+
+# The exported networks' tensors: float32 [rows, n_items] in and out.
+NETWORK_INPUT, NETWORK_OUTPUT = "RATINGS", "PREDICTIONS"
+
+MAX_ROWS = 64                  # users per request: every served step's max_batch_size
+MAX_ITEMS_PER_REQUEST = 10_000  # ITEM_IDS entries per row
+DEFAULT_TOP_K = 10             # when TOP_K is left out; capped at the catalogue's size
+# Several new users in one request send ITEM_IDS/RATINGS as [rows, longest list], the shorter
+# rows padded with ITEM_IDS PAD (any rating) or RATINGS 0 (0 is the dense vector's "not rated";
+# no scale includes it). The same PAD marks an answer's padding slots and ranking's padding column.
+PAD = -1
+PAD_TITLE = b""
+
+# Triton's restricted APIs (model control, logging ...) check this header; gRPC carries it
+# as metadata with Triton's fixed prefix.
+ADMIN_HEADER = "aerec-admin-key"
+
+
+def default_top_k(n_items: int) -> int:
+    """TOP_K when a request leaves it out: ten, or every item of a smaller catalogue."""
+    return min(DEFAULT_TOP_K, n_items)
+
+
+def admin_headers(key: str, protocol: str) -> dict:
+    """The header that unlocks the restricted APIs, in the form `protocol` ("http" | "grpc") expects."""
+    return {ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}": key}

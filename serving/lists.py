@@ -1,0 +1,70 @@
+"""The served lists: chosen item columns -> what `recommend` answers (ids, scores, predicted
+ratings, titles, counts), padded as the contract says. The postprocess model and the fused
+`recommend` model run this; the choosing is ranking.py's (or, fused, the ranking graph's).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.contract import PAD, PAD_TITLE
+from serving.ranking import top_k_unrated
+
+
+@dataclass(frozen=True)
+class Lists:
+    """What a list shows of each item, and which networks are served."""
+    item_ids: np.ndarray   # int64 [n_items], sorted: index = column
+    titles: np.ndarray     # object [n_items] of UTF-8 bytes
+    low: float             # the rating scale predictions are clipped to
+    high: float
+    ranker: bool           # a ranker's scores order the list
+    rater: bool            # a rater's predictions are shown (and order it when no ranker is served)
+
+    @classmethod
+    def load(cls, folder: str) -> "Lists":
+        """From a version folder's item_ids.npy, titles.npy and assets.json."""
+        load = lambda name: np.load(os.path.join(folder, name), allow_pickle=False)  # noqa: E731
+        with open(os.path.join(folder, "assets.json")) as f:
+            assets = json.load(f)
+        # Encoded once here, not per request: string outputs are the costliest part of a response.
+        titles = np.array([t.encode("utf-8") for t in load("titles.npy").tolist()], dtype=np.object_)
+        low, high = assets["scale"]
+        return cls(load("item_ids.npy"), titles, float(low), float(high), bool(assets["ranker"]),
+                   bool(assets["rater"]))
+
+    def rank(self, scores, ratings, rated: np.ndarray, sizes: list[int], ks: list[int]) -> list[tuple]:
+        """Top-k unrated items of each request's rows by `scores` (the ranker's, float32
+        [rows, n_items], or None) else `ratings` (the rater's, or None); rated: bool [rows, n_items];
+        `sizes` rows and `ks` list lengths per request. Returns package()'s answer."""
+        by = ratings if scores is None else scores
+        top = top_k_unrated(by, rated, max(ks))
+        # A padding slot (PAD) reads the last column here; package() overwrites it with NaN.
+        at = lambda a: None if a is None else np.take_along_axis(a, top, axis=1)  # noqa: E731
+        return self.package(top, at(scores), at(ratings), sizes, ks)
+
+    def package(self, top: np.ndarray, scores, ratings, sizes: list[int], ks: list[int]) -> list[tuple]:
+        """Chosen columns int64 [rows, max k] (PAD: padding) with the ranker's scores and the rater's
+        predictions there (float32 [rows, max k], either may be None) -> per request (ids int64
+        [size, k], scores float32, predicted ratings float32 or None, titles object, n_recommended
+        int32 [size, 1]). Ratings are clipped to the scale; a ranker's scores are not (they are no
+        ratings). Padding slots get PAD, NaN and PAD_TITLE whatever the arrays held there."""
+        pad = top < 0
+        if ratings is not None:
+            ratings = np.where(pad, np.float32(np.nan), np.clip(ratings, self.low, self.high)).astype(np.float32)
+        scores = ratings if scores is None else np.where(pad, np.float32(np.nan), scores).astype(np.float32)
+        idx = np.where(pad, 0, top)  # any real column: the padded slots are overwritten below
+        ids = np.where(pad, PAD, self.item_ids[idx]).astype(np.int64)
+        titles = self.titles[idx]
+        titles[pad] = PAD_TITLE
+        out, start = [], 0
+        for size, k in zip(sizes, ks):
+            rows = slice(start, start + size)
+            n = (~pad[rows, :k]).sum(axis=1, keepdims=True).astype(np.int32)
+            out.append((ids[rows, :k], scores[rows, :k], None if ratings is None else ratings[rows, :k],
+                        titles[rows, :k], n))
+            start += size
+        return out

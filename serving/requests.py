@@ -1,0 +1,206 @@
+"""Request parsing and validation as pure functions: a request's tensors -> parsed rows, or a
+RequestError naming the first real problem; then every valid row scattered into one dense batch.
+
+The preprocess model and the fused `recommend` model run this; tests/serving runs it without a
+server. Checks run in this order, so the message names the first problem: the request's shape,
+the user, the sent ratings, then TOP_K.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from serving.contract import (ITEM_IDS, MAX_ITEMS_PER_REQUEST, PAD, RATINGS, TOP_K, USER_ID,
+                              default_top_k)
+
+NO_COLS, NO_VALS = np.zeros(0, np.int64), np.zeros(0, np.float32)  # a row with no ratings sent
+
+
+class RequestError(ValueError):
+    """The request is wrong (HTTP 400 / gRPC INVALID_ARGUMENT); the message says how to fix it."""
+
+
+class Row(NamedTuple):
+    """One user of a request, checked."""
+    user_row: int          # the user's history row, -1 for a new user
+    cols: np.ndarray       # int64 [n]: item columns of the ratings sent (known items only)
+    vals: np.ndarray       # float32 [n]: those ratings
+    k: int                 # TOP_K
+    unknown: int           # sent item ids the catalogue does not know (skipped)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What requests are checked against: the served ids, the users' training histories (CSR)
+    and the rating scale. Ids are sorted: an id's index is its column (items) or row (users)."""
+    item_ids: np.ndarray   # int64 [n_items]
+    user_ids: np.ndarray   # int64 [n_users]
+    indptr: np.ndarray     # int64 [n_users + 1]
+    indices: np.ndarray    # int64 [nnz]: item columns
+    data: np.ndarray       # float32 [nnz]: ratings
+    low: float
+    high: float
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def history(self) -> np.ndarray:
+        """int64 [n_users]: training ratings per user (0: all of them fell in the test part)."""
+        return np.diff(self.indptr)
+
+    @classmethod
+    def load(cls, folder: str) -> "Catalogue":
+        """From a version folder's item_ids.npy, user_ids.npy, hist_{indptr,indices,data}.npy and
+        assets.json (plain arrays, never pickle). Raises OSError/KeyError on a folder a build did not fill."""
+        load = lambda name: np.load(os.path.join(folder, name), allow_pickle=False)  # noqa: E731
+        with open(os.path.join(folder, "assets.json")) as f:
+            low, high = json.load(f)["scale"]
+        return cls(load("item_ids.npy"), load("user_ids.npy"), load("hist_indptr.npy"), load("hist_indices.npy"),
+                   load("hist_data.npy"), float(low), float(high))
+
+
+def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue) -> list[Row]:
+    """A request's tensors (USER_ID, ITEM_IDS, RATINGS, TOP_K; an absent one None or missing),
+    shaped [rows, ...] as the contract says -> one Row per row (a request may carry several users).
+    Raises RequestError with the reason."""
+    user, items, ratings, top_k = (tensors.get(name) for name in (USER_ID, ITEM_IDS, RATINGS, TOP_K))
+    present = [t for t in (user, items, ratings) if t is not None]
+    if top_k is None:  # the common case: ten recommendations per user (a smaller catalogue: all)
+        top_k = np.full((present[0].shape[0] if present else 1, 1), default_top_k(catalogue.n_items), np.int32)
+    if top_k.size == 0 or top_k.ndim != 2 or top_k.shape[1] != 1:
+        raise RequestError("TOP_K must be one integer per row")
+    n = top_k.shape[0]
+    ks = top_k.reshape(-1)
+    if np.any(ks != ks[0]):
+        raise RequestError("TOP_K differs across the rows of one request; send one request per TOP_K")
+    for name, t in ((USER_ID, user), (ITEM_IDS, items), (RATINGS, ratings)):
+        if t is not None and t.size and t.shape[0] != n:
+            raise RequestError(f"{name} has {t.shape[0]} rows but TOP_K has {n}")
+    k = int(ks[0])
+    given = lambda t: t is not None and t.size > 0  # noqa: E731
+    if given(user) and not given(items) and not given(ratings):
+        return _parse_users(user.reshape(n, -1)[:, 0], k, catalogue)
+    return [_parse_row(user[b] if given(user) else None, items[b] if given(items) else None,
+                       ratings[b] if given(ratings) else None, k, catalogue) for b in range(n)]
+
+
+def _check_k(k: int, catalogue: Catalogue) -> None:
+    """After the user and the ratings are checked: their errors say more than a bad TOP_K."""
+    if not 1 <= k <= catalogue.n_items:
+        raise RequestError(f"TOP_K must be in 1..{catalogue.n_items}, got {k}")
+
+
+def _no_history(uid) -> RequestError:
+    return RequestError(f"user {uid} has no ratings in the training data: send ITEM_IDS with RATINGS")
+
+
+def _parse_users(uids: np.ndarray, k: int, catalogue: Catalogue) -> list[Row]:
+    """Ids only (the common batched request): every row looked up in one searchsorted, with the
+    same checks and messages as _parse_row."""
+    ids = catalogue.user_ids
+    rows = np.clip(np.searchsorted(ids, uids), 0, len(ids) - 1)
+    known = ids[rows] == uids
+    if not known.all():
+        raise RequestError(f"unknown USER_ID {uids[~known][0]}")
+    # A user whose ratings all fell in the test part would get the all-zero input's list, the
+    # same for everyone: refused, as a fold-in with no known item is.
+    empty = catalogue.history[rows] == 0
+    if empty.any():
+        raise _no_history(uids[empty][0])
+    _check_k(k, catalogue)
+    return [Row(row, NO_COLS, NO_VALS, k, 0) for row in rows.tolist()]
+
+
+def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
+    items = NO_COLS if items is None else items.reshape(-1)
+    ratings = NO_VALS if ratings is None else ratings.reshape(-1)
+    if items.size != ratings.size:
+        if items.size == 0:
+            raise RequestError(f"RATINGS sent without ITEM_IDS ({ratings.size} ratings for no items)")
+        raise RequestError(f"ITEM_IDS has {items.size} entries but RATINGS has {ratings.size}")
+    if items.size > MAX_ITEMS_PER_REQUEST:
+        raise RequestError(f"{items.size} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
+    real = (items != PAD) & (ratings != 0)   # padding: see contract.PAD
+    items, ratings = items[real], ratings[real]
+    has_user = user is not None and user.size > 0
+    if not has_user and not items.size:
+        raise RequestError("empty request: send USER_ID, or ITEM_IDS with RATINGS, or both")
+    row, uid = -1, None
+    if has_user:
+        uid = user.reshape(-1)[0]
+        row = int(np.searchsorted(catalogue.user_ids, uid))
+        if row >= len(catalogue.user_ids) or catalogue.user_ids[row] != uid:
+            raise RequestError(f"unknown USER_ID {uid}")
+    cols, vals, unknown = NO_COLS, NO_VALS, 0
+    if items.size:
+        uniq, seen = np.unique(items, return_counts=True)
+        if (seen > 1).any():
+            raise RequestError(f"ITEM_IDS repeats item {uniq[seen > 1][0]}: send each item once")
+        if not np.all(np.isfinite(ratings)):
+            raise RequestError("RATINGS contains NaN or infinity")
+        bad = (ratings < catalogue.low) | (ratings > catalogue.high)
+        if bad.any():
+            raise RequestError(f"rating {ratings[bad][0]:g} outside scale {catalogue.low:g}..{catalogue.high:g}")
+        pos = np.clip(np.searchsorted(catalogue.item_ids, items), 0, catalogue.n_items - 1)
+        known = catalogue.item_ids[pos] == items
+        unknown = int((~known).sum())  # skipped and reported, never an error
+        cols, vals = pos[known], ratings[known].astype(np.float32)
+    if cols.size == 0:
+        if row < 0:
+            raise RequestError("no known items among ITEM_IDS: nothing to recommend from")
+        if catalogue.history[row] == 0:
+            raise _no_history(uid)
+    _check_k(k, catalogue)
+    return Row(row, cols, vals, k, unknown)
+
+
+class Batch(NamedTuple):
+    """Every valid request of one `execute` call as one dense batch."""
+    errors: dict           # {request index: message} for the refused requests
+    spans: list            # [(request index, first row, end row)] for the others, in order
+    dense: np.ndarray      # float32 [rows, n_items]: history, overridden by the ratings sent
+    top_k: np.ndarray      # int32 [rows, 1]
+    unknown: np.ndarray    # int32 [rows, 1]
+
+
+def prepare(requests: list[Mapping[str, np.ndarray | None]], catalogue: Catalogue) -> Batch:
+    """Check every request (a bad one gets its own error, never failing its batch-mates), then
+    scatter the valid ones' rows into one dense batch with vectorised assignments."""
+    parsed: list[Row] = []
+    spans, errors = [], {}
+    for i, tensors in enumerate(requests):
+        try:
+            rows = parse_request(tensors, catalogue)
+        except RequestError as e:
+            errors[i] = str(e)
+            continue
+        spans.append((i, len(parsed), len(parsed) + len(rows)))
+        parsed.extend(rows)
+    return Batch(errors, spans, *densify(parsed, catalogue))
+
+
+def densify(parsed: list[Row], catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows -> (dense float32 [rows, n_items], top_k int32 [rows, 1], unknown int32 [rows, 1]):
+    known users' training histories first, then the ratings sent, which override them."""
+    dense = np.zeros((len(parsed), catalogue.n_items), np.float32)
+    b = np.arange(len(parsed))
+    rows = np.array([p.user_row for p in parsed], np.int64)
+    has = rows >= 0
+    starts, ends = catalogue.indptr[rows[has]], catalogue.indptr[rows[has] + 1]
+    counts = ends - starts
+    if counts.sum():
+        # Every history entry's position in the CSR arrays: row start + offset within the row.
+        take = np.arange(counts.sum()) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        dense[np.repeat(b[has], counts), catalogue.indices[take]] = catalogue.data[take]
+    counts = np.array([p.cols.size for p in parsed], np.int64)
+    if counts.sum():
+        dense[np.repeat(b, counts), np.concatenate([p.cols for p in parsed])] = np.concatenate([p.vals for p in parsed])
+    ks = np.array([p.k for p in parsed], np.int32).reshape(-1, 1)
+    unknown = np.array([p.unknown for p in parsed], np.int32).reshape(-1, 1)
+    return dense, ks, unknown

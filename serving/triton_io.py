@@ -1,0 +1,35 @@
+"""The Python models' glue to Triton: a request's input tensors as numpy, an answer's output
+tensors, a request's own error. Imports triton_python_backend_utils, so it loads only inside a
+Triton Python stub; everything it wraps (serving.requests, serving.lists) is tested without one.
+"""
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from serving import contract
+
+
+def request_tensors(request) -> dict:
+    """The contract's inputs of one request as numpy arrays (None: not sent)."""
+    tensors = {}
+    for name in contract.INPUTS:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        tensors[name] = None if t is None else t.as_numpy()
+    return tensors
+
+
+def error_response(message: str):
+    """A client's mistake: HTTP 400 / gRPC INVALID_ARGUMENT, through the ensemble too (a plain
+    TritonError would be 500 / INTERNAL, telling the client the server failed)."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
+def list_tensors(ids, scores, ratings, titles, n_recommended) -> list:
+    """One request's answer (serving.lists.Lists.package's tuple) as output tensors;
+    PREDICTED_RATINGS only where `ratings` is not None (a rater is served)."""
+    out = [pb_utils.Tensor(contract.RECOMMENDED_IDS, np.ascontiguousarray(ids)),
+           pb_utils.Tensor(contract.SCORES, np.ascontiguousarray(scores)),
+           pb_utils.Tensor(contract.TITLES, np.ascontiguousarray(titles)),
+           pb_utils.Tensor(contract.N_RECOMMENDED, n_recommended)]
+    if ratings is not None:
+        out.append(pb_utils.Tensor(contract.PREDICTED_RATINGS, np.ascontiguousarray(ratings)))
+    return out

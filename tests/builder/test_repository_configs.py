@@ -1,0 +1,152 @@
+"""A repository built by `aerec repository` (write_repository) equals, config by config, the
+committed templates in model_repository/ with the build's values put in by hand here: both
+parsed with model_config_pb2 and compared as messages."""
+import shutil
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from builder.config import TrainConfig
+from builder.data.sources import load_dataset
+from builder.repository import TEMPLATES, Tuning, write_repository
+from conftest import FIXTURES, train_and_export
+
+pytestmark = pytest.mark.slow
+
+DATA = str(FIXTURES / "six_movies" / "ratings.dat")
+N_ITEMS = 6
+TUNED = Tuning(network_instances=2, network_queue_delay_us=300, preferred_batch_sizes=[4, 8], ort_threads=1,
+               ort_spinning=False, step_instances=3, step_queue_delay_us=50)
+
+
+def parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def template(path):
+    return parse(TEMPLATES / path / "config.pbtxt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    six = load_dataset(DATA, "random", 0)
+    root = tmp_path_factory.mktemp("configs-runs")
+    ranker, _ = train_and_export(six, root / "ranker", TrainConfig(model="ease", data=DATA, split="random",
+                                                                   device="cpu"))
+    rater, _ = train_and_export(six, root / "rater", TrainConfig(model="autorec-u", data=DATA, split="random",
+                                                                 hidden=[8], epochs=1, batch_size=8, device="cpu"))
+    return ranker, rater
+
+
+def schedule(c, delay, count, preferred=()):
+    c.dynamic_batching.max_queue_delay_microseconds = delay
+    c.dynamic_batching.preferred_batch_size[:] = list(preferred)
+    c.instance_group[0].count = count
+
+
+def ort(c, t):
+    if t.ort_threads:
+        c.parameters["intra_op_thread_count"].string_value = str(t.ort_threads)
+    if not t.ort_spinning:
+        c.parameters["session.intra_op.allow_spinning"].string_value = "0"
+
+
+def network(name, t):
+    c = template(name)
+    c.input[0].dims[:] = [N_ITEMS]
+    c.output[0].dims[:] = [N_ITEMS]
+    schedule(c, t.network_queue_delay_us, t.network_instances, t.preferred_batch_sizes)
+    ort(c, t)
+    return c
+
+
+def without(repeated, name):
+    kept = [m for m in repeated if m.name != name]
+    del repeated[:]
+    repeated.extend(kept)
+
+
+def test_ranker_and_rater_ensemble_is_templates_plus_values(runs, tmp_path):
+    ranker, rater = runs
+    repo = tmp_path / "repo"
+    write_repository(ranker, repo, ["onnx"], TUNED, rating_run=rater)
+    assert parse(repo / "ranker_onnx" / "config.pbtxt") == network("ranker_onnx", TUNED)
+    assert parse(repo / "rater_onnx" / "config.pbtxt") == network("rater_onnx", TUNED)
+    pre = template("preprocess")
+    next(o for o in pre.output if o.name == "DENSE").dims[:] = [N_ITEMS]
+    schedule(pre, TUNED.step_queue_delay_us, TUNED.step_instances)
+    assert parse(repo / "preprocess" / "config.pbtxt") == pre
+    post = template("postprocess")
+    for i in post.input:
+        if i.name != "TOP_K":
+            i.dims[:] = [N_ITEMS]
+    schedule(post, TUNED.step_queue_delay_us, TUNED.step_instances)
+    assert parse(repo / "postprocess" / "config.pbtxt") == post
+    # The ensemble has no build values for this layout: the template's text, comments and all.
+    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend" / "config.pbtxt").read_text()
+    for step in ("preprocess", "postprocess"):
+        assert (repo / step / "1" / "model.py").read_bytes() == (TEMPLATES / step / "1" / "model.py").read_bytes()
+        assert (repo / step / "1" / "serving" / "requests.py").is_file()
+
+
+def test_an_int8_rater_is_named_in_the_ensemble(runs, tmp_path):
+    ranker, rater = runs
+    from builder.export import ExportConfig, export_run
+    export_run(rater, ExportConfig(precisions=["fp32", "int8"]), bench_seconds=0.05)
+    repo = tmp_path / "repo"
+    write_repository(ranker, repo, ["onnx_int8", "onnx"], rating_run=rater)
+    expected = template("recommend")
+    next(s for s in expected.ensemble_scheduling.step if s.model_name == "rater_onnx").model_name = "rater_onnx_int8"
+    assert parse(repo / "recommend" / "config.pbtxt") == expected
+    int8 = network("rater_onnx", Tuning())
+    int8.name = "rater_onnx_int8"
+    assert parse(repo / "rater_onnx_int8" / "config.pbtxt") == int8
+
+
+def test_ranker_alone_fused_is_the_fused_template_without_ratings(runs, tmp_path):
+    ranker, _ = runs
+    repo = tmp_path / "repo"
+    tuning = Tuning(**{**TUNED.to_dict(), "pipeline": "fused"})
+    write_repository(ranker, repo, ["onnx"], tuning)
+    fused = template("recommend/fused")
+    without(fused.output, "PREDICTED_RATINGS")
+    schedule(fused, tuning.step_queue_delay_us, tuning.step_instances)
+    ort(fused, tuning)
+    assert parse(repo / "recommend" / "config.pbtxt") == fused
+    post = template("postprocess")
+    without(post.input, "RATER_PREDICTIONS")
+    without(post.output, "PREDICTED_RATINGS")
+    for i in post.input:
+        if i.name != "TOP_K":
+            i.dims[:] = [N_ITEMS]
+    schedule(post, tuning.step_queue_delay_us, tuning.step_instances)
+    assert parse(repo / "postprocess" / "config.pbtxt") == post
+    version = repo / "recommend" / "1"
+    assert (version / "model.py").read_bytes() == (TEMPLATES / "recommend" / "fused" / "model.py").read_bytes()
+    assert (version / "serving" / "ranking_graph.py").is_file() and (version / "ranker.onnx").is_file()
+
+
+def test_rater_alone_ensemble_drops_the_ranker_step(runs, tmp_path):
+    _, rater = runs
+    repo = tmp_path / "repo"
+    write_repository(rater, repo, ["onnx"])
+    expected = template("recommend")
+    steps = [s for s in expected.ensemble_scheduling.step if s.model_name != "ranker_onnx"]
+    del expected.ensemble_scheduling.step[:]
+    expected.ensemble_scheduling.step.extend(steps)
+    del next(s for s in expected.ensemble_scheduling.step if s.model_name == "postprocess").input_map["RANKER_SCORES"]
+    assert parse(repo / "recommend" / "config.pbtxt") == expected
+    assert not (repo / "ranker_onnx").exists()
+
+
+def test_a_build_into_the_committed_layout_fills_version_1_beside_model_py(runs, tmp_path):
+    """The committed preprocess/1/ and postprocess/1/ hold only model.py: the first build fills
+    them (the same model.py), the next adds version 2."""
+    ranker, rater = runs
+    repo = tmp_path / "model_repository"
+    shutil.copytree(TEMPLATES, repo)
+    assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 1
+    assert (repo / "preprocess" / "1" / "assets.json").is_file()
+    assert (repo / "recommend" / "fused" / "model.py").is_file()   # the template stays, Triton skips it
+    assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 2

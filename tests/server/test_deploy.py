@@ -1,0 +1,218 @@
+"""Kubernetes manifests, Helm chart and KServe InferenceService, checked offline: the plain
+manifests against Kubernetes' own schemas (kubernetes-validate, strict), the chart linted and
+rendered by Helm 4's library (helm-python-sdk) and held equal to the plain manifests, the
+InferenceService through the kserve SDK's model classes (in its own process: kserve's protobuf
+messages clash with tritonclient's). No cluster is contacted."""
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from server.deploy.kubernetes import QUEUE_METRIC, DeployError, render_kubernetes, write_kubernetes
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+helm = pytest.importorskip("helm_python")
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ["model-repository-pvc.yaml", "repository-loader.yaml", "deployment.yaml", "service.yaml", "hpa.yaml"]
+
+
+def _model(repo: Path, config: mc.ModelConfig) -> None:
+    (repo / config.name / "1").mkdir(parents=True)
+    (repo / config.name / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+def _repository(root: Path, pipeline: str = "ensemble") -> Path:
+    """A repository's layout and configs as `aerec repository` writes them (no weights: nothing
+    here loads a model): `recommend` (ensemble or fused), a network on KIND_CPU."""
+    repo = root / "repo"
+    cpu = [mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)]
+    _model(repo, mc.ModelConfig(name="rater_onnx", platform="onnxruntime_onnx", max_batch_size=256,
+                                instance_group=cpu))
+    for step in ("preprocess", "postprocess"):
+        _model(repo, mc.ModelConfig(name=step, backend="python", max_batch_size=64, instance_group=cpu))
+    if pipeline == "ensemble":
+        _model(repo, mc.ModelConfig(name="recommend", platform="ensemble", max_batch_size=64))
+    else:
+        _model(repo, mc.ModelConfig(name="recommend", backend="python", max_batch_size=64, instance_group=cpu))
+    return repo
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["cpu", "gpu"])
+def rendered(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    out = root / "out"
+    paths = write_kubernetes(_repository(root), replicas=2, gpu=request.param, out=out)
+    return request.param, out, paths
+
+
+def _load(out: Path, name: str) -> dict:
+    return yaml.safe_load((out / name).read_text())
+
+
+def test_writes_manifests_chart_and_inference_service(rendered):
+    _, out, paths = rendered
+    names = {p.relative_to(out).as_posix() for p in paths}
+    assert set(MANIFESTS) <= names
+    assert {"helm/aerec/Chart.yaml", "helm/aerec/values.yaml", "helm/aerec/templates/deployment.yaml",
+            "kserve/inferenceservice.yaml", "prometheus-adapter-values.yaml", "README.md"} <= names
+    assert all(p.is_file() for p in paths)
+
+
+@pytest.mark.parametrize("name", MANIFESTS + ["servicemonitor.yaml"])
+def test_manifests_pass_strict_schema_validation(rendered, name):
+    _, out, _ = rendered
+    cmd = [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--kubernetes-version", "1.30",
+           str(out / name)]
+    if name == "servicemonitor.yaml":   # a Prometheus-operator CRD: no bundled schema, reported as such
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0 and "Couldn't find schema for kind ServiceMonitor" in result.stdout
+        return
+    for version in ("1.25", "1.37"):    # the oldest and newest schemas bundled
+        assert kubernetes_validate.validate(_load(out, name), version, strict=True)
+
+
+def test_strict_validation_rejects_an_unknown_field(rendered):
+    _, out, _ = rendered
+    deployment = _load(out, "deployment.yaml")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.37", strict=True)
+
+
+def test_deployment_runs_triton_on_the_repository_volume(rendered):
+    gpu, out, _ = rendered
+    deployment = _load(out, "deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"
+    assert container["args"] == ["tritonserver", "--model-repository=/models"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/models")
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == _load(out, "model-repository-pvc.yaml")["metadata"]["name"]
+    limits = container["resources"]["limits"]
+    assert limits["cpu"] and limits["memory"]
+    assert ("nvidia.com/gpu" in limits) == gpu and limits.get("nvidia.com/gpu", "1") == "1"
+    readme = (out / "README.md").read_text()
+    assert ("KIND_GPU" in readme) == gpu and ("KIND_CPU instances: rater_onnx" in readme) == gpu
+
+
+def test_service_selects_the_server_and_not_the_loader(rendered):
+    _, out, _ = rendered
+    selector = _load(out, "service.yaml")["spec"]["selector"]
+    assert selector.items() <= _load(out, "deployment.yaml")["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= _load(out, "repository-loader.yaml")["metadata"]["labels"].items()
+    assert {p["port"] for p in _load(out, "service.yaml")["spec"]["ports"]} == {8000, 8001, 8002}
+
+
+def test_autoscaler_scales_on_the_queue_time_prometheus_adapter_serves(rendered):
+    _, out, _ = rendered
+    hpa = _load(out, "hpa.yaml")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _load(out, "deployment.yaml")["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == QUEUE_METRIC
+    (rule,) = _load(out, "prometheus-adapter-values.yaml")["rules"]["custom"]
+    assert rule["name"]["as"] == QUEUE_METRIC
+    assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
+    assert "nv_inference_request_success" in rule["metricsQuery"]
+
+
+def test_chart_lints_clean_and_renders_the_plain_manifests(rendered):
+    _, out, _ = rendered
+    chart_dir = out / "helm" / "aerec"
+    report = helm.lint(str(chart_dir), strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []   # only "icon is recommended" (info)
+    rendered_chart = helm.Chart.load(str(chart_dir)).render(name="aerec", namespace="default")
+    for template, plain in (("deployment.yaml", "deployment.yaml"), ("service.yaml", "service.yaml"),
+                            ("hpa.yaml", "hpa.yaml")):
+        assert yaml.safe_load(rendered_chart[f"aerec/templates/{template}"]) == _load(out, plain), template
+    assert yaml.safe_load(rendered_chart["aerec/templates/servicemonitor.yaml"]) is None   # off by default
+    with_monitor = helm.Chart.load(str(chart_dir)).render({"serviceMonitor": {"enabled": True}}, name="aerec")
+    assert yaml.safe_load(with_monitor["aerec/templates/servicemonitor.yaml"]) == _load(out, "servicemonitor.yaml")
+
+
+def test_chart_values_change_the_rendered_deployment(rendered):
+    _, out, _ = rendered
+    chart = helm.Chart.load(str(out / "helm" / "aerec"))
+    manifests = chart.render({"replicas": 5, "image": "registry.example/tritonserver:24.10-py3"}, name="aerec")
+    deployment = yaml.safe_load(manifests["aerec/templates/deployment.yaml"])
+    assert deployment["spec"]["replicas"] == 5
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/tritonserver:24.10-py3"
+    assert kubernetes_validate.validate(deployment, "1.37", strict=True)
+
+
+def _kserve_check(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.deploy.kserve_check", *map(str, paths)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_inference_service_round_trips_through_the_kserve_sdk(rendered, tmp_path):
+    if importlib.util.find_spec("kserve") is None:   # found, never imported here
+        pytest.skip("the kserve SDK is not installed (dev extra)")
+    gpu, out, _ = rendered
+    isvc = _load(out, "kserve/inferenceservice.yaml")
+    triton = isvc["spec"]["predictor"]["triton"]
+    assert triton["storageUri"] == "pvc://aerec-model-repository" and triton["runtimeVersion"] == "24.10-py3"
+    assert ("nvidia.com/gpu" in triton["resources"]["limits"]) == gpu
+    # A misspelt field and a wrongly typed value must be refused, not dropped.
+    misspelt = dict(isvc, spec={"predictor": dict(isvc["spec"]["predictor"], tritn=triton)})
+    (tmp_path / "misspelt.yaml").write_text(yaml.safe_dump(misspelt))
+    wrong_type = yaml.safe_load(yaml.safe_dump(isvc))
+    wrong_type["spec"]["predictor"]["triton"]["resources"]["limits"]["cpu"] = 2
+    (tmp_path / "wrong_type.yaml").write_text(yaml.safe_dump(wrong_type))
+
+    ok = _kserve_check(out / "kserve" / "inferenceservice.yaml")
+    assert ok.returncode == 0, ok.stderr
+    assert "V1beta1InferenceService aerec (triton runtime 24.10-py3)" in ok.stdout
+    bad = _kserve_check(tmp_path / "misspelt.yaml")
+    assert bad.returncode == 1 and "V1beta1PredictorSpec has no field tritn" in bad.stderr
+    bad = _kserve_check(tmp_path / "wrong_type.yaml")
+    assert bad.returncode == 1 and "V1ResourceRequirements" in bad.stderr
+
+
+def test_refuses_a_missing_folder_a_repository_without_recommend_and_the_fused_pipeline(tmp_path):
+    with pytest.raises(DeployError, match="no such repository folder"):
+        render_kubernetes(tmp_path / "absent", 1, False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DeployError, match="holds no `recommend` model"):
+        render_kubernetes(tmp_path / "empty", 1, False)
+    with pytest.raises(DeployError, match="fused pipeline .* rebuild the repository without --tuned"):
+        render_kubernetes(_repository(tmp_path, "fused"), 1, False)
+    assert issubclass(DeployError, ValueError)
+
+
+def test_refuses_replica_counts_out_of_order(tmp_path):
+    repo = _repository(tmp_path)
+    with pytest.raises(DeployError, match="replicas 0"):
+        render_kubernetes(repo, 0, False)
+    with pytest.raises(DeployError, match="max_replicas 2"):
+        render_kubernetes(repo, 3, False, max_replicas=2)
+
+
+def test_cli_deploy_kubernetes_writes_the_files_and_names_a_bad_repository(tmp_path):
+    """`aerec deploy kubernetes` is the library call behind a command line: it lists what it
+    wrote, and a folder that is not a repository is an error naming it (exit status 2)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    repo = _repository(tmp_path / "built")
+    ok = CliRunner().invoke(app, ["deploy", "kubernetes", "--repository", str(repo), "--replicas", "2",
+                                  "--out", str(tmp_path / "out")])
+    assert ok.exit_code == 0, ok.output
+    assert str(tmp_path / "out" / "deployment.yaml") in ok.output
+    assert (tmp_path / "out" / "helm" / "aerec" / "Chart.yaml").is_file()
+    bad = CliRunner().invoke(app, ["deploy", "kubernetes", "--repository", str(tmp_path / "nowhere"),
+                                   "--out", str(tmp_path / "out2")])
+    assert bad.exit_code == 2 and "nowhere" in bad.output

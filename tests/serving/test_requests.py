@@ -1,0 +1,120 @@
+"""Request parsing and validation without a server: every bad request of
+tests/reliability/test_bad_inputs.py that our code (not Triton's own checks) refuses gets the
+same message here, and valid requests become the dense rows the networks read."""
+import numpy as np
+import pytest
+
+from serving.contract import DEFAULT_TOP_K, ITEM_IDS, MAX_ITEMS_PER_REQUEST, PAD, RATINGS, TOP_K, USER_ID
+from serving.requests import Catalogue, RequestError, parse_request, prepare
+
+# Items 10, 20, ..., 120 (12 columns); users 1, 2, 3: user 1 rated items 10 (5) and 30 (3),
+# user 2 item 120 (4), user 3 nothing (all their ratings fell in the test part). Scale 1..5.
+CAT = Catalogue(item_ids=np.arange(10, 121, 10, dtype=np.int64), user_ids=np.array([1, 2, 3], np.int64),
+                indptr=np.array([0, 2, 3, 3], np.int64), indices=np.array([0, 2, 11], np.int64),
+                data=np.array([5, 3, 4], np.float32), low=1.0, high=5.0)
+
+
+def i64(*v):
+    return np.array([v], np.int64)
+
+
+def f32(*v):
+    return np.array([v], np.float32)
+
+
+def k(n):
+    return np.array([[n]], np.int32)
+
+
+BAD = [
+    ("unknown user", {USER_ID: i64(999_999), TOP_K: k(10)}, "unknown USER_ID 999999"),
+    ("unknown user with items", {USER_ID: i64(7), ITEM_IDS: i64(10), RATINGS: f32(4), TOP_K: k(3)},
+     "unknown USER_ID 7"),
+    ("user with no history", {USER_ID: i64(3), TOP_K: k(5)},
+     "user 3 has no ratings in the training data: send ITEM_IDS with RATINGS"),
+    ("length mismatch", {ITEM_IDS: i64(10, 20, 30), RATINGS: f32(4, 5), TOP_K: k(10)},
+     "ITEM_IDS has 3 entries but RATINGS has 2"),
+    ("NaN rating", {ITEM_IDS: i64(10, 20), RATINGS: f32(4, np.nan), TOP_K: k(10)}, "NaN or infinity"),
+    ("inf rating", {ITEM_IDS: i64(10, 20), RATINGS: f32(4, np.inf), TOP_K: k(10)}, "NaN or infinity"),
+    ("rating above scale", {ITEM_IDS: i64(10, 20), RATINGS: f32(4, 9), TOP_K: k(10)}, "rating 9 outside scale 1..5"),
+    ("negative rating", {ITEM_IDS: i64(10), RATINGS: f32(-1), TOP_K: k(10)}, "rating -1 outside scale 1..5"),
+    ("TOP_K zero", {USER_ID: i64(1), TOP_K: k(0)}, "TOP_K must be in 1..12, got 0"),
+    ("TOP_K negative", {USER_ID: i64(1), TOP_K: k(-5)}, "TOP_K must be in 1..12, got -5"),
+    ("TOP_K huge", {USER_ID: i64(1), TOP_K: k(2**31 - 1)}, "TOP_K must be in 1..12, got 2147483647"),
+    ("empty lists", {ITEM_IDS: np.zeros((1, 0), np.int64), RATINGS: np.zeros((1, 0), np.float32), TOP_K: k(10)},
+     "empty request"),
+    ("nothing at all", {}, "empty request"),
+    ("only padding", {ITEM_IDS: i64(PAD, PAD), RATINGS: f32(4, 0), TOP_K: k(3)}, "empty request"),
+    ("no known item", {ITEM_IDS: i64(999_998), RATINGS: f32(4), TOP_K: k(10)}, "no known items"),
+    ("duplicate item ids", {ITEM_IDS: i64(50, 70, 50), RATINGS: f32(5, 4, 3), TOP_K: k(10)},
+     "ITEM_IDS repeats item 50: send each item once"),
+    ("too many items", {ITEM_IDS: np.arange(1, MAX_ITEMS_PER_REQUEST + 2, dtype=np.int64)[None],
+                        RATINGS: np.full((1, MAX_ITEMS_PER_REQUEST + 1), 3, np.float32), TOP_K: k(10)},
+     f"{MAX_ITEMS_PER_REQUEST + 1} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}"),
+    ("ratings without items", {RATINGS: f32(4, 5), TOP_K: k(10)}, "RATINGS sent without ITEM_IDS (2 ratings"),
+    ("items without ratings", {ITEM_IDS: i64(50, 70), TOP_K: k(10)}, "ITEM_IDS has 2 entries but RATINGS has 0"),
+    ("TOP_K not one per row", {USER_ID: i64(1), TOP_K: np.array([[5, 6]], np.int32)},
+     "TOP_K must be one integer per row"),
+    ("mixed TOP_K", {USER_ID: np.array([[1], [2]], np.int64), TOP_K: np.array([[5], [6]], np.int32)},
+     "TOP_K differs across the rows of one request"),
+    ("rows disagree", {USER_ID: np.array([[1], [2]], np.int64), TOP_K: k(5)}, "USER_ID has 2 rows but TOP_K has 1"),
+    # The user is checked before the ratings, the ratings before TOP_K: the first real problem is named.
+    ("user before TOP_K", {USER_ID: i64(999), TOP_K: k(0)}, "unknown USER_ID 999"),
+    ("ratings before TOP_K", {ITEM_IDS: i64(10), RATINGS: f32(9), TOP_K: k(0)}, "outside scale"),
+]
+
+
+@pytest.mark.parametrize("name,tensors,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_request_is_refused_with_its_reason(name, tensors, message):
+    with pytest.raises(RequestError) as e:
+        parse_request(tensors, CAT)
+    assert message in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_known_user_gets_their_history():
+    (row,) = parse_request({USER_ID: i64(1), TOP_K: k(4)}, CAT)
+    assert row.user_row == 0 and row.k == 4 and row.cols.size == 0
+    batch = prepare([{USER_ID: i64(1), TOP_K: k(4)}], CAT)
+    expected = np.zeros(12, np.float32)
+    expected[[0, 2]] = [5, 3]
+    assert batch.errors == {} and batch.spans == [(0, 0, 1)]
+    np.testing.assert_array_equal(batch.dense[0], expected)
+    assert batch.top_k.tolist() == [[4]] and batch.unknown.tolist() == [[0]]
+
+
+def test_sent_ratings_override_the_history_and_unknown_items_are_counted():
+    batch = prepare([{USER_ID: i64(1), ITEM_IDS: i64(10, 40, 555), RATINGS: f32(1, 2, 3), TOP_K: k(3)}], CAT)
+    expected = np.zeros(12, np.float32)
+    expected[[0, 2, 3]] = [1, 3, 2]     # item 10 now 1 (was 5), item 30 kept from the history
+    np.testing.assert_array_equal(batch.dense[0], expected)
+    assert batch.unknown.tolist() == [[1]]
+
+
+def test_default_top_k_is_ten_capped_at_the_catalogue():
+    (row,) = parse_request({ITEM_IDS: i64(10), RATINGS: f32(4)}, CAT)
+    assert row.k == DEFAULT_TOP_K
+    small = Catalogue(CAT.item_ids[:3], CAT.user_ids, CAT.indptr, np.array([0, 2, 1]), CAT.data, 1.0, 5.0)
+    (row,) = parse_request({ITEM_IDS: i64(10), RATINGS: f32(4)}, small)
+    assert row.k == 3
+
+
+def test_several_new_users_padded_into_one_request():
+    items = np.array([[10, 20, 30], [40, PAD, PAD]], np.int64)
+    ratings = np.array([[5, 4, 3], [2, 0, 0]], np.float32)
+    batch = prepare([{ITEM_IDS: items, RATINGS: ratings, TOP_K: np.array([[2], [2]], np.int32)}], CAT)
+    assert batch.spans == [(0, 0, 2)] and batch.dense.shape == (2, 12)
+    assert batch.dense[0, :3].tolist() == [5, 4, 3] and batch.dense[1].nonzero()[0].tolist() == [3]
+
+
+def test_a_bad_request_never_fails_its_batch_mates():
+    good = {USER_ID: i64(2), TOP_K: k(3)}
+    batch = prepare([good, {USER_ID: i64(999), TOP_K: k(3)}, good], CAT)
+    assert batch.errors == {1: "unknown USER_ID 999"}
+    assert batch.spans == [(0, 0, 1), (2, 1, 2)] and batch.dense.shape == (2, 12)
+    assert batch.dense[:, 11].tolist() == [4, 4]
+
+
+def test_ids_only_rows_are_looked_up_together():
+    rows = parse_request({USER_ID: np.array([[2], [1]], np.int64), TOP_K: np.array([[3], [3]], np.int32)}, CAT)
+    assert [r.user_row for r in rows] == [1, 0]
