@@ -70,6 +70,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("repository", type=Path, help="a repository written by `aerec repository`")
     a = p.parse_args()
+    if not (a.repository / "aerec_repository.json").is_file():
+        p.error(f"{a.repository}: not a repository built by `aerec repository` (no aerec_repository.json)")
     manifest = json.loads((a.repository / "aerec_repository.json").read_text())
     config = TrainConfig.load(Path(manifest["run"]) / "config.json")
     dataset = load_dataset(config.data, config.split, config.seed)
