@@ -31,8 +31,8 @@ demo: setup
 	$(AEREC) train --preset deeprec --out runs/demo-deeprec --quiet
 	$(AEREC) results runs/demo-ease runs/demo-deeprec
 	$(AEREC) export runs/demo-ease --precision fp32
-	$(AEREC) export runs/demo-deeprec --precision fp32,int8
-	$(AEREC) repository runs/demo-ease --rating-model runs/demo-deeprec --variant onnx --variant onnx_int8 --out runs/demo-repository
+	$(AEREC) export runs/demo-deeprec --precision fp32
+	$(AEREC) repository runs/demo-ease --rating-model runs/demo-deeprec --out runs/demo-repository
 	$(PY) examples/demo_serve.py runs/demo-repository
 
 lint: setup

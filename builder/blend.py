@@ -27,7 +27,7 @@ from builder.metrics import mae, rmse
 from builder.models import ITEM_BASED
 from builder.predict import orient, predict_entries
 from builder.presets import preset
-from builder.runs import load_run, save_run
+from builder.runs import load_run, load_run_dataset, save_run
 from builder.train import TrainResult, fit, pick_device
 
 
@@ -141,7 +141,7 @@ def evaluate_blend(folder: Path) -> dict:
     preds, dataset = [], None
     for name in spec["members"]:
         config, model = load_run(Path(folder) / name)
-        dataset = dataset or load_dataset(config.data, config.split, config.seed)
+        dataset = dataset or load_run_dataset(Path(folder) / name)
         preds.append(member_predictions(model, config, dataset.train, dataset.test, "cpu"))
     truth = _entries(dataset.test)
     blended = np.clip(np.stack(preds, axis=1), *dataset.scale) @ np.array(spec["weights"])

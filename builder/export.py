@@ -18,12 +18,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from builder.data.sources import load_dataset
 from builder.metrics import recall_at_k, rmse
 from builder.models import TOP_N
 from serving.ranking import top_k_unrated
 from builder.predict import orient
-from builder.runs import load_run
+from builder.runs import load_run, load_run_dataset
 
 PRECISIONS = ("fp32", "fp16", "int8")
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT  # noqa: E402  (stable names)
@@ -167,7 +166,7 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
     if getattr(model, "full_matrix", False):
         raise ExportError(f"{run_dir}: {train_cfg.model} predicts the whole rating matrix in one forward "
                           "(offline accuracy only); export a user-based model to serve")
-    dataset = load_dataset(train_cfg.data, train_cfg.split, train_cfg.seed)
+    dataset = load_run_dataset(run_dir)
     inputs, targets = orient(dataset.train, train_cfg), orient(dataset.test, train_cfg)
     rows = np.flatnonzero(np.diff(targets.indptr) > 0)  # test users (or items), real vectors
     x = inputs[rows].toarray().astype(np.float32)

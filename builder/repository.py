@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from builder.config import from_dict
 from builder.models import ITEM_BASED, TOP_N
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
@@ -71,12 +72,10 @@ class Tuning:
         if not path.is_file():
             raise RepositoryError(f"{path}: no tuned configuration; run `aerec perf` first")
         raw = json.loads(path.read_text())
-        raw = raw.get("tuning", raw)
-        names = {f.name for f in fields(cls)}
-        unknown = set(raw) - names
-        if unknown:
-            raise RepositoryError(f"{path}: unknown tuning key(s) {sorted(unknown)}")
-        return cls(**raw)
+        try:
+            return from_dict(cls, raw.get("tuning", raw), error=RepositoryError, what="tuning key")
+        except RepositoryError as e:
+            raise RepositoryError(f"{path}: {e}") from None
 
     def __post_init__(self):
         if self.pipeline not in PIPELINES:
@@ -377,14 +376,13 @@ def _same_items(ranker: _Served, rater: _Served) -> None:
                               f"{rater.run} on {b} ({rater.dataset.get('name')}): train both on the same ratings")
 
 
-def _same_data(part: _Served, dataset) -> None:
-    """The item ids, titles and histories served are rebuilt from the run's data path at build
-    time: data that changed since training would serve one item's column under another's id.
-    Refused when the run recorded a fingerprint and the data there now has another."""
-    recorded = part.dataset.get("fingerprint")
-    if recorded and recorded != dataset.fingerprint:
-        raise RepositoryError(f"{part.run} was trained on ratings {recorded} but {part.config.data} now holds "
-                              f"{dataset.fingerprint}: the data changed since training; restore it or retrain")
+def _run_dataset(part: _Served):
+    """The data set the run was trained on: its item ids, titles and histories are what is served."""
+    from builder.runs import RunDataError, load_run_dataset
+    try:
+        return load_run_dataset(part.run)
+    except RunDataError as e:
+        raise RepositoryError(str(e)) from None
 
 
 def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None,
@@ -396,10 +394,10 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     then `variants` are the rater's (fp32, int8 ...) and the ranker is served as `ranker_onnx`
     (fp32: the list it ranks is the one offline evaluation measured). The first variant is the
     one `recommend` uses. Raises RepositoryError, leaving `out` as it was, when an export is
-    missing, a run has the wrong role, the two runs' item sets differ, or a run's data path
-    now holds other ratings than it was trained on (dataset fingerprints differ).
+    missing, a run has the wrong role, the two runs' item sets differ, or a run's data set is
+    incomplete (a run folder from before runs held their data: its data path now holds other
+    ratings than it was trained on). The data served comes from the run folder (load_run_dataset).
     """
-    from builder.data.sources import load_dataset
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -418,13 +416,10 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     dataset = None
     if folding:
         first = parts[0].config
-        dataset = load_dataset(first.data, first.split, first.seed)
-        _same_data(parts[0], dataset)
+        dataset = _run_dataset(parts[0])
         if len(parts) > 1:
             other = roles["rater"].config
-            other_data = load_dataset(other.data, other.split, other.seed)
-            _same_data(roles["rater"], other_data)
-            items = other_data.item_ids
+            items = _run_dataset(roles["rater"]).item_ids
             if not np.array_equal(items, dataset.item_ids):
                 raise RepositoryError(f"{run_dir} and {rating_run} index different item ids "
                                       f"({first.data}/{first.split} vs {other.data}/{other.split})")

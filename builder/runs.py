@@ -1,11 +1,14 @@
 """Run folders: what `aerec train` writes (weights.safetensors, config.json, metrics.json,
-history.json, curve.png) and reads back, so every later stage starts from a folder."""
+history.json, curve.png and the data set it was trained on) and reads back, so every later
+stage starts from a folder, not from the ratings file."""
 from __future__ import annotations
 
 import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -28,13 +31,76 @@ def code_version() -> str:
         return "unknown"
 
 
+# The data set a run was trained on, beside its weights (plain .npy, no pickle): later stages
+# read it here rather than reload and re-split a ratings file that may have moved or changed.
+DATASET_ARRAYS = ("user_ids", "item_ids", "train_indptr", "train_indices", "train_data",
+                  "test_indptr", "test_indices", "test_data")
+TITLES = "titles.json"
+
+
+class RunDataError(ValueError):
+    """A run folder's data set is incomplete, or its data path now holds other ratings."""
+
+
+def save_dataset(dataset: Dataset, out: Path) -> None:
+    """Write `dataset`'s id maps (int64), titles and train/test CSR arrays into the folder `out`;
+    its name, scale and fingerprint are recorded in config.json by save_run."""
+    arrays = {"user_ids": np.asarray(dataset.user_ids, dtype=np.int64),
+              "item_ids": np.asarray(dataset.item_ids, dtype=np.int64)}
+    for part in ("train", "test"):
+        m = getattr(dataset, part)
+        arrays.update({f"{part}_indptr": m.indptr, f"{part}_indices": m.indices, f"{part}_data": m.data})
+    for name, a in arrays.items():
+        np.save(out / f"{name}.npy", a, allow_pickle=False)
+    (out / TITLES).write_text(json.dumps([str(t) for t in dataset.titles]))
+
+
+def load_run_dataset(run_dir: Path) -> Dataset:
+    """The Dataset a run folder was trained on, rebuilt from the arrays save_run wrote.
+
+    A run folder written before runs held their data (none of the arrays) reloads and re-splits
+    its config's data path instead, refused (RunDataError) when that now holds other ratings than
+    the recorded fingerprint. Raises RunDataError when only some of the files are there,
+    FileNotFoundError when config.json is missing (and as load_dataset does for the fallback)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: is {run_dir} a run folder made by `aerec train`?")
+    summary = json.loads(cfg_path.read_text()).get("dataset", {})
+    files = [run_dir / f"{name}.npy" for name in DATASET_ARRAYS] + [run_dir / TITLES]
+    missing = [p.name for p in files if not p.is_file()]
+    if len(missing) == len(files):
+        return _reload_dataset(run_dir, summary)
+    if missing:
+        raise RunDataError(f"{run_dir}: run folder lacks {', '.join(missing)} of its data set; "
+                           "copy the whole folder or retrain")
+    a = {name: np.load(run_dir / f"{name}.npy", allow_pickle=False) for name in DATASET_ARRAYS}
+    shape = (len(a["user_ids"]), len(a["item_ids"]))
+    train, test = (sp.csr_matrix((a[f"{p}_data"], a[f"{p}_indices"], a[f"{p}_indptr"]), shape=shape)
+                   for p in ("train", "test"))
+    titles = json.loads((run_dir / TITLES).read_text())
+    return Dataset(train, test, a["user_ids"], a["item_ids"], titles, tuple(summary["scale"]),
+                   summary["fingerprint"], summary.get("name", ""))
+
+
+def _reload_dataset(run_dir: Path, summary: dict) -> Dataset:
+    config = TrainConfig.load(run_dir / "config.json")
+    dataset = load_dataset(config.data, config.split, config.seed)
+    recorded = summary.get("fingerprint")
+    if recorded and recorded != dataset.fingerprint:
+        raise RunDataError(f"{run_dir} was trained on ratings {recorded} but {config.data} now holds "
+                           f"{dataset.fingerprint}: the data changed since training; restore it or retrain")
+    return dataset
+
+
 def save_run(result: TrainResult, dataset: Dataset, out: Path) -> Path:
     """Write a trained model to the run folder `out` (created if missing) and return it.
 
     Files: weights.safetensors (the state dict, no pickle), config.json (the TrainConfig plus the
     data set's summary and fingerprint, the code version, n_inputs and n_rows: the width of an
     input vector and how many vectors the model was trained on, in its orientation), metrics.json,
-    history.json (one row per epoch) and curve.png."""
+    history.json (one row per epoch), curve.png, and the data set (see save_dataset;
+    load_run_dataset reads it back)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
@@ -45,6 +111,7 @@ def save_run(result: TrainResult, dataset: Dataset, out: Path) -> Path:
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     (out / "history.json").write_text(json.dumps(result.history, indent=2))
     plot_curve(result.history, out / "curve.png", result.config.model)
+    save_dataset(dataset, out)
     return out
 
 
@@ -94,11 +161,11 @@ def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = Fa
 def evaluate_run(run_dir: Path) -> dict:
     """`aerec evaluate`: a run folder's test metrics recomputed from its saved weights and config
     (a blend's from its members', see builder.blend.evaluate_blend). Raises FileNotFoundError /
-    ValueError as load_run and load_dataset do."""
+    ValueError as load_run and load_run_dataset do."""
     run_dir = Path(run_dir)
     if (run_dir / "blend.json").is_file():
         from builder.blend import evaluate_blend  # blend builds on this module
         return evaluate_blend(run_dir)
     config, model = load_run(run_dir)
-    dataset = load_dataset(config.data, config.split, config.seed)
+    dataset = load_run_dataset(run_dir)
     return evaluate_model(model, dataset, config, "cpu")

@@ -175,21 +175,35 @@ class RecommenderClient:
             yield delay * random.uniform(0.5, 1.0)
             delay = min(delay * 2, self.backoff_max_s)
 
+    def _attempts(self):
+        """One item per attempt: the pause to take if it fails transiently, None for the last."""
+        yield from self._delays()
+        yield None
+
+    def _after_failure(self, error: Exception, pause: float | None) -> float:
+        """The pause before the next attempt; raises `error` as a RequestError (never retried) or
+        a ServerError when it is not transient or no attempt is left."""
+        if pause is None or not is_transient(error):
+            raise as_recommender_error(error) from error
+        self.retried += 1
+        return pause
+
     def _retrying(self, call):
         """call() with retries on transient errors; any error that remains is raised as a
         RequestError (never retried) or a ServerError."""
-        for pause in self._delays():
+        for pause in self._attempts():
             try:
                 return call()
             except Exception as e:  # tritonclient and the transports raise many types
-                if not is_transient(e):
-                    raise as_recommender_error(e) from e
-                self.retried += 1
-                time.sleep(pause)
-        try:
-            return call()  # the last attempt's error, transient or not, reaches the caller
-        except Exception as e:
-            raise as_recommender_error(e) from e
+                time.sleep(self._after_failure(e, pause))
+
+    async def _retrying_async(self, call):
+        """_retrying for a coroutine function `call`, sleeping without blocking the event loop."""
+        for pause in self._attempts():
+            try:
+                return await call()
+            except Exception as e:
+                await asyncio.sleep(self._after_failure(e, pause))
 
     def _infer(self, inputs):
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
@@ -246,19 +260,11 @@ class RecommenderClient:
             import tritonclient.http.aio as aio
         client = aio.InferenceServerClient(self.url)
         inputs = self._inputs(user_id, ratings, k)
+
+        async def attempt():
+            return self._parse(await client.infer(self.model, inputs), k)
         try:
-            for pause in self._delays():
-                try:
-                    return self._parse(await client.infer(self.model, inputs), k)
-                except Exception as e:
-                    if not is_transient(e):
-                        raise as_recommender_error(e) from e
-                    self.retried += 1
-                    await asyncio.sleep(pause)
-            try:
-                return self._parse(await client.infer(self.model, inputs), k)
-            except Exception as e:
-                raise as_recommender_error(e) from e
+            return await self._retrying_async(attempt)
         finally:
             await client.close()
 

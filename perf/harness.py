@@ -24,7 +24,7 @@ from builder.data.sources import load_dataset
 from builder.data.synthetic import synthetic_ratings
 from builder.export import export_onnx_fp32, ort_session
 from builder.repository import Tuning, add_network, apply_tuning, write_repository
-from builder.runs import load_run
+from builder.runs import load_run, load_run_dataset
 from builder.train import make_model
 from perf import analyzer, baselines, inputs, load
 from perf.report import write_report
@@ -375,8 +375,8 @@ def prepare(run_dir: Path | None, rating_run: Path | None, plan: Plan, out: Path
     ranker_run, rater_run = ensure_runs(Path(run_dir) if run_dir else None, Path(rating_run) if rating_run else None)
     runs = [r for r in (ranker_run, rater_run) if r is not None]
     # The served pipeline runs every network on every user: its baselines run them all too.
-    config, models = load_run(runs[0])[0], [load_run(r)[1] for r in runs]
-    dataset = load_dataset(config.data, config.split, config.seed)
+    models = [load_run(r)[1] for r in runs]
+    dataset = load_run_dataset(runs[0])
     users = inputs.held_out_users(dataset.test, dataset.train, n_users)
     x = dataset.train[users].toarray().astype(np.float32)
     data = {"ratings": inputs.write(inputs.ensemble_ratings_data(dataset.train, dataset.item_ids, users),

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from builder.data.sources import load_dataset
 from serving.ranking import top_k_unrated
-from builder.runs import load_run
+from builder.runs import load_run, load_run_dataset
 
 
 def make_handler(model, item_ids: np.ndarray, rater=None):
@@ -67,9 +66,9 @@ def serve(run_dir: Path, port: int, threads: int = 1, rating_run: Path | None = 
     /recommend with the ranker's top-K (and the rater's predicted ratings), one PyTorch forward
     per request on `threads` threads; not started yet (call serve_forever)."""
     torch.set_num_threads(threads)
-    config, model = load_run(run_dir)
+    model = load_run(run_dir)[1]
     rater = load_run(rating_run)[1] if rating_run else None
-    dataset = load_dataset(config.data, config.split, config.seed)
+    dataset = load_run_dataset(run_dir)
     return ThreadingHTTPServer(("127.0.0.1", port), make_handler(model, dataset.item_ids, rater))
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.config import TrainConfig
-from builder.data.sources import load_dataset
+from builder.runs import load_run_dataset
 from builder.models.popularity import item_counts
 from builder.metrics import ndcg_at_k, recall_at_k, rmse
 from serving.ranking import top_k_unrated
@@ -74,7 +74,7 @@ def main() -> None:
         p.error(f"{a.repository}: not a repository built by `aerec repository` (no aerec_repository.json)")
     manifest = json.loads((a.repository / "aerec_repository.json").read_text())
     config = TrainConfig.load(Path(manifest["run"]) / "config.json")
-    dataset = load_dataset(config.data, config.split, config.seed)
+    dataset = load_run_dataset(manifest["run"])
     with TritonServer(a.repository) as server:
         result = {"repository": str(a.repository), "ranker": manifest.get("ranker"), "rater": manifest.get("rater"),
                   "data": f"{config.data}/{config.split}", **served_metrics(server.grpc_url, dataset)}

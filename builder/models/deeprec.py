@@ -14,6 +14,18 @@ ACTIVATIONS = {"selu": F.selu, "relu": F.relu, "elu": F.elu, "sigmoid": torch.si
 
 
 class DeepAutoencoder(nn.Module):
+    """The deep autoencoder of Kuchaiev & Ginsburg 2017 ("Training Deep AutoEncoders for
+    Collaborative Filtering"): encoder n_inputs -> layers..., decoder mirrored back to n_inputs.
+
+    Input: one user's raw ratings, float [batch, n_inputs], 0 = not rated; output: predicted
+    ratings on the data's scale [batch, n_inputs] (the loss is the masked MSE of the paper,
+    builder.losses). `dropout` falls on the code, `input_dropout` on the input features, both in
+    training only; `constrained` ties the decoder to the transposed encoder weights. Additions
+    to the paper, all off by default: `center` (predict deviations from the user's mean),
+    `implicit` (the rated-indicator concatenated to the input, width 2 * n_inputs inside),
+    `input_norm` (input scaled by 1/sqrt(#rated)) and `skip` (a linear input -> output path).
+    Raises ValueError for an activation not in ACTIVATIONS."""
+
     def __init__(self, n_inputs: int, layers=(512, 512, 1024), activation: str = "selu",
                  dropout: float = 0.8, constrained: bool = False, last_activation: bool = True,
                  input_dropout: float = 0.0, center: bool = False, implicit: bool = False,
@@ -59,12 +71,17 @@ class DeepAutoencoder(nn.Module):
         return torch.cat([x, observed], dim=1) if self.implicit else x
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [batch, n_inputs] raw ratings -> code [batch, layers[-1]] (the activation of
+        the last encoder layer; dropout not applied here). Raises RuntimeError (from torch)
+        for another width."""
         x = self.input_drop(self.features(x))
         for w, b in zip(self.enc, self.enc_b):
             x = self.act(F.linear(x, w, b))
         return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [batch, layers[-1]] -> [batch, n_inputs]: ratings, or deviations from the user's
+        mean with `center` (forward adds the mean back and the skip path)."""
         weights = ([w.t() for w in reversed(self.enc)] if self.constrained else list(self.dec))
         if self.constrained and self.implicit:
             weights[-1] = weights[-1][: self.dec_b[-1].shape[0]]  # the rating half of the tied first layer
@@ -75,6 +92,9 @@ class DeepAutoencoder(nn.Module):
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [batch, n_inputs] raw ratings (0 = not rated) -> predicted ratings
+        [batch, n_inputs] on the data's scale (not clipped). Raises RuntimeError (from torch)
+        for another width."""
         out = self.decode(self.drop(self.encode(x)))
         if self.skip is not None:
             out = out + self.skip(self.features(x))

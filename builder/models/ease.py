@@ -47,7 +47,12 @@ def fit_ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
 
 
 class EASE(nn.Module):
-    """forward(x [batch, n_items] raw ratings) -> scores [batch, n_items]; B is a buffer."""
+    """EASE (Steck 2019): scores = binarise(x) @ B, B the closed-form item-item weights with a
+    zero diagonal, held as a float32 buffer [n_items, n_items] (4 * n_items^2 bytes) and set by
+    fit. A top-N model: scores rank items, they are not ratings.
+
+    Raises ValueError when B would exceed `max_gb` gigabytes (check_ease_memory). `threshold`:
+    a rating counts as feedback when > 0 (threshold 0) or >= threshold."""
 
     def __init__(self, n_items: int, threshold: float = 0.0, max_gb: float = 4.0):
         super().__init__()
@@ -56,7 +61,8 @@ class EASE(nn.Module):
         self.register_buffer("B", torch.zeros(n_items, n_items))
 
     def fit(self, matrix: sp.csr_matrix, lam: float) -> "EASE":
-        """matrix: users x items raw ratings; binarised with the model's threshold."""
+        """Set B from `matrix` (users x items CSR, raw ratings, binarised with the model's
+        threshold) with L2 weight `lam`; returns self. Raises ValueError for lam <= 0."""
         X = sp.csr_matrix(matrix, dtype=np.float64, copy=True)  # a copy: eliminate_zeros works in place
         X.data = (X.data > 0 if self.threshold <= 0 else X.data >= self.threshold).astype(np.float64)
         X.eliminate_zeros()
@@ -64,4 +70,7 @@ class EASE(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [batch, n_items] raw ratings (0 = not rated) -> unbounded scores
+        [batch, n_items], higher = recommend first; an item's own rating never scores itself.
+        Raises RuntimeError (from torch) for another width."""
         return binarise(x, self.threshold) @ self.B

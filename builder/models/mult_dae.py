@@ -17,7 +17,11 @@ def normalised_input(x: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 class MultDAE(nn.Module):
-    """n -> hidden... -> mirrored -> n; forward(x [batch, n] raw ratings) -> logits [batch, n]."""
+    """Mult-DAE (Liang et al. 2018): n_items -> hidden... -> mirrored -> n_items, tanh between.
+
+    The input is binarised (a rating > 0, or >= `threshold`), L2-normalised per row and dropped
+    out at rate `input_dropout` in training; the output is logits of a multinomial over items
+    (trained with builder.losses.multinomial_nll). A top-N model: logits rank, they are not ratings."""
 
     def __init__(self, n_items: int, hidden=(600, 200), input_dropout: float = 0.5, threshold: float = 0.0):
         super().__init__()
@@ -31,6 +35,9 @@ class MultDAE(nn.Module):
         self.drop = nn.Dropout(input_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [batch, n_items] raw ratings (0 = not rated) -> logits [batch, n_items];
+        softmax over the last axis gives the item probabilities. Raises RuntimeError (from torch)
+        for another width."""
         h = self.drop(normalised_input(x, self.threshold))
         for k, layer in enumerate(self.layers):
             h = layer(h)

@@ -11,7 +11,12 @@ from builder.models.mult_dae import normalised_input
 
 
 class MultVAE(nn.Module):
-    """forward(x [batch, n] raw ratings) -> logits [batch, n] (the mean code when not training)."""
+    """Mult-VAE (Liang et al. 2018): encoder n_items -> hidden[:-1] (tanh) -> (mu, logvar) of a
+    Gaussian of dimension hidden[-1]; decoder mirrored back to n_items logits of a multinomial
+    over items. Input binarised and L2-normalised per row as in MultDAE, dropped out at rate
+    `input_dropout` in training. A top-N model: logits rank, they are not ratings.
+
+    Raises ValueError when `hidden` is empty (it must end with the latent dimension)."""
 
     def __init__(self, n_items: int, hidden=(600, 200), input_dropout: float = 0.5, threshold: float = 0.0):
         super().__init__()
@@ -31,7 +36,8 @@ class MultVAE(nn.Module):
         self.drop = nn.Dropout(input_dropout)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar), each [batch, latent]."""
+        """x float [batch, n_items] raw ratings -> (mu, logvar), each [batch, latent]: the
+        Gaussian's mean and log variance. Raises RuntimeError (from torch) for another width."""
         h = self.drop(normalised_input(x, self.threshold))
         for layer in self.encoder:
             h = torch.tanh(layer(h))
@@ -39,6 +45,7 @@ class MultVAE(nn.Module):
         return stats[:, :self.latent], stats[:, self.latent:]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [batch, latent] -> logits [batch, n_items]."""
         for k, layer in enumerate(self.decoder):
             z = layer(z)
             if k < len(self.decoder) - 1:
@@ -46,6 +53,8 @@ class MultVAE(nn.Module):
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x float [batch, n_items] raw ratings (0 = not rated) -> logits [batch, n_items]:
+        decoded from a sample of the code in training, from its mean (deterministic) in eval."""
         mu, logvar = self.encode(x)
         if self.training:  # reparameterisation: the sample stays differentiable in mu, logvar
             mu = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)

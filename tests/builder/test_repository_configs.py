@@ -1,6 +1,7 @@
 """A repository built by `aerec repository` (write_repository) equals, config by config, the
 committed templates in model_repository/ with the build's values put in by hand here: both
 parsed with model_config_pb2 and compared as messages."""
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ from tritonclient.grpc import model_config_pb2
 
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
-from builder.repository import TEMPLATES, Tuning, write_repository
+from builder.repository import TEMPLATES, RepositoryError, Tuning, write_repository
 from conftest import FIXTURES, train_and_export
 
 pytestmark = pytest.mark.slow
@@ -150,3 +151,13 @@ def test_a_build_into_the_committed_layout_fills_version_1_beside_model_py(runs,
     assert (repo / "preprocess" / "1" / "assets.json").is_file()
     assert (repo / "recommend" / "fused" / "model.py").is_file()   # the template stays, Triton skips it
     assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 2
+
+
+def test_tuning_loads_what_perf_wrote_and_refuses_unknown_keys(tmp_path):
+    (tmp_path / "tuned.json").write_text(json.dumps({"tuning": TUNED.to_dict()}))
+    assert Tuning.load(tmp_path) == TUNED
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**TUNED.to_dict(), "network_instance": 3}))
+    with pytest.raises(RepositoryError, match="network_instance") as e:
+        Tuning.load(bad)
+    assert str(bad) in str(e.value)
