@@ -81,3 +81,18 @@ def serve_ranker_and_rater(dataset, root):
     write_repository(ranker, root / "repo", ["onnx"], rating_run=rater)
     with TritonServer(root / "repo", build_dir=root / "build") as s:
         yield s
+
+
+SIX_MOVIES = str(FIXTURES / "six_movies" / "ratings.dat")
+
+
+def six_movie_runs(six, root, rater_epochs: int = 3):
+    """An EASE ranker and a small U-AutoRec rater trained on the six-movie catalogue
+    (tests/fixtures/six_movies, `random` split), both exported: (ranker run, rater run)."""
+    from builder.config import TrainConfig
+    ranker, _ = train_and_export(six, root / "ranker", TrainConfig(model="ease", data=SIX_MOVIES, split="random",
+                                                                   device="cpu"))
+    rater, _ = train_and_export(six, root / "rater", TrainConfig(model="autorec-u", data=SIX_MOVIES, split="random",
+                                                                 hidden=[8], epochs=rater_epochs, batch_size=8,
+                                                                 device="cpu"))
+    return ranker, rater

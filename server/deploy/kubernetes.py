@@ -240,19 +240,25 @@ HELPERS = """{{- define "aerec.labels" -}}
 app.kubernetes.io/name: {{ .Values.name }}
 app.kubernetes.io/component: tritonserver
 {{- end }}
+{{- define "aerec.selector" -}}
+matchLabels:
+  {{- include "aerec.labels" . | nindent 2 }}
+{{- end }}
+{{- define "aerec.metadata" -}}
+name: {{ .Values.name }}
+labels:
+  {{- include "aerec.labels" . | nindent 2 }}
+{{- end }}
 """
 
 DEPLOYMENT_TEMPLATE = """apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {{ .Values.name }}
-  labels:
-    {{- include "aerec.labels" . | nindent 4 }}
+  {{- include "aerec.metadata" . | nindent 2 }}
 spec:
   replicas: {{ .Values.replicas }}
   selector:
-    matchLabels:
-      {{- include "aerec.labels" . | nindent 6 }}
+    {{- include "aerec.selector" . | nindent 4 }}
   template:
     metadata:
       labels:
@@ -315,9 +321,7 @@ spec:
 SERVICE_TEMPLATE = """apiVersion: v1
 kind: Service
 metadata:
-  name: {{ .Values.name }}
-  labels:
-    {{- include "aerec.labels" . | nindent 4 }}
+  {{- include "aerec.metadata" . | nindent 2 }}
 spec:
   type: {{ .Values.service.type }}
   selector:
@@ -338,9 +342,7 @@ HPA_TEMPLATE = """{{- if .Values.autoscaling.enabled }}
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata:
-  name: {{ .Values.name }}
-  labels:
-    {{- include "aerec.labels" . | nindent 4 }}
+  {{- include "aerec.metadata" . | nindent 2 }}
 spec:
   scaleTargetRef:
     apiVersion: apps/v1
@@ -363,13 +365,10 @@ SERVICE_MONITOR_TEMPLATE = """{{- if .Values.serviceMonitor.enabled }}
 apiVersion: monitoring.coreos.com/v1
 kind: ServiceMonitor
 metadata:
-  name: {{ .Values.name }}
-  labels:
-    {{- include "aerec.labels" . | nindent 4 }}
+  {{- include "aerec.metadata" . | nindent 2 }}
 spec:
   selector:
-    matchLabels:
-      {{- include "aerec.labels" . | nindent 6 }}
+    {{- include "aerec.selector" . | nindent 4 }}
   endpoints:
     - port: metrics
       interval: 15s

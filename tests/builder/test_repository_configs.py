@@ -8,10 +8,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.repository import TEMPLATES, RepositoryError, Tuning, write_repository
-from conftest import FIXTURES, train_and_export
+from conftest import FIXTURES, six_movie_runs
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +30,7 @@ def template(path):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    six = load_dataset(DATA, "random", 0)
-    root = tmp_path_factory.mktemp("configs-runs")
-    ranker, _ = train_and_export(six, root / "ranker", TrainConfig(model="ease", data=DATA, split="random",
-                                                                   device="cpu"))
-    rater, _ = train_and_export(six, root / "rater", TrainConfig(model="autorec-u", data=DATA, split="random",
-                                                                 hidden=[8], epochs=1, batch_size=8, device="cpu"))
-    return ranker, rater
+    return six_movie_runs(load_dataset(DATA, "random", 0), tmp_path_factory.mktemp("configs-runs"), rater_epochs=1)
 
 
 def schedule(c, delay, count, preferred=()):

@@ -13,12 +13,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from serving.ranking import top_k_unrated
 from builder.repository import Tuning, write_repository
 from client import RecommenderClient, RequestError
-from conftest import FIXTURES, train_and_export
+from conftest import FIXTURES, six_movie_runs
 from server.launcher import TritonServer
 
 pytestmark = pytest.mark.slow
@@ -36,12 +35,7 @@ def six():
 
 @pytest.fixture(scope="module")
 def runs(six, tmp_path_factory):
-    root = tmp_path_factory.mktemp("six-runs")
-    ranker, _ = train_and_export(six, root / "ranker", TrainConfig(model="ease", data=DATA, split="random",
-                                                                   device="cpu"))
-    rater, _ = train_and_export(six, root / "rater", TrainConfig(model="autorec-u", data=DATA, split="random",
-                                                                 hidden=[8], epochs=3, batch_size=8, device="cpu"))
-    return ranker, rater
+    return six_movie_runs(six, tmp_path_factory.mktemp("six-runs"))
 
 
 @dataclass
