@@ -3,7 +3,7 @@ the one way a stage's config dataclass is built from a dict read from JSON or a 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +19,28 @@ def from_dict(cls: type[T], raw: dict, unknown: str = "error", error: type[Excep
     extra = set(raw) - names
     if extra and unknown == "error":
         raise error(f"unknown {what}(s): {sorted(extra)}")
+    for f in fields(cls):
+        if f.name in raw:
+            _check_type(f, raw[f.name], error, what)
     return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _check_type(f, value, error: type[Exception], what: str) -> None:
+    """A value of the kind the field's default has (an int where a float is due is fine): a
+    `--set lr=abc` is named here, not deep inside an optimiser."""
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if default is MISSING or default is None:
+        return
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, kind))
+    if not ok:
+        raise error(f"{what} {f.name} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
+
+
+_KIND_NAMES = {bool: "true or false", float: "a number", int: "an integer", str: "a string", list: "a list"}
 
 
 @dataclass

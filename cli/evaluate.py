@@ -54,4 +54,6 @@ def results(run_dirs: list[Path]):
             fail(f"{d}: not a finished run folder ({e})")
         t.add_row(c["model"], fmt(m, "test_rmse"), fmt(m, "test_mae"), fmt(m, "recall@10"), fmt(m, "ndcg@10"),
                   fmt(m, "popularity_recall@10"), str(m.get("best_epoch", "-")), f"{m['train_seconds']:.1f}", str(d))
-    Console().print(t)
+    # Nine columns of figures: at a pipe's or a narrow terminal's 80 columns rich would cut each
+    # to "0.93…"; a table that does not fit wraps its lines instead.
+    Console(width=max(Console().width, 160)).print(t)

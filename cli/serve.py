@@ -43,7 +43,10 @@ def serve(
         typer.echo(f"server log: {server.log}")
         typer.echo(f"restricted APIs ({RESTRICTED}): "
                    + (f"open to holders of the key in {admin_key_file}" if key else "closed (no --admin-key-file)"))
-    server.serve_forever(on_ready=ready)
+    try:
+        server.serve_forever(on_ready=ready)
+    except (RuntimeError, TimeoutError) as e:  # the server's own log names the cause
+        fail(str(e))
 
 
 def reload(

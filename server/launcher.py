@@ -75,6 +75,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(address: str, port: int, name: str = "TCP") -> None:
+    """Raise ValueError when `port` on `address` is taken: a second server there would fail to
+    bind while readiness checks answered from the first one, so it must not start at all."""
+    with socket.socket() as s:
+        # As a server binds: connections of a server that just stopped (TIME_WAIT) do not count,
+        # a live listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            raise ValueError(f"{name} port {port} on {address} is already in use ({e.strerror}): "
+                             f"another server runs there; choose another port") from None
+
+
 def child_pids(pid: int) -> list[int]:
     """The direct children of process `pid`, from /proc (Linux); [] once it is gone."""
     kids = []
@@ -193,6 +207,9 @@ class TritonServer:
                                       or ":" in admin_key or "=" in admin_key or not admin_key.isprintable()):
             raise ValueError("admin key: at least 16 printable ASCII characters, without ',', ':' or '='")
         self.admin_key = admin_key or secrets.token_urlsafe(32)
+        for name, port in (("HTTP", http_port), ("gRPC", grpc_port)):
+            if port:
+                port_in_use(address, port, name)
         self.supervise, self.supervisor = supervise, None
         self.stub_restarts: list[StubRestart] = []
         self.repository = Path(repository).resolve()
@@ -326,6 +343,9 @@ class TritonServer:
                 on_ready(self)
             while self.process.poll() is None:
                 time.sleep(0.5)
+            if self.process.returncode:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log}:\n"
+                                   + self.log.read_text(errors="replace")[-2000:])
         except KeyboardInterrupt:
             pass
         finally:

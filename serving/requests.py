@@ -127,9 +127,13 @@ def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
     if items.size > MAX_ITEMS_PER_REQUEST:
         raise RequestError(f"{items.size} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
     real = (items != PAD) & (ratings != 0)   # padding: see contract.PAD
+    sent = items.size
     items, ratings = items[real], ratings[real]
     has_user = user is not None and user.size > 0
     if not has_user and not items.size:
+        if sent:  # everything sent was padding: most likely a rating of 0 meant as a rating
+            raise RequestError(f"ITEM_IDS with RATINGS held only padding (item {PAD} or rating 0, which means "
+                               f"'not rated'): send ratings within {catalogue.low:g}..{catalogue.high:g}")
         raise RequestError("empty request: send USER_ID, or ITEM_IDS with RATINGS, or both")
     row, uid = -1, None
     if has_user:

@@ -32,7 +32,8 @@ def split_canonical(ratings: Ratings, name: str) -> tuple[np.ndarray, np.ndarray
         raise SplitError(f"unknown canonical split {name!r}; choose one of {CANONICAL_ML100K}")
     n = len(ratings)
     if n != 100_000:
-        raise SplitError(f"canonical split {name} needs ML-100K's 100,000 rows in u.data order, got {n:,}")
+        raise SplitError(f"canonical split {name} needs ML-100K's 100,000 rows in u.data order, got {n:,}; "
+                         "for other data use --split random[:FRACTION], per-user[:FRACTION] or temporal:DATE")
     test = np.zeros(n, dtype=bool)
     if name.startswith("u") and name[1:].isdigit():
         i = int(name[1:])

@@ -154,3 +154,12 @@ def test_checkpoint_interval_limits_writes(tmp_path):
     often = Checkpoint(tmp_path / "often", "{}", every_s=0)
     often.save("select", 1, model, history=[{"epoch": 1}])
     assert often.resume_state("select")["epoch"] == 1 and often.resume_state("refit") is None
+
+
+def test_an_option_of_the_wrong_type_is_named_before_training():
+    """`--set lr=abc` is refused where it enters, naming the option and the kind it needs."""
+    with pytest.raises(ValueError, match="training option lr must be a number, got 'abc'"):
+        TrainConfig().updated(lr="abc")
+    with pytest.raises(ValueError, match="training option epochs must be an integer, got 2.5"):
+        TrainConfig().updated(epochs=2.5)
+    assert TrainConfig().updated(lr=1).lr == 1   # an integer where a number is due is fine

@@ -13,7 +13,7 @@ from builder.config import TrainConfig
 from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
 from conftest import train_and_export
-from server.launcher import TritonServer
+from server.launcher import TritonServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -356,3 +356,13 @@ def test_apply_tuning_switches_the_pipeline(served, tmp_path):
     assert 'model_name: "ranker_onnx"' in config and 'model_name: "rater_onnx"' in config
     with pytest.raises(RepositoryError, match="pipeline must be one of"):
         Tuning(pipeline="turbo")
+
+
+def test_a_second_server_on_taken_ports_is_refused_naming_the_port(served):
+    """Readiness checks on a taken port would answer from the first server: the second must not
+    start, and the error says which port."""
+    server = served.server
+    with pytest.raises(ValueError, match=f"gRPC port {server.grpc_port} on 127.0.0.1 is already in use"):
+        TritonServer(server.repository, http_port=free_port(), grpc_port=server.grpc_port,
+                     build_dir=server.build_dir)
+    assert server.ready()
