@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from builder.config import TrainConfig
+from builder.evaluate import ranking_metrics
 from builder.runs import load_run_dataset
 from builder.models.popularity import item_counts
 from builder.metrics import ndcg_at_k, recall_at_k, rmse
-from serving.ranking import top_k_unrated
 
 
 def served_metrics(url: str, dataset, k: int = 10, relevant_threshold: float = 4.0, protocol: str = "grpc") -> dict:
@@ -57,9 +57,9 @@ def served_metrics(url: str, dataset, k: int = 10, relevant_threshold: float = 4
     if preds:
         out.update(served_rmse=rmse(np.array(preds), np.array(truths)), test_ratings=len(truths))
     rated = dataset.train[users[pick]].toarray() != 0
-    pop = top_k_unrated(np.broadcast_to(item_counts(dataset.train), rated.shape), rated, k)
-    out.update({f"popularity_recall@{k}": recall_at_k(pop, relevant, users[pick]),
-                f"popularity_ndcg@{k}": ndcg_at_k(pop, relevant, users[pick])})
+    # The baseline exactly as offline evaluation ranks and scores it.
+    pop = ranking_metrics(np.broadcast_to(item_counts(dataset.train), rated.shape), rated, relevant[users[pick]], k)
+    out.update({f"popularity_recall@{k}": pop[f"recall@{k}"], f"popularity_ndcg@{k}": pop[f"ndcg@{k}"]})
     return out
 
 

@@ -42,7 +42,6 @@ def test_ease_matches_per_item_ridge_regression_by_hand():
     assert B.dtype == np.float32 and B.shape == (5, 5)
     assert np.allclose(np.diag(B), 0)
     np.testing.assert_allclose(B, expected, atol=1e-6)
-    # Item 3 was only ever taken with items 0 and 2: its one user's row predicts 0 and 2 the most.
     with pytest.raises(ValueError, match="lambda must be > 0"):
         fit_ease(sp.csr_matrix(X4), 0.0)
 
