@@ -12,7 +12,8 @@ def recommend(
     user: Optional[int] = typer.Option(None, help="a known user's raw id"),
     rate: list[str] = typer.Option([], help="ITEM=RATING (repeatable): a new user's ratings"),
     k: int = typer.Option(10, "-k", help="how many recommendations"),
-    url: str = typer.Option("127.0.0.1:8001", help="server address"),
+    url: str = typer.Option("127.0.0.1:8001", help="server address host:port; several replicas separated by "
+                                                   "commas (balanced, failing over from a dead one)"),
     protocol: str = typer.Option("grpc", help="grpc | http"),
 ):
     """Top-K recommendations from a running server, as a table of titles, scores and (where the
@@ -25,7 +26,11 @@ def recommend(
     except ValueError:
         fail(f"--rate takes ITEM=RATING, e.g. --rate 50=5; got {rate}")
     try:
-        rec = RecommenderClient(url, protocol).recommend(user_id=user, ratings=ratings or None, k=k)
+        client = RecommenderClient(url, protocol)
+    except ValueError as e:
+        fail(str(e))
+    try:
+        rec = client.recommend(user_id=user, ratings=ratings or None, k=k)
     except Exception as e:  # the server's own message names the problem
         fail(str(e))
     predicted = rec.predicted_ratings

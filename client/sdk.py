@@ -4,10 +4,19 @@
     rc = RecommenderClient("127.0.0.1:8001")            # gRPC; protocol="http" for :8000
     rc.recommend(user_id=42, k=10)                       # a known user
     rc.recommend(ratings={50: 5.0, 172: 4.0}, k=10)      # anyone, folded in without retraining
+    RecommenderClient("127.0.0.1:8001,127.0.0.1:8011")  # replicas (`aerec serve --replicas 2`)
 
 Transient failures (server restarting, connection refused, a Python stub being restarted by
 the server's supervisor) are retried with capped exponential backoff and jitter; a request's
 own error (bad input) is raised at once. Recommending has no side effects, so a retry is safe.
+
+Several endpoints (a comma-separated `url` or a list): requests go round-robin over one client
+per endpoint; an endpoint that fails transiently is skipped for `cooldown_s` and the request is
+sent at once to the next one (failover), with backoff only when every endpoint is cooling down.
+A request error is never retried, on any endpoint. (gRPC's own `round_robin` policy would also
+work through tritonclient, whose `channel_args` reach grpc unchanged with a target such as
+"ipv4:127.0.0.1:8001,127.0.0.1:8011", but HTTP has no such thing and it hides which replica
+failed; one loop here serves both protocols.)
 
 Errors: `RequestError` when the server answered HTTP 400 / gRPC INVALID_ARGUMENT (the request
 is wrong: unknown user, bad TOP_K ...; never retried), `ServerError` for everything else once
@@ -17,6 +26,7 @@ server's message and `status`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -102,25 +112,48 @@ class Recommendation:
         return self.n_recommended == self.k
 
 
+def parse_urls(url: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Endpoints as a list of host:port: "h:p,h:p" (spaces allowed) or a list of them.
+    Raises ValueError when none is given or one is repeated."""
+    urls = [u.strip() for u in (url.split(",") if isinstance(url, str) else url)]
+    urls = [u for u in urls if u]
+    if not urls:
+        raise ValueError(f"no server address in {url!r}; give host:port, or several separated by commas")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"an endpoint is listed twice in {url!r}")
+    return urls
+
+
 class RecommenderClient:
-    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 10.0,
+    def __init__(self, url: str | list[str] = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 10.0,
                  model: str = MODEL, retries: int = 10, backoff_s: float = 0.05, backoff_max_s: float = 2.0,
-                 admin_key: str | None = None):
-        """`retries` extra attempts on transient errors, sleeping backoff_s, 2x, 4x ... (at most
-        backoff_max_s, with jitter): the defaults ride out about 11 s of server restart.
-        `admin_key` is needed only for `reload` (see `aerec serve --admin-key-file`)."""
+                 admin_key: str | None = None, cooldown_s: float = 1.0):
+        """`url`: one host:port, several separated by commas, or a list (replicas serving the
+        same repository; requests go round-robin over them). `retries` extra attempts on
+        transient errors, sleeping backoff_s, 2x, 4x ... (at most backoff_max_s, with jitter):
+        the defaults ride out about 11 s of server restart; with several endpoints a failed
+        one is skipped for `cooldown_s` seconds and the retry goes straight to another.
+        `admin_key` is needed only for `reload` (see `aerec serve --admin-key-file`).
+        One client may be shared by threads over gRPC; over HTTP use one per thread
+        (tritonclient's HTTP client is not thread-safe)."""
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-        self.protocol, self.url, self.timeout_s, self.model = protocol, url, timeout_s, model
+        self.urls = parse_urls(url)
+        self.protocol, self.url, self.timeout_s, self.model = protocol, ",".join(self.urls), timeout_s, model
         self.retries, self.backoff_s, self.backoff_max_s, self.admin_key = retries, backoff_s, backoff_max_s, admin_key
-        self.retried = 0  # transient failures ridden out so far (for monitoring)
+        self.cooldown_s = cooldown_s
+        self.retried = 0    # transient failures ridden out so far (for monitoring)
+        self.failovers = 0  # of those, retried at once on another endpoint
         if protocol == "grpc":
             import tritonclient.grpc as mod
-            self._client = mod.InferenceServerClient(url, channel_args=GRPC_CHANNEL)
+            self._clients = [mod.InferenceServerClient(u, channel_args=GRPC_CHANNEL) for u in self.urls]
         else:
             import tritonclient.http as mod
-            self._client = mod.InferenceServerClient(url, network_timeout=timeout_s, connection_timeout=timeout_s)
+            self._clients = [mod.InferenceServerClient(u, network_timeout=timeout_s, connection_timeout=timeout_s)
+                             for u in self.urls]
         self._mod = mod
+        self._turn = itertools.count()           # round-robin position (next() is atomic under the GIL)
+        self._down_until = [0.0] * len(self.urls)  # time.monotonic() before which an endpoint is skipped
 
     # -- requests ---------------------------------------------------------------------------
     def _inputs(self, user_id, ratings, k):
@@ -180,34 +213,58 @@ class RecommenderClient:
         yield from self._delays()
         yield None
 
-    def _after_failure(self, error: Exception, pause: float | None) -> float:
-        """The pause before the next attempt; raises `error` as a RequestError (never retried) or
-        a ServerError when it is not transient or no attempt is left."""
-        if pause is None or not is_transient(error):
+    def _pick(self) -> int:
+        """The endpoint for the next attempt: the next in turn that is not cooling down after a
+        failure, else the one whose cooldown ends first."""
+        start, now, n = next(self._turn), time.monotonic(), len(self.urls)
+        for j in range(n):
+            i = (start + j) % n
+            if self._down_until[i] <= now:
+                return i
+        return min(range(n), key=self._down_until.__getitem__)
+
+    def _after_failure(self, error: Exception, pause: float | None, endpoint: int = 0) -> float:
+        """The pause before the next attempt (0 when another endpoint can take it at once);
+        raises `error` as a RequestError (never retried) or a ServerError when it is not
+        transient or no attempt is left (then naming every endpoint tried)."""
+        if not is_transient(error):
             raise as_recommender_error(error) from error
+        if pause is None:
+            final = as_recommender_error(error)
+            raise ServerError(f"no answer from {', '.join(self.urls)} after {self.retries + 1} attempts; "
+                              f"last error from {self.urls[endpoint]}: {final}", final.status) from error
         self.retried += 1
+        if len(self.urls) > 1:
+            now = time.monotonic()
+            self._down_until[endpoint] = now + self.cooldown_s
+            if any(t <= now for t in self._down_until):
+                self.failovers += 1
+                return 0.0
         return pause
 
     def _retrying(self, call):
-        """call() with retries on transient errors; any error that remains is raised as a
-        RequestError (never retried) or a ServerError."""
+        """call(endpoint index) with retries on transient errors, each attempt on the endpoint
+        _pick chooses; any error that remains is raised as a RequestError (never retried) or a
+        ServerError."""
         for pause in self._attempts():
+            i = self._pick()
             try:
-                return call()
+                return call(i)
             except Exception as e:  # tritonclient and the transports raise many types
-                time.sleep(self._after_failure(e, pause))
+                time.sleep(self._after_failure(e, pause, i))
 
     async def _retrying_async(self, call):
         """_retrying for a coroutine function `call`, sleeping without blocking the event loop."""
         for pause in self._attempts():
+            i = self._pick()
             try:
-                return await call()
+                return await call(i)
             except Exception as e:
-                await asyncio.sleep(self._after_failure(e, pause))
+                await asyncio.sleep(self._after_failure(e, pause, i))
 
     def _infer(self, inputs):
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        return self._retrying(lambda: self._client.infer(self.model, inputs, **kwargs))
+        return self._retrying(lambda i: self._clients[i].infer(self.model, inputs, **kwargs))
 
     def recommend(self, user_id: int | None = None, ratings: dict[int, float] | None = None,
                   k: int = 10) -> Recommendation:
@@ -222,7 +279,9 @@ class RecommenderClient:
         `user_ids` alone: one request per user, all in flight at once (the server batches
         them). `ratings` (one dict per new user, with `user_ids` of the same length or None):
         rows of up to MAX_ROWS users per request, the shorter rating lists padded (item -1,
-        rating 0). Raises RequestError for the first request the server refused."""
+        rating 0). With several endpoints each attempt sends all of them to one endpoint, and a
+        transient failure resends them all to another. Raises RequestError for the first request
+        the server refused."""
         if ratings is not None:
             if user_ids is not None and len(user_ids) != len(ratings):
                 raise ValueError(f"{len(user_ids)} user_ids but {len(ratings)} rating dicts")
@@ -232,23 +291,25 @@ class RecommenderClient:
                 out += self._parse_rows(self._infer(self._tensors(users, ratings[lo:lo + MAX_ROWS], k)), k)
             return out
         user_ids = list(user_ids or [])
+        # All of them go to one endpoint per attempt; a transient failure resends them all elsewhere.
+        return self._retrying(lambda endpoint: self._many(self._clients[endpoint], user_ids, k))
+
+    def _many(self, client, user_ids: list[int], k: int) -> list[Recommendation]:
+        """One request per user on `client`, all in flight at once; the first error is raised."""
         if self.protocol == "http":
-            pending = [self._client.async_infer(self.model, self._inputs(u, None, k)) for u in user_ids]
-            try:
-                return [self._parse(p.get_result(), k) for p in pending]
-            except Exception as e:
-                raise as_recommender_error(e) from e
+            pending = [client.async_infer(self.model, self._inputs(u, None, k)) for u in user_ids]
+            return [self._parse(p.get_result(), k) for p in pending]
         import queue
         done: queue.Queue = queue.Queue()
         for i, u in enumerate(user_ids):
-            self._client.async_infer(self.model, self._inputs(u, None, k),
-                                     callback=lambda result, error, i=i: done.put((i, result, error)),
-                                     client_timeout=self.timeout_s)
+            client.async_infer(self.model, self._inputs(u, None, k),
+                               callback=lambda result, error, i=i: done.put((i, result, error)),
+                               client_timeout=self.timeout_s)
         out = [None] * len(user_ids)
         for _ in user_ids:
             i, result, error = done.get(timeout=self.timeout_s * 2)
             if error is not None:
-                raise as_recommender_error(error) from error
+                raise error
             out[i] = self._parse(result, k)
         return out
 
@@ -258,41 +319,52 @@ class RecommenderClient:
             import tritonclient.grpc.aio as aio
         else:
             import tritonclient.http.aio as aio
-        client = aio.InferenceServerClient(self.url)
         inputs = self._inputs(user_id, ratings, k)
 
-        async def attempt():
-            return self._parse(await client.infer(self.model, inputs), k)
-        try:
-            return await self._retrying_async(attempt)
-        finally:
-            await client.close()
+        async def attempt(endpoint: int):
+            client = aio.InferenceServerClient(self.urls[endpoint])
+            try:
+                return self._parse(await client.infer(self.model, inputs), k)
+            finally:
+                await client.close()
+        return await self._retrying_async(attempt)
 
     # -- server state -----------------------------------------------------------------------
     def healthy(self) -> bool:
-        try:
-            return bool(self._client.is_server_live() and self._client.is_server_ready()
-                        and self._client.is_model_ready(self.model))
-        except Exception:  # unreachable server: not healthy, whatever the transport raised
-            return False
+        """Whether at least one endpoint is live, ready and serves the model (one try each)."""
+        return any(self.endpoint_health().values())
+
+    def endpoint_health(self) -> dict[str, bool]:
+        """{host:port: live, ready and serving the model} for every endpoint."""
+        out = {}
+        for url, client in zip(self.urls, self._clients):
+            try:
+                out[url] = bool(client.is_server_live() and client.is_server_ready()
+                                and client.is_model_ready(self.model))
+            except Exception:  # unreachable server: not healthy, whatever the transport raised
+                out[url] = False
+        return out
 
     def reload(self, models: list[str] | None = None) -> list[str]:
         """Load the newest versions in the server's repository (every model, or `models`),
         networks and steps before the ensemble. Triton loads each new version beside the served
-        one and switches when it is ready, so requests keep succeeding. Needs the admin key."""
+        one and switches when it is ready, so requests keep succeeding. Needs the admin key.
+        With several endpoints every one reloads, in turn (one replica reloading at a time)."""
         if not self.admin_key:
             raise PermissionError("reload needs the server's admin key (aerec serve --admin-key-file)")
         headers = admin_headers(self.admin_key, self.protocol)
         if models is None:
-            index = self._client.get_model_repository_index(headers=headers)
+            index = self._clients[0].get_model_repository_index(headers=headers)
             names = ([m.name for m in index.models] if self.protocol == "grpc" else [m["name"] for m in index])
             models = sorted(set(names), key=lambda n: (n == self.model, n))  # the ensemble last
-        for name in models:
-            self._client.load_model(name, headers=headers)
+        for client in self._clients:
+            for name in models:
+                client.load_model(name, headers=headers)
         return models
 
     def metadata(self) -> dict:
-        meta = self._client.get_model_metadata(self.model)
+        """The model's metadata (inputs, outputs) from any endpoint that answers."""
+        meta = self._retrying(lambda i: self._clients[i].get_model_metadata(self.model))
         if self.protocol == "grpc":
             from google.protobuf.json_format import MessageToDict
             return MessageToDict(meta)

@@ -198,16 +198,17 @@ class TritonServer:
 
     `admin_key`: the key for the restricted APIs (load/unload models, logging, trace, shared
     memory); None makes a random one only this object knows. `supervise`: reload models whose
-    Python stub dies. `log`: the server's output; default build_dir/server-http<port>-grpc<port>.log."""
+    Python stub dies. `log`: the server's output; default build_dir/server-http<port>-grpc<port>.log.
+    Ports left None (or 0) are free ones picked now; a given port that is taken raises ValueError."""
 
     def __init__(self, repository: Path, http_port: int | None = None, grpc_port: int | None = None,
                  address: str = "127.0.0.1", build_dir: Path | None = None, log: Path | None = None,
-                 admin_key: str | None = None, supervise: bool = True):
+                 admin_key: str | None = None, supervise: bool = True, metrics_port: int | None = None):
         if admin_key is not None and (len(admin_key) < 16 or not admin_key.isascii() or "," in admin_key
                                       or ":" in admin_key or "=" in admin_key or not admin_key.isprintable()):
             raise ValueError("admin key: at least 16 printable ASCII characters, without ',', ':' or '='")
         self.admin_key = admin_key or secrets.token_urlsafe(32)
-        for name, port in (("HTTP", http_port), ("gRPC", grpc_port)):
+        for name, port in (("HTTP", http_port), ("gRPC", grpc_port), ("metrics", metrics_port)):
             if port:
                 port_in_use(address, port, name)
         self.supervise, self.supervisor = supervise, None
@@ -215,7 +216,7 @@ class TritonServer:
         self.repository = Path(repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
-        self.metrics_port = free_port()
+        self.metrics_port = metrics_port or free_port()
         self.address = address
         self.build_dir = Path(build_dir or ROOT / "build" / "triton")
         # One log per server: several servers started from one checkout share build_dir, and a
@@ -233,6 +234,11 @@ class TritonServer:
     def grpc_url(self) -> str:
         """host:port of the gRPC endpoint."""
         return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """host:port of the Prometheus metrics endpoint (GET /metrics)."""
+        return f"{self.address}:{self.metrics_port}"
 
     def command(self) -> list[str]:
         """The tritonserver command line this object runs."""
@@ -314,6 +320,7 @@ class TritonServer:
         if self.supervisor:
             self.supervisor.halt()
         if self.process and self.process.poll() is None:
+            self._swept = True
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
@@ -325,6 +332,14 @@ class TritonServer:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
+                pass
+        elif self.process and not getattr(self, "_swept", False):
+            # The server died on its own (killed, crashed): its stubs may still be exiting. Once
+            # only: the group's id may be reused after its last member is gone.
+            self._swept = True
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
         if getattr(self, "_logf", None):
             self._logf.close()

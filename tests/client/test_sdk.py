@@ -62,6 +62,25 @@ def test_sdk_unreachable_server_is_not_healthy_and_a_server_error(protocol):
     assert rc.retried == 2
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sdk_fails_over_from_a_dead_endpoint_in_every_call(server, protocol):
+    """A list with one endpoint nobody listens on: every kind of call moves to the live one at
+    once (no backoff), the dead one is skipped for its cooldown, and the answers are unchanged."""
+    from server.launcher import free_port
+    live = server.grpc_url if protocol == "grpc" else server.http_url
+    dead = f"127.0.0.1:{free_port()}"
+    rc = RecommenderClient(f"{dead}, {live}", protocol, backoff_s=5, cooldown_s=60)
+    assert rc.urls == [dead, live] and rc.endpoint_health() == {dead: False, live: True} and rc.healthy()
+    alone = RecommenderClient(live, protocol)
+    assert rc.recommend(user_id=42, k=5).item_ids == alone.recommend(user_id=42, k=5).item_ids
+    assert (rc.retried, rc.failovers) == (1, 1)  # the first request tried the dead one first
+    ids = lambda recs: [r.item_ids for r in recs]  # noqa: E731
+    assert ids(rc.recommend_many([1, 2], k=3)) == ids(alone.recommend_many([1, 2], k=3))
+    assert asyncio.run(rc.recommend_async(user_id=42, k=5)).item_ids == alone.recommend(user_id=42, k=5).item_ids
+    assert rc.metadata()["name"] == "recommend"
+    assert rc.retried == 1  # the dead endpoint is cooling down: not tried again
+
+
 def test_cli_recommend_table(server):
     run = lambda *a: subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url", server.grpc_url, *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=120)

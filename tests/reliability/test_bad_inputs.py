@@ -117,7 +117,7 @@ def test_sdk_raises_request_error_without_retrying(server, protocol, inputs, mes
     rc = RecommenderClient(server.grpc_url if protocol == "grpc" else server.http_url, protocol)
     mod, client = _client(server, protocol)
     with pytest.raises(RequestError, match=message) as e:
-        rc._retrying(lambda: _infer(mod, client, inputs))
+        rc._retrying(lambda _endpoint: _infer(mod, client, inputs))
     assert e.value.status == INVALID[protocol] and rc.retried == 0
     assert isinstance(as_recommender_error(e.value.__cause__), RequestError)
 
