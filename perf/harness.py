@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,12 +25,14 @@ from builder.export import export_onnx_fp32, ort_session
 from builder.repository import Tuning, add_network, apply_tuning, write_repository
 from builder.runs import load_run, load_run_dataset
 from builder.train import make_model
-from perf import analyzer, baselines, inputs, load
+from perf import analyzer, baselines, inputs
+from perf.peers import PEERS
+from perf.peers import bench as peer_bench
 from perf.report import write_report
 from perf.soak import soak
 from perf.steal import measured, quietest, wait_quiet
 from serving.contract import ADMIN_HEADER
-from server.launcher import ROOT, TritonServer, free_port
+from server.launcher import ROOT, TritonServer
 
 
 @dataclass
@@ -75,6 +76,14 @@ class Plan:
     quiet_wait_s: float = 5.0    # before each tuning trial and extra lone-user window, wait at most this
     point_timeout_s: float = 120.0   # one perf_analyzer call of a sweep; past it the point is dropped
     http_concurrency: list[int] | None = None   # None: the gRPC sweep's levels
+    # The serving peers (perf/peers) beside Triton and the hand-written service, under one HTTP/JSON
+    # generator at `naive_concurrency` for `naive_seconds` each: their batching grid, points of
+    # (max_batch_size in requests, batch_wait_timeout_s); each peer keeps its best point.
+    peer_grid: list[tuple[int, float]] = field(default_factory=lambda: [(16, 0.001), (64, 0.005)])
+    peers: list[str] = field(default_factory=lambda: list(PEERS))
+    model_analyzer: bool = False    # `aerec perf --model-analyzer`: Model Analyzer's search too
+    model_analyzer_timeout_s: float = 900.0   # per searched model
+    model_analyzer_batches: tuple[int, int] = (64, 64)   # max_batch_size searched: powers of two in this range
     # Model Analyzer's latency constraint: the tuning chooses among the trials whose lone user's
     # p99 is within this budget (the highest score of all when none is); None: score alone.
     p99_budget_ms: float | None = 2.0
@@ -82,7 +91,7 @@ class Plan:
     @classmethod
     def quick(cls) -> "Plan":
         """`make perf`: a few minutes on 2 cores; four tuning candidates."""
-        return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 3.0, 1.0, http_concurrency=[1, 64], tunings=[
+        return cls([1, 64], "1", [1, 8, 64], [1, 4, 16], 1500, 2.0, 1.0, http_concurrency=[1, 64], tunings=[
             {},
             # One Python model for the three steps, two instances of it, one ORT thread each.
             {"pipeline": "fused", "step_instances": 2, "ort_threads": 1},
@@ -110,7 +119,9 @@ class Plan:
                   "ort_spinning": False} for si in (1, 2) for d in (0, 100)]
         return cls([1, 8, 64, 256], "1:4:1", [1, 2, 4, 8, 16, 32, 64], [1, 2, 4, 8, 16, 32], 3000, 5.0, 2.0,
                    grid, soak_seconds=60.0, batched_concurrency="1:8:1", large_batches=[1, 8, 64, 256],
-                   int8_model_level=True, quiet_wait_s=10.0, point_timeout_s=300.0)
+                   int8_model_level=True, quiet_wait_s=10.0, point_timeout_s=300.0,
+                   peer_grid=[(b, w) for b in (4, 16, 64) for w in (0.0005, 0.002, 0.005)],
+                   model_analyzer_timeout_s=3600.0, model_analyzer_batches=(16, 64))
 
 
 def _trained(name: str, run_dir: Path, precisions: list[str]) -> Path:
@@ -179,29 +190,6 @@ def _statistics(server: TritonServer) -> dict:
                           "queue_us": ns("queue") / n / 1e3, "input_us": ns("compute_input") / n / 1e3,
                           "infer_us": ns("compute_infer") / n / 1e3, "output_us": ns("compute_output") / n / 1e3}
     return out
-
-
-def _naive(runs: list[Path], requests, plan: Plan, server: TritonServer) -> dict:
-    """The hand-written service (the same networks: `runs` is [ranker, rater] or one of them) and
-    Triton's HTTP/JSON endpoint under the same generator."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    rater = ["--rating-model", str(runs[1])] if len(runs) > 1 else []
-    proc = subprocess.Popen([sys.executable, "-m", "perf.naive_service", str(runs[0]), *rater, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    try:
-        line = proc.stdout.readline().decode()
-        if "naive service" not in line:
-            raise RuntimeError(f"naive service did not start: {line}")
-        naive = [asdict(load.drive("127.0.0.1", port, "/recommend", load.naive_bodies(requests), c,
-                                   plan.naive_seconds)) for c in plan.naive_concurrency]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    host, tport = server.http_url.split(":")
-    served = [asdict(load.drive(host, int(tport), "/v2/models/recommend/infer", load.triton_bodies(requests), c,
-                                plan.naive_seconds)) for c in plan.naive_concurrency]
-    return {"naive": naive, "triton_http_json": served}
 
 
 def ensemble_rows(server, data, plan, out, clock: Clock, ceiling=None) -> dict:
@@ -445,8 +433,9 @@ def tune_and_save(s: Setup) -> dict:
 def sweep(s: Setup, base: dict) -> dict:
     """Stage 4, on one server with the tuned configs: each network alone at the plan's batch
     sizes (the large ones also through shared memory, beside the roof), the `recommend`
-    pipeline over gRPC and HTTP, the lone user's quiet windows, the hand-written service under
-    the same generator, and a soak with invalid requests mixed in. Returns those results."""
+    pipeline over gRPC and HTTP, the lone user's quiet windows, Triton's HTTP/JSON endpoint beside
+    the serving peers and the hand-written service under one generator (compare_http), and a
+    soak with invalid requests mixed in. Returns those results."""
     plan, data, out, large = s.plan, s.data, s.out, s.large
     results = {}
     with s.server() as server:
@@ -474,12 +463,60 @@ def sweep(s: Setup, base: dict) -> dict:
         results["c1_windows"] = c1_windows(server, data, plan, out, first)
         requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
                     for r in json.loads(data["ratings"].read_text())["data"]]
-        s.clock.say("ensemble sweeps done; naive service vs Triton under one generator")
-        results["naive"] = _naive(s.runs, requests, plan, server)
+        s.clock.say("ensemble sweeps done; Triton, the serving peers and the naive service under one generator")
+        results["http"] = compare_http(s, server, requests)
+        rows = {name: results["http"]["servers"][name].get("shapes", {}).get("1", []) for name in ("naive", "triton")}
+        results["naive"] = {"naive": rows["naive"], "triton_http_json": rows["triton"]}   # one user per request
         s.clock.say(f"soak: {plan.soak_seconds:.0f} s at concurrency 64, one request in five invalid")
         results["soak"] = soak(server, s.dataset, plan.soak_seconds, concurrency=64).to_dict()
         results["server_config"] = {p.parent.name: p.read_text() for p in sorted(s.repo.glob("*/config.pbtxt"))}
     return results
+
+
+def compare_http(s: Setup, server: TritonServer, requests: list) -> dict:
+    """Stage 4b: Triton's HTTP/JSON endpoint, the serving peers (perf/peers: Ray Serve, LitServe,
+    FastAPI + micro-batcher, each at its best point of plan.peer_grid) and the hand-written
+    service under one generator, one user and 64 users per request (perf.peers.bench.compare).
+    The peers run ONNX Runtime with the served configs' thread count."""
+    tuning = json.loads((s.repo / "aerec_repository.json").read_text()).get("tuning", {})
+    return peer_bench.compare(server, s.runs, s.repo, int(tuning.get("ort_threads", 0)), requests,
+                              s.plan.naive_concurrency, s.plan.naive_seconds, s.plan.peer_grid, s.out,
+                              peers=s.plan.peers, say=s.clock.say)
+
+
+def model_analyzer_stage(s: Setup, tuning: dict) -> dict:
+    """Stage 3b (`aerec perf --model-analyzer`): Triton Model Analyzer's search (perf/model_analyzer.py)
+    over the served ranker network (brute: instance counts 1-2, max_batch_size 16-64 with dynamic
+    batching) and the `recommend` ensemble (quick search over its composing models), on a copy of
+    the repository as it was before the tuning's choice, in the same run as aerec's tuner. Its
+    best configurations go beside the tuner's choice in the report."""
+    from builder.repository import Tuning
+    from perf import model_analyzer as ma
+    repo = s.out / "ma_repository"
+    shutil.copytree(s.repo, repo, dirs_exist_ok=True)
+    apply_tuning(repo, Tuning())   # the default configs: Model Analyzer searches from them
+    for name in s.large:  # the synthetic networks are the sweep's, not the served pipeline's
+        shutil.rmtree(repo / name, ignore_errors=True)
+    network = s.served[0]
+    models = {network: s.data["model"], "recommend": s.data["ratings"]}
+    composing = [n for n in ("preprocess", *s.served, "postprocess")]
+    out = {}
+    for name, data in models.items():
+        search = ma.Search({name: data}, {name: composing} if name == "recommend" else {},
+                           min_batch=s.plan.model_analyzer_batches[0], max_batch=s.plan.model_analyzer_batches[1],
+                           p99_budget_ms=s.plan.p99_budget_ms)
+        s.clock.say(f"Model Analyzer on {name} (at most {s.plan.model_analyzer_timeout_s:.0f} s)")
+        try:
+            out[name] = ma.profile(repo, s.out / "model_analyzer" / name, search, ROOT / "build" / "triton",
+                                   timeout_s=s.plan.model_analyzer_timeout_s)
+        except ma.ModelAnalyzerMissing as e:
+            return {"error": str(e)}
+        best = out[name]["best"].get(name)
+        s.clock.say(f"Model Analyzer {name}: {len(out[name]['rows'])} measurements, best "
+                    + (f"{best['config']} {best['throughput']:,.0f} infer/s p99 {best['p99_ms']:.2f} ms"
+                       if best else "none"))
+    out["aerec_tuner"] = {k: tuning["best"][k] for k in ("tuning", "throughput", "p99_ms", "c1_p99_ms")}
+    return out
 
 
 def reread_ceilings(s: Setup, base: dict, first_steal: dict) -> None:
@@ -515,14 +552,17 @@ def write_results(out: Path, results: dict, results_root: Path) -> dict:
 
 
 def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path = RESULTS,
-             n_users: int = 64, p99_budget_ms: float | None = 2.0, rating_run: Path | None = None) -> Path:
+             n_users: int = 64, p99_budget_ms: float | None = 2.0, rating_run: Path | None = None,
+             model_analyzer: bool = False, peers: list[str] | None = None) -> Path:
     """`aerec perf`: build the repository `aerec repository RUN_DIR [--rating-model RATING_RUN]`
     would (by default the `ease` ranker beside the `deeprec` rater), measure it and every
     baseline on `n_users` held-out users, tune it, and write report.md, summary.json,
     results.json and tuned.json under `results_root`/<stamp>/; returns that folder.
 
     `full`: Plan.full() (hours) instead of Plan.quick() (minutes). `p99_budget_ms`: the tuning's
-    latency constraint on the lone user's p99 (None: score alone). Throughputs are requests or
+    latency constraint on the lone user's p99 (None: score alone). `model_analyzer`: Triton Model
+    Analyzer's search too (model_analyzer_stage). `peers`: the serving peers to compare (default
+    all of perf.peers.PEERS; [] none). Throughputs are requests or
     users per second, latencies ms, the roof GFLOP/s. Method: perf_analyzer (NVIDIA's client
     tool) as Triton's performance guide uses it; the tuning follows Model Analyzer's search with
     a latency constraint. Raises PerfAnalyzerMissing when perf_analyzer cannot run (checked
@@ -530,6 +570,9 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     be measured."""
     plan = Plan.full() if full else Plan.quick()
     plan.p99_budget_ms = p99_budget_ms
+    plan.model_analyzer = model_analyzer
+    if peers is not None:
+        plan.peers = list(peers)
     analyzer.check()  # fail first, and clearly, if perf_analyzer cannot run
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = results_root / stamp
@@ -548,6 +591,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     # Tuning before the sweeps, so they describe the configuration the report recommends; the
     # default configuration's figure is the tuning's first trial (the "before").
     results["tuning"] = tune_and_save(s)
+    if plan.model_analyzer:
+        results["model_analyzer"] = model_analyzer_stage(s, results["tuning"])
     results.update(sweep(s, base))
     # Step by step as the default three-model pipeline spends it (the tuning's first trial).
     results["server_time"] = results["tuning"]["default"]["server_time"]
@@ -571,6 +616,8 @@ def summarise(r: dict) -> dict:
     c1 = quietest(c1_windows) if c1_windows else {"p99_ms": None}
     naive_best = max(x["throughput"] for x in r["naive"]["naive"])
     triton_same_load = max(x["throughput"] for x in r["naive"]["triton_http_json"])
+    # Like for like: the same shape, generator and users on both sides (perf.peers.bench.ratios).
+    http = peer_bench.ratios(r["http"]) if r.get("http") else {}
     # The large model served with its tensors in shared memory, each window against the roof
     # read right before and after it; the median window (see paired_roof).
     paired = r["model_level"].get("large_w1024_b64_shm", {})
@@ -588,8 +635,15 @@ def summarise(r: dict) -> dict:
         "ensemble_single_user_vs_inprocess_ort": best_single / base["ml100k"]["ort_batched_b64"],
         "p99_ms_concurrency1": c1["p99_ms"],
         "p99_ms_concurrency1_windows": [{"p99_ms": w["p99_ms"], "steal": w.get("steal")} for w in c1_windows],
-        "served_vs_naive": best_served / naive_best,
-        "served_vs_naive_same_generator": triton_same_load / naive_best,
+        # Triton HTTP/JSON over the hand-written service, each shape (1 and 64 users per request) at
+        # each server's best concurrency, the lower of the two; results from before the peers:
+        # the best served gRPC figure over the naive service's one user per request.
+        "served_vs_naive": http.get("served_vs_naive") or best_served / naive_best,
+        "served_vs_naive_same_generator": triton_same_load / naive_best,   # one user per request
+        "served_vs_best_peer": http.get("served_vs_best_peer"),
+        "p99_c1_vs_best_peer": http.get("p99_c1_vs_best_peer"),
+        "peers": {k: http[k] for k in ("served_vs_best_peer_by_shape", "p99_c1_ms", "served_vs_naive_by_shape")}
+        if http else None,
         "large_model_roof_fraction": large_fraction,
         "large_model_ort_inprocess_roof_fraction":
             base["large_w1024"]["ort_batched_b64"] * base["large_w1024"]["flops_per_user"] / 1e9 / roof,
@@ -608,6 +662,8 @@ def summarise(r: dict) -> dict:
                     "ensemble_grpc_best_req_per_s": best_single, "ensemble_grpc_b64_users_per_s": best_batched,
                     "naive_best_req_per_s": naive_best, "triton_http_json_same_generator_req_per_s": triton_same_load,
                     "gemm_peak_gflops": roof, "large_w1024_b64_users_per_s": large_tp},
-        "targets": {"ensemble_vs_inprocess_ort": 0.5, "p99_ms_concurrency1": 2.0, "served_vs_naive": 10.0,
-                    "large_model_roof_fraction": 0.5},
+        # served_vs_naive has no target: its old one (10) applied to an unlike-for-like ratio (64 users per
+        # request against one); like for like, the batching peers are the comparison that matters.
+        "targets": {"ensemble_vs_inprocess_ort": 0.5, "p99_ms_concurrency1": 2.0,
+                    "large_model_roof_fraction": 0.5, "served_vs_best_peer": 1.5, "p99_c1_vs_best_peer": 1.0},
     }

@@ -91,3 +91,42 @@ def triton_bodies(requests: list[tuple[list[int], list[float]]], k: int = 10) ->
             {"name": "TOP_K", "datatype": "INT32", "shape": [1, 1], "data": [k]}],
             "outputs": [{"name": "RECOMMENDED_IDS"}, {"name": "SCORES"}]}).encode())
     return out
+
+
+def padded(requests: list[tuple[list[int], list[float]]]) -> tuple[list[list[int]], list[list[float]]]:
+    """Several users' lists as the contract's [rows, longest] rows: shorter ones padded with item
+    PAD (-1) and rating 0 (serving.contract)."""
+    width = max(len(i) for i, _ in requests)
+    return ([list(i) + [-1] * (width - len(i)) for i, _ in requests],
+            [list(r) + [0.0] * (width - len(r)) for _, r in requests])
+
+
+def groups(requests: list, per_request: int) -> list[list]:
+    """`requests` cut into consecutive groups of `per_request` users (wrapping around, so every
+    group is full): the users of each multi-user request."""
+    n = max(1, len(requests) // per_request)
+    return [[requests[(g * per_request + j) % len(requests)] for j in range(per_request)] for g in range(n)]
+
+
+def triton_batch_bodies(requests: list[tuple[list[int], list[float]]], per_request: int, k: int = 10) -> list[bytes]:
+    """KServe v2 JSON requests for `recommend` carrying `per_request` users each (ITEM_IDS and
+    RATINGS [users, longest], padded as the contract says; TOP_K [users, 1])."""
+    out = []
+    for group in groups(requests, per_request):
+        items, ratings = padded(group)
+        n, width = len(group), len(items[0])
+        out.append(json.dumps({"inputs": [
+            {"name": "ITEM_IDS", "datatype": "INT64", "shape": [n, width], "data": items},
+            {"name": "RATINGS", "datatype": "FP32", "shape": [n, width], "data": ratings},
+            {"name": "TOP_K", "datatype": "INT32", "shape": [n, 1], "data": [k] * n}],
+            "outputs": [{"name": "RECOMMENDED_IDS"}, {"name": "SCORES"}]}).encode())
+    return out
+
+
+def peer_bodies(requests: list[tuple[list[int], list[float]]], per_request: int = 1, k: int = 10) -> list[bytes]:
+    """Request bodies for the serving peers (perf/peers/core.py) and the hand-written service:
+    one user as {"item_ids", "ratings", "k"}, several as {"users": [...], "k"}."""
+    if per_request == 1:
+        return naive_bodies(requests, k)
+    return [json.dumps({"users": [{"item_ids": i, "ratings": r} for i, r in group], "k": k}).encode()
+            for group in groups(requests, per_request)]

@@ -1,10 +1,12 @@
 """The baseline a user would write by hand: a stdlib HTTP server, JSON in and out, one request
--> one PyTorch forward of one user -> mask rated items -> top-K. No batching, no Triton.
+-> one PyTorch forward (of its one user, or of the users it carries) -> mask rated items ->
+top-K. No batching across requests, no Triton.
 With a rating model beside a top-N model (as the served pipeline has), the top-N model ranks
 and the rating model's predictions for the chosen items are returned too.
 
     python -m perf.naive_service RUN_DIR [--rating-model RUN_DIR2] --port 8099
     curl -d '{"item_ids":[50,172],"ratings":[5,4],"k":10}' localhost:8099/recommend
+    curl -d '{"users":[{"item_ids":[50],"ratings":[5]},{"item_ids":[172],"ratings":[4]}],"k":10}' ...
 """
 from __future__ import annotations
 
@@ -36,18 +38,23 @@ def make_handler(model, item_ids: np.ndarray, rater=None):
         def do_POST(self):
             try:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                x = np.zeros((1, len(item_ids)), np.float32)
-                for i, r in zip(body["item_ids"], body["ratings"]):
-                    if int(i) in index:
-                        x[0, index[int(i)]] = float(r)
+                users = body["users"] if "users" in body else [body]   # one forward for all of them
+                x = np.zeros((len(users), len(item_ids)), np.float32)
+                for b, user in enumerate(users):
+                    for i, r in zip(user["item_ids"], user["ratings"]):
+                        if int(i) in index:
+                            x[b, index[int(i)]] = float(r)
                 with torch.no_grad():
                     pred = model(torch.from_numpy(x)).numpy()
                     rated = None if rater is None else rater(torch.from_numpy(x)).numpy()
-                top = top_k_unrated(pred, x != 0, int(body.get("k", 10)))[0]
-                top = top[top >= 0]  # -1 pads the slots beyond the user's unrated items
-                answer = {"item_ids": item_ids[top].tolist(), "scores": pred[0, top].tolist()}
-                if rated is not None:
-                    answer["predicted_ratings"] = rated[0, top].tolist()
+                answers = []
+                for b, top in enumerate(top_k_unrated(pred, x != 0, int(body.get("k", 10)))):
+                    top = top[top >= 0]  # -1 pads the slots beyond the user's unrated items
+                    answer = {"item_ids": item_ids[top].tolist(), "scores": pred[b, top].tolist()}
+                    if rated is not None:
+                        answer["predicted_ratings"] = rated[b, top].tolist()
+                    answers.append(answer)
+                answer = {"users": answers} if "users" in body else answers[0]
                 out = json.dumps(answer).encode()
                 self.send_response(200)
             except (KeyError, ValueError, TypeError) as e:

@@ -150,13 +150,23 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         "| figure | measured | target | met |", "|---|---:|---:|---|",
     ]
     checks = [("ensemble_vs_inprocess_ort", ">="), ("p99_ms_concurrency1", "<="), ("served_vs_naive", ">="),
-              ("large_model_roof_fraction", ">=")]
+              ("large_model_roof_fraction", ">="), ("served_vs_best_peer", ">="), ("p99_c1_vs_best_peer", "<=")]
     for key, op in checks:
-        v, t = s[key], s["targets"][key]
+        if key not in s["targets"]:   # results from before the peers
+            continue
+        v, t = s.get(key), s["targets"][key]
         met = v is not None and (v >= t if op == ">=" else v <= t)
         lines.append(f"| `{key}` | {v:.3f} | {op} {t} | {'yes' if met else 'NO'} |" if v is not None
                      else f"| `{key}` | n/a | {op} {t} | NO |")
+    lines += ["", "`served_vs_naive` and `served_vs_best_peer`: Triton's HTTP/JSON endpoint over the other server, "
+              "same generator, same users, each request shape (1 and 64 users per request) at each server's best "
+              "concurrency; the lower of the two shapes. `p99_c1_vs_best_peer`: Triton's p99 at concurrency 1, "
+              "one user per request, over the lowest peer's (below 1: Triton answers a lone user faster)."]
     lines += [""] + _noise(r, s)
+    if r.get("http"):
+        lines += [""] + peers_section(r["http"])
+    if r.get("model_analyzer"):
+        lines += [""] + model_analyzer_section(r["model_analyzer"])
     lines += ["", "## Every figure", "",
               f"Roof: measured FP32 GEMM peak {roof:.1f} GFLOP/s (2048x2048, all cores, the faster of "
               "torch's BLAS and ONNX Runtime's MLAS).", "",
@@ -248,3 +258,81 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _ms(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _n(v) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def peers_section(http: dict) -> list[str]:
+    """Triton, the serving peers and the hand-written service under one HTTP/JSON generator:
+    per server and shape the best throughput, p50/p99 at concurrency 1 and 16, memory, and
+    each peer's batching grid with its choice."""
+    names = {"triton": "Triton `recommend` (HTTP/JSON)", "naive": "hand-written (stdlib HTTP, PyTorch, no batching)",
+             "fastapi": "FastAPI + uvicorn, asyncio micro-batcher", "litserve": "LitServe (its batching)",
+             "ray_serve": "Ray Serve (`@serve.batch`)"}
+    lines = ["## Triton beside the servers a user would pick instead", "",
+             f"Same networks (ONNX Runtime in each peer, the served configs' threads), same users, same lists "
+             f"(serving/'s code), one closed-loop HTTP/JSON generator (perf/load.py): concurrency "
+             f"{http['concurrency']}, {http['seconds']:g} s per point. Throughput at each server's best "
+             "concurrency; a 64-user request counts 64 users.", "",
+             "| server | users/request | best c | req/s | users/s | p50 / p99 ms c=1 | p50 / p99 ms c=16 | errors "
+             "| RSS MB | batching |", "|---|---:|---:|---:|---:|---|---|---:|---:|---|"]
+    for name, v in http["servers"].items():
+        if "figures" not in v:
+            lines.append(f"| {names.get(name, name)} | - | - | - | - | - | - | - | - | failed: "
+                         f"{v.get('error', '')[:120]} |")
+            continue
+        chosen = v.get("chosen")
+        batching = (f"max_batch_size {chosen['max_batch_size']}, wait {chosen['batch_wait_timeout_s'] * 1000:g} ms"
+                    if chosen else ("Triton's tuned configs" if name == "triton" else "none"))
+        for shape, f in v["figures"].items():
+            lines.append(f"| {names.get(name, name)} | {shape} | {f['best_concurrency']} | "
+                         f"{_n(f['req_per_s'])} | {_n(f['users_per_s'])} | "
+                         f"{_ms(f['p50_c1'])} / {_ms(f['p99_c1'])} | {_ms(f['p50_c16'])} / {_ms(f['p99_c16'])} | "
+                         f"{f['errors']} | {v.get('rss_mb', float('nan')):,.0f} | {batching} |")
+    lines += ["", "Each peer's batching grid (max_batch_size in requests, wait); the choice is the best geometric "
+              "mean over the two shapes of the best users/s:", "",
+              "| peer | max_batch_size | wait ms | users/s (1 / 64 per request) | score | start s | chosen |",
+              "|---|---:|---:|---|---:|---:|---|"]
+    for name, v in http["servers"].items():
+        for g in v.get("grid", []):
+            best = " / ".join(f"{max(x['users_per_s'] for x in rows):,.0f}" for rows in g["shapes"].values())
+            chosen = v.get("chosen") == {"max_batch_size": g["max_batch_size"],
+                                         "batch_wait_timeout_s": g["batch_wait_timeout_s"]}
+            lines.append(f"| {names.get(name, name)} | {g['max_batch_size']} | {g['batch_wait_timeout_s'] * 1000:g} | "
+                         f"{best} | {g['score']:,.0f} | {g['startup_s']:.0f} | {'yes' if chosen else ''} |")
+    return lines
+
+
+def model_analyzer_section(ma: dict) -> list[str]:
+    """Model Analyzer's best configuration per searched model beside aerec's tuner's choice."""
+    if ma.get("error"):
+        return ["## Triton Model Analyzer", "", f"Not run: {ma['error']}"]
+    lines = ["## Triton Model Analyzer beside aerec's tuner", "",
+             "Model Analyzer (local launch mode, our tritonserver and backends, perf_analyzer 2.50) searched instance "
+             "counts, max_batch_size and dynamic batching in this run; aerec's tuner searched what it cannot: "
+             "ensemble vs fused pipeline, ONNX Runtime threads and spinning.", "",
+             "| model | configurations measured | best (Model Analyzer's rule) | concurrency | infer/s | p99 ms "
+             "| within p99 budget | seconds |", "|---|---:|---|---:|---:|---:|---|---:|"]
+    for name, res in ma.items():
+        if name == "aerec_tuner" or not isinstance(res, dict) or "rows" not in res:
+            continue
+        best = res["best"].get(name)
+        if not best:
+            lines.append(f"| `{name}` | {len(res['rows'])} | none (returncode {res['returncode']}"
+                         f"{', timed out' if res.get('timed_out') else ''}) | | | | | {res['seconds']:.0f} |")
+            continue
+        lines.append(f"| `{name}` | {len({r['config'] for r in res['rows']})} | `{best['config']}` "
+                     f"(max_batch_size {best['max_batch_size']}, instances {best['instances']}) | "
+                     f"{best['concurrency']:.0f} | {best['throughput']:,.0f} | {_ms(best['p99_ms'])} | "
+                     f"{'yes' if best['within_budget'] else 'no'} | {res['seconds']:.0f} |")
+    t = ma.get("aerec_tuner")
+    if t:
+        lines += ["", f"aerec's tuner chose `{t['tuning']}`: {t['throughput']:,.0f} req/s at concurrency 16 "
+                  f"(p99 {_ms(t['p99_ms'])} ms), lone user's p99 {_ms(t['c1_p99_ms'])} ms (`recommend`, gRPC)."]
+    return lines
