@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +69,12 @@ def install_libs(dest: Path = LIB_DIR) -> Path:
         found = sorted(libs.glob(f"{prefix}*"))
         if not found:
             raise PerfAnalyzerMissing(f"{soname}: no {prefix}* in {libs}")
-        link = dest / soname
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(found[0])
+        # A new link under a private name renamed over the old one: two callers at once (threads
+        # or processes) never see the name missing or clash on creating it.
+        tmp = dest / f".{soname}.{os.getpid()}.{threading.get_ident()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(found[0])
+        os.replace(tmp, dest / soname)
     return dest
 
 
