@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large perf perf-full clean
+.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items perf perf-full gpu-check clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -50,14 +50,26 @@ bench-knobs: setup
 bench-large: setup
 	$(PY) -m perf.bench_large
 
+bench-distributed: setup
+	$(PY) -m perf.bench_distributed --nproc 1,2 --sweep 60000,120000,240000 --steps 200
+
 bench-new-users: setup
 	$(PY) -m perf.bench_new_users
+
+bench-replicas: setup
+	$(PY) -m perf.bench_replicas
+
+bench-items: setup
+	$(PY) -m perf.bench_items
 
 perf: setup
 	$(AEREC) perf
 
 perf-full: setup
 	$(AEREC) perf --full
+
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out runs/gpu-check.json
 
 clean:
 	rm -rf runs build

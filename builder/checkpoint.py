@@ -38,9 +38,13 @@ class Checkpoint:
 
     # -- writing ------------------------------------------------------------------------------
     def save(self, phase: str, epoch: int, model, optimizer=None, sched=None, rng=None, gen=None,
-             history=(), best=None, elapsed: float = 0.0, carry: dict | None = None) -> None:
+             history=(), best=None, elapsed: float = 0.0, carry: dict | None = None,
+             ranks: list[dict] | None = None) -> None:
         """Write the loop's whole state after `epoch` of `phase`, atomically (copy, then rename);
-        skipped when the last write was less than `every_s` seconds ago."""
+        skipped when the last write was less than `every_s` seconds ago.
+
+        `ranks`: in a data-parallel job (written by rank 0 only), every rank's random states in
+        rank order, dicts of "torch_rng" and "gen" tensors (builder.train.rank_rng_state)."""
         if time.monotonic() - self._last < self.every_s:
             return
         best = best or {}
@@ -58,6 +62,9 @@ class Checkpoint:
             "best_state": best.get("state") or {},
             "carry": json.dumps(carry or {}),
         }
+        if ranks:
+            state["rank_torch_rng"] = [r["torch_rng"] for r in ranks]
+            state["rank_gen"] = [r["gen"] for r in ranks]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}")
         torch.save(state, tmp)
@@ -91,7 +98,13 @@ class Checkpoint:
 
 
 def restore(raw: dict, model, optimizer=None, sched=None, rng=None, gen=None) -> tuple[list, dict]:
-    """Put a checkpoint's state back into freshly built objects; returns (history, best)."""
+    """Put a checkpoint's state back into freshly built objects; returns (history, best).
+    In a data-parallel job each rank takes back its own random states (same-size jobs only: the
+    job's size is part of the checkpoint's config)."""
+    from builder.distributed import world
+    w = world()
+    if w.parallel and len(raw.get("rank_torch_rng", ())) == w.size:
+        raw = {**raw, "torch_rng": raw["rank_torch_rng"][w.rank], "gen": raw["rank_gen"][w.rank]}
     model.load_state_dict(raw["model"])
     if optimizer is not None and raw["optimizer"]:
         optimizer.load_state_dict(raw["optimizer"])

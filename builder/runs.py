@@ -12,6 +12,7 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 
+from builder import distributed
 from builder.checkpoint import FILENAME as CHECKPOINT
 from builder.config import TrainConfig
 from builder.data.dataset import Dataset
@@ -144,17 +145,24 @@ def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = Fa
     Training is checkpointed to out/checkpoint.pt; with `resume` an interrupted run continues
     from it (and ends with the same weights and metrics), and the checkpoint is removed once the
     run is saved. Raises ValueError for an unknown option or value, a checkpoint found without
-    `resume` or one written by another config; FileNotFoundError for missing data."""
+    `resume` or one written by another config; FileNotFoundError for missing data.
+
+    Under torchrun (see builder.distributed) every rank calls this: all join the process group
+    and train together, every rank reads the checkpoint when resuming, only rank 0 writes the run
+    folder and the checkpoint; every rank returns the same metrics."""
     out = Path(out)
     checkpoint = out / CHECKPOINT
     if checkpoint.is_file() and not resume:
         raise ValueError(f"{checkpoint} exists: an interrupted run. Add --resume to continue it, "
                          "or remove it to start over")
     config = TrainConfig().updated(**changes)
+    w = distributed.setup(config.device)
     dataset = load_dataset(config.data, config.split, config.seed)
     result = train(config, dataset, progress=progress, checkpoint_dir=out, checkpoint_every_s=checkpoint_every_s)
-    save_run(result, dataset, out)
-    checkpoint.unlink(missing_ok=True)  # the run is whole: weights.safetensors replaces it
+    if w.main:
+        save_run(result, dataset, out)
+        checkpoint.unlink(missing_ok=True)  # the run is whole: weights.safetensors replaces it
+    distributed.barrier()  # the folder is whole before any rank returns
     return result
 
 

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from builder import distributed
 from builder.config import TrainConfig
 from builder.data.splits import holdout_share_per_user
 from builder.evaluate import liked, ranking_metrics
@@ -48,6 +49,18 @@ def validation_metrics(model, visible: sp.csr_matrix, hidden: sp.csr_matrix, con
     ranked, and is a miss, as a disliked test item is in the test)."""
     relevant = liked(hidden, config.relevant_threshold)
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    w = distributed.world()
+    if w.parallel:
+        # Each rank ranks a block of the users; the per-user means become all-reduced sums.
+        start, stop = distributed.shard_range(len(users), w)
+        mine = users[start:stop]
+        sums = [0.0] * len(REPORTED)
+        if len(mine):
+            m = ranking_metrics(predict_rows(model, visible, mine, device), visible[mine].toarray() != 0,
+                                relevant[mine])
+            sums = [m[k] * len(mine) for k in REPORTED]
+        total = distributed.all_sum([*sums, len(mine)])
+        return {k: float(total[i] / total[-1]) for i, k in enumerate(REPORTED)}
     scores = predict_rows(model, visible, users, device)
     m = ranking_metrics(scores, visible[users].toarray() != 0, relevant[users])
     return {k: m[k] for k in REPORTED}
@@ -57,6 +70,11 @@ def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Modu
     """Popularity's counts or EASE's B from `matrix` (users x items, raw ratings)."""
     if config.model == "ease":
         check_ease_memory(matrix.shape[1], config.ease_max_gb)
+        w = distributed.world()
+        if w.parallel:  # each rank's block of users adds its X^T X; all solve the summed Gram
+            start, stop = distributed.shard_range(matrix.shape[0], w)
+            return make_top_n_model(config, matrix.shape[1]).fit(matrix[start:stop], config.ease_lambda,
+                                                                 reduce=distributed.all_sum).eval()
         return make_top_n_model(config, matrix.shape[1]).fit(matrix, config.ease_lambda).eval()
     if config.model == "popularity":
         return make_top_n_model(config, matrix.shape[1]).fit(matrix).eval()
@@ -72,16 +90,24 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
                     progress: bool = True):
     """Train Mult-DAE or Mult-VAE on `matrix` rows (users x items, raw ratings) for up to
     max_epochs; with val = (visible, hidden) keep the epoch of the best validation NDCG@100 and
-    stop after `config.patience` epochs without a gain. Returns (model, history, best)."""
+    stop after `config.patience` epochs without a gain. Returns (model, history, best).
+
+    Data-parallel (builder.distributed), each rank trains its slice of every global batch of the
+    seed's one permutation inside DistributedDataParallel, its mean loss scaled to its share of
+    the global batch (DDP averages the gradients: the step is one process's)."""
+    w = distributed.world()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = make_top_n_model(config, matrix.shape[1]).to(device)
+    vae = config.model == "mult-vae"
+    net = distributed.wrap(_VaeStep(model) if vae else model, device)
+    if w.parallel:  # dropout and the VAE's noise draw per rank
+        torch.manual_seed(config.seed + 7919 * w.rank)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     positives = binarise(torch.from_numpy(matrix.data), config.implicit_threshold).numpy()
     counts = np.bincount(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), weights=positives,
                          minlength=matrix.shape[0])
     rows = np.flatnonzero((np.diff(matrix.indptr) > 0) & (counts > 0))  # a user with no positive teaches nothing
-    vae = config.model == "mult-vae"
     history, best, step = [], {"epoch": 0, STOP_ON: -np.inf, "state": None}, 0
     start = time.perf_counter()
     bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
@@ -90,19 +116,30 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
         rng.shuffle(rows)
         losses = []
         for s in range(0, len(rows), config.batch_size):
-            x = dense_rows(matrix, rows[s:s + config.batch_size], device)
+            batch = rows[s:s + config.batch_size]
+            part = distributed.batch_part(batch, w)
+            x = dense_rows(matrix, part, device)
             target = binarise(x, config.implicit_threshold)
             optimizer.zero_grad(set_to_none=True)
             if vae:
-                mu, logvar = model.encode(x)  # with the input dropout: the denoising
-                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-                loss = multinomial_nll(model.decode(z), target) + beta_at(step, config) * kl_divergence(mu, logvar)
+                logits, mu, logvar = net(x)
+                loss = multinomial_nll(logits, target) + beta_at(step, config) * kl_divergence(mu, logvar)
             else:
-                loss = multinomial_nll(model(x), target)
+                logits = net(x)
+                loss = multinomial_nll(logits, target)
+            if w.parallel:
+                # This rank's share of the global batch's mean (an empty share still joins the
+                # gradient all-reduce, with zeros).
+                share = len(part) / len(batch)
+                loss = loss * (w.size * share) if len(part) else logits.sum() * 0.0
+                losses.append(loss.item() / w.size)
             loss.backward()
             optimizer.step()
             step += 1
-            losses.append(loss.item())
+            if not w.parallel:
+                losses.append(loss.item())
+        if w.parallel:  # the global batches' losses: the ranks' shares summed
+            losses = list(distributed.all_sum(losses))
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
         if vae:
             row["beta"] = beta_at(step, config)
@@ -119,6 +156,21 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
     if val is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
     return model.eval(), history, best
+
+
+class _VaeStep(torch.nn.Module):
+    """Mult-VAE's training forward as one module call, so DistributedDataParallel sees it: the
+    encoder (with its input dropout: the denoising), the reparameterised draw and the decoder.
+    x [batch, n_items] -> (logits [batch, n_items], mu, logvar [batch, latent])."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor):
+        mu, logvar = self.vae.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.vae.decode(z), mu, logvar
 
 
 def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: bool = True):

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from builder import distributed
 from builder.checkpoint import Checkpoint, restore
 from builder.config import TrainConfig
 from builder.data.dataset import Dataset
@@ -27,7 +28,7 @@ from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse,
 from builder.models import ITEM_BASED, TOP_N, build_model
 from builder import evaluate as ev
 from builder import topn
-from builder.metrics import rmse
+from builder.metrics import clip, rmse
 from builder.predict import dense_rows, orient, predict_entries
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def make_optimizer(config: TrainConfig, params):
 
 
 def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torch.Generator,
-               n_ratings: int, soft: torch.Tensor | None = None) -> float:
+               n_ratings: int, soft: torch.Tensor | None = None, net: torch.nn.Module | None = None) -> float:
     """One update on a batch of rating vectors; returns the masked MSE of the batch.
 
     AutoRec's objective is sum-of-squares + lambda/2 ||W||^2 over the whole matrix; our loss is
@@ -85,28 +86,38 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
 
     `soft` holds a teacher's predictions for these rows: the entries the user has not rated
     are scored against them with weight `config.distill` (knowledge distillation).
+
+    Data-parallel (`net` is `model` inside DistributedDataParallel, `x` this rank's part of the
+    global batch): each mean is taken over the global batch's entries (their counts are summed
+    over ranks) and scaled by the world size, which DDP's gradient averaging divides back out, so
+    the step equals one process's step on the whole batch. The returned MSE is this rank's.
     """
-    model.train()
+    net = net if net is not None else model
+    net.train()
     optimizer.zero_grad(set_to_none=True)
     x_in = corrupt(x, config.corruption, gen, config.corruption_per_user)
-    pred = model(x_in)
-    if config.corruption and config.loss_on == "dropped":
-        # Score only the ratings the corruption hid: the model practises exactly the task it
-        # faces at test time (predict ratings it cannot see) instead of copying its input.
-        loss = masked_mse(pred, x, (x != 0) & (x_in == 0))
-    else:
-        loss = masked_mse(pred, x)
+    # Score only the ratings the corruption hid when asked: the model practises exactly the task
+    # it faces at test time (predict ratings it cannot see) instead of copying its input.
+    mask = (x != 0) & (x_in == 0) if config.corruption and config.loss_on == "dropped" else x != 0
+    share = _global_shares(x, mask, soft is not None and config.distill)
+    pred = net(x_in)
+    loss = masked_mse(pred, x, mask)
     reported = loss.item()
+    if share is not None:
+        loss = loss * share[0]
     if soft is not None and config.distill:
         # The teacher fills in what the ratings leave blank: a dense target for every item the
         # user has not rated, so each of the few user rows teaches the whole output layer.
-        loss = loss + config.distill * masked_mse(pred, soft, x == 0)
-    if config.l2:
+        distilled = masked_mse(pred, soft, x == 0)
+        loss = loss + config.distill * (distilled if share is None else distilled * share[1])
+    if config.l2:  # the same on every rank: DDP's average leaves it as it is
         loss = loss + config.l2 * l2_penalty(model) / n_ratings
-    if config.sparsity:
-        loss = loss + config.sparsity * sparsity_penalty(model.encode(x))
-    if config.contractive:
-        loss = loss + config.contractive * contractive_penalty(model.encode, x)
+    if len(x):  # a rank whose part of the last batch is empty has no code to penalise
+        if config.sparsity:
+            loss = loss + config.sparsity * sparsity_penalty(model.encode(x)) * (1 if share is None else share[2])
+        if config.contractive:
+            loss = loss + (config.contractive * contractive_penalty(model.encode, x)
+                           * (1 if share is None else share[2]))
     loss.backward()
     optimizer.step()
     if config.refeed:
@@ -114,33 +125,72 @@ def train_step(model, optimizer, x: torch.Tensor, config: TrainConfig, gen: torc
         # f(f(x)) should equal f(x). Every entry counts, so the mask is all ones.
         optimizer.zero_grad(set_to_none=True)
         y = pred.detach()
-        masked_mse(model(y), y, torch.ones_like(y, dtype=torch.bool)).backward()
+        refed = masked_mse(net(y), y, torch.ones_like(y, dtype=torch.bool))
+        (refed if share is None else refed * share[2]).backward()
         optimizer.step()
     return reported
 
 
+def _global_shares(x: torch.Tensor, mask: torch.Tensor, distill: bool) -> torch.Tensor | None:
+    """None in one process; data-parallel, the factors world * local count / global count that
+    turn this rank's means into its share of the global batch's means: [scored ratings, unrated
+    entries (distillation), rows (per-row means and re-feeding)]. One all-reduce per step."""
+    w = distributed.world()
+    if not w.parallel:
+        return None
+    local = torch.stack([mask.sum(), (x == 0).sum() if distill else x.new_zeros((), dtype=torch.long),
+                         torch.tensor(len(x), device=x.device)]).to(torch.float64)
+    total = distributed.all_sum_tensor(local.clone())
+    return (w.size * local / total.clamp_min(1.0)).to(x.dtype)
+
+
 def run_epoch(model, optimizer, matrix: sp.csr_matrix, config: TrainConfig, rng, gen, device,
-              soft: torch.Tensor | None = None) -> float:
+              soft: torch.Tensor | None = None, net: torch.nn.Module | None = None) -> float:
     """One pass over the non-empty rows of `matrix` (CSR, rows are the model's input vectors) in a shuffled
     order, minibatches of config.batch_size; returns the epoch's masked MSE, weighted by each batch's observed
-    ratings."""
+    ratings.
+
+    Data-parallel, every rank draws the same permutation from the seed and trains its slice of
+    each global batch (distributed.batch_part: about batch_size / world rows); the MSE is summed
+    over ranks."""
+    w = distributed.world()
     rows = np.flatnonzero(np.diff(matrix.indptr) > 0)
     rng.shuffle(rows)
     losses, weights = [], []
     for start in range(0, len(rows), config.batch_size):
-        batch = rows[start:start + config.batch_size]
+        batch = distributed.batch_part(rows[start:start + config.batch_size], w)
         x = dense_rows(matrix, batch, device)
         losses.append(train_step(model, optimizer, x, config, gen, matrix.nnz,
-                                 None if soft is None else soft[batch].to(device)))
+                                 None if soft is None else soft[batch].to(device), net))
         weights.append(int((x != 0).sum()))
+    if w.parallel:
+        total, count = distributed.all_sum([np.dot(losses, weights), sum(weights)])
+        return float(total / max(count, 1))
     return float(np.average(losses, weights=weights))
+
+
+def validation_rmse(model, matrix: sp.csr_matrix, val: sp.csr_matrix, scale, device) -> float:
+    """RMSE (predictions clipped to `scale`) at `val`'s entries, the model reading `matrix`'s rows.
+    Data-parallel, each rank scores its block of rows and the squared errors and counts are
+    summed over ranks: the value one process computes, up to float64 rounding."""
+    w = distributed.world()
+    if not w.parallel or getattr(model, "full_matrix", False):
+        p, t = predict_entries(model, matrix, val, device)
+        return rmse(p, t, scale)
+    start, stop = distributed.shard_range(matrix.shape[0], w)
+    part = val[start:stop]
+    sq, n = 0.0, 0
+    if part.nnz:
+        p, t = predict_entries(model, matrix[start:stop], part, device)
+        sq, n = float(np.sum((np.asarray(clip(p, scale), np.float64) - t) ** 2)), len(t)
+    total, count = distributed.all_sum([sq, n])
+    return float(np.sqrt(total / count))
 
 
 def _record(row: dict, model, matrix, val, scale, device, best: dict, history: list, bar, on_epoch) -> dict:
     """Score the epoch on validation (keeping the best weights), log it; returns the best so far."""
     if val is not None:
-        p, t = predict_entries(model, matrix, val, device)
-        row["val_rmse"] = rmse(p, t, scale)
+        row["val_rmse"] = validation_rmse(model, matrix, val, scale, device)
         if row["val_rmse"] < best["val_rmse"]:
             best = {"epoch": row["epoch"], "val_rmse": row["val_rmse"], "seconds": row["seconds"],
                     "state": copy.deepcopy(model.state_dict())}
@@ -169,29 +219,40 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
 
     With `ckpt`, the loop's state is saved after every epoch and a checkpoint of the same
     `phase` is resumed from (`carry` is stored alongside for the caller's own bookkeeping)."""
+    w = distributed.world()
     if config.optimizer == "lbfgs":
+        if w.parallel:
+            raise ValueError("glocal-k's full-batch L-BFGS trains in one process; run it without --nproc")
         return fit_full_batch(config, matrix, val, scale, max_epochs, progress, on_epoch, ckpt, phase, carry)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed)  # the same on every rank: one global shuffle
     device = pick_device(config.device)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
+    # Corruption and dropout draw per rank (rank 0 as one process does): the ranks' rows differ.
+    gen = torch.Generator(device=device).manual_seed(config.seed + w.rank)
     model = make_model(config, matrix.shape[1]).to(device)
+    net = distributed.wrap(model, device)  # DDP: rank 0's initial weights on every rank
+    if w.parallel:
+        torch.manual_seed(config.seed + 7919 * w.rank)
     optimizer = make_optimizer(config, model.parameters())
     sched = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_epochs, config.lr_decay)
              if config.lr_decay_epochs else None)
     first, history, best, spent = _resume(ckpt, phase, model, optimizer=optimizer, sched=sched, rng=rng, gen=gen)
     if history and _stopped(history, best, config, val, max_epochs):
         first = max_epochs + 1  # the checkpoint is of the epoch that ended this phase
-    bar = tqdm(range(first, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
+    bar = tqdm(range(first, max_epochs + 1), disable=not progress or not w.main, desc=config.model, leave=False)
     start = time.perf_counter() - spent
     for epoch in bar:
-        train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device, soft)
+        train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device, soft, net)
         if sched:
             sched.step()
         row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
         best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
         if ckpt:
-            ckpt.save(phase, epoch, model, optimizer, sched, rng, gen, history, best, row["seconds"], carry)
+            # Every rank's random streams go into rank 0's file, so a resumed rank draws on.
+            ranks = distributed.gather(rank_rng_state(gen)) if w.parallel else None
+            if w.main:
+                ckpt.save(phase, epoch, model, optimizer, sched, rng, gen, history, best, row["seconds"], carry,
+                          ranks=ranks)
         if not np.isfinite(train_mse):
             log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
         if _stopped(history, best, config, val, max_epochs):
@@ -199,6 +260,11 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     if val is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
     return model, history, best
+
+
+def rank_rng_state(gen: torch.Generator) -> dict:
+    """This rank's torch random states (global CPU generator, the loop's generator)."""
+    return {"torch_rng": torch.get_rng_state(), "gen": gen.get_state()}
 
 
 def _stopped(history: list, best: dict, config: TrainConfig, val, max_epochs: int) -> bool:
@@ -277,6 +343,12 @@ def validation_split(train_ui: sp.csr_matrix, config: TrainConfig):
 MAX_TEACHER_ENTRIES = 250_000_000
 
 
+def _test_metrics(model, dataset: Dataset, config: TrainConfig, device) -> dict:
+    """builder.evaluate.evaluate_model, computed once (rank 0) and handed to every rank."""
+    w = distributed.world()
+    return distributed.broadcast(ev.evaluate_model(model, dataset, config, device) if w.main else None)
+
+
 def teacher_config(config: TrainConfig) -> TrainConfig:
     """The teacher preset's config, on the student's data, split and seed."""
     from builder.presets import preset
@@ -299,7 +371,10 @@ def teacher_predictions(config: TrainConfig, dataset: Dataset, train_ui: sp.csr_
     is validated on) and return its clipped dense predictions [users, items] and metrics."""
     if train_ui.shape[0] * train_ui.shape[1] > MAX_TEACHER_ENTRIES:
         raise ValueError(f"a teacher's dense predictions for {train_ui.shape[0]:,} x {train_ui.shape[1]:,} "
-                         f"exceed {MAX_TEACHER_ENTRIES:,} entries; train without --teacher on data this large")
+                         f"exceed {MAX_TEACHER_ENTRIES:,} entries (MAX_TEACHER_ENTRIES, "
+                         f"{4 * MAX_TEACHER_ENTRIES / 1e9:g} GB float32); on data this large train the "
+                         "network without distillation: --preset deeprec-plain, or --set teacher='\"\"' "
+                         "--set distill=0 with your options")
     tconfig = teacher_config(config)
     part = dataclasses.replace(dataset, train=train_ui, test=sp.csr_matrix(train_ui.shape, dtype=np.float32))
     result = train(tconfig, part, progress=False, evaluate=False)
@@ -318,18 +393,26 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     same ratings as each phase (selection: the fit part; refit: all) and distilled from.
 
     Top-N models (builder.models.TOP_N) are trained by builder.topn.train_top_n instead:
-    validated on ranking each training user's hidden ratings, no RMSE, no checkpoints."""
+    validated on ranking each training user's hidden ratings, no RMSE, no checkpoints.
+
+    Under torchrun (builder.distributed) every rank calls this with the same data: each trains
+    its part of every batch inside DistributedDataParallel, validation sums are all-reduced,
+    rank 0 writes the checkpoint (with every rank's random state) and computes the test metrics,
+    which every rank returns."""
+    w = distributed.world()
     if config.model in TOP_N:
         device = pick_device(config.device)
-        model, selected, history = topn.train_top_n(config, dataset.train.tocsr(), device, progress)
-        metrics = ev.evaluate_model(model, dataset, config, device) if evaluate else {}
+        model, selected, history = topn.train_top_n(config, dataset.train.tocsr(), device, progress and w.main)
+        metrics = _test_metrics(model, dataset, config, device) if evaluate else {}
         return TrainResult(model, config, {**metrics, **selected}, history)
     start = time.perf_counter()
     if config.teacher:
         teacher_config(config)  # a bad teacher fails here, before any training
     elif config.distill:
         raise ValueError("distill needs a teacher preset (teacher=NAME)")
-    ckpt = (Checkpoint(checkpoint_dir, json.dumps(asdict(config), sort_keys=True), checkpoint_every_s)
+    # A checkpoint resumes only in a job of the same size: the ranks' random streams are in it.
+    identity = {**asdict(config), **({"world_size": w.size} if w.parallel else {})}
+    ckpt = (Checkpoint(checkpoint_dir, json.dumps(identity, sort_keys=True), checkpoint_every_s)
             if checkpoint_dir else None)
     stored = ckpt.load() if ckpt else None
     full = orient(dataset.train, config)
@@ -360,7 +443,7 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     seconds = time.perf_counter() - start + before
     if stored is not None and stored["phase"] == "refit":
         seconds += stored["elapsed"]
-    metrics = ev.evaluate_model(model, dataset, config, pick_device(config.device)) if evaluate else {}
+    metrics = _test_metrics(model, dataset, config, pick_device(config.device)) if evaluate else {}
     if teacher:
         metrics["teacher"] = {"preset": config.teacher, **{phase: {k: m[k] for k in ("val_rmse", "best_epoch")}
                                                           for phase, m in teacher.items()}}

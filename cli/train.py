@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -31,13 +33,32 @@ def train(
     quiet: bool = typer.Option(False, help="no progress bar"),
     resume: bool = typer.Option(False, help="continue an interrupted run from OUT/checkpoint.pt"),
     checkpoint_every: float = typer.Option(30.0, help="seconds between checkpoints (0: every epoch)"),
+    nproc: int = typer.Option(1, "--nproc", help="data-parallel: train in N processes under torchrun "
+                              "(DistributedDataParallel; gloo on CPU, NCCL on CUDA)"),
 ):
     """Train one model and write weights, config, metrics and curve to OUT.
 
     Training is checkpointed to OUT/checkpoint.pt (every --checkpoint-every seconds); after an
     interruption, the same command with --resume continues from the checkpoint and ends with
-    the same metrics and weights as an uninterrupted run."""
+    the same metrics and weights as an uninterrupted run.
+
+    --nproc N re-runs this command under torchrun, the same as
+    `python -m torch.distributed.run --standalone --nproc-per-node N -m cli.main train ...`
+    (or `torchrun --standalone --nproc-per-node N -m cli.main train ...`): each rank trains its
+    slice of every batch, rank 0 writes OUT; --resume works the same with the same N. Under
+    torchrun (WORLD_SIZE set) --nproc is ignored: the launcher decides the number of ranks."""
+    from builder import distributed
     from builder.presets import preset as get_preset
+
+    if nproc != 1 and not distributed.under_launcher():
+        if "train" not in sys.argv:
+            fail("--nproc re-runs `aerec train ...` from its command line; call it from a shell")
+        try:
+            args = _without_nproc(sys.argv[sys.argv.index("train") + 1:])
+            command = distributed.torchrun_command(nproc, "cli.main", ["train", *args])
+        except ValueError as e:
+            fail(str(e))
+        raise typer.Exit(subprocess.run(command).returncode)
 
     changes = {}
     if preset:
@@ -58,6 +79,8 @@ def train(
         except json.JSONDecodeError:
             changes[key] = raw
     if "blend" in changes:  # a preset made of other presets, stacked on a shared validation slice
+        if distributed.under_launcher():
+            fail("a blend trains its members one after another; run it without --nproc / torchrun")
         if resume:
             fail("--resume applies to single models; a blend retrains its members")
         _train_blend(changes, out, quiet)
@@ -67,8 +90,24 @@ def train(
         result = train_run(changes, out, progress=not quiet, resume=resume, checkpoint_every_s=checkpoint_every)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    print_metrics(result.metrics)
-    typer.echo(f"run written to {out}")
+    main = distributed.world().main
+    distributed.teardown()
+    if main:
+        print_metrics(result.metrics)
+        typer.echo(f"run written to {out}")
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    """`args` less `--nproc N` / `--nproc=N` (the workers must not launch again)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _train_blend(changes: dict, out: Path, quiet: bool) -> None:

@@ -62,3 +62,68 @@ def synthetic_dataset(n_users: int, n_items: int, n_ratings: int, test_fraction:
     return Dataset(train, test, np.arange(n_users), np.arange(n_items),
                    [f"item {i}" for i in range(n_items)], (1.0, 5.0), f"synthetic-{seed}",
                    f"synthetic-{n_users}x{n_items}-{n_ratings}")
+
+
+def synthetic_csr_rows(n_users: int, n_items: int, n_ratings: int, start: int = 0, stop: int | None = None,
+                       rank: int = 8, zipf: float = 1.0, seed: int = 0, chunk: int = 8192) -> sp.csr_matrix:
+    """Rows start..stop-1 (default: all) of a users x items CSR matrix of 1..5 star ratings with
+    about `n_ratings` entries in all, built straight into CSR arrays (float32 data, int32
+    indices): memory grows with the shard's ratings, never with users x items, and no rating
+    table is ever built.
+
+    The same model as synthetic_ratings (Zipf item popularity, log-normal user activity, rank-
+    `rank` tastes), but each block of `chunk` users draws from its own generator seeded by
+    (seed, block): a shard is identical to the same rows of the whole matrix, whatever the
+    shards (so each rank of a data-parallel job builds only its own). `start` and `stop` must be
+    multiples of `chunk` (or stop == n_users); raises ValueError otherwise."""
+    stop = n_users if stop is None else stop
+    if not 0 <= start <= stop <= n_users or start % chunk or (stop % chunk and stop != n_users):
+        raise ValueError(f"rows {start}..{stop} of {n_users}: bounds must be multiples of chunk={chunk} "
+                         "(or the last row) within 0..n_users")
+    shared = np.random.default_rng([seed, 0])  # item side and activity: the same for every shard
+    pop = 1.0 / np.arange(1, n_items + 1) ** zipf
+    pop = pop[shared.permutation(n_items)]
+    cdf = np.cumsum(pop / pop.sum())
+    item_f = shared.normal(0, 1 / np.sqrt(rank), (n_items, rank)).astype(np.float32)
+    item_q = shared.normal(0, 0.5, n_items).astype(np.float32)
+    activity = shared.lognormal(0, 1, n_users)
+    per_user = np.minimum(np.maximum(1, np.round(activity / activity.sum() * n_ratings)), n_items // 2)
+    indptr = np.zeros(stop - start + 1, dtype=np.int64)
+    planned = int(per_user[start:stop].sum())  # an upper bound: a user may fall short of its draw
+    indices = np.empty(planned, dtype=np.int32)
+    data = np.empty(planned, dtype=np.float32)
+    cursor = 0
+    for lo in range(start, stop, chunk):
+        hi = min(lo + chunk, stop)
+        rng = np.random.default_rng([seed, 1 + lo // chunk])
+        counts = per_user[lo:hi].astype(np.int64)
+        # Popularity-weighted draws without repeats within a user: draw more than needed, keep
+        # each user's first distinct items (popular items collide often).
+        want = counts.copy()
+        have = [np.zeros(0, np.int64) for _ in range(hi - lo)]
+        for _ in range(8):
+            owner = np.repeat(np.arange(hi - lo), want + want // 2 + 2)
+            draw = np.searchsorted(cdf, rng.random(len(owner)) * cdf[-1]).clip(0, n_items - 1)
+            key = np.unique(np.concatenate([np.concatenate(have) + np.repeat(np.arange(hi - lo), [len(h) for h in have])
+                                            * n_items, owner * n_items + draw]))
+            own = key // n_items
+            # keep at most `counts` per user (np.unique sorted by user, then item)
+            first = np.searchsorted(own, np.arange(hi - lo))
+            pos = np.arange(len(key)) - first[own]
+            key = key[pos < counts[own]]
+            own = key // n_items
+            have = np.split(key % n_items, np.searchsorted(own, np.arange(1, hi - lo)))
+            want = counts - np.bincount(own, minlength=hi - lo)
+            if want.max() <= 0:
+                break
+        items_of = np.concatenate(have).astype(np.int32)
+        owner = np.repeat(np.arange(hi - lo), [len(h) for h in have])
+        taste = rng.normal(0, 1, (hi - lo, rank)).astype(np.float32)
+        score = (taste[owner] * item_f[items_of]).sum(1) * 1.5 + item_q[items_of] + rng.normal(0, 0.5, len(owner))
+        indptr[lo - start + 1:hi - start + 1] = cursor + np.cumsum([len(h) for h in have])
+        indices[cursor:cursor + len(owner)] = items_of
+        data[cursor:cursor + len(owner)] = np.clip(np.round(3.5 + score), 1, 5)
+        cursor += len(owner)
+    if cursor < planned:  # a rare shortfall (a user wanting more distinct items than drawn)
+        indices, data = indices[:cursor].copy(), data[:cursor].copy()
+    return sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_items))

@@ -35,10 +35,21 @@ def fit_ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
     The Gram matrix is inverted in float64: with lambda in the hundreds and counts in the
     hundreds its condition number is modest, but float32 loses the small off-diagonal weights.
     """
+    return ease_from_gram(gram(X), lam)
+
+
+def gram(X: sp.csr_matrix) -> np.ndarray:
+    """X^T X as a dense float64 [n_items, n_items] array from X [n_users, n_items] (csr). A sum
+    over users: shards of users' rows add up to the whole (data-parallel EASE all-reduces it)."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    return (X.T @ X).toarray()
+
+
+def ease_from_gram(G: np.ndarray, lam: float) -> np.ndarray:
+    """B float32 [n_items, n_items] from the Gram matrix G = X^T X (float64, modified in place)
+    and L2 weight lam > 0 (ValueError otherwise)."""
     if lam <= 0:
         raise ValueError(f"EASE lambda must be > 0, got {lam}")
-    X = sp.csr_matrix(X, dtype=np.float64)
-    G = (X.T @ X).toarray()
     G[np.diag_indices_from(G)] += lam
     P = np.linalg.inv(G)
     B = P / -np.diag(P)  # column j divided by -P_jj
@@ -60,13 +71,20 @@ class EASE(nn.Module):
         self.threshold = threshold
         self.register_buffer("B", torch.zeros(n_items, n_items))
 
-    def fit(self, matrix: sp.csr_matrix, lam: float) -> "EASE":
+    def fit(self, matrix: sp.csr_matrix, lam: float, reduce=None) -> "EASE":
         """Set B from `matrix` (users x items CSR, raw ratings, binarised with the model's
-        threshold) with L2 weight `lam`; returns self. Raises ValueError for lam <= 0."""
+        threshold) with L2 weight `lam`; returns self. Raises ValueError for lam <= 0.
+
+        `reduce`: when `matrix` is one shard of the users, a function summing the shards' Gram
+        matrices (float64 [n_items, n_items] -> the same), e.g. builder.distributed.all_sum;
+        every process then solves the same B."""
         X = sp.csr_matrix(matrix, dtype=np.float64, copy=True)  # a copy: eliminate_zeros works in place
         X.data = (X.data > 0 if self.threshold <= 0 else X.data >= self.threshold).astype(np.float64)
         X.eliminate_zeros()
-        self.B.copy_(torch.from_numpy(fit_ease(X, lam)))
+        G = gram(X)
+        if reduce is not None:
+            G = np.array(reduce(G), dtype=np.float64)
+        self.B.copy_(torch.from_numpy(ease_from_gram(G, lam)))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
