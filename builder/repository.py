@@ -39,8 +39,15 @@ TEMPLATE = {"ranker": "ranker_onnx", "rater": "rater_onnx", "preprocess": "prepr
 MODEL_PY = {"preprocess": "preprocess/1/model.py", "postprocess": "postprocess/1/model.py",
             "fused": "recommend/fused/model.py"}
 
-VARIANTS = {"onnx": "model_fp32.onnx", "onnx_int8": "model_int8.onnx"}
+VARIANTS = {"onnx": "model_fp32.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 PIPELINES = ("ensemble", "fused")
+DEVICES = ("cpu", "gpu")
+# On a GPU: each variant's precision, its TensorRT plan (builder.tensorrt_plans.build_plans) and the
+# ONNX graph ONNX Runtime's TensorRT execution provider parses (TensorRT's own ONNX parser: the
+# int8 graph with float biases, builder.export.quantize_int8).
+GPU_PRECISION = {"onnx": "FP32", "onnx_fp16": "FP16", "onnx_int8": "INT8"}
+GPU_ONNX = {"onnx": "model_fp32.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8_trt.onnx"}
+PLANS = {"onnx": "model_fp32.plan", "onnx_fp16": "model_fp16.plan", "onnx_int8": "model_int8.plan"}
 
 
 class RepositoryError(ValueError):
@@ -135,16 +142,36 @@ def _ort_parameters(config, t: Tuning) -> None:
         config.parameters[SPINNING].string_value = "0"
 
 
-def network_config_message(name: str, n_items: int, tuning: Tuning | None = None) -> model_config_pb2.ModelConfig:
+def network_config_message(name: str, n_items: int, tuning: Tuning | None = None,
+                           serving: dict | None = None) -> model_config_pb2.ModelConfig:
     """A network's config (ranker_onnx's template, rater_onnx's for a name starting "rater"):
-    `name`, input and output [n_items], the tuning's batching, instances and ORT parameters."""
-    t = tuning or Tuning()
+    `name`, input and output [n_items], the tuning's batching, instances and ORT parameters.
+
+    `serving` (default: the CPU, ONNX Runtime): {"device": "cpu" | "gpu", "platform":
+    "onnxruntime_onnx" | "tensorrt_plan", "precision": "FP32" | "FP16" | "INT8"}. On a GPU the
+    instances are KIND_GPU; a tensorrt_plan network drops ONNX Runtime's parameters; an ONNX
+    Runtime network gets the TensorRT execution accelerator at `precision` (Triton's ONNX Runtime
+    backend, "ONNX Runtime with TensorRT optimization": optimization.execution_accelerators.
+    gpu_execution_accelerator {name: "tensorrt", parameters {precision_mode ...}}), CUDA being
+    its fallback for what TensorRT does not take."""
+    t, srv = tuning or Tuning(), {"device": "cpu", "platform": "onnxruntime_onnx", "precision": "FP32",
+                                  **(serving or {})}
     config = template("rater" if name.startswith("rater") else "ranker")
     config.name = name
     _tensor_dims(config.input, {INPUT}, n_items)
     _tensor_dims(config.output, {OUTPUT}, n_items)
     _schedule(config, t.network_queue_delay_us, t.network_instances, t.preferred_batch_sizes)
-    _ort_parameters(config, t)
+    if srv["platform"] == "tensorrt_plan":
+        config.platform = "tensorrt_plan"
+    else:
+        _ort_parameters(config, t)
+    if srv["device"] == "gpu":
+        for group in config.instance_group:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+        if srv["platform"] == "onnxruntime_onnx":
+            trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            trt.parameters["precision_mode"] = srv["precision"]
+            trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
     return config
 
 
@@ -334,12 +361,20 @@ class _Served:
     n_items: int               # the exported network's input width
     dataset: dict              # the summary saved beside its weights
 
-    @property
-    def served(self) -> str:
-        return f"{self.role}_{self.variants[0]}"
+    def gpu_serving(self, variant: str) -> tuple[str, Path, dict]:
+        """(model name, file to serve, serving dict for network_config_message) for `variant` on a
+        GPU: the TensorRT plan (`<role>_plan...`) when full TensorRT built one for this export,
+        else the ONNX graph under ONNX Runtime with the TensorRT accelerator."""
+        from builder.tensorrt_plans import plan_meta
+        export = self.run / "export"
+        if plan_meta(export / PLANS[variant]) is not None:
+            return (f"{self.role}_{variant.replace('onnx', 'plan')}", export / PLANS[variant],
+                    {"device": "gpu", "platform": "tensorrt_plan", "precision": GPU_PRECISION[variant]})
+        return (f"{self.role}_{variant}", export / GPU_ONNX[variant],
+                {"device": "gpu", "platform": "onnxruntime_onnx", "precision": GPU_PRECISION[variant]})
 
 
-def _read_run(run_dir: Path, role: str | None, variants) -> _Served:
+def _read_run(run_dir: Path, role: str | None, variants, device: str = "cpu") -> _Served:
     """A run's config and export, checked before anything is written. role None: from the model."""
     from builder.config import TrainConfig
     run_dir = Path(run_dir)
@@ -357,7 +392,7 @@ def _read_run(run_dir: Path, role: str | None, variants) -> _Served:
         raise RepositoryError(f"{run_dir} is a top-N model ({config.model}), not a rating model: its scores "
                               f"are no ratings")
     for variant in variants:
-        src = run_dir / "export" / VARIANTS[variant]
+        src = run_dir / "export" / (GPU_ONNX if device == "gpu" else VARIANTS)[variant]
         if not src.is_file():
             raise RepositoryError(f"{src} missing: export with the matching --precision first")
     return _Served(role or ("ranker" if is_ranker else "rater"), run_dir, tuple(variants), config,
@@ -386,7 +421,7 @@ def _run_dataset(part: _Served):
 
 
 def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None,
-                     rating_run: Path | None = None) -> dict:
+                     rating_run: Path | None = None, device: str = "cpu") -> dict:
     """Add one version of each served network to the repository at `out`; returns the manifest.
 
     `run_dir`: a top-N run (served as the ranker, `ranker_<variant>`) or a rating run (the rater,
@@ -397,15 +432,26 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     missing, a run has the wrong role, the two runs' item sets differ, or a run's data set is
     incomplete (a run folder from before runs held their data: its data path now holds other
     ratings than it was trained on). The data served comes from the run folder (load_run_dataset).
+
+    `device` "gpu": the networks run on KIND_GPU instances, as Triton `tensorrt_plan` models where
+    full TensorRT built plans into the export folder (named `<role>_plan`, `<role>_plan_int8` ...),
+    else as ONNX Runtime models with the TensorRT execution accelerator (see
+    network_config_message); the Python steps stay KIND_CPU and need only numpy. The fused
+    pipeline (ONNX Runtime inside a Python model) is CPU-only: RepositoryError on a GPU.
     """
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise RepositoryError(f"unknown variant(s) {unknown}; available here: {', '.join(VARIANTS)}")
+    if device not in DEVICES:
+        raise RepositoryError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "gpu" and (tuning or Tuning()).pipeline == "fused":
+        raise RepositoryError("the fused pipeline runs its networks with ONNX Runtime inside a Python model on "
+                              "the CPU; serve a GPU repository with the ensemble pipeline")
     if rating_run is None:
-        parts = [_read_run(run_dir, None, variants)]
+        parts = [_read_run(run_dir, None, variants, device)]
     else:
-        parts = [_read_run(run_dir, "ranker", ("onnx",)), _read_run(rating_run, "rater", variants)]
+        parts = [_read_run(run_dir, "ranker", ("onnx",), device), _read_run(rating_run, "rater", variants, device)]
         _same_items(*parts)
     roles = {p.role: p for p in parts}
     # Item-based models read one item's column, not a user's row: they cannot fold in a user.
@@ -429,20 +475,28 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     try:
         if out.exists():
             shutil.copytree(out, tmp, dirs_exist_ok=True)
-        written, networks = {}, {}
+        written, networks, serving, first = {}, {}, {}, {}
         for part in parts:
             for variant in part.variants:
-                name = f"{part.role}_{variant}"
+                if device == "gpu":
+                    name, src, srv = part.gpu_serving(variant)
+                else:
+                    name, src, srv = f"{part.role}_{variant}", part.run / "export" / VARIANTS[variant], None
+                first.setdefault(part.role, name)
                 folder = tmp / name
                 version = _next_version(folder)
                 (folder / str(version)).mkdir(parents=True)
-                shutil.copy2(part.run / "export" / VARIANTS[variant], folder / str(version) / "model.onnx")
-                _validate_network(folder / str(version) / "model.onnx", n_items)
-                _write_config(folder, network_config_message(name, n_items, tuning), part.role)
+                dst = folder / str(version) / ("model.plan" if src.suffix == ".plan" else "model.onnx")
+                shutil.copy2(src, dst)
+                if dst.suffix == ".onnx":
+                    _validate_network(dst, n_items)
+                _write_config(folder, network_config_message(name, n_items, tuning, srv), part.role)
                 written[name], networks[name] = version, n_items
+                if srv:
+                    serving[name] = srv
         served = {"ranker": None, "rater": None}
         if dataset is not None:  # an item-based run alone: its networks only, nothing recommends
-            served.update({part.role: part.served for part in parts})
+            served.update(first)
             written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning))
         old_path = tmp / "aerec_repository.json"
         old = json.loads(old_path.read_text()) if old_path.is_file() else {}
@@ -450,6 +504,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                     "rating_run": str(Path(rating_run).resolve()) if rating_run is not None else None,
                     "models": written, "n_items": n_items,
                     "networks": {**old.get("networks", {}), **networks},
+                    "network_serving": {**old.get("network_serving", {}), **serving}, "device": device,
                     "standalone_networks": old.get("standalone_networks", {}),
                     **served, "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
@@ -486,8 +541,11 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
     """Rewrite every config.pbtxt of a built repository with these knobs (weights untouched)."""
     repo = Path(repo)
     manifest = json.loads((repo / "aerec_repository.json").read_text())
+    if manifest.get("device") == "gpu" and tuning.pipeline == "fused":
+        raise RepositoryError(f"{repo} serves its networks on a GPU: the fused pipeline (CPU only) does not apply")
     for name, n_items in manifest.get("networks", {}).items():
-        _write_config(repo / name, network_config_message(name, n_items, tuning),
+        _write_config(repo / name, network_config_message(name, n_items, tuning,
+                                                          manifest.get("network_serving", {}).get(name)),
                       "rater" if name.startswith("rater") else "ranker")
     ranker, rater = manifest.get("ranker"), manifest.get("rater")
     if ranker or rater:

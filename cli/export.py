@@ -1,6 +1,8 @@
-"""`aerec export`: a run's ONNX variants (and TensorRT plans where a GPU allows) under RUN_DIR/export/."""
+"""`aerec export`: a run's ONNX variants (and TensorRT plans where a GPU allows) under RUN_DIR/export/,
+each compared with PyTorch by polygraphy and parse/build-checked by TensorRT (precision.md)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -13,20 +15,29 @@ def export(
     precision: str = typer.Option("fp32,fp16,int8", help="comma-separated: fp32, fp16, int8"),
     calibration: str = typer.Option("minmax", help="int8 calibration: minmax | entropy | percentile"),
     samples: int = typer.Option(256, help="training-user vectors used to calibrate int8"),
-    tensorrt: bool = typer.Option(False, help="also build TensorRT plans (needs TensorRT and a GPU)"),
+    tensorrt: bool = typer.Option(False, help="also build TensorRT plans for Triton (needs full TensorRT and a "
+                                  "GPU; elsewhere says why and parse/build-checks each graph with what imports)"),
 ):
     """Export RUN_DIR to ONNX variants under RUN_DIR/export/ with a precision report."""
     from builder.export import ExportConfig, ExportError, export_run
 
     config = ExportConfig(precisions=[p.strip() for p in precision.split(",") if p.strip()],
-                          calibration_method=calibration, calibration_samples=samples)
+                          calibration_method=calibration, calibration_samples=samples, tensorrt_plans=tensorrt)
     try:
         out = export_run(run_dir, config)
     except (ExportError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo((out / "precision.md").read_text())
     if tensorrt:
-        from builder.tensorrt_plans import build_export_plans
-        for line in build_export_plans(out, config.precisions):
-            typer.echo(line)
+        report = json.loads((out / "precision.json").read_text())
+        plans = report["tensorrt_plans"]
+        for meta in plans.get("built", []):
+            typer.echo(f"plan {meta['precision']}: TensorRT {meta['tensorrt']} on {meta['gpu']}, "
+                       f"profile {meta['profile']}")
+        if "skipped" in plans:
+            typer.echo(plans["skipped"])
+            for variant, c in report["tensorrt"].items():
+                if c["library"]:
+                    verdict = "parses and builds" if c["builds"] else f"FAILS: {c['errors'][0].splitlines()[0]}"
+                    typer.echo(f"check {variant} ({report[variant]['file']}) with {c['library']}: {verdict}")
     typer.echo(f"export written to {out}")

@@ -12,19 +12,22 @@ from cli.common import fail
 def repository(
     run_dir: Path,
     out: Path = typer.Option(Path("model_repository"), "--out"),
-    variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_int8 (repeatable); with --rating-model, "
-                                      "the rating model's (the top-N model is served in fp32)"),
+    variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_fp16 | onnx_int8 (repeatable); with "
+                                      "--rating-model, the rating model's (the top-N model is served in fp32)"),
     tuned: Optional[Path] = typer.Option(None, help="a perf results folder (or its tuned.json): use its best knobs"),
     rating_model: Optional[Path] = typer.Option(None, "--rating-model",
                                                 help="a rating model's run, served beside the top-N model RUN_DIR: "
                                                      "RUN_DIR ranks the list, this one predicts the ratings shown"),
+    device: str = typer.Option("cpu", help="cpu | gpu: gpu serves the networks on KIND_GPU instances, as "
+                               "TensorRT plans where `aerec export --tensorrt` built them, else ONNX Runtime "
+                               "with its TensorRT accelerator; the Python steps stay on the CPU"),
 ):
     """Add RUN_DIR's exported networks to a Triton model repository (a new version each build).
     RUN_DIR is a top-N model (it ranks) or a rating model (it ranks by predicted rating)."""
     from builder.repository import RepositoryError, Tuning, write_repository
     try:
         tuning = Tuning.load(tuned) if tuned else None
-        manifest = write_repository(run_dir, out, variant, tuning, rating_run=rating_model)
+        manifest = write_repository(run_dir, out, variant, tuning, rating_run=rating_model, device=device)
     except RepositoryError as e:
         fail(str(e))
     for name, version in manifest["models"].items():

@@ -63,6 +63,53 @@ def test_precision_report_bounds(exported):
     assert "| int8 |" in md and "the 1.5x target" in md  # the report says whether int8 meets it
 
 
+def test_polygraphy_verdicts_and_the_int8_graph_for_tensorrt(exported):
+    from builder.export import TOLERANCES
+    _, out = exported
+    report = json.loads((out / "precision.json").read_text())
+    # Polygraphy (ONNX Runtime runner vs PyTorch's outputs as RunResults) passes each variant at its
+    # stated tolerance, and its largest difference is the report's own max_abs_error.
+    for v in ("fp32", "fp16", "int8", "int8_trt"):
+        verdict = report["polygraphy"][f"onnxrt:{v}"]
+        assert verdict["passed"] and verdict["atol"] == TOLERANCES[v]["atol"], (v, verdict)
+        assert verdict["max_abs_error"] <= report[v]["max_abs_error"] + 1e-7
+        assert np.isfinite(verdict["max_rel_error"])
+    assert report["polygraphy"]["onnxrt:fp32"]["max_abs_error"] <= 1e-4
+    # Two int8 graphs, the same calibration: INT32 biases for ONNX Runtime, float biases for TensorRT.
+    assert report["int8"]["engine"].startswith("ONNX Runtime") and report["int8_trt"]["engine"].startswith("TensorRT")
+    assert abs(report["int8_trt"]["rmse"] - report["int8"]["rmse"]) <= 1e-3
+    assert np.isfinite(report["int8_trt"]["throughput_b64"])
+    int32_dq = [n for n in onnx.load(str(out / "model_int8_trt.onnx")).graph.initializer
+                if n.data_type == onnx.TensorProto.INT32]
+    assert int32_dq == []
+    md = (out / "precision.md").read_text()
+    assert "| int8_trt | TensorRT (float biases) |" in md and "PASS (0.0001, 0.0001)" in md
+    checks = report["tensorrt"]
+    if checks["fp32"]["library"] is None:
+        pytest.skip("no TensorRT library imports: graphs not parse-checked")
+    for v in ("fp32", "fp16", "int8_trt"):
+        assert checks[v]["parses"] and checks[v]["builds"], (v, checks[v]["errors"])
+    assert checks["int8"]["parses"] is False and "Int32" in checks["int8"]["errors"][0]
+    assert "- int8: does not parse with" in md
+
+
+def test_polygraphy_compares_a_tensorrt_plan(exported):
+    from builder.export import polygraphy_compare
+    from builder.tensorrt_plans import build_plans, tensorrt_unavailable
+    reason = tensorrt_unavailable()
+    if reason:
+        pytest.skip(f"needs full TensorRT and a GPU ({reason})")
+    _, out = exported
+    n_inputs = json.loads((out / "export_config.json").read_text())["n_inputs"]
+    metas = build_plans(out, ["fp32", "fp16"], n_inputs)
+    assert all(m["gpu"] != "none: built on CPU" for m in metas) and (out / "timing.cache").is_file()
+    x = np.zeros((8, n_inputs), np.float32)
+    x[:, ::5] = 4.0
+    ref = ort_session(out / "model_fp32.onnx").run(None, {"RATINGS": x})[0]
+    verdicts = polygraphy_compare(ref, x, {}, {"fp32": out / "model_fp32.plan", "fp16": out / "model_fp16.plan"})
+    assert verdicts["tensorrt:fp32"]["passed"] and verdicts["tensorrt:fp16"]["passed"]
+
+
 def test_bad_input_leaves_no_partial_export(exported, tmp_path):
     run, _ = exported
     with pytest.raises(ExportError, match="unknown precision"):
@@ -82,6 +129,9 @@ def test_cli_export_and_tensorrt_skip(exported):
                         "--tensorrt"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "TensorRT plans skipped" in r.stdout and "| fp32 |" in r.stdout
+    from builder.tensorrt_plans import import_tensorrt
+    if import_tensorrt()[1] == "tensorrt_rtx":   # the graph is still parse- and build-checked
+        assert "check fp32 (model_fp32.onnx) with tensorrt_rtx" in r.stdout and "parses and builds" in r.stdout
     r = subprocess.run([sys.executable, "-m", "cli.main", "export", str(run), "--precision", "int4"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown precision" in r.stderr

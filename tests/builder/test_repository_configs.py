@@ -154,3 +154,86 @@ def test_tuning_loads_what_perf_wrote_and_refuses_unknown_keys(tmp_path):
     with pytest.raises(RepositoryError, match="network_instance") as e:
         Tuning.load(bad)
     assert str(bad) in str(e.value)
+
+
+# -- GPU repositories: no GPU here, so their configs are checked as messages -------------------
+def gpu_network(name, precision, platform="onnxruntime_onnx"):
+    c = network(f"{name.split('_')[0]}_onnx", Tuning())   # the role's committed template
+    c.name = name
+    c.instance_group[0].kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+    if platform == "tensorrt_plan":
+        c.platform = "tensorrt_plan"
+        c.parameters.clear()
+    else:
+        trt = c.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = precision
+        trt.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    return c
+
+
+def test_gpu_repository_runs_networks_on_kind_gpu_with_the_tensorrt_accelerator(runs, tmp_path):
+    ranker, rater = runs
+    repo = tmp_path / "repo"
+    manifest = write_repository(ranker, repo, ["onnx"], rating_run=rater, device="gpu")
+    assert parse(repo / "ranker_onnx" / "config.pbtxt") == gpu_network("ranker_onnx", "FP32")
+    assert parse(repo / "rater_onnx" / "config.pbtxt") == gpu_network("rater_onnx", "FP32")
+    for step in ("preprocess", "postprocess"):   # the Python steps stay on the CPU
+        assert [g.kind for g in parse(repo / step / "config.pbtxt").instance_group] == [
+            model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend" / "config.pbtxt").read_text()
+    assert manifest["device"] == "gpu"
+    # apply_tuning keeps the networks on the GPU; the fused pipeline (CPU only) is refused.
+    from builder.repository import apply_tuning
+    apply_tuning(repo, Tuning(network_instances=2))
+    tuned = gpu_network("rater_onnx", "FP32")
+    tuned.instance_group[0].count = 2
+    assert parse(repo / "rater_onnx" / "config.pbtxt") == tuned
+    with pytest.raises(RepositoryError, match="fused"):
+        apply_tuning(repo, Tuning(pipeline="fused"))
+    with pytest.raises(RepositoryError, match="fused"):
+        write_repository(ranker, tmp_path / "fused", ["onnx"], Tuning(pipeline="fused"), device="gpu")
+    with pytest.raises(RepositoryError, match="device"):
+        write_repository(ranker, tmp_path / "tpu", ["onnx"], device="tpu")
+
+
+def test_gpu_repository_serves_tensorrt_plans_where_the_export_has_them(runs, tmp_path):
+    """A plan from full TensorRT cannot be built here (no TensorRT, no GPU): stand-in bytes with the
+    metadata build_plans writes beside a plan. The rater is then a tensorrt_plan model."""
+    ranker, rater = runs
+    rater_copy = tmp_path / "rater"
+    shutil.copytree(rater, rater_copy)
+    plan = rater_copy / "export" / "model_fp32.plan"
+    plan.write_bytes(b"stand-in for a TensorRT plan")
+    (plan.parent / "model_fp32.plan.json").write_text(json.dumps(
+        {"precision": "fp32", "tensorrt": "10.13.0", "gpu": "NVIDIA H200",
+         "profile": {"min": 1, "opt": 64, "max": 256}, "onnx": "model_fp32.onnx"}))
+    repo = tmp_path / "repo"
+    manifest = write_repository(ranker, repo, ["onnx"], rating_run=rater_copy, device="gpu")
+    assert manifest["rater"] == "rater_plan"
+    assert manifest["network_serving"]["rater_plan"]["platform"] == "tensorrt_plan"
+    assert parse(repo / "rater_plan" / "config.pbtxt") == gpu_network("rater_plan", "FP32", "tensorrt_plan")
+    assert (repo / "rater_plan" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    expected = template("recommend")
+    next(s for s in expected.ensemble_scheduling.step if s.model_name == "rater_onnx").model_name = "rater_plan"
+    assert parse(repo / "recommend" / "config.pbtxt") == expected
+    # A CPU build ignores plans: the committed CPU layout is unchanged.
+    cpu = tmp_path / "cpu"
+    write_repository(ranker, cpu, ["onnx"], rating_run=rater_copy)
+    assert parse(cpu / "rater_onnx" / "config.pbtxt") == network("rater_onnx", Tuning())
+
+
+def test_gpu_int8_and_fp16_networks_take_the_graphs_tensorrt_parses(runs, tmp_path):
+    from builder.export import ExportConfig, export_run
+    ranker, rater = runs
+    rater_copy = tmp_path / "rater"
+    shutil.copytree(rater, rater_copy)
+    export_run(rater_copy, ExportConfig(precisions=["fp32", "fp16", "int8"]), bench_seconds=0.05)
+    repo = tmp_path / "repo"
+    write_repository(ranker, repo, ["onnx_int8", "onnx_fp16"], rating_run=rater_copy, device="gpu")
+    assert parse(repo / "rater_onnx_int8" / "config.pbtxt") == gpu_network("rater_onnx_int8", "INT8")
+    assert parse(repo / "rater_onnx_fp16" / "config.pbtxt") == gpu_network("rater_onnx_fp16", "FP16")
+    # INT8 under TensorRT: the Q/DQ graph with float biases, not ONNX Runtime's INT32-bias one.
+    served = (repo / "rater_onnx_int8" / "1" / "model.onnx").read_bytes()
+    assert served == (rater_copy / "export" / "model_int8_trt.onnx").read_bytes()
+    assert (repo / "rater_onnx_fp16" / "1" / "model.onnx").read_bytes() == (
+        rater_copy / "export" / "model_fp16.onnx").read_bytes()
