@@ -29,6 +29,7 @@ fewer one blocking thread each: perf/analyzer.py). `--rounds 2` alternates the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -78,12 +79,14 @@ def ort_threads_for(replicas: int, cores: int) -> int:
     return max(1, cores // replicas)
 
 
-def tuning_for(mode: str, replicas: int, cores: int) -> Tuning:
-    """The serving knobs of a `replicas`-server run: "cores" sets ort_threads_for(replicas,
-    cores), "default" is Tuning() (ONNX Runtime's default threads). ValueError for another mode."""
+def tuning_for(mode: str, replicas: int, cores: int, base: Tuning | None = None) -> Tuning:
+    """The serving knobs of a `replicas`-server run: `base` (default Tuning(); `--tuned` reads
+    `aerec perf`'s tuned.json) with, in mode "cores", ort_threads_for(replicas, cores); mode
+    "default" keeps base's threads. ValueError for another mode."""
     if mode not in TUNINGS:
         raise ValueError(f"tuning must be one of {TUNINGS}, got {mode!r}")
-    return Tuning(ort_threads=ort_threads_for(replicas, cores)) if mode == "cores" else Tuning()
+    base = base or Tuning()
+    return dataclasses.replace(base, ort_threads=ort_threads_for(replicas, cores)) if mode == "cores" else base
 
 
 def _kib(pid: int, path: str, field: str) -> int:
@@ -249,6 +252,9 @@ def main() -> None:
     ap.add_argument("--tuning", default="cores", choices=TUNINGS,
                     help="cores: each network gets max(1, cores // replicas) ONNX Runtime threads; "
                          "default: ONNX Runtime's own thread count")
+    ap.add_argument("--tuned", type=Path, default=None,
+                    help="start from this tuned.json (`aerec perf`'s choice, e.g. perf/results/latest) "
+                         "instead of the repository defaults")
     ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                     help="cores the replicas share (default: this process's CPU affinity)")
     ap.add_argument("--seconds", type=float, default=10.0,
@@ -273,6 +279,7 @@ def main() -> None:
             except ValueError as e:
                 raise SystemExit(f"{b} user(s) per request: {e}") from None
 
+    base = Tuning.load(args.tuned) if args.tuned else None
     version = analyzer.check() if args.load == "perf_analyzer" else None  # fail first, and clearly
     ranker, rater = ensure_runs(None, None)
     dataset = load_run_dataset(ranker)
@@ -288,7 +295,7 @@ def main() -> None:
                             tmp / "data" / "recommend_user_ids.json")
         repos, tunings = {}, {}
         for n in dict.fromkeys(counts):  # one repository per replica count: its threads follow the cores
-            tunings[n] = tuning_for(args.tuning, n, args.cores)
+            tunings[n] = tuning_for(args.tuning, n, args.cores, base)
             repos[n] = tmp / f"model_repository_r{n}"
             write_repository(ranker, repos[n], ["onnx"], tuning=tunings[n], rating_run=rater)
         for k, n in enumerate(counts * args.rounds):
