@@ -11,6 +11,7 @@ process dies (Triton 2.51 itself only reports "Stub process ... is not healthy" 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -193,6 +194,24 @@ class StubSupervisor(threading.Thread):
         self._halt.set()
 
 
+@contextlib.contextmanager
+def until_signalled(stop):
+    """Run the block until it ends or Ctrl-C / SIGTERM (what service managers send) arrives,
+    then call `stop()` either way; the previous SIGINT and SIGTERM handlers come back after."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class TritonServer:
     """`with TritonServer(repo) as server:` a ready server on free loopback ports.
 
@@ -348,11 +367,7 @@ class TritonServer:
         """Start the server, call `on_ready(self)` once it is ready, and return when the server
         process ends or on Ctrl-C / SIGTERM (what service managers send), stopping it cleanly
         either way. The previous SIGINT and SIGTERM handlers are restored before returning."""
-        def interrupt(signum, frame):
-            raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with until_signalled(self.stop):
             self.start()
             if on_ready:
                 on_ready(self)
@@ -361,12 +376,6 @@ class TritonServer:
             if self.process.returncode:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log}:\n"
                                    + self.log.read_text(errors="replace")[-2000:])
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def __enter__(self):
         return self.start()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.launcher import ROOT, TritonServer, assemble_backends
+from server.launcher import ROOT, TritonServer, assemble_backends, until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +172,7 @@ class ReplicaSet:
         """Start every replica, call `on_ready(self)`, then watch them: a dead replica is
         restarted (each event goes to `on_event(event)`). Returns on Ctrl-C / SIGTERM, stopping
         them all; raises RuntimeError once no replica is left running."""
-        def interrupt(signum, frame):
-            raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with until_signalled(self.stop):
             self.start()
             if on_ready:
                 on_ready(self)
@@ -189,12 +184,6 @@ class ReplicaSet:
                 if not any(self.alive()):
                     raise RuntimeError("every replica is down; see their logs: "
                                        + ", ".join(str(s.log) for s in self.servers))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def __enter__(self):
         return self.start()
