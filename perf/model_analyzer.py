@@ -151,6 +151,8 @@ def profile(repo: Path, out: Path, search: Search, build_dir: Path, timeout_s: f
     "returncode", "log_tail"}. Raises ModelAnalyzerMissing. A run past `timeout_s` is stopped
     with SIGINT (Model Analyzer saves its checkpoint: rerunning `command()` resumes it) and
     returns "timed_out": True with whatever results it exported (none before it finishes)."""
+    # Model Analyzer runs in `out` (cwd): every path it is given must not be relative to ours.
+    repo, out, build_dir = Path(repo).resolve(), Path(out).resolve(), Path(build_dir).resolve()
     assemble_backends(build_dir / "backends")
     path = write_config(repo, out, search, build_dir)
     cmd = command(path)
