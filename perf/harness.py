@@ -571,6 +571,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     plan = Plan.full() if full else Plan.quick()
     plan.p99_budget_ms = p99_budget_ms
     plan.model_analyzer = model_analyzer
+    results_root = Path(results_root).resolve()   # tools started in other folders (Model Analyzer) read its paths
     if peers is not None:
         plan.peers = list(peers)
     analyzer.check()  # fail first, and clearly, if perf_analyzer cannot run

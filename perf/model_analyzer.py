@@ -78,7 +78,7 @@ def config(repo: Path, out: Path, search: Search, build_dir: Path) -> dict:
     for name, data in search.models.items():
         entry: dict = {"cpu_only": True}
         if data is not None:
-            entry["perf_analyzer_flags"] = {"input-data": str(data)}
+            entry["perf_analyzer_flags"] = {"input-data": str(Path(data).resolve())}
         profile[name] = entry
     cfg = {
         "model_repository": str(repo),
