@@ -189,7 +189,7 @@ def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: 
     if config.model in ("popularity", "ease"):
         # A closed form has nothing to stop early: validation scores the fit on the visible part;
         # the served model is the same formula on every training rating.
-        selected = fit_closed_form(config, visible)
+        selected = fit_closed_form(config, visible).to(device)
         val = validation_metrics(selected, visible, hidden, config, device)
         model, history = fit_closed_form(config, train_ui).to(device), []
         best = {"epoch": 0, "seconds": time.perf_counter() - start}

@@ -115,6 +115,16 @@ def test_ease_beats_popularity_on_validation_and_test(ease_run, popularity_val):
     assert m["lift_recall@10"] == pytest.approx(m["recall@10"] / m["popularity_recall@10"])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on these CPU machines); "
+                    "scripts/gpu_check.py runs the same training on one")
+def test_ease_trains_and_validates_on_cuda_like_on_the_cpu(ease_run, u1):
+    # The closed form is fitted with numpy; validation and evaluation then run on the device, so
+    # every fitted model must be moved there (found on an H200: B stayed on the CPU).
+    result = train(TrainConfig(device="cuda").updated(**preset("ease")), u1, progress=False)
+    assert result.metrics["recall@10"] == pytest.approx(ease_run[0].metrics["recall@10"], abs=1e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mult-dae", "mult-vae"])
 def test_short_multinomial_training_beats_popularity_on_validation(name, u1, popularity_val):
