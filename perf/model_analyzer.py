@@ -22,13 +22,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from perf import analyzer
-from server.launcher import WHEEL, WHEEL_LIBS, assemble_backends, free_port
+from server.launcher import WHEEL, assemble_backends, free_port
+from server.launcher import server_environment as launcher_environment
 
 RESULTS_CSV = Path("results") / "metrics-model-inference.csv"
 
@@ -57,16 +57,10 @@ class Search:
 
 
 def server_environment() -> dict[str, str]:
-    """The environment our tritonserver needs (as server.launcher.TritonServer.start sets it):
-    the venv's bin first on PATH (the Python stub finds numpy and onnxruntime through it), and the
-    running interpreter's lib folder then the wheel's bundled libraries on LD_LIBRARY_PATH.
-    Model Analyzer runs perf_analyzer in this environment too: perf_analyzer's libraries
-    (perf/analyzer.py) come last."""
-    lib = sysconfig.get_config_var("LIBDIR")
-    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [lib, str(WHEEL_LIBS), os.environ.get("LD_LIBRARY_PATH"),
-                                                             str(analyzer.install_libs())])),
-            "PYTHONDONTWRITEBYTECODE": "1"}
+    """The environment our tritonserver needs (server.launcher.server_environment). Model Analyzer
+    runs perf_analyzer in this environment too: perf_analyzer's libraries (perf/analyzer.py) come
+    last on LD_LIBRARY_PATH."""
+    return launcher_environment(extra_libs=(str(analyzer.install_libs()),))
 
 
 def config(repo: Path, out: Path, search: Search, build_dir: Path) -> dict:

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.error
@@ -67,6 +68,23 @@ def assemble_backends(dest: Path) -> Path:
     for src in SERVING.glob("*.py"):
         _install(src, dest / "onnxruntime" / "serving" / src.name)
     return dest
+
+
+def server_environment(extra_libs: tuple[str, ...] = ()) -> dict[str, str]:
+    """The variables tritonserver and its Python stubs need, to lay over os.environ:
+
+    - PATH: the venv's bin first; the stub's embedded interpreter finds its packages (numpy,
+      onnxruntime) through it.
+    - LD_LIBRARY_PATH: the running interpreter's own libpython first (a stub built for "3.11"
+      otherwise loads whichever libpython3.11 the system has, e.g. Debian's 3.11.2 under a
+      3.11.7 venv: another patch release's interpreter with this one's standard library, and
+      twice as slow per request as the running one here), then the wheel's bundled libraries
+      (the copied stub loses its relative rpath to them), the caller's, then `extra_libs`.
+    - PYTHONDONTWRITEBYTECODE: no __pycache__ in the repository (Triton would see a changed model)."""
+    own = sysconfig.get_config_var("LIBDIR") if sysconfig.get_config_var("Py_ENABLE_SHARED") else None
+    libs = [own, str(WHEEL_LIBS), os.environ.get("LD_LIBRARY_PATH"), *extra_libs]
+    return {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, libs)), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def free_port() -> int:
@@ -278,13 +296,7 @@ class TritonServer:
         Raises RuntimeError when the server exits first (with the end of its log) and
         TimeoutError when it is not ready in time (the server is stopped then)."""
         assemble_backends(self.build_dir / "backends")
-        env = dict(os.environ)
-        # The Python stub finds packages (numpy, onnxruntime) through PATH: our venv comes first.
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        # The copied stub loses its relative rpath to the wheel's bundled libraries.
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(WHEEL_LIBS), env.get("LD_LIBRARY_PATH")]))
-        # No __pycache__ written into the repository: it would make Triton see a model as changed.
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env = dict(os.environ, **server_environment())
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "wb")
         self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,

@@ -1,4 +1,5 @@
 """A real Triton server (the embedded binary) serving a ranker and a rater, gRPC and HTTP."""
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from builder.config import TrainConfig
 from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
 from conftest import train_and_export
-from server.launcher import TritonServer, free_port
+from server.launcher import TritonServer, child_pids, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +117,20 @@ def test_server_loads_configs_without_warnings(served):
         assert "successfully loaded 'ranker_onnx'" in log and "successfully loaded 'rater_onnx'" in log
     config_warnings = [line for line in log.splitlines() if line.startswith("W") and "config" in line.lower()]
     assert config_warnings == []
+
+
+@pytest.mark.skipif(not sysconfig.get_config_var("Py_ENABLE_SHARED"), reason="this interpreter has no libpython")
+def test_python_stubs_run_the_interpreter_of_this_venv(served):
+    # A stub for "3.11" loads whichever libpython3.11 the loader finds first: the system's may be
+    # another patch release than the venv's interpreter (Debian 3.11.2 under 3.11.7 here).
+    own = Path(sysconfig.get_config_var("LIBDIR")).resolve()
+    stubs = [pid for pid in child_pids(served.server.process.pid)
+             if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"triton_python_backend_stub")]
+    assert stubs
+    for pid in stubs:
+        libs = {Path(line.split()[-1]) for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if "libpython3" in line}
+        assert libs and all(lib.parent.resolve() == own for lib in libs), libs
 
 
 def test_second_server_on_the_same_build_folder(served):
