@@ -23,13 +23,21 @@ def error_response(message: str):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
-def list_tensors(ids, scores, ratings, titles, n_recommended) -> list:
+def requested_outputs(request) -> set[str] | None:
+    """The outputs the client asked for (None: every output). Triton returns only those, so a
+    model need not build the rest: the titles (a BYTES tensor, serialised in Python) are the
+    dearest, and most clients never read them."""
+    names = set(request.requested_output_names())
+    return names or None
+
+
+def list_tensors(ids, scores, ratings, titles, n_recommended, wanted: set[str] | None = None) -> list:
     """One request's answer (serving.lists.Lists.package's tuple) as output tensors;
-    PREDICTED_RATINGS only where `ratings` is not None (a rater is served)."""
-    out = [pb_utils.Tensor(contract.RECOMMENDED_IDS, np.ascontiguousarray(ids)),
-           pb_utils.Tensor(contract.SCORES, np.ascontiguousarray(scores)),
-           pb_utils.Tensor(contract.TITLES, np.ascontiguousarray(titles)),
-           pb_utils.Tensor(contract.N_RECOMMENDED, n_recommended)]
+    PREDICTED_RATINGS only where `ratings` is not None (a rater is served). `wanted`: build only
+    these outputs (requested_outputs); None builds all."""
+    arrays = {contract.RECOMMENDED_IDS: ids, contract.SCORES: scores, contract.TITLES: titles,
+              contract.N_RECOMMENDED: n_recommended}
     if ratings is not None:
-        out.append(pb_utils.Tensor(contract.PREDICTED_RATINGS, np.ascontiguousarray(ratings)))
-    return out
+        arrays[contract.PREDICTED_RATINGS] = ratings
+    return [pb_utils.Tensor(name, np.ascontiguousarray(a)) for name, a in arrays.items()
+            if wanted is None or name in wanted]

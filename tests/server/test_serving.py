@@ -282,6 +282,22 @@ def test_top_k_beyond_the_unrated_items_is_padded_as_offline(served, u1, protoco
         assert set(r["TITLES"][n:].tolist()) == {b""} and not np.isnan(r["SCORES"][:n]).any()
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_only_the_requested_outputs_come_back(served, protocol):
+    mod, client = _client(served.server, protocol)
+    inputs = [mod.InferInput("ITEM_IDS", [1, 2], "INT64"), mod.InferInput("RATINGS", [1, 2], "FP32"),
+              mod.InferInput("TOP_K", [1, 1], "INT32")]
+    for t, a in zip(inputs, (np.array([[50, 172]]), np.array([[5.0, 4.0]], np.float32), np.array([[10]], np.int32))):
+        t.set_data_from_numpy(a)
+    every = client.infer("recommend", inputs)
+    some = client.infer("recommend", inputs, outputs=[mod.InferRequestedOutput("RECOMMENDED_IDS"),
+                                                      mod.InferRequestedOutput("SCORES")])
+    assert every.as_numpy("TITLES") is not None and every.as_numpy("UNKNOWN_ITEMS") is not None
+    assert some.as_numpy("TITLES") is None and some.as_numpy("UNKNOWN_ITEMS") is None
+    for name in ("RECOMMENDED_IDS", "SCORES"):
+        np.testing.assert_array_equal(some.as_numpy(name), every.as_numpy(name))
+
+
 def test_unknown_items_are_skipped_and_counted(served):
     server = served.server
     mod, client = _client(server, "grpc")

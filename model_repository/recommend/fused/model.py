@@ -32,7 +32,7 @@ from serving.lists import Lists  # noqa: E402
 from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k  # noqa: E402
 from serving.requests import Catalogue, prepare  # noqa: E402
 from serving.session_options import session_options  # noqa: E402
-from serving.triton_io import error_response, list_tensors, request_tensors  # noqa: E402
+from serving.triton_io import error_response, list_tensors, request_tensors, requested_outputs  # noqa: E402
 
 
 class TritonPythonModel:
@@ -62,6 +62,9 @@ class TritonPythonModel:
             scores, ratings = (values, rest[0] if rest else None) if self.lists.ranker else (None, values)
             ranked = self.lists.package(top, scores, ratings, [hi - lo for _, lo, hi in batch.spans], k)
             for (i, lo, hi), row in zip(batch.spans, ranked):
-                unknown = pb_utils.Tensor(contract.UNKNOWN_ITEMS, np.ascontiguousarray(batch.unknown[lo:hi]))
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[*list_tensors(*row), unknown])
+                wanted = requested_outputs(requests[i])
+                tensors = list_tensors(*row, wanted=wanted)
+                if wanted is None or contract.UNKNOWN_ITEMS in wanted:
+                    tensors.append(pb_utils.Tensor(contract.UNKNOWN_ITEMS, np.ascontiguousarray(batch.unknown[lo:hi])))
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
