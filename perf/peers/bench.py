@@ -21,14 +21,18 @@ from perf.soak import process_tree_rss_mb
 from server.launcher import ROOT, free_port
 
 SHAPES = (1, 64)   # users per request
+WARMUP_S = 1.0
 
 
 def drive_shapes(host: str, port: int, path: str, bodies: dict[int, list[bytes]], concurrency: list[int],
                  seconds: float) -> dict[str, list[dict]]:
     """Each shape's bodies at each concurrency for `seconds`: {"1": rows, "64": rows}; a row is
-    load.LoadResult's fields plus users_per_s (requests/s times users per request)."""
+    load.LoadResult's fields plus users_per_s (requests/s times users per request). Each shape
+    is first driven for WARMUP_S, unmeasured: a fresh peer process answers its first requests
+    slowly (allocations, first runs), and only Triton would otherwise be warm."""
     out = {}
     for shape, shape_bodies in bodies.items():
+        load.drive(host, port, path, shape_bodies, 4, WARMUP_S)
         rows = []
         for c in concurrency:
             r = asdict(load.drive(host, port, path, shape_bodies, c, seconds))

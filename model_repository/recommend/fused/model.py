@@ -32,6 +32,7 @@ from serving.lists import Lists  # noqa: E402
 from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k  # noqa: E402
 from serving.requests import Catalogue, prepare  # noqa: E402
 from serving.session_options import session_options  # noqa: E402
+from serving.sparse_input import with_sparse_first_product  # noqa: E402
 from serving.triton_io import error_response, list_tensors, request_tensors, requested_outputs  # noqa: E402
 
 
@@ -46,6 +47,8 @@ class TritonPythonModel:
             graph = with_top_k(load("ranker"), load("rater") if self.lists.rater else None)
         else:
             graph = with_top_k(load("rater"))
+        # A ranker of the form binarise(x) @ B (EASE) reads only the rated rows of B for a few users.
+        with_sparse_first_product(graph)
         opts = session_options(json.loads(args["model_config"]))
         self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name

@@ -1,0 +1,90 @@
+"""serving/sparse_input.py: the sparse branch equals the dense product, the switch happens at the
+limit, and networks without the pattern are left alone. Real EASE on ML-100K u1."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from builder.config import TrainConfig
+from builder.export import export_onnx_fp32
+from builder.presets import preset
+from builder.train import train
+from serving.ranking_graph import K, TOP_INDICES, with_top_k
+from serving.sparse_input import with_sparse_first_product
+
+
+@pytest.fixture(scope="module")
+def ease_onnx(u1, tmp_path_factory):
+    result = train(TrainConfig(device="cpu").updated(**preset("ease")), u1, progress=False, evaluate=False)
+    path = tmp_path_factory.mktemp("ease") / "model.onnx"
+    export_onnx_fp32(result.model, u1.train.shape[1], path)
+    return path
+
+
+def _session(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_sparse_and_dense_branches_give_the_dense_scores(ease_onnx, u1):
+    dense = _session(onnx.load(ease_onnx))
+    model = onnx.load(ease_onnx)
+    assert with_sparse_first_product(model)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node].count("If") == 1
+    x = u1.train[:64].toarray().astype(np.float32)
+    name = dense.get_inputs()[0].name
+    for threads in (1, 2):   # two threads: the per-user sums must not race (ScatterND's "add" did)
+        sparse = _session(model, threads)
+        for rows in (x[:1], x[1:2], x[:4], x[:16], x, np.zeros_like(x[:2])):   # sparse ... dense
+            want = dense.run(None, {name: rows})[0]
+            for _ in range(5):
+                np.testing.assert_allclose(sparse.run(None, {name: rows})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_branch_follows_the_number_of_ratings(ease_onnx, u1, tmp_path):
+    x = u1.train[:8].toarray().astype(np.float32)
+    nnz = int((x[:1] >= 4).sum())   # the preset's implicit_threshold: ratings of 4 and 5 count
+    n_items = x.shape[1]
+    name = onnx.load(ease_onnx).graph.input[0].name
+    outputs = {}
+    # max_share set so the limit is exactly the user's ratings, then one fewer (int() of the product)
+    for share in ((nnz + 0.5) / n_items, (nnz - 0.5) / n_items):
+        model = onnx.load(ease_onnx)
+        with_sparse_first_product(model, max_share=share)
+        opts = ort.SessionOptions()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(tmp_path / f"profile_{share}")
+        s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outputs[share] = s.run(None, {name: x[:1]})[0]
+        with open(s.end_profiling()) as f:
+            events = json.load(f)
+        ran_sparse = any(e.get("cat") == "Node" and e.get("args", {}).get("op_name") == "Range" for e in events)
+        assert ran_sparse == (share > nnz / n_items), share
+    a, b = outputs.values()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_lists_of_the_fused_graph_are_unchanged(ease_onnx, u1):
+    x = u1.train[:32].toarray().astype(np.float32)
+    plain = _session(with_top_k(onnx.load(ease_onnx)))
+    model = with_top_k(onnx.load(ease_onnx))   # as the fused model serves it: merged, then rewritten
+    assert with_sparse_first_product(model)
+    rewritten = _session(model)
+    name = plain.get_inputs()[0].name
+    for rows in (x[i:i + 1] for i in range(32)):
+        feed = {name: rows, K: np.array([10], np.int64)}
+        np.testing.assert_array_equal(rewritten.run([TOP_INDICES], feed)[0], plain.run([TOP_INDICES], feed)[0])
+
+
+def test_a_network_reading_the_ratings_themselves_is_left_alone(u1, tmp_path):
+    from builder.train import make_model
+    model = make_model(TrainConfig(model="deeprec", hidden=[32]), u1.train.shape[1]).eval()
+    export_onnx_fp32(model, u1.train.shape[1], tmp_path / "m.onnx")
+    graph = onnx.load(tmp_path / "m.onnx")
+    before = graph.SerializeToString()
+    assert not with_sparse_first_product(graph)
+    assert graph.SerializeToString() == before
