@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,11 @@ def train(
             command = distributed.torchrun_command(nproc, "cli.main", ["train", *args])
         except ValueError as e:
             fail(str(e))
-        raise typer.Exit(subprocess.run(command).returncode)
+        # torchrun sets OMP_NUM_THREADS=1 where it is unset, with a banner saying so; each rank
+        # gets its share of the cores instead (the user's own setting wins).
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        raise typer.Exit(subprocess.run(command, env=env).returncode)
 
     changes = {}
     if preset:

@@ -62,6 +62,8 @@ def _aerec(out: Path, *options: str) -> dict:
     done = subprocess.run([AEREC, "train", *options, "--out", str(out)], capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    if "--quiet" in options:   # torchrun's own banner too ("Setting OMP_NUM_THREADS ...")
+        assert "OMP_NUM_THREADS" not in done.stdout + done.stderr
     return json.loads((out / "metrics.json").read_text())
 
 
