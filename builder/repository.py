@@ -485,7 +485,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                 first.setdefault(part.role, name)
                 folder = tmp / name
                 version = _next_version(folder)
-                (folder / str(version)).mkdir(parents=True)
+                (folder / str(version)).mkdir(parents=True, exist_ok=True)  # an empty one is unfilled
                 dst = folder / str(version) / ("model.plan" if src.suffix == ".plan" else "model.onnx")
                 shutil.copy2(src, dst)
                 if dst.suffix == ".onnx":

@@ -3,6 +3,7 @@ committed templates in model_repository/ with the build's values put in by hand 
 parsed with model_config_pb2 and compared as messages."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
@@ -134,14 +135,25 @@ def test_rater_alone_ensemble_drops_the_ranker_step(runs, tmp_path):
     assert not (repo / "ranker_onnx").exists()
 
 
+def _built_versions(directory, names):
+    """The committed layout only: a Quickstart run in this checkout fills model_repository/ with
+    ignored version folders and assets, which a copy of it must leave behind."""
+    version = Path(directory).name
+    if version.isdigit():
+        return [n for n in names if n != "model.py"]
+    return [n for n in names if n.isdigit() and n != "1"]
+
+
 def test_a_build_into_the_committed_layout_fills_version_1_beside_model_py(runs, tmp_path):
     """The committed preprocess/1/ and postprocess/1/ hold only model.py: the first build fills
     them (the same model.py), the next adds version 2."""
     ranker, rater = runs
     repo = tmp_path / "model_repository"
-    shutil.copytree(TEMPLATES, repo)
+    shutil.copytree(TEMPLATES, repo, ignore=_built_versions)
+    (repo / "ranker_onnx" / "1").mkdir(exist_ok=True)   # an empty version folder is filled, not refused
     assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 1
     assert (repo / "preprocess" / "1" / "assets.json").is_file()
+    assert (repo / "ranker_onnx" / "1" / "model.onnx").is_file()
     assert (repo / "recommend" / "fused" / "model.py").is_file()   # the template stays, Triton skips it
     assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 2
 
