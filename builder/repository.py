@@ -30,12 +30,15 @@ from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ROOT / "model_repository"   # committed: config.pbtxt templates and the Python models
+# The config.pbtxt templates. They live apart from model_repository/ because a build writes
+# there (by default): a tuned or single-network build rewrites recommend/ and the steps' configs,
+# and the next build must still start from the full templates.
+TEMPLATES = Path(__file__).resolve().parent / "config_templates"
+COMMITTED = ROOT / "model_repository"   # the Python models' model.py; configs = the README build's
 SERVING = ROOT / "serving"              # vendored into every Python model's version folder
-# Where each config's template lives under TEMPLATES; the fused `recommend` keeps its own in a
-# folder Triton skips (its name is no version number).
 TEMPLATE = {"ranker": "ranker_onnx", "rater": "rater_onnx", "preprocess": "preprocess",
-            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend/fused"}
+            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend_fused"}
+# The fused model's model.py sits in a folder Triton skips (its name is no version number).
 MODEL_PY = {"preprocess": "preprocess/1/model.py", "postprocess": "postprocess/1/model.py",
             "fused": "recommend/fused/model.py"}
 
@@ -94,9 +97,9 @@ class Tuning:
 
 # -- configs: template + this build's values --------------------------------------------------
 def template(kind: str) -> model_config_pb2.ModelConfig:
-    """The committed config.pbtxt for `kind` (a key of TEMPLATE), parsed. Raises RepositoryError
+    """The config.pbtxt template for `kind` (a key of TEMPLATE), parsed. Raises RepositoryError
     when it is missing or does not parse."""
-    path = TEMPLATES / TEMPLATE[kind] / "config.pbtxt"
+    path = TEMPLATES / f"{TEMPLATE[kind]}.pbtxt"
     try:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (OSError, text_format.ParseError) as e:
@@ -106,7 +109,7 @@ def template(kind: str) -> model_config_pb2.ModelConfig:
 def config_text(config: model_config_pb2.ModelConfig, kind: str) -> str:
     """config.pbtxt's text: a config equal to its template is the template's own text, comments
     included (so a build with the template's values leaves the committed file as it was)."""
-    path = TEMPLATES / TEMPLATE[kind] / "config.pbtxt"
+    path = TEMPLATES / f"{TEMPLATE[kind]}.pbtxt"
     if config == template(kind):
         return path.read_text()
     return text_format.MessageToString(config)
@@ -258,7 +261,7 @@ def _next_version(folder: Path) -> int:
 def _python_model(vdir: Path, kind: str) -> None:
     """The committed model.py of `kind` and the serving package it imports, into `vdir`."""
     vdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(TEMPLATES / MODEL_PY[kind], vdir / "model.py")
+    shutil.copy2(COMMITTED / MODEL_PY[kind], vdir / "model.py")
     shutil.rmtree(vdir / "serving", ignore_errors=True)
     shutil.copytree(SERVING, vdir / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 

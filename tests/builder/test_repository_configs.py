@@ -1,8 +1,9 @@
 """A repository built by `aerec repository` (write_repository) equals, config by config, the
-committed templates in model_repository/ with the build's values put in by hand here: both
+templates in builder/config_templates/ with the build's values put in by hand here: both
 parsed with model_config_pb2 and compared as messages."""
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from builder.data.sources import load_dataset
-from builder.repository import TEMPLATES, RepositoryError, Tuning, write_repository
+from builder.repository import COMMITTED, TEMPLATES, RepositoryError, Tuning, write_repository
 from conftest import FIXTURES, six_movie_runs
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def parse(path):
 
 
 def template(path):
-    return parse(TEMPLATES / path / "config.pbtxt")
+    return parse(TEMPLATES / f"{path}.pbtxt")
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +80,9 @@ def test_ranker_and_rater_ensemble_is_templates_plus_values(runs, tmp_path):
     schedule(post, TUNED.step_queue_delay_us, TUNED.step_instances)
     assert parse(repo / "postprocess" / "config.pbtxt") == post
     # The ensemble has no build values for this layout: the template's text, comments and all.
-    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend" / "config.pbtxt").read_text()
+    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend.pbtxt").read_text()
     for step in ("preprocess", "postprocess"):
-        assert (repo / step / "1" / "model.py").read_bytes() == (TEMPLATES / step / "1" / "model.py").read_bytes()
+        assert (repo / step / "1" / "model.py").read_bytes() == (COMMITTED / step / "1" / "model.py").read_bytes()
         assert (repo / step / "1" / "serving" / "requests.py").is_file()
 
 
@@ -104,7 +105,7 @@ def test_ranker_alone_fused_is_the_fused_template_without_ratings(runs, tmp_path
     repo = tmp_path / "repo"
     tuning = Tuning(**{**TUNED.to_dict(), "pipeline": "fused"})
     write_repository(ranker, repo, ["onnx"], tuning)
-    fused = template("recommend/fused")
+    fused = template("recommend_fused")
     without(fused.output, "PREDICTED_RATINGS")
     schedule(fused, tuning.step_queue_delay_us, tuning.step_instances)
     ort(fused, tuning)
@@ -118,7 +119,7 @@ def test_ranker_alone_fused_is_the_fused_template_without_ratings(runs, tmp_path
     schedule(post, tuning.step_queue_delay_us, tuning.step_instances)
     assert parse(repo / "postprocess" / "config.pbtxt") == post
     version = repo / "recommend" / "1"
-    assert (version / "model.py").read_bytes() == (TEMPLATES / "recommend" / "fused" / "model.py").read_bytes()
+    assert (version / "model.py").read_bytes() == (COMMITTED / "recommend" / "fused" / "model.py").read_bytes()
     assert (version / "serving" / "ranking_graph.py").is_file() and (version / "ranker.onnx").is_file()
 
 
@@ -149,13 +150,47 @@ def test_a_build_into_the_committed_layout_fills_version_1_beside_model_py(runs,
     them (the same model.py), the next adds version 2."""
     ranker, rater = runs
     repo = tmp_path / "model_repository"
-    shutil.copytree(TEMPLATES, repo, ignore=_built_versions)
+    shutil.copytree(COMMITTED, repo, ignore=_built_versions)
     (repo / "ranker_onnx" / "1").mkdir(exist_ok=True)   # an empty version folder is filled, not refused
     assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 1
     assert (repo / "preprocess" / "1" / "assets.json").is_file()
     assert (repo / "ranker_onnx" / "1" / "model.onnx").is_file()
     assert (repo / "recommend" / "fused" / "model.py").is_file()   # the template stays, Triton skips it
     assert write_repository(ranker, repo, ["onnx"], rating_run=rater)["models"]["preprocess"] == 2
+
+
+def test_each_build_starts_from_the_templates_whatever_the_folder_holds(runs, tmp_path):
+    """A fused --tuned build and a ranker-alone build rewrite recommend/ and postprocess/ in the
+    folder they fill; the next full build into that folder is still the templates' ensemble."""
+    ranker, rater = runs
+    repo = tmp_path / "model_repository"
+    write_repository(ranker, repo, ["onnx"], Tuning(pipeline="fused"), rating_run=rater)
+    assert parse(repo / "recommend" / "config.pbtxt").backend == "python"
+    write_repository(ranker, repo, ["onnx"])
+    assert [s.model_name for s in parse(repo / "recommend" / "config.pbtxt").ensemble_scheduling.step] == [
+        "preprocess", "ranker_onnx", "postprocess"]
+    write_repository(ranker, repo, ["onnx"], rating_run=rater)
+    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend.pbtxt").read_text()
+    post = template("postprocess")
+    for i in post.input:
+        if i.name != "TOP_K":
+            i.dims[:] = [N_ITEMS]
+    assert parse(repo / "postprocess" / "config.pbtxt") == post
+
+
+def _at_head(path: str) -> str:
+    shown = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=COMMITTED.parent, capture_output=True, text=True)
+    if shown.returncode:
+        pytest.skip(f"not a git checkout with {path} committed: {shown.stderr.strip()}")
+    return shown.stdout
+
+
+@pytest.mark.parametrize("name", ["ranker_onnx", "rater_onnx", "preprocess", "postprocess", "recommend"])
+def test_the_committed_configs_are_the_templates(name):
+    """model_repository/<name>/config.pbtxt is what the README's build writes (the default tuning,
+    a ranker and a rater): the template's own text. Read from the commit, so a build in this
+    checkout (a --tuned one rewrites them) does not count."""
+    assert _at_head(f"model_repository/{name}/config.pbtxt") == _at_head(f"builder/config_templates/{name}.pbtxt")
 
 
 def test_tuning_loads_what_perf_wrote_and_refuses_unknown_keys(tmp_path):
@@ -192,7 +227,7 @@ def test_gpu_repository_runs_networks_on_kind_gpu_with_the_tensorrt_accelerator(
     for step in ("preprocess", "postprocess"):   # the Python steps stay on the CPU
         assert [g.kind for g in parse(repo / step / "config.pbtxt").instance_group] == [
             model_config_pb2.ModelInstanceGroup.KIND_CPU]
-    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend" / "config.pbtxt").read_text()
+    assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend.pbtxt").read_text()
     assert manifest["device"] == "gpu"
     # apply_tuning keeps the networks on the GPU; the fused pipeline (CPU only) is refused.
     from builder.repository import apply_tuning

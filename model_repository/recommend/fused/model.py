@@ -2,8 +2,8 @@
 
 The template of the fused pipeline (model_repository/README.md): a build copies this file to
 recommend/<version>/model.py with the serving package, both steps' assets and the networks
-(ranker.onnx and/or rater.onnx) beside it, and writes fused/config.pbtxt, filled, as
-recommend/config.pbtxt. Triton ignores this folder: its name is no version number.
+(ranker.onnx and/or rater.onnx) beside it, and writes builder/config_templates/recommend_fused.pbtxt,
+filled, as recommend/config.pbtxt. Triton ignores this folder: its name is no version number.
 
 On the embedded CPU server the ensemble pays three Python-stub round trips per request (our
 `onnxruntime` backend is a Python stub too); this runs the same steps with the very same code
