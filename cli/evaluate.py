@@ -22,11 +22,14 @@ def _print_evaluation(metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     ranking = [k for k in metrics if f"popularity_{k}" in metrics]
-    print_metrics({k: v for k, v in metrics.items()
-                   if k not in ranking and not k.startswith(("popularity_", "lift_"))})
+    rest = {k: v for k, v in metrics.items() if k not in ranking and not k.startswith(("popularity_", "lift_"))}
+    users = rest.pop("test_users", None) if ranking else None   # the top-N table's title, not a row
+    if rest:
+        print_metrics(rest)
     if not ranking:
         return
-    t = Table("metric", "model", "popularity", "lift")
+    t = Table("metric", "model", "popularity", "lift",
+              title=None if users is None else f"top-N over {users} test users")
     for k in ranking:
         lift = metrics.get(f"lift_{k}")
         t.add_row(k, f"{metrics[k]:.4f}", f"{metrics[f'popularity_{k}']:.4f}", "-" if lift is None else f"{lift:.2f}x")

@@ -128,6 +128,7 @@ def test_cli_train_evaluate_results(tmp_path):
     assert "test_rmse" in r.stdout and (out / "metrics.json").is_file()
     r = _aerec("evaluate", str(out))
     assert r.returncode == 0 and "test_rmse" in r.stdout
+    assert "test users" in r.stdout and "test_users" not in r.stdout   # the count titles the top-N table
     r = _aerec("results", str(out))
     assert r.returncode == 0 and "sae" in r.stdout
 
