@@ -178,6 +178,21 @@ def test_each_build_starts_from_the_templates_whatever_the_folder_holds(runs, tm
     assert parse(repo / "postprocess" / "config.pbtxt") == post
 
 
+def test_a_field_added_to_a_template_reaches_every_build(runs, tmp_path, monkeypatch):
+    """The templates are where a user changes what every build writes: a field the build does
+    not set (here Triton's response cache) is kept."""
+    import builder.repository as repository
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, templates)
+    with (templates / "ranker_onnx.pbtxt").open("a") as f:
+        f.write("response_cache { enable: true }\n")
+    monkeypatch.setattr(repository, "TEMPLATES", templates)
+    ranker, _ = runs
+    write_repository(ranker, tmp_path / "repo", ["onnx"], TUNED)
+    built = parse(tmp_path / "repo" / "ranker_onnx" / "config.pbtxt")
+    assert built.response_cache.enable and built.instance_group[0].count == TUNED.network_instances
+
+
 def _at_head(path: str) -> str:
     shown = subprocess.run(["git", "show", f"HEAD:{path}"], cwd=COMMITTED.parent, capture_output=True, text=True)
     if shown.returncode:
