@@ -304,14 +304,16 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
     files (ranker.onnx, rater.onnx), copied from their newest versions, so both pipelines serve
     exactly the same models."""
     t, folder = tuning or Tuning(), Path(repo) / "recommend"
-    versions = _versions(folder)
+    # A new version each build, as for the steps; an ensemble's is an empty folder (Triton wants
+    # one), reused while it is the newest, so ensemble builds do not pile up empty folders.
+    newest = max(_versions(folder), default=0)
+    reuse = t.pipeline == "ensemble" and newest and not any((folder / str(newest)).iterdir())
+    version = newest if reuse else newest + 1
+    vdir = folder / str(version)
     if t.pipeline == "ensemble":
-        version = max(versions, default=1)
-        (folder / str(version)).mkdir(parents=True, exist_ok=True)
+        vdir.mkdir(parents=True, exist_ok=True)
         _write_config(folder, ensemble_config(ranker, rater), "ensemble")
         return version
-    version = max(versions, default=0) + 1
-    vdir = folder / str(version)
     for step in ("preprocess", "postprocess"):
         vdir.mkdir(parents=True, exist_ok=True)
         for f in _latest(Path(repo) / step).iterdir():
@@ -451,17 +453,25 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     if device == "gpu" and (tuning or Tuning()).pipeline == "fused":
         raise RepositoryError("the fused pipeline runs its networks with ONNX Runtime inside a Python model on "
                               "the CPU; serve a GPU repository with the ensemble pipeline")
+    if out.exists() and not out.is_dir():
+        raise RepositoryError(f"{out} is a file, not a repository folder: give --out a folder")
     if rating_run is None:
         parts = [_read_run(run_dir, None, variants, device)]
     else:
         parts = [_read_run(run_dir, "ranker", ("onnx",), device), _read_run(rating_run, "rater", variants, device)]
-        _same_items(*parts)
     roles = {p.role: p for p in parts}
     # Item-based models read one item's column, not a user's row: they cannot fold in a user.
+    # (Checked before the item counts: an item-based network's width is the number of users.)
     folding = [p for p in parts if p.config.model not in ITEM_BASED]
     if len(folding) < len(parts) and len(parts) > 1:
         raise RepositoryError(f"{rating_run} is item-based ({roles['rater'].config.model}): it cannot rate a "
                               "user's row beside a ranker; use a user-based rating model")
+    if not folding and (out / "recommend" / "config.pbtxt").is_file():
+        raise RepositoryError(f"{run_dir} is item-based ({parts[0].config.model}): its network alone cannot "
+                              f"replace one of {out}'s recommend pipeline (it rates an item's column, not a "
+                              "user's row); build it into another --out")
+    if len(parts) > 1:
+        _same_items(*parts)
     dataset = None
     if folding:
         first = parts[0].config
@@ -515,9 +525,14 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
         if out.exists():
             old = out.with_name(f".{out.name}-old")
             shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
+            try:
+                out.rename(old)
+                tmp.rename(out)
+            except BaseException:   # interrupted between the two renames: the old one back
+                if old.exists() and not out.exists():
+                    old.rename(out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
     except BaseException:

@@ -1,0 +1,85 @@
+"""`aerec repository` into a folder that already serves: a build that could not serve is refused
+with a message naming the problem, and an interrupted or refused build leaves the repository as
+it was (tests/server/test_repository_data.py covers changed data)."""
+from pathlib import Path
+
+import pytest
+
+from builder.config import TrainConfig
+from builder.data.sources import load_dataset
+from builder.repository import RepositoryError, Tuning, write_repository
+from conftest import FIXTURES, six_movie_runs, train_and_export
+
+pytestmark = pytest.mark.slow
+
+DATA = str(FIXTURES / "six_movies" / "ratings.dat")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(EASE ranker, U-AutoRec rater, I-AutoRec: item-based, its width the number of users)."""
+    six = load_dataset(DATA, "random", 0)
+    root = tmp_path_factory.mktemp("builds-runs")
+    ranker, rater = six_movie_runs(six, root, rater_epochs=1)
+    item_based, _ = train_and_export(six, root / "item_based", TrainConfig(
+        model="autorec-i", data=DATA, split="random", hidden=[4], epochs=1, batch_size=8, device="cpu"))
+    return ranker, rater, item_based
+
+
+def snapshot(repo: Path) -> dict:
+    return {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def served(runs, tmp_path):
+    ranker, rater, _ = runs
+    repo = tmp_path / "model_repository"
+    write_repository(ranker, repo, ["onnx"], rating_run=rater)
+    return repo
+
+
+def test_an_item_based_run_alone_cannot_replace_a_network_of_recommend(runs, served):
+    before = snapshot(served)
+    with pytest.raises(RepositoryError, match="item-based .*autorec-i.*another --out"):
+        write_repository(runs[2], served, ["onnx"])
+    assert snapshot(served) == before
+
+
+def test_an_item_based_rater_is_named_as_such_not_as_another_catalogue(runs, tmp_path):
+    ranker, _, item_based = runs
+    with pytest.raises(RepositoryError, match="is item-based \\(autorec-i\\)"):
+        write_repository(ranker, tmp_path / "repo", ["onnx"], rating_run=item_based)
+
+
+def test_an_out_path_that_is_a_file_is_refused(runs, tmp_path):
+    target = tmp_path / "repo"
+    target.write_text("mine")
+    with pytest.raises(RepositoryError, match="is a file, not a repository folder"):
+        write_repository(runs[0], target, ["onnx"])
+    assert target.read_text() == "mine"
+
+
+def test_an_interrupt_between_the_swap_renames_puts_the_served_repository_back(runs, served, monkeypatch):
+    """Ctrl-C after the served folder moved aside and before the new one moved in."""
+    before = snapshot(served)
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if Path(target) == served and self.name.startswith(f".{served.name}-") and not self.name.endswith("-old"):
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        write_repository(runs[0], served, ["onnx"], rating_run=runs[1])
+    assert snapshot(served) == before
+    assert [p.name for p in served.parent.iterdir()] == [served.name]   # no temporary or -old folder
+
+
+def test_every_build_adds_a_recommend_version_an_ensemble_reuses_only_its_own_empty_one(runs, served):
+    ranker, rater, _ = runs
+    assert sorted(p.name for p in (served / "recommend").iterdir() if p.name.isdigit()) == ["1"]
+    fused = write_repository(ranker, served, ["onnx"], Tuning(pipeline="fused"), rating_run=rater)
+    assert fused["models"]["recommend"] == 2 and (served / "recommend" / "2" / "model.py").is_file()
+    again = write_repository(ranker, served, ["onnx"], rating_run=rater)
+    assert again["models"]["recommend"] == 3 and not any((served / "recommend" / "3").iterdir())
+    assert write_repository(ranker, served, ["onnx"], rating_run=rater)["models"]["recommend"] == 3
