@@ -307,7 +307,7 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
     # A new version each build, as for the steps; an ensemble's is an empty folder (Triton wants
     # one), reused while it is the newest, so ensemble builds do not pile up empty folders.
     newest = max(_versions(folder), default=0)
-    reuse = t.pipeline == "ensemble" and newest and not any((folder / str(newest)).iterdir())
+    reuse = t.pipeline == "ensemble" and newest > 0 and not any((folder / str(newest)).iterdir())
     version = newest if reuse else newest + 1
     vdir = folder / str(version)
     if t.pipeline == "ensemble":

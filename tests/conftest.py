@@ -26,6 +26,11 @@ def u1(ml100k):
     return build_dataset(ml100k, train, test, "ml-100k/u1")
 
 
+def snapshot(folder: Path) -> dict:
+    """Every file under `folder`, relative path -> bytes: to show a refused build changed nothing."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def corrupt_run_copy(run, dest):
     """A run folder with the real config but damaged weights (for the bad-input tests)."""
     dest.mkdir()

@@ -8,7 +8,7 @@ import pytest
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.repository import RepositoryError, Tuning, write_repository
-from conftest import FIXTURES, six_movie_runs, train_and_export
+from conftest import FIXTURES, six_movie_runs, snapshot, train_and_export
 
 pytestmark = pytest.mark.slow
 
@@ -24,10 +24,6 @@ def runs(tmp_path_factory):
     item_based, _ = train_and_export(six, root / "item_based", TrainConfig(
         model="autorec-i", data=DATA, split="random", hidden=[4], epochs=1, batch_size=8, device="cpu"))
     return ranker, rater, item_based
-
-
-def snapshot(repo: Path) -> dict:
-    return {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.repository import RepositoryError, write_repository
 from builder.runs import DATASET_ARRAYS
-from conftest import FIXTURES, train_and_export
+from conftest import FIXTURES, snapshot, train_and_export
 
 
 def _ease_on_copied_data(tmp_path):
@@ -40,12 +40,12 @@ def test_older_run_folder_refuses_data_changed_since_training(tmp_path):
         (run / name).unlink()
     repo = tmp_path / "repo"
     write_repository(run, repo, ["onnx"])  # the data as trained: accepted
-    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    before = snapshot(repo)
     for name in ("ratings.dat", "movies.dat"):
         shutil.copy2(FIXTURES / "six_movies_changed" / name, data / name)
     with pytest.raises(RepositoryError) as e:
         write_repository(run, repo, ["onnx"])
     assert "ab3d39fee424beb2" in str(e.value) and "be63f574535ce1a9" in str(e.value)
     assert str(data / "ratings.dat") in str(e.value)
-    assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    assert snapshot(repo) == before
     assert not any(p.name.startswith(".repo-") for p in tmp_path.iterdir())

@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 from builder.config import TrainConfig
 from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
-from conftest import train_and_export
+from conftest import snapshot, train_and_export
 from server.launcher import TritonServer, child_pids, free_port
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_runs_with_different_item_sets_are_refused(served, ml100k, tmp_path):
     naming both widths, and the repository already there is left as it was."""
     copy = tmp_path / "repo"
     write_repository(served.ranker, copy, ["onnx"], rating_run=served.rater)
-    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    before = snapshot(copy)
     f = ml100k.frame
     part = tmp_path / "part.csv"
     f[f.item <= 1500][["user", "item", "rating"]].to_csv(part, index=False)
@@ -108,7 +108,7 @@ def test_runs_with_different_item_sets_are_refused(served, ml100k, tmp_path):
                                                                            split="random", device="cpu"))
     with pytest.raises(RepositoryError, match=r"scores 1500 items but .* 1682"):
         write_repository(other, copy, ["onnx"], rating_run=served.rater)
-    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert snapshot(copy) == before
 
 
 def test_server_loads_configs_without_warnings(served):
