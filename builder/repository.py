@@ -121,6 +121,33 @@ def _tensor_dims(tensors, names, n_items: int) -> None:
             t.dims[:] = [n_items]
 
 
+def _id_types(config, ids: tuple[str, str]) -> None:
+    """The id tensors' data_type as the served catalogues have them: `ids` = (users', items')
+    contract types (INT_ID or STRING_ID, see contract.id_type). Inputs and outputs alike."""
+    user, item = ids
+    for t in (*config.input, *config.output):
+        if t.name in contract.USER_ID_TENSORS:
+            t.data_type = model_config_pb2.DataType.Value(user)
+        elif t.name in contract.ITEM_ID_TENSORS:
+            t.data_type = model_config_pb2.DataType.Value(item)
+
+
+INT_IDS = (contract.INT_ID, contract.INT_ID)   # the templates' id types
+
+
+def served_id_types(repo: Path) -> tuple[str, str]:
+    """(users', items') id types of the newest preprocess version of a built repository, read
+    from its user_ids.npy / item_ids.npy (INT_IDS when it has none)."""
+    folder = Path(repo) / "preprocess"
+    if not _versions(folder):
+        return INT_IDS
+    vdir = _latest(folder)
+    if not (vdir / "item_ids.npy").is_file():
+        return INT_IDS
+    load = lambda name: np.load(vdir / name, mmap_mode="r", allow_pickle=False)  # noqa: E731
+    return contract.id_type(load("user_ids.npy")), contract.id_type(load("item_ids.npy"))
+
+
 def _keep(repeated, keep) -> None:
     """Remove the entries of a repeated field for which keep(entry) is false, in place."""
     kept = [m for m in repeated if keep(m)]
@@ -184,10 +211,13 @@ def network_config(name: str, n_items: int, tuning: Tuning | None = None) -> str
     return text_format.MessageToString(network_config_message(name, n_items, tuning))
 
 
-def preprocess_config(n_items: int, tuning: Tuning | None = None) -> model_config_pb2.ModelConfig:
+def preprocess_config(n_items: int, tuning: Tuning | None = None,
+                      ids: tuple[str, str] = INT_IDS) -> model_config_pb2.ModelConfig:
+    """`ids`: (users', items') id types (see _id_types)."""
     t = tuning or Tuning()
     config = template("preprocess")
     _tensor_dims(config.output, {contract.DENSE}, n_items)
+    _id_types(config, ids)
     _schedule(config, t.step_queue_delay_us, t.step_instances)
     return config
 
@@ -199,10 +229,12 @@ def _served_outputs(config, rater: bool) -> None:
 
 
 def postprocess_config(n_items: int, tuning: Tuning | None = None, ranker: bool = False,
-                       rater: bool = True) -> model_config_pb2.ModelConfig:
-    """Inputs: the served networks' outputs (RANKER_SCORES, RATER_PREDICTIONS), DENSE, TOP_K."""
+                       rater: bool = True, ids: tuple[str, str] = INT_IDS) -> model_config_pb2.ModelConfig:
+    """Inputs: the served networks' outputs (RANKER_SCORES, RATER_PREDICTIONS), DENSE, TOP_K.
+    `ids`: (users', items') id types (RECOMMENDED_IDS is the items')."""
     t = tuning or Tuning()
     config = template("postprocess")
+    _id_types(config, ids)
     absent = {name for name, on in ((contract.RANKER_SCORES, ranker), (contract.RATER_PREDICTIONS, rater)) if not on}
     _keep(config.input, lambda i: i.name not in absent)
     _tensor_dims(config.input, {contract.RANKER_SCORES, contract.RATER_PREDICTIONS, contract.DENSE}, n_items)
@@ -211,11 +243,13 @@ def postprocess_config(n_items: int, tuning: Tuning | None = None, ranker: bool 
     return config
 
 
-def ensemble_config(ranker: str | None, rater: str | None) -> model_config_pb2.ModelConfig:
+def ensemble_config(ranker: str | None, rater: str | None,
+                    ids: tuple[str, str] = INT_IDS) -> model_config_pb2.ModelConfig:
     """The template's ensemble with the served networks (`ranker`/`rater`: their model names, at
     least one) in the network steps; an absent network's step, its postprocess input and (no
-    rater) PREDICTED_RATINGS dropped."""
+    rater) PREDICTED_RATINGS dropped; `ids`: (users', items') id types."""
     config = template("ensemble")
+    _id_types(config, ids)
     served = {"ranker_onnx": ranker, "rater_onnx": rater}   # the template's step -> the served model
     steps = config.ensemble_scheduling.step
     _keep(steps, lambda s: served.get(s.model_name, s.model_name) is not None)
@@ -231,10 +265,12 @@ def ensemble_config(ranker: str | None, rater: str | None) -> model_config_pb2.M
     return config
 
 
-def fused_config(tuning: Tuning | None = None, rater: bool = True) -> model_config_pb2.ModelConfig:
+def fused_config(tuning: Tuning | None = None, rater: bool = True,
+                 ids: tuple[str, str] = INT_IDS) -> model_config_pb2.ModelConfig:
     """The whole pipeline as one Python model, with the ensemble's inputs and outputs."""
     t = tuning or Tuning()
     config = template("fused")
+    _id_types(config, ids)
     _served_outputs(config, rater)
     _schedule(config, t.step_queue_delay_us, t.step_instances)
     _ort_parameters(config, t)
@@ -286,9 +322,10 @@ def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuni
             np.save(vdir / name, arr, allow_pickle=False)  # plain arrays only: safe to load
         (vdir / "assets.json").write_text(assets)
         written[step] = int(vdir.name)
-    _write_config(tmp / "preprocess", preprocess_config(dataset.n_items, tuning), "preprocess")
+    ids = (contract.id_type(np.asarray(dataset.user_ids)), contract.id_type(np.asarray(dataset.item_ids)))
+    _write_config(tmp / "preprocess", preprocess_config(dataset.n_items, tuning, ids), "preprocess")
     _write_config(tmp / "postprocess", postprocess_config(dataset.n_items, tuning, ranker is not None,
-                                                          rater is not None), "postprocess")
+                                                          rater is not None, ids), "postprocess")
     written["recommend"] = write_recommend(tmp, ranker, rater, tuning)
     return written
 
@@ -302,8 +339,9 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
     `ranker`/`rater`: the served networks' names (at least one). Fused: a new version folder
     holding the fused model.py, the serving package, the steps' assets and the networks' ONNX
     files (ranker.onnx, rater.onnx), copied from their newest versions, so both pipelines serve
-    exactly the same models."""
+    exactly the same models. The id tensors' types are those of the newest preprocess version's ids."""
     t, folder = tuning or Tuning(), Path(repo) / "recommend"
+    ids = served_id_types(repo)
     # A new version each build, as for the steps; an ensemble's is an empty folder (Triton wants
     # one), reused while it is the newest, so ensemble builds do not pile up empty folders.
     newest = max(_versions(folder), default=0)
@@ -312,7 +350,7 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
     vdir = folder / str(version)
     if t.pipeline == "ensemble":
         vdir.mkdir(parents=True, exist_ok=True)
-        _write_config(folder, ensemble_config(ranker, rater), "ensemble")
+        _write_config(folder, ensemble_config(ranker, rater, ids), "ensemble")
         return version
     for step in ("preprocess", "postprocess"):
         vdir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +361,7 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
     for role, network in (("ranker", ranker), ("rater", rater)):
         if network:
             shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / f"{role}.onnx")
-    _write_config(folder, fused_config(t, rater is not None), "fused")
+    _write_config(folder, fused_config(t, rater is not None, ids), "fused")
     return version
 
 
@@ -567,9 +605,10 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
                       "rater" if name.startswith("rater") else "ranker")
     ranker, rater = manifest.get("ranker"), manifest.get("rater")
     if ranker or rater:
-        _write_config(repo / "preprocess", preprocess_config(manifest["n_items"], tuning), "preprocess")
+        ids = served_id_types(repo)
+        _write_config(repo / "preprocess", preprocess_config(manifest["n_items"], tuning, ids), "preprocess")
         _write_config(repo / "postprocess", postprocess_config(manifest["n_items"], tuning, ranker is not None,
-                                                               rater is not None), "postprocess")
+                                                               rater is not None, ids), "postprocess")
         manifest.setdefault("models", {})["recommend"] = write_recommend(repo, ranker, rater, tuning)
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))

@@ -44,10 +44,13 @@ class RunDataError(ValueError):
 
 
 def save_dataset(dataset: Dataset, out: Path) -> None:
-    """Write `dataset`'s id maps (int64), titles and train/test CSR arrays into the folder `out`;
-    its name, scale and fingerprint are recorded in config.json by save_run."""
-    arrays = {"user_ids": np.asarray(dataset.user_ids, dtype=np.int64),
-              "item_ids": np.asarray(dataset.item_ids, dtype=np.int64)}
+    """Write `dataset`'s id maps (int64, or unicode for string ids), titles and train/test CSR
+    arrays into the folder `out`; its name, scale and fingerprint are recorded in config.json by
+    save_run."""
+    def ids(a):  # the ids' own dtype (integer or unicode: np.load reads both without pickle)
+        a = np.asarray(a)
+        return a if a.dtype.kind in "iuU" else np.asarray(a, dtype=np.int64)
+    arrays = {"user_ids": ids(dataset.user_ids), "item_ids": ids(dataset.item_ids)}
     for part in ("train", "test"):
         m = getattr(dataset, part)
         arrays.update({f"{part}_indptr": m.indptr, f"{part}_indices": m.indices, f"{part}_data": m.data})

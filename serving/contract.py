@@ -5,15 +5,23 @@ Every tensor has the request's rows (users) as its first dimension: [rows, ...].
 """
 MODEL = "recommend"        # the model clients call, ensemble or fused
 
-# Inputs: all optional; a request sends USER_ID, or ITEM_IDS with RATINGS, or both.
-USER_ID = "USER_ID"        # int64 [rows, 1]: a known user's raw id
-ITEM_IDS = "ITEM_IDS"      # int64 [rows, n]: raw ids of items a user rated
-RATINGS = "RATINGS"        # float32 [rows, n]: their ratings, on the data set's scale
+# Ids come as the data set has them, decided per catalogue (users, items): integers (INT64) or
+# strings (TYPE_STRING, i.e. BYTES holding UTF-8: "u42", "sku-50"). A build writes each id
+# tensor's type from the served ids (id_type); the lists below give the integer default.
+INT_ID, STRING_ID = "TYPE_INT64", "TYPE_STRING"
+USER_ID_TENSORS = ("USER_ID",)                      # typed by the user catalogue
+ITEM_ID_TENSORS = ("ITEM_IDS", "RECOMMENDED_IDS")   # typed by the item catalogue
+
+# Inputs: all optional; a request sends USER_ID, or ITEM_IDS (with or without RATINGS), or both.
+USER_ID = "USER_ID"        # int64 or bytes [rows, 1]: a known user's raw id
+ITEM_IDS = "ITEM_IDS"      # int64 or bytes [rows, n]: raw ids of items in a user's history
+RATINGS = "RATINGS"        # float32 [rows, n]: their ratings, on the data set's scale; left out:
+                           # each item counts as rated at the scale's top (1.0 for an interaction log)
 TOP_K = "TOP_K"            # int32 [rows, 1]: list length, the same on every row
 INPUTS = {USER_ID: "TYPE_INT64", ITEM_IDS: "TYPE_INT64", RATINGS: "TYPE_FP32", TOP_K: "TYPE_INT32"}
 
 # Outputs, each [rows, k] unless said.
-RECOMMENDED_IDS = "RECOMMENDED_IDS"        # int64: raw item ids, best first (PAD in padding slots)
+RECOMMENDED_IDS = "RECOMMENDED_IDS"        # int64 or bytes: raw item ids, best first (PAD / PAD_ID in padding)
 SCORES = "SCORES"                          # float32: what ordered the list (NaN in padding)
 PREDICTED_RATINGS = "PREDICTED_RATINGS"    # float32: the rater's predictions, clipped; only with a rater
 TITLES = "TITLES"                          # bytes: UTF-8 titles (b"" in padding)
@@ -37,12 +45,25 @@ DEFAULT_TOP_K = 10             # when TOP_K is left out; capped at the catalogue
 # Several new users in one request send ITEM_IDS/RATINGS as [rows, longest list], the shorter
 # rows padded with ITEM_IDS PAD (any rating) or RATINGS 0 (0 is the dense vector's "not rated";
 # no scale includes it). The same PAD marks an answer's padding slots and ranking's padding column.
+# String ids pad with PAD_ID (b"", never an id) in requests and answers alike.
 PAD = -1
+PAD_ID = b""
 PAD_TITLE = b""
 
 # Triton's restricted APIs (model control, logging ...) check this header; gRPC carries it
 # as metadata with Triton's fixed prefix.
 ADMIN_HEADER = "aerec-admin-key"
+
+
+def id_type(ids) -> str:
+    """The tensor type of a catalogue's ids (a numpy array): STRING_ID for unicode ('<U...'),
+    INT_ID otherwise."""
+    return STRING_ID if ids.dtype.kind == "U" else INT_ID
+
+
+def datatype(config_type: str) -> str:
+    """A config data_type as the client APIs name it: TYPE_STRING -> BYTES, TYPE_INT64 -> INT64."""
+    return "BYTES" if config_type == STRING_ID else config_type.removeprefix("TYPE_")
 
 
 def default_top_k(n_items: int) -> int:

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.contract import PAD, PAD_TITLE
+from serving.contract import PAD, PAD_ID, PAD_TITLE
 from serving.ranking import top_k_unrated
 
 
 @dataclass(frozen=True)
 class Lists:
     """What a list shows of each item, and which networks are served."""
-    item_ids: np.ndarray   # int64 [n_items], sorted: index = column
+    item_ids: np.ndarray   # int64 [n_items], sorted: index = column; string ids: object of UTF-8 bytes
     titles: np.ndarray     # object [n_items] of UTF-8 bytes
     low: float             # the rating scale predictions are clipped to
     high: float
@@ -33,7 +33,10 @@ class Lists:
         # Encoded once here, not per request: string outputs are the costliest part of a response.
         titles = np.array([t.encode("utf-8") for t in load("titles.npy").tolist()], dtype=np.object_)
         low, high = assets["scale"]
-        return cls(load("item_ids.npy"), titles, float(low), float(high), bool(assets["ranker"]),
+        ids = load("item_ids.npy")
+        if ids.dtype.kind == "U":  # string ids answer as BYTES: encoded once, as the titles
+            ids = np.array([i.encode("utf-8") for i in ids.tolist()], dtype=np.object_)
+        return cls(ids, titles, float(low), float(high), bool(assets["ranker"]),
                    bool(assets["rater"]))
 
     def rank(self, scores, ratings, rated: np.ndarray, sizes: list[int], ks: list[int]) -> list[tuple]:
@@ -49,15 +52,19 @@ class Lists:
     def package(self, top: np.ndarray, scores, ratings, sizes: list[int], ks: list[int]) -> list[tuple]:
         """Chosen columns int64 [rows, max k] (PAD: padding) with the ranker's scores and the rater's
         predictions there (float32 [rows, max k], either may be None) -> per request (ids int64
-        [size, k], scores float32, predicted ratings float32 or None, titles object, n_recommended
+        [size, k] or, string ids, object of UTF-8 bytes, scores float32, predicted ratings float32 or None, titles object, n_recommended
         int32 [size, 1]). Ratings are clipped to the scale; a ranker's scores are not (they are no
-        ratings). Padding slots get PAD, NaN and PAD_TITLE whatever the arrays held there."""
+        ratings). Padding slots get PAD (PAD_ID), NaN and PAD_TITLE whatever the arrays held there."""
         pad = top < 0
         if ratings is not None:
             ratings = np.where(pad, np.float32(np.nan), np.clip(ratings, self.low, self.high)).astype(np.float32)
         scores = ratings if scores is None else np.where(pad, np.float32(np.nan), scores).astype(np.float32)
         idx = np.where(pad, 0, top)  # any real column: the padded slots are overwritten below
-        ids = np.where(pad, PAD, self.item_ids[idx]).astype(np.int64)
+        if self.item_ids.dtype == np.object_:
+            ids = self.item_ids[idx]
+            ids[pad] = PAD_ID
+        else:
+            ids = np.where(pad, PAD, self.item_ids[idx]).astype(np.int64)
         titles = self.titles[idx]
         titles[pad] = PAD_TITLE
         out, start = [], 0

@@ -4,6 +4,11 @@ RequestError naming the first real problem; then every valid row scattered into 
 The preprocess model and the fused `recommend` model run this; tests/serving runs it without a
 server. Checks run in this order, so the message names the first problem: the request's shape,
 the user, the sent ratings, then TOP_K.
+
+Ids are the catalogue's kind: int64, or strings (the catalogue's ids a numpy unicode array, a
+request's a BYTES tensor of UTF-8, which Triton hands over as an object array of bytes). A
+string id that is empty (as USER_ID), not UTF-8 or holds a NUL is refused; an empty ITEM_IDS
+entry is padding, as -1 is for integer ids.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import numpy as np
 
 from serving.contract import (ITEM_IDS, MAX_ITEMS_PER_REQUEST, PAD, RATINGS, TOP_K, USER_ID,
                               default_top_k)
+
+STRING_PAD = ""   # an ITEM_IDS entry of b"" (PAD_ID) decoded: padding in a string catalogue
 
 NO_COLS, NO_VALS = np.zeros(0, np.int64), np.zeros(0, np.float32)  # a row with no ratings sent
 
@@ -37,8 +44,8 @@ class Row(NamedTuple):
 class Catalogue:
     """What requests are checked against: the served ids, the users' training histories (CSR)
     and the rating scale. Ids are sorted: an id's index is its column (items) or row (users)."""
-    item_ids: np.ndarray   # int64 [n_items]
-    user_ids: np.ndarray   # int64 [n_users]
+    item_ids: np.ndarray   # int64 or unicode [n_items]
+    user_ids: np.ndarray   # int64 or unicode [n_users]
     indptr: np.ndarray     # int64 [n_users + 1]
     indices: np.ndarray    # int64 [nnz]: item columns
     data: np.ndarray       # float32 [nnz]: ratings
@@ -48,6 +55,11 @@ class Catalogue:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def item_pad(self):
+        """The ITEM_IDS padding entry, decoded: -1 (integer ids) or "" (string ids)."""
+        return STRING_PAD if self.item_ids.dtype.kind == "U" else PAD
 
     @property
     def history(self) -> np.ndarray:
@@ -84,10 +96,45 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue
             raise RequestError(f"{name} has {t.shape[0]} rows but TOP_K has {n}")
     k = int(ks[0])
     given = lambda t: t is not None and t.size > 0  # noqa: E731
+    if given(user):
+        user = as_ids(user, catalogue.user_ids, USER_ID)
+        if catalogue.user_ids.dtype.kind == "U" and (user == "").any():
+            raise RequestError("USER_ID is empty: send the user's id, or leave USER_ID out for a new user")
     if given(user) and not given(items) and not given(ratings):
         return _parse_users(user.reshape(n, -1)[:, 0], k, catalogue)
     return [_parse_row(user[b] if given(user) else None, items[b] if given(items) else None,
                        ratings[b] if given(ratings) else None, k, catalogue) for b in range(n)]
+
+
+def as_ids(values: np.ndarray, served: np.ndarray, name: str) -> np.ndarray:
+    """A request's ids in the kind of the `served` ids, same shape: int64, or str (unicode) for a
+    string catalogue, decoded from UTF-8 bytes (or taken as str). Raises RequestError naming
+    `name` for ids of the other kind, bytes that are not UTF-8 or an id holding a NUL (numpy's
+    unicode arrays would drop a trailing one and match another id)."""
+    if served.dtype.kind != "U":
+        if values.dtype.kind not in "iu":
+            raise RequestError(f"{name} must be integers for this model (INT64), got {values.dtype}")
+        return values.astype(np.int64, copy=False)
+    if values.dtype.kind not in "OSU":
+        raise RequestError(f"{name} must be strings for this model (BYTES, UTF-8), got {values.dtype}")
+    out = []
+    for v in values.reshape(-1).tolist():
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(f"{name} holds {v[:40]!r}, which is not UTF-8: send ids as UTF-8 text") from None
+        elif not isinstance(v, str):
+            raise RequestError(f"{name} must be strings for this model (BYTES, UTF-8), got {type(v).__name__}")
+        if "\x00" in v:
+            raise RequestError(f"{name} holds {v[:40]!r}, with a NUL character: no id has one")
+        out.append(v)
+    return np.array(out, dtype=str).reshape(values.shape)
+
+
+def _show(uid) -> str:
+    """An id as a message names it: integers bare, strings quoted (so that spaces show)."""
+    return repr(str(uid)) if isinstance(uid, str) else str(uid)
 
 
 def _check_k(k: int, catalogue: Catalogue) -> None:
@@ -97,7 +144,7 @@ def _check_k(k: int, catalogue: Catalogue) -> None:
 
 
 def _no_history(uid) -> RequestError:
-    return RequestError(f"user {uid} has no ratings in the training data: send ITEM_IDS with RATINGS")
+    return RequestError(f"user {_show(uid)} has no ratings in the training data: send ITEM_IDS with RATINGS")
 
 
 def _parse_users(uids: np.ndarray, k: int, catalogue: Catalogue) -> list[Row]:
@@ -107,7 +154,7 @@ def _parse_users(uids: np.ndarray, k: int, catalogue: Catalogue) -> list[Row]:
     rows = np.clip(np.searchsorted(ids, uids), 0, len(ids) - 1)
     known = ids[rows] == uids
     if not known.all():
-        raise RequestError(f"unknown USER_ID {uids[~known][0]}")
+        raise RequestError(f"unknown USER_ID {_show(uids[~known][0])}")
     # A user whose ratings all fell in the test part would get the all-zero input's list, the
     # same for everyone: refused, as a fold-in with no known item is.
     empty = catalogue.history[rows] == 0
@@ -119,6 +166,10 @@ def _parse_users(uids: np.ndarray, k: int, catalogue: Catalogue) -> list[Row]:
 
 def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
     items = NO_COLS if items is None else items.reshape(-1)
+    if ratings is None and items.size:
+        # A history without values: each item as rated at the scale's top (an interaction log's
+        # only value, 1.0; on a rating scale, "liked it"). model_repository/README.md says why.
+        ratings = np.full(items.size, catalogue.high, np.float32)
     ratings = NO_VALS if ratings is None else ratings.reshape(-1)
     if items.size != ratings.size:
         if items.size == 0:
@@ -126,26 +177,29 @@ def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
         raise RequestError(f"ITEM_IDS has {items.size} entries but RATINGS has {ratings.size}")
     if items.size > MAX_ITEMS_PER_REQUEST:
         raise RequestError(f"{items.size} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
-    real = (items != PAD) & (ratings != 0)   # padding: see contract.PAD
+    if items.size:
+        items = as_ids(items, catalogue.item_ids, ITEM_IDS)
+    pad = catalogue.item_pad
+    real = (items != pad) & (ratings != 0)   # padding: see contract.PAD
     sent = items.size
     items, ratings = items[real], ratings[real]
     has_user = user is not None and user.size > 0
     if not has_user and not items.size:
         if sent:  # everything sent was padding: most likely a rating of 0 meant as a rating
-            raise RequestError(f"ITEM_IDS with RATINGS held only padding (item {PAD} or rating 0, which means "
+            raise RequestError(f"ITEM_IDS with RATINGS held only padding (item {pad!r} or rating 0, which means "
                                f"'not rated'): send ratings within {catalogue.low:g}..{catalogue.high:g}")
-        raise RequestError("empty request: send USER_ID, or ITEM_IDS with RATINGS, or both")
+        raise RequestError("empty request: send USER_ID, or ITEM_IDS (with or without RATINGS), or both")
     row, uid = -1, None
     if has_user:
         uid = user.reshape(-1)[0]
         row = int(np.searchsorted(catalogue.user_ids, uid))
         if row >= len(catalogue.user_ids) or catalogue.user_ids[row] != uid:
-            raise RequestError(f"unknown USER_ID {uid}")
+            raise RequestError(f"unknown USER_ID {_show(uid)}")
     cols, vals, unknown = NO_COLS, NO_VALS, 0
     if items.size:
         uniq, seen = np.unique(items, return_counts=True)
         if (seen > 1).any():
-            raise RequestError(f"ITEM_IDS repeats item {uniq[seen > 1][0]}: send each item once")
+            raise RequestError(f"ITEM_IDS repeats item {_show(uniq[seen > 1][0])}: send each item once")
         if not np.all(np.isfinite(ratings)):
             raise RequestError("RATINGS contains NaN or infinity")
         bad = (ratings < catalogue.low) | (ratings > catalogue.high)

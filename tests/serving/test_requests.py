@@ -54,7 +54,6 @@ BAD = [
                         RATINGS: np.full((1, MAX_ITEMS_PER_REQUEST + 1), 3, np.float32), TOP_K: k(10)},
      f"{MAX_ITEMS_PER_REQUEST + 1} ratings in one request; the limit is {MAX_ITEMS_PER_REQUEST}"),
     ("ratings without items", {RATINGS: f32(4, 5), TOP_K: k(10)}, "RATINGS sent without ITEM_IDS (2 ratings"),
-    ("items without ratings", {ITEM_IDS: i64(50, 70), TOP_K: k(10)}, "ITEM_IDS has 2 entries but RATINGS has 0"),
     ("TOP_K not one per row", {USER_ID: i64(1), TOP_K: np.array([[5, 6]], np.int32)},
      "TOP_K must be one integer per row"),
     ("mixed TOP_K", {USER_ID: np.array([[1], [2]], np.int64), TOP_K: np.array([[5], [6]], np.int32)},
@@ -120,3 +119,82 @@ def test_a_bad_request_never_fails_its_batch_mates():
 def test_ids_only_rows_are_looked_up_together():
     rows = parse_request({USER_ID: np.array([[2], [1]], np.int64), TOP_K: np.array([[3], [3]], np.int32)}, CAT)
     assert [r.user_row for r in rows] == [1, 0]
+
+
+def test_items_without_ratings_count_as_rated_at_the_scales_top():
+    """RATINGS left out: every sent item is in the history at the scale's top (5 here)."""
+    batch = prepare([{ITEM_IDS: i64(10, 40, 555), TOP_K: k(3)}, {USER_ID: i64(1), ITEM_IDS: i64(30), TOP_K: k(3)}],
+                    CAT)
+    assert batch.errors == {} and batch.unknown.tolist() == [[1], [0]]
+    assert batch.dense[0].nonzero()[0].tolist() == [0, 3] and batch.dense[0, [0, 3]].tolist() == [5, 5]
+    assert batch.dense[1, [0, 2]].tolist() == [5, 5]   # user 1's item 30 (3 in the history) now 5
+
+
+# ---- string ids: the same catalogue with users u1, u2, u3 and items sku-010 ... sku-120 ----------
+# (zero-padded so that their sorted order is the integer catalogue's: the same columns)
+SCAT = Catalogue(item_ids=np.array([f"sku-{i:03d}" for i in range(10, 121, 10)]), user_ids=np.array(["u1", "u2", "u3"]),
+                 indptr=CAT.indptr, indices=CAT.indices, data=CAT.data, low=1.0, high=5.0)
+
+
+def b(*v):
+    """A BYTES tensor [1, n] as Triton hands it to a Python model: an object array of bytes."""
+    return np.array([[x.encode() if isinstance(x, str) else x for x in v]], np.object_)
+
+
+STRING_BAD = [
+    ("unknown user", {USER_ID: b("u9"), TOP_K: k(3)}, "unknown USER_ID 'u9'"),
+    ("empty user", {USER_ID: b(""), TOP_K: k(3)}, "USER_ID is empty"),
+    ("user not UTF-8", {USER_ID: b(b"u\xff"), TOP_K: k(3)}, "USER_ID holds b'u\\xff', which is not UTF-8"),
+    ("user with a NUL", {USER_ID: b("u1\x00"), TOP_K: k(3)}, "with a NUL character"),
+    ("user with no history", {USER_ID: b("u3"), TOP_K: k(3)}, "user 'u3' has no ratings in the training data"),
+    ("item not UTF-8", {ITEM_IDS: b("sku-010", b"\xc3\x28"), TOP_K: k(3)}, "ITEM_IDS holds b'\\xc3(', which is not UTF-8"),
+    ("integer user ids", {USER_ID: i64(1), TOP_K: k(3)}, "USER_ID must be strings for this model"),
+    ("integer item ids", {ITEM_IDS: i64(10), RATINGS: f32(4), TOP_K: k(3)}, "ITEM_IDS must be strings"),
+    ("only padding", {ITEM_IDS: b("", ""), TOP_K: k(3)}, "held only padding (item '' or rating 0"),
+    ("repeated item", {ITEM_IDS: b("sku-010", "sku-010"), TOP_K: k(3)}, "ITEM_IDS repeats item 'sku-010'"),
+    ("no known item", {ITEM_IDS: b("sku-999"), TOP_K: k(3)}, "no known items"),
+    ("too many items", {ITEM_IDS: np.array([[f"x{i}".encode() for i in range(MAX_ITEMS_PER_REQUEST + 1)]], np.object_),
+                        TOP_K: k(3)}, f"{MAX_ITEMS_PER_REQUEST + 1} ratings in one request; the limit is"),
+]
+
+
+@pytest.mark.parametrize("name,tensors,message", STRING_BAD, ids=[c[0] for c in STRING_BAD])
+def test_bad_string_request_is_refused_with_its_reason(name, tensors, message):
+    with pytest.raises(RequestError) as e:
+        parse_request(tensors, SCAT)
+    assert message in str(e.value)
+
+
+def test_string_ids_in_an_integer_catalogue_are_refused():
+    with pytest.raises(RequestError, match="USER_ID must be integers for this model"):
+        parse_request({USER_ID: b("1"), TOP_K: k(3)}, CAT)
+
+
+def test_string_requests_densify_as_the_integer_ones():
+    """Each request in string ids gives the very rows its integer twin gives."""
+    pairs = [({USER_ID: b("u1"), TOP_K: k(4)}, {USER_ID: i64(1), TOP_K: k(4)}),
+             ({USER_ID: b("u1"), ITEM_IDS: b("sku-010", "sku-040", "sku-555"), RATINGS: f32(1, 2, 3), TOP_K: k(3)},
+              {USER_ID: i64(1), ITEM_IDS: i64(10, 40, 555), RATINGS: f32(1, 2, 3), TOP_K: k(3)}),
+             ({ITEM_IDS: b("sku-030", "sku-120"), TOP_K: k(3)}, {ITEM_IDS: i64(30, 120), TOP_K: k(3)}),
+             # two new users, the shorter row padded with b"" (and with -1 in integers)
+             ({ITEM_IDS: np.array([[b"sku-010", b"sku-020"], [b"sku-040", b""]], np.object_),
+               RATINGS: np.array([[5, 4], [2, 0]], np.float32), TOP_K: np.array([[2], [2]], np.int32)},
+              {ITEM_IDS: np.array([[10, 20], [40, PAD]], np.int64), RATINGS: np.array([[5, 4], [2, 0]], np.float32),
+               TOP_K: np.array([[2], [2]], np.int32)}),
+             ({USER_ID: np.array([[b"u2"], [b"u1"]], np.object_), TOP_K: np.array([[3], [3]], np.int32)},
+              {USER_ID: np.array([[2], [1]], np.int64), TOP_K: np.array([[3], [3]], np.int32)})]
+    for strings, ints in pairs:
+        got, want = prepare([strings], SCAT), prepare([ints], CAT)
+        assert got.errors == want.errors == {}
+        np.testing.assert_array_equal(got.dense, want.dense)
+        assert got.unknown.tolist() == want.unknown.tolist() and got.top_k.tolist() == want.top_k.tolist()
+
+
+def test_a_bad_string_request_never_fails_its_batch_mates():
+    good = {USER_ID: b("u2"), TOP_K: k(3)}
+    requests = [good, {USER_ID: b(""), TOP_K: k(3)}, good, {ITEM_IDS: b(b"\xff"), TOP_K: k(3)},
+                {ITEM_IDS: np.array([[b"s"] * (MAX_ITEMS_PER_REQUEST + 1)], np.object_), TOP_K: k(3)}, good]
+    batch = prepare(requests, SCAT)
+    assert sorted(batch.errors) == [1, 3, 4]
+    assert "USER_ID is empty" in batch.errors[1] and "not UTF-8" in batch.errors[3] and "limit" in batch.errors[4]
+    assert batch.spans == [(0, 0, 1), (2, 1, 2), (5, 2, 3)] and batch.dense[:, 11].tolist() == [4, 4, 4]
