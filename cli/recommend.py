@@ -1,4 +1,7 @@
-"""`aerec recommend`: top-K from a running server, for a known user or a new user's ratings."""
+"""`aerec recommend`: top-K from a running server, for a known user or a new user's history.
+
+Ids are given as text; the client sends them as the served catalogue has them (integers or
+strings, read from the model's metadata)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,8 +12,11 @@ from cli.common import fail
 
 
 def recommend(
-    user: Optional[int] = typer.Option(None, help="a known user's raw id"),
+    user: Optional[str] = typer.Option(None, help="a known user's raw id (e.g. 42, or u42 in a catalogue of "
+                                                  "string ids)"),
     rate: list[str] = typer.Option([], help="ITEM=RATING (repeatable): a new user's ratings"),
+    seen: list[str] = typer.Option([], help="ITEM (repeatable): an item in a new user's history, without a "
+                                            "rating (counted at the scale's top)"),
     k: int = typer.Option(10, "-k", help="how many recommendations"),
     url: str = typer.Option("127.0.0.1:8001", help="server address host:port; several replicas separated by "
                                                    "commas (balanced, failing over from a dead one)"),
@@ -22,15 +28,20 @@ def recommend(
     from rich.table import Table
     from client import RecommenderClient
     try:
-        ratings = {int(a): float(b) for a, b in (r.split("=", 1) for r in rate)}
+        # rsplit: an item id may itself hold "=" (string ids); the rating never does.
+        ratings = {a: float(b) for a, b in (r.rsplit("=", 1) for r in rate)}
     except ValueError:
         fail(f"--rate takes ITEM=RATING, e.g. --rate 50=5; got {rate}")
+    if ratings and seen:
+        fail("give --rate (items with ratings) or --seen (items without), not both")
+    if user is None and not ratings and not seen:
+        fail("give --user, --rate or --seen")
     try:
         client = RecommenderClient(url, protocol)
     except ValueError as e:
         fail(str(e))
     try:
-        rec = client.recommend(user_id=user, ratings=ratings or None, k=k)
+        rec = client.recommend(user_id=user, ratings=ratings or None, k=k, items=seen or None)
     except Exception as e:  # the server's own message names the problem
         fail(str(e))
     predicted = rec.predicted_ratings

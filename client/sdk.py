@@ -4,6 +4,8 @@
     rc = RecommenderClient("127.0.0.1:8001")            # gRPC; protocol="http" for :8000
     rc.recommend(user_id=42, k=10)                       # a known user
     rc.recommend(ratings={50: 5.0, 172: 4.0}, k=10)      # anyone, folded in without retraining
+    rc.recommend(items=[50, 172])                        # a history without ratings
+    rc.recommend(user_id="u42")                          # a catalogue of string ids
     RecommenderClient("127.0.0.1:8001,127.0.0.1:8011")  # replicas (`aerec serve --replicas 2`)
 
 Transient failures (server restarting, connection refused, a Python stub being restarted by
@@ -17,6 +19,11 @@ A request error is never retried, on any endpoint. (gRPC's own `round_robin` pol
 work through tritonclient, whose `channel_args` reach grpc unchanged with a target such as
 "ipv4:127.0.0.1:8001,127.0.0.1:8011", but HTTP has no such thing and it hides which replica
 failed; one loop here serves both protocols.)
+
+Ids are the served catalogue's: integers, or strings where the data set's ids are strings
+("u42", "sku-50"; sent and returned as UTF-8 BYTES tensors). The client reads which from the
+model's metadata (its inputs' datatypes) on first use, and converts what it is given: "42" is
+sent as 42 to an integer catalogue, 42 as "42" to a string one.
 
 Errors: `RequestError` when the server answered HTTP 400 / gRPC INVALID_ARGUMENT (the request
 is wrong: unknown user, bad TOP_K ...; never retried), `ServerError` for everything else once
@@ -33,10 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.contract import (ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PREDICTED_RATINGS, RATINGS,
+from serving.contract import (ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PAD_ID, PREDICTED_RATINGS, RATINGS,
                               RECOMMENDED_IDS, SCORES, TITLES, TOP_K, UNKNOWN_ITEMS, USER_ID, admin_headers)
 
 PAD_ITEM = PAD   # fills a shorter rating list in a several-user request; the server drops it
+PAD_STRING_ITEM = PAD_ID   # the same for string item ids (b"")
 # Substrings of errors that say "try again later", never "your request is wrong".
 TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "Connection refused", "connection reset",
              "Broken pipe", "failed to connect", "Socket closed", "Server is stopping", "timed out",
@@ -98,8 +106,9 @@ class Recommendation:
     predictions for those items, clipped to the rating scale, None where the server has none.
 
     Only real items: a user with fewer unrated items than `k` gets `n_recommended` < k items
-    (the server's padding, id -1, is dropped here); rated items are never recommended."""
-    item_ids: list[int]
+    (the server's padding, id -1 or b"", is dropped here); rated items are never recommended.
+    `item_ids` are int, or str where the served catalogue's ids are strings."""
+    item_ids: list[int] | list[str]
     scores: list[float]
     titles: list[str]
     unknown_items: int
@@ -152,28 +161,59 @@ class RecommenderClient:
             self._clients = [mod.InferenceServerClient(u, network_timeout=timeout_s, connection_timeout=timeout_s)
                              for u in self.urls]
         self._mod = mod
+        self._id_types = None   # id_types(): read from the model's metadata on first use
         self._turn = itertools.count()           # round-robin position (next() is atomic under the GIL)
         self._down_until = [0.0] * len(self.urls)  # time.monotonic() before which an endpoint is skipped
 
     # -- requests ---------------------------------------------------------------------------
-    def _inputs(self, user_id, ratings, k):
-        if user_id is None and not ratings:
-            raise ValueError("give user_id, ratings, or both")
-        return self._tensors(None if user_id is None else [user_id], None if not ratings else [ratings], k)
+    def id_types(self) -> dict[str, str]:
+        """{USER_ID: datatype, ITEM_IDS: datatype} of the served model ("INT64" or "BYTES"),
+        read from its metadata once (on the first request) and kept."""
+        if self._id_types is None:
+            inputs = {t["name"]: t["datatype"] for t in self.metadata().get("inputs", [])}
+            self._id_types = {name: inputs.get(name, "INT64") for name in (USER_ID, ITEM_IDS)}
+        return self._id_types
 
-    def _tensors(self, user_ids: list[int] | None, ratings: list[dict] | None, k: int) -> list:
-        """Rows of users and/or rating dicts as one request's tensors; rating lists shorter than
-        the longest are padded with item -1, rating 0 (the server drops such entries)."""
-        rows = len(user_ids if user_ids is not None else ratings)
+    def _ids(self, values: list, name: str) -> np.ndarray:
+        """`values` as the served model's `name` tensor wants them: int64, or UTF-8 bytes (object).
+        ValueError for an id an integer catalogue cannot take ("sku-50")."""
+        if self.id_types()[name] == "BYTES":
+            return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], np.object_)
+        try:
+            return np.array([int(v) for v in values], np.int64)
+        except (TypeError, ValueError):
+            raise ValueError(f"this model's {name} are integers; got {values!r}") from None
+
+    def _inputs(self, user_id, ratings, k, items=None):
+        if user_id is None and not ratings and not items:
+            raise ValueError("give user_id, ratings or items (or user_id with one of them)")
+        if ratings and items:
+            raise ValueError("give ratings (a dict of item: rating) or items (a list of items), not both")
+        return self._tensors(None if user_id is None else [user_id], None if not ratings else [ratings], k,
+                             None if not items else [items])
+
+    def _tensors(self, user_ids: list | None, ratings: list[dict] | None, k: int, items: list[list] | None = None) -> list:
+        """Rows of users and/or histories (rating dicts, or item lists sent without RATINGS) as
+        one request's tensors; histories shorter than the longest are padded with item -1 (b""
+        for string ids), rating 0 (the server drops such entries)."""
+        rows = len(user_ids if user_ids is not None else ratings if ratings is not None else items)
         arrays = {TOP_K: (np.full((rows, 1), k, np.int32), "INT32")}
         if user_ids is not None:
-            arrays[USER_ID] = (np.array(user_ids, np.int64).reshape(rows, 1), "INT64")
-        if ratings is not None:
-            width = max(1, max(len(r) for r in ratings))
-            items, values = np.full((rows, width), PAD_ITEM, np.int64), np.zeros((rows, width), np.float32)
-            for row, r in enumerate(ratings):
-                items[row, :len(r)], values[row, :len(r)] = list(r), list(r.values())
-            arrays[ITEM_IDS], arrays[RATINGS] = (items, "INT64"), (values, "FP32")
+            arrays[USER_ID] = (self._ids(user_ids, USER_ID).reshape(rows, 1), self.id_types()[USER_ID])
+        histories = ratings if ratings is not None else items
+        if histories is not None:
+            kind = self.id_types()[ITEM_IDS]
+            width = max(1, max(len(h) for h in histories))
+            pad = PAD_STRING_ITEM if kind == "BYTES" else PAD_ITEM
+            ids = np.full((rows, width), pad, np.object_ if kind == "BYTES" else np.int64)
+            for row, h in enumerate(histories):
+                ids[row, :len(h)] = self._ids(list(h), ITEM_IDS)
+            arrays[ITEM_IDS] = (ids, kind)
+            if ratings is not None:
+                values = np.zeros((rows, width), np.float32)
+                for row, r in enumerate(ratings):
+                    values[row, :len(r)] = list(r.values())
+                arrays[RATINGS] = (values, "FP32")
         inputs = []
         for name, (arr, dtype) in arrays.items():
             t = self._mod.InferInput(name, list(arr.shape), dtype)
@@ -189,10 +229,14 @@ class RecommenderClient:
         ratings = result.as_numpy(PREDICTED_RATINGS)  # None: the server serves no rating model
         counts = result.as_numpy(N_RECOMMENDED)
         out = []
+        strings = ids.dtype == np.object_   # BYTES: a string catalogue's UTF-8 ids
         for row in range(ids.shape[0]):
-            n = int(counts[row, 0]) if counts is not None else int((ids[row] >= 0).sum())
+            if counts is not None:
+                n = int(counts[row, 0])
+            else:
+                n = int((ids[row] != PAD_STRING_ITEM).sum() if strings else (ids[row] >= 0).sum())
             out.append(Recommendation(
-                item_ids=ids[row, :n].tolist(), scores=scores[row, :n].tolist(),
+                item_ids=[i.decode("utf-8") for i in ids[row, :n]] if strings else ids[row, :n].tolist(), scores=scores[row, :n].tolist(),
                 titles=[t.decode("utf-8") for t in titles[row, :n]], unknown_items=int(unknown[row, 0]),
                 predicted_ratings=None if ratings is None else ratings[row, :n].tolist(),
                 n_recommended=n, k=k))
@@ -266,29 +310,39 @@ class RecommenderClient:
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return self._retrying(lambda i: self._clients[i].infer(self.model, inputs, **kwargs))
 
-    def recommend(self, user_id: int | None = None, ratings: dict[int, float] | None = None,
-                  k: int = 10) -> Recommendation:
-        """Raises RequestError (the server refused the request: unknown user, bad k ...) or
-        ServerError; ValueError before sending when neither user_id nor ratings is given."""
-        return self._parse(self._infer(self._inputs(user_id, ratings, k)), k)
+    def recommend(self, user_id: int | str | None = None, ratings: dict[int | str, float] | None = None,
+                  k: int = 10, items: list[int | str] | None = None) -> Recommendation:
+        """A known user (`user_id`), a history (`ratings` {item: rating}, or `items`: the items
+        alone, without ratings, each counted at the rating scale's top), or both (the history
+        added to the user's). Raises RequestError (the server refused the request: unknown
+        user, bad k ...) or ServerError; ValueError before sending when nothing is given, both
+        `ratings` and `items` are, or an id does not fit an integer catalogue."""
+        return self._parse(self._infer(self._inputs(user_id, ratings, k, items)), k)
 
-    def recommend_many(self, user_ids: list[int] | None = None, k: int = 10,
-                       ratings: list[dict[int, float]] | None = None) -> list[Recommendation]:
+    def recommend_many(self, user_ids: list[int | str] | None = None, k: int = 10,
+                       ratings: list[dict[int | str, float]] | None = None,
+                       items: list[list[int | str]] | None = None) -> list[Recommendation]:
         """Many users at once, one Recommendation each, in order.
 
         `user_ids` alone: one request per user, all in flight at once (the server batches
-        them). `ratings` (one dict per new user, with `user_ids` of the same length or None):
-        rows of up to MAX_ROWS users per request, the shorter rating lists padded (item -1,
-        rating 0). With several endpoints each attempt sends all of them to one endpoint, and a
-        transient failure resends them all to another. Raises RequestError for the first request
-        the server refused."""
-        if ratings is not None:
-            if user_ids is not None and len(user_ids) != len(ratings):
-                raise ValueError(f"{len(user_ids)} user_ids but {len(ratings)} rating dicts")
+        them). `ratings` (one dict per new user) or `items` (one list of items without ratings
+        per new user), with `user_ids` of the same length or None: rows of up to MAX_ROWS users
+        per request, the shorter histories padded (item -1 or b"", rating 0). With several
+        endpoints each attempt sends all of them to one endpoint, and a transient failure resends
+        them all to another. Raises RequestError for the first request the server refused."""
+        if ratings is not None and items is not None:
+            raise ValueError("give ratings (dicts of item: rating) or items (lists of items), not both")
+        histories = ratings if ratings is not None else items
+        if histories is not None:
+            if user_ids is not None and len(user_ids) != len(histories):
+                raise ValueError(f"{len(user_ids)} user_ids but {len(histories)} histories")
             out = []
-            for lo in range(0, len(ratings), MAX_ROWS):
+            for lo in range(0, len(histories), MAX_ROWS):
                 users = None if user_ids is None else user_ids[lo:lo + MAX_ROWS]
-                out += self._parse_rows(self._infer(self._tensors(users, ratings[lo:lo + MAX_ROWS], k)), k)
+                part = histories[lo:lo + MAX_ROWS]
+                tensors = (self._tensors(users, part, k) if ratings is not None
+                           else self._tensors(users, None, k, part))
+                out += self._parse_rows(self._infer(tensors), k)
             return out
         user_ids = list(user_ids or [])
         # All of them go to one endpoint per attempt; a transient failure resends them all elsewhere.
@@ -313,13 +367,15 @@ class RecommenderClient:
             out[i] = self._parse(result, k)
         return out
 
-    async def recommend_async(self, user_id: int | None = None, ratings=None, k: int = 10) -> Recommendation:
-        """asyncio form, over tritonclient's own aio clients."""
+    async def recommend_async(self, user_id: int | str | None = None, ratings=None, k: int = 10,
+                              items=None) -> Recommendation:
+        """asyncio form, over tritonclient's own aio clients. The first call of a client reads the
+        model's id types (id_types) with a blocking request."""
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as aio
         else:
             import tritonclient.http.aio as aio
-        inputs = self._inputs(user_id, ratings, k)
+        inputs = self._inputs(user_id, ratings, k, items)
 
         async def attempt(endpoint: int):
             client = aio.InferenceServerClient(self.urls[endpoint])

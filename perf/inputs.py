@@ -3,6 +3,8 @@
 The users are those of the split's test set; what a request carries is what such a user's
 client would send: their training-period ratings (ITEM_IDS + RATINGS, variable length), or
 just their USER_ID, and TOP_K. Model-level files carry the same users' dense rating vectors.
+Ids are written as the data set has them: integers, or strings for a catalogue of string ids
+(perf_analyzer's JSON takes a BYTES tensor's content as strings).
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ def _floats(values) -> list[float]:
     return [float(v) for v in values]
 
 
+def _ids(values: np.ndarray) -> list:
+    """Raw ids as JSON content: ints for an integer catalogue, strings (BYTES tensors) for a unicode one."""
+    return [str(v) for v in values.tolist()] if values.dtype.kind == "U" else [int(v) for v in values.tolist()]
+
+
 def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.ndarray, top_k: int = 10) -> dict:
     """perf_analyzer --input-data for `recommend`: each user's training ratings as ITEM_IDS (raw ids) and
     RATINGS, one request per user of `users` (rows of `train`)."""
@@ -32,7 +39,7 @@ def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.
     data = []
     for u in users:
         row = train[u]
-        data.append({"ITEM_IDS": {"content": [int(i) for i in item_ids[row.indices]], "shape": [row.nnz]},
+        data.append({"ITEM_IDS": {"content": _ids(np.asarray(item_ids)[row.indices]), "shape": [row.nnz]},
                      "RATINGS": {"content": _floats(row.data), "shape": [row.nnz]},
                      "TOP_K": {"content": [top_k], "shape": [1]}})
     return {"data": data}
@@ -40,7 +47,8 @@ def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.
 
 def ensemble_user_data(user_ids: np.ndarray, users: np.ndarray, top_k: int = 10) -> dict:
     """perf_analyzer --input-data for `recommend` by known user: USER_ID (raw ids) of `users`."""
-    return {"data": [{"USER_ID": {"content": [int(user_ids[u])], "shape": [1]},
+    user_ids = np.asarray(user_ids)
+    return {"data": [{"USER_ID": {"content": _ids(user_ids[[u]]), "shape": [1]},
                       "TOP_K": {"content": [top_k], "shape": [1]}} for u in users]}
 
 
