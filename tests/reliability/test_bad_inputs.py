@@ -58,7 +58,6 @@ CASES = [
                     ("RATINGS", np.full((1, 100_000), 3, np.float32)), TOP10],
      "100000 ratings in one request; the limit is 10000"),
     ("ratings without items", [("RATINGS", f32(4, 5)), TOP10], "RATINGS sent without ITEM_IDS"),
-    ("items without ratings", [("ITEM_IDS", i64(50, 172)), TOP10], "ITEM_IDS has 2 entries but RATINGS has 0"),
     ("TOP_K not one per row", [("USER_ID", np.array([[1]], np.int64)), ("TOP_K", np.array([[5, 6]], np.int32))],
      "TOP_K"),
     ("wrong dtype ITEM_IDS", [("ITEM_IDS", np.array([[1, 2]], np.int32)), ("RATINGS", f32(4, 3)), TOP10],
