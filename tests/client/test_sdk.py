@@ -46,8 +46,13 @@ def test_sdk_user_ratings_batch_async_health(server, protocol):
         asyncio.run(rc.recommend_async(user_id=123_456))
     assert rc.retried == 0  # a refused request is never retried
     assert (by_user.n_recommended, by_user.k, by_user.complete) == (5, 5, True)
-    with pytest.raises(ValueError, match="give user_id, ratings, or both"):
+    with pytest.raises(ValueError, match="give user_id, ratings or items"):
         rc.recommend()
+    # A history without ratings: each item at the scale's top, for the ranker and the rater alike.
+    seen, rated = rc.recommend(items=[50, "172"], k=3), rc.recommend(ratings={50: 5.0, 172: 5.0}, k=3)
+    assert (seen.item_ids, seen.predicted_ratings) == (rated.item_ids, rated.predicted_ratings)
+    assert [m.item_ids for m in rc.recommend_many(items=[[50], [172, 1]], k=3)] == \
+        [rc.recommend(ratings=r, k=3).item_ids for r in ({50: 5.0}, {172: 5.0, 1: 5.0})]
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -231,3 +231,21 @@ def test_perf_analyzer_sends_string_ids(servers, pipeline, u1, tmp_path):
                            concurrency="1", interval_ms=300)
         (row,) = run.rows
         assert row["throughput"] > 0
+
+
+def test_cli_recommend_takes_string_ids(servers):
+    """`aerec recommend --user u42`, `--seen sku-50 --seen sku-172` (a history without ratings)
+    and `--rate sku-50=5` against the string catalogue: tables of sku- ids."""
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url",  # noqa: E731
+                                     servers["str"].grpc_url, "-k", "3", *a], capture_output=True, text=True,
+                                    timeout=120)
+    for args in (("--user", "u42"), ("--seen", "sku-50", "--seen", "sku-172", "--seen", "sku-nope"),
+                 ("--rate", "sku-50=5", "--rate", "sku-172=4")):
+        r = run(*args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("sku-") >= 3, r.stdout
+    assert "1 rated item id(s) unknown" in run("--seen", "sku-50", "--seen", "sku-nope").stdout
+    r = run("--user", "u999999")
+    assert r.returncode == 2 and "unknown USER_ID 'u999999'" in r.stderr
