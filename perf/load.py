@@ -179,12 +179,18 @@ def naive_bodies(requests: list[tuple[list[int], list[float]]], k: int = 10) -> 
     return [json.dumps({"item_ids": i, "ratings": r, "k": k}).encode() for i, r in requests]
 
 
+def _id_datatype(items: list) -> str:
+    """KServe v2 datatype of a list of raw ids: BYTES (JSON strings) for string ids, else INT64."""
+    return "BYTES" if items and isinstance(items[0], str) else "INT64"
+
+
 def triton_bodies(requests: list[tuple[list[int], list[float]]], k: int = 10) -> list[bytes]:
-    """KServe v2 JSON requests for the `recommend` ensemble (what a curl user would send)."""
+    """KServe v2 JSON requests for the `recommend` ensemble (what a curl user would send); item ids
+    as given: ints (INT64) or strings (BYTES)."""
     out = []
     for items, ratings in requests:
         out.append(json.dumps({"inputs": [
-            {"name": "ITEM_IDS", "datatype": "INT64", "shape": [1, len(items)], "data": items},
+            {"name": "ITEM_IDS", "datatype": _id_datatype(items), "shape": [1, len(items)], "data": items},
             {"name": "RATINGS", "datatype": "FP32", "shape": [1, len(ratings)], "data": ratings},
             {"name": "TOP_K", "datatype": "INT32", "shape": [1, 1], "data": [k]}],
             "outputs": [{"name": "RECOMMENDED_IDS"}, {"name": "SCORES"}]}).encode())
@@ -193,9 +199,10 @@ def triton_bodies(requests: list[tuple[list[int], list[float]]], k: int = 10) ->
 
 def padded(requests: list[tuple[list[int], list[float]]]) -> tuple[list[list[int]], list[list[float]]]:
     """Several users' lists as the contract's [rows, longest] rows: shorter ones padded with item
-    PAD (-1) and rating 0 (serving.contract)."""
+    PAD (-1; "" for string ids) and rating 0 (serving.contract)."""
     width = max(len(i) for i, _ in requests)
-    return ([list(i) + [-1] * (width - len(i)) for i, _ in requests],
+    pad = "" if _id_datatype(requests[0][0]) == "BYTES" else -1
+    return ([list(i) + [pad] * (width - len(i)) for i, _ in requests],
             [list(r) + [0.0] * (width - len(r)) for _, r in requests])
 
 
@@ -214,7 +221,7 @@ def triton_batch_bodies(requests: list[tuple[list[int], list[float]]], per_reque
         items, ratings = padded(group)
         n, width = len(group), len(items[0])
         out.append(json.dumps({"inputs": [
-            {"name": "ITEM_IDS", "datatype": "INT64", "shape": [n, width], "data": items},
+            {"name": "ITEM_IDS", "datatype": _id_datatype(items[0]), "shape": [n, width], "data": items},
             {"name": "RATINGS", "datatype": "FP32", "shape": [n, width], "data": ratings},
             {"name": "TOP_K", "datatype": "INT32", "shape": [n, 1], "data": [k] * n}],
             "outputs": [{"name": "RECOMMENDED_IDS"}, {"name": "SCORES"}]}).encode())

@@ -24,7 +24,9 @@ from builder.runs import load_run, load_run_dataset
 
 def make_handler(model, item_ids: np.ndarray, rater=None):
     """`model` ranks (scores [1, n_items]); `rater`, if given, predicts the ratings returned."""
-    index = {int(i): c for c, i in enumerate(item_ids)}
+    strings = np.asarray(item_ids).dtype.kind == "U"   # a catalogue of string ids: JSON strings
+    key = str if strings else int
+    index = {i: c for c, i in enumerate(item_ids.tolist())}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as any client library would use
@@ -42,8 +44,9 @@ def make_handler(model, item_ids: np.ndarray, rater=None):
                 x = np.zeros((len(users), len(item_ids)), np.float32)
                 for b, user in enumerate(users):
                     for i, r in zip(user["item_ids"], user["ratings"]):
-                        if int(i) in index:
-                            x[b, index[int(i)]] = float(r)
+                        c = index.get(key(i))
+                        if c is not None:
+                            x[b, c] = float(r)
                 with torch.no_grad():
                     pred = model(torch.from_numpy(x)).numpy()
                     rated = None if rater is None else rater(torch.from_numpy(x)).numpy()

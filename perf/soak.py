@@ -38,7 +38,15 @@ class Outcome:
 
 
 def _dtype(arr: np.ndarray) -> str:
-    return {np.int64: "INT64", np.int32: "INT32", np.float32: "FP32"}[arr.dtype.type]
+    return {np.int64: "INT64", np.int32: "INT32", np.float32: "FP32", np.object_: "BYTES"}[arr.dtype.type]
+
+
+def _ids(values) -> np.ndarray:
+    """Raw ids as their tensor: int64, or UTF-8 bytes (object, BYTES) for a catalogue of string ids."""
+    values = np.asarray(values)
+    if values.dtype.kind == "U":
+        return np.array([v.encode("utf-8") for v in values.reshape(-1).tolist()], np.object_).reshape(values.shape)
+    return values.astype(np.int64)
 
 
 def mixed_requests(dataset, n_valid: int = 200, seed: int = 0) -> tuple[list[Request], list[Request]]:
@@ -50,17 +58,19 @@ def mixed_requests(dataset, n_valid: int = 200, seed: int = 0) -> tuple[list[Req
     valid = []
     for j, u in enumerate(users):
         if j % 2:
-            valid.append(Request({"USER_ID": np.array([[dataset.user_ids[u]]], np.int64), "TOP_K": k}, None))
+            valid.append(Request({"USER_ID": _ids(dataset.user_ids[[u]])[None], "TOP_K": k}, None))
         else:
             row = train[u]
-            valid.append(Request({"ITEM_IDS": dataset.item_ids[row.indices][None].astype(np.int64),
+            valid.append(Request({"ITEM_IDS": _ids(dataset.item_ids[row.indices][None]),
                                   "RATINGS": row.data[None].astype(np.float32), "TOP_K": k}, None))
-    ids = dataset.item_ids[:3].astype(np.int64)[None]
+    ids = _ids(dataset.item_ids[:3])[None]
+    # An id no user has: past the largest integer id, or a string no id equals.
+    unknown = "\N{REPLACEMENT CHARACTER}" if np.asarray(dataset.user_ids).dtype.kind == "U" else 10**9
     invalid = [
-        Request({"USER_ID": np.array([[10**9]], np.int64), "TOP_K": k}, "unknown USER_ID"),
+        Request({"USER_ID": _ids(np.array([[unknown]])), "TOP_K": k}, "unknown USER_ID"),
         Request({"ITEM_IDS": ids, "RATINGS": np.array([[4, np.nan, 3]], np.float32), "TOP_K": k}, "NaN or infinity"),
         Request({"ITEM_IDS": ids, "RATINGS": np.array([[4, 3]], np.float32), "TOP_K": k}, "entries but RATINGS"),
-        Request({"USER_ID": np.array([[dataset.user_ids[0]]], np.int64), "TOP_K": np.array([[0]], np.int32)},
+        Request({"USER_ID": _ids(dataset.user_ids[[0]])[None], "TOP_K": np.array([[0]], np.int32)},
                 "TOP_K must be in"),
         Request({"ITEM_IDS": ids[:, [0, 1, 0]], "RATINGS": np.array([[4, 3, 2]], np.float32), "TOP_K": k},
                 "repeats item"),

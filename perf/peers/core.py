@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.contract import ITEM_IDS, PAD, RATINGS, TOP_K, USER_ID
+from serving.contract import ITEM_IDS, PAD, PAD_ID, RATINGS, TOP_K, USER_ID
 from serving.lists import Lists
 from serving.requests import Catalogue, RequestError, prepare
 from serving.session_options import THREADS, session_options
@@ -36,9 +36,17 @@ def _latest(folder: Path) -> Path:
     return folder / str(max(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()))
 
 
+def _ids(rows: list[list]) -> np.ndarray:
+    """JSON ids as the tensor serving.requests checks: int64, or UTF-8 bytes (object) for strings."""
+    if any(isinstance(v, str) for r in rows for v in r):
+        return np.array([[v.encode("utf-8") if isinstance(v, str) else v for v in r] for r in rows], np.object_)
+    return np.array([[int(v) for v in r] for r in rows], np.int64)
+
+
 def parse_body(body: bytes | str | dict) -> dict[str, np.ndarray]:
     """A peer's JSON request -> the `recommend` tensors (serving.contract) serving.requests
-    checks: USER_ID int64 [rows, 1], ITEM_IDS int64 / RATINGS float32 [rows, longest] (shorter
+    checks: USER_ID int64 [rows, 1], ITEM_IDS int64 (both UTF-8 bytes where the JSON ids are
+    strings) / RATINGS float32 [rows, longest] (shorter
     rows padded with PAD / 0, as the contract pads), TOP_K int32 [rows, 1]. Raises RequestError
     (HTTP 400) on malformed JSON or a body of the wrong shape; the rest is checked by prepare()."""
     try:
@@ -57,11 +65,12 @@ def parse_body(body: bytes | str | dict) -> dict[str, np.ndarray]:
         if any(has_id):
             if not all(has_id):
                 raise RequestError("send `user_id` for every user of a request or for none")
-            tensors[USER_ID] = np.array([[int(u["user_id"])] for u in users], np.int64)
+            tensors[USER_ID] = _ids([[u["user_id"]] for u in users])
         lists = [(u.get("item_ids", []), u.get("ratings", [])) for u in users]
         if any(len(i) or len(r) for i, r in lists):
             width = max(max(len(i), len(r)) for i, r in lists)
-            ids = np.full((len(users), width), PAD, np.int64)
+            strings = any(isinstance(v, str) for items, _ in lists for v in items)
+            ids = np.full((len(users), width), PAD_ID if strings else PAD, np.object_ if strings else np.int64)
             vals = np.zeros((len(users), width), np.float32)
             for b, (i, r) in enumerate(lists):
                 if len(i) != len(r):  # padding would hide it: serving.requests' message, said here
@@ -116,7 +125,9 @@ class Recommender:
             users = []
             for r in range(hi - lo):
                 m = int(n[r, 0])
-                user = {"item_ids": ids[r, :m].tolist(), "scores": sc[r, :m].tolist(),
+                chosen = ids[r, :m].tolist()   # string ids come as UTF-8 bytes: JSON strings here
+                user = {"item_ids": [i.decode("utf-8") for i in chosen] if ids.dtype == np.object_ else chosen,
+                        "scores": sc[r, :m].tolist(),
                         "titles": [t.decode("utf-8") for t in titles[r, :m]],
                         "unknown_items": int(batch.unknown[lo + r, 0])}
                 if pr is not None:

@@ -249,3 +249,34 @@ def test_cli_recommend_takes_string_ids(servers):
     assert "1 rated item id(s) unknown" in run("--seen", "sku-50", "--seen", "sku-nope").stdout
     r = run("--user", "u999999")
     assert r.returncode == 2 and "unknown USER_ID 'u999999'" in r.stderr
+
+
+def test_perf_load_tools_take_string_ids(servers, u1):
+    """perf's own generators on the string catalogue: the soak's requests (valid ones succeed,
+    invalid ones get their error), Triton's KServe JSON bodies (BYTES ids as JSON strings, one
+    user and 64 padded with ""), and a serving peer's pipeline (JSON string ids in and out) giving
+    the served list."""
+    import http.client
+    import json
+
+    from perf import load, soak
+    from perf.peers.core import Recommender
+    ds = string_twin(u1)
+    valid, invalid = soak.mixed_requests(ds, n_valid=40)
+    outcomes = soak.drive(servers["str"].grpc_url, soak.interleave(valid, invalid), concurrency=4, seconds=2)
+    assert outcomes and all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok][:3]
+    users = inputs.held_out_users(ds.test, ds.train, 70)
+    requests = [(ds.item_ids[ds.train[u].indices].tolist(), ds.train[u].data.tolist()) for u in users]
+    host, port = servers["str"].http_url.split(":")
+    for body in (load.triton_bodies(requests[:1])[0], load.triton_batch_bodies(requests, 64)[0]):
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v2/models/recommend/infer", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        answer = json.loads(r.read())
+        assert r.status == 200, answer
+        ids = next(o for o in answer["outputs"] if o["name"] == "RECOMMENDED_IDS")
+        assert ids["datatype"] == "BYTES" and ids["data"][0].startswith("sku-")
+    status, answer = Recommender(servers["str"].repository).answer(
+        json.dumps({"item_ids": requests[0][0], "ratings": requests[0][1], "k": 10}))
+    served = RecommenderClient(servers["str"].grpc_url).recommend(ratings=dict(zip(*requests[0])), k=10)
+    assert status == 200 and answer["users"][0]["item_ids"] == served.item_ids
