@@ -192,7 +192,8 @@ class RecommenderClient:
         return self._tensors(None if user_id is None else [user_id], None if not ratings else [ratings], k,
                              None if not items else [items])
 
-    def _tensors(self, user_ids: list | None, ratings: list[dict] | None, k: int, items: list[list] | None = None) -> list:
+    def _tensors(self, user_ids: list | None, ratings: list[dict] | None, k: int,
+                 items: list[list] | None = None) -> list:
         """Rows of users and/or histories (rating dicts, or item lists sent without RATINGS) as
         one request's tensors; histories shorter than the longest are padded with item -1 (b""
         for string ids), rating 0 (the server drops such entries)."""
@@ -236,7 +237,8 @@ class RecommenderClient:
             else:
                 n = int((ids[row] != PAD_STRING_ITEM).sum() if strings else (ids[row] >= 0).sum())
             out.append(Recommendation(
-                item_ids=[i.decode("utf-8") for i in ids[row, :n]] if strings else ids[row, :n].tolist(), scores=scores[row, :n].tolist(),
+                item_ids=[i.decode("utf-8") for i in ids[row, :n]] if strings else ids[row, :n].tolist(),
+                scores=scores[row, :n].tolist(),
                 titles=[t.decode("utf-8") for t in titles[row, :n]], unknown_items=int(unknown[row, 0]),
                 predicted_ratings=None if ratings is None else ratings[row, :n].tolist(),
                 n_recommended=n, k=k))

@@ -178,7 +178,8 @@ def test_bad_string_ids_are_the_clients_mistake(servers, pipeline, protocol):
     string model cannot hold: 400 / INVALID_ARGUMENT naming the problem; the server keeps serving."""
     mod = grpcclient if protocol == "grpc" else httpclient
     client = mod.InferenceServerClient(_url(servers["str"], protocol))
-    for user, message in ((b"", "USER_ID is empty"), (b"u\xff1", "not UTF-8"), (b"u999999", "unknown USER_ID 'u999999'")):
+    for user, message in ((b"", "USER_ID is empty"), (b"u\xff1", "not UTF-8"),
+                          (b"u999999", "unknown USER_ID 'u999999'")):
         with pytest.raises(Exception, match=message) as e:
             client.infer("recommend", _raw(mod, user))
         assert e.value.status() == INVALID[protocol]
