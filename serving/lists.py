@@ -54,7 +54,8 @@ class Lists:
         predictions there (float32 [rows, max k], either may be None) -> per request (ids int64
         [size, k], or object of UTF-8 bytes for string ids, scores float32, predicted ratings
         float32 or None, titles object, n_recommended int32 [size, 1]). Ratings are clipped to the
-        scale; a ranker's scores are not (they are no ratings). Padding slots get PAD (PAD_ID), NaN and PAD_TITLE whatever the arrays held there."""
+        scale; a ranker's scores are not (they are no ratings). Padding slots get PAD (PAD_ID for
+        string ids), NaN and PAD_TITLE whatever the arrays held there."""
         pad = top < 0
         if ratings is not None:
             ratings = np.where(pad, np.float32(np.nan), np.clip(ratings, self.low, self.high)).astype(np.float32)
