@@ -281,3 +281,21 @@ def test_perf_load_tools_take_string_ids(servers, u1):
         json.dumps({"item_ids": requests[0][0], "ratings": requests[0][1], "k": 10}))
     served = RecommenderClient(servers["str"].grpc_url).recommend(ratings=dict(zip(*requests[0])), k=10)
     assert status == 200 and answer["users"][0]["item_ids"] == served.item_ids
+    # The hand-written baseline (perf/naive_service.py) on the string run: the same top 10.
+    import threading
+
+    from perf import naive_service
+    from server.launcher import free_port
+    import torch
+    threads = torch.get_num_threads()   # serve() sets the process's torch threads: restored below
+    naive = naive_service.serve(servers["str"].repository.parent / "run", free_port())
+    threading.Thread(target=naive.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", naive.server_address[1], timeout=30)
+        conn.request("POST", "/recommend", load.naive_bodies(requests[:1])[0])
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["item_ids"] == served.item_ids
+    finally:
+        naive.shutdown()
+        naive.server_close()
+        torch.set_num_threads(threads)
