@@ -18,16 +18,35 @@ MODEL = "recommend"                                # the model clients call (ser
 MOUNT = "/models"
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 QUEUE_METRIC = "avg_time_queue_us"
-# Triton's counters are cumulative: the queue time per request over the last 30 s is the ratio
-# of their deltas (the 1+ keeps an idle pod at 0 instead of a division by zero). Triton's
-# k8s-onprem chart gives prometheus-adapter the same rule.
-QUEUE_RULE = {
-    "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
-    "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-    "name": {"matches": "nv_inference_queue_duration_us", "as": QUEUE_METRIC},
-    "metricsQuery": ("avg(delta(nv_inference_queue_duration_us{<<.LabelMatchers>>}[30s])"
-                     "/(1+delta(nv_inference_request_success{<<.LabelMatchers>>}[30s]))) by (<<.GroupBy>>)"),
-}
+QUEUE_WINDOW = "30s"
+
+
+def queue_rule(steps: list[str]) -> dict:
+    """prometheus-adapter's rule serving QUEUE_METRIC: the queue time one `recommend` request
+    waits, in microseconds, over the last QUEUE_WINDOW, per pod.
+
+    `steps` are the ensemble's composing models (ensemble_steps). Triton counts queue time per
+    model: the ensemble itself reports about 0 (its requests never queue) and each step queues
+    every ensemble request once. So the rule sums the steps' queue-time deltas and divides by the
+    ensemble's request delta. Triton's k8s-onprem rule, avg(dq/(1+dn)) over every model, averages
+    the steps with the ensemble's zero instead: a fifth of the real wait for four steps, so a
+    saturated pod never reached the target. clamp_min(..., 1) keeps an idle pod at 0 without
+    biasing a busy one as `1+` does. Raises DeployError for an empty `steps`."""
+    if not steps:
+        raise DeployError(f"`{MODEL}` has no composing models: nothing queues, nothing to scale on")
+    step_match = "|".join(sorted(steps))
+    queued = (f'sum(delta(nv_inference_queue_duration_us{{<<.LabelMatchers>>,model=~"{step_match}"}}'
+              f"[{QUEUE_WINDOW}])) by (<<.GroupBy>>)")
+    requests = (f'sum(delta(nv_inference_request_success{{<<.LabelMatchers>>,model="{MODEL}"}}'
+                f"[{QUEUE_WINDOW}])) by (<<.GroupBy>>)")
+    return {
+        "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": "nv_inference_queue_duration_us", "as": QUEUE_METRIC},
+        "metricsQuery": f"{queued}/clamp_min({requests},1)",
+    }
+
+
 LOADER_IMAGE = "busybox:1.36"   # has tar, which `kubectl cp` needs
 
 
@@ -70,6 +89,13 @@ def check_repository(repository: Path) -> list[str]:
                 g.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for g in model.instance_group):
             cpu_models.append(path.parent.name)
     return cpu_models
+
+
+def ensemble_steps(repository: Path) -> list[str]:
+    """The names of the models `recommend`'s ensemble runs (its ensemble_scheduling steps), in
+    order, read from `repository`/recommend/config.pbtxt. Raises DeployError as check_repository."""
+    config = _read_config(Path(repository) / MODEL / "config.pbtxt")
+    return [step.model_name for step in config.ensemble_scheduling.step]
 
 
 def _values(name, image, replicas, max_replicas, gpu, cpu, memory, storage, queue_target_us, shm) -> dict:
@@ -457,7 +483,8 @@ def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = I
         "service.yaml": _dump(service(v)),
         "hpa.yaml": _dump(autoscaler(v)),
         "servicemonitor.yaml": _dump(service_monitor(v)),
-        "prometheus-adapter-values.yaml": _dump({"rules": {"default": False, "custom": [QUEUE_RULE]}}),
+        "prometheus-adapter-values.yaml": _dump({"rules": {"default": False,
+                                                           "custom": [queue_rule(ensemble_steps(repository))]}}),
         "kserve/inferenceservice.yaml": _dump(inference_service(v)),
         "README.md": _readme(v, gpu, cpu_models),
     }
