@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from google.protobuf import text_format
 
+from server.deploy.shared_memory import shared_memory_bytes, size_limit
+
 IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"   # Triton 2.51, the embedded server's version
 MODEL = "recommend"                                # the model clients call (serving/contract.py)
 MOUNT = "/models"
@@ -242,7 +244,9 @@ def inference_service(v: dict) -> dict:
     # kserve-container: the name KServe gives the predictor's container (the SDK's class needs one)
     triton = {"name": "kserve-container", "protocolVersion": "v2",
               "resources": {"limits": v["resources"]["limits"], "requests": v["resources"]["requests"]},
-              "storageUri": f"pvc://{v['modelRepository']['claimName']}"}
+              "storageUri": f"pvc://{v['modelRepository']['claimName']}",
+              # the same memory-backed /dev/shm as the Deployment's (KServe mounts none)
+              "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
     if tag:
         triton["runtimeVersion"] = tag
     return {
@@ -252,7 +256,9 @@ def inference_service(v: dict) -> dict:
                      "labels": _labels(v), "name": v["name"]},
         "spec": {"predictor": {"maxReplicas": v["autoscaling"]["maxReplicas"],
                                "minReplicas": v["autoscaling"]["minReplicas"],
-                               "triton": triton}},
+                               "triton": triton,
+                               "volumes": [{"name": "dshm",
+                                            "emptyDir": {"medium": "Memory", "sizeLimit": v["sharedMemory"]}}]}},
     }
 
 
@@ -458,13 +464,16 @@ refused here. After copying a new repository, `kubectl rollout restart deploymen
 
 def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = IMAGE, *, name: str = "aerec",
                       max_replicas: int | None = None, cpu: str = "2", memory: str = "4Gi",
-                      storage: str = "5Gi", queue_target_us: int = 500, shm: str = "1Gi") -> dict[str, str]:
+                      storage: str = "5Gi", queue_target_us: int = 500, shm: str | None = None) -> dict[str, str]:
     """Everything needed to serve `repository` on Kubernetes, as text.
 
     `replicas` is the Deployment's count and the autoscaler's floor; its ceiling is
     `max_replicas` (default 2 x replicas). The autoscaler adds pods when the average queue time
     per request exceeds `queue_target_us` (default 500 us: five times the repository's default
     100 us batching delay, so pods are added when requests wait for capacity, not for a batch).
+    `shm` sizes the memory-backed /dev/shm of the Deployment and the InferenceService (a
+    Kubernetes quantity); by default what the repository's Python steps may take at most for
+    its catalogue, batch sizes and instances (server.deploy.shared_memory).
 
     Returns {relative file name: text}: the plain manifests (model-repository-pvc.yaml,
     repository-loader.yaml, deployment.yaml, service.yaml, hpa.yaml, servicemonitor.yaml),
@@ -475,6 +484,8 @@ def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = I
     max_replicas = 2 * replicas if max_replicas is None else max_replicas
     if replicas < 1 or max_replicas < replicas:
         raise DeployError(f"replicas {replicas}, max_replicas {max_replicas}: need 1 <= replicas <= max_replicas")
+    if shm is None:
+        shm = size_limit(shared_memory_bytes(repository))
     v = _values(name, image, replicas, max_replicas, gpu, cpu, memory, storage, queue_target_us, shm)
     files = {
         "model-repository-pvc.yaml": _dump(repository_claim(v)),
