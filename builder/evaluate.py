@@ -10,6 +10,7 @@ from builder.metrics import coverage, mae, ndcg_at_k, recall_at_k, rmse
 from builder.models import ITEM_BASED, TOP_N
 from builder.models.popularity import item_counts
 from builder.predict import orient, predict_entries, predict_rows
+from serving.fallback import with_popularity_fallback
 from serving.ranking import top_k_unrated
 
 RECALL_KS = (10, 20, 50)
@@ -90,6 +91,9 @@ def top_n_metrics(model, dataset, config, device) -> dict:
     if len(users) == 0:
         return {}
     scores = predict_user_matrix(model, dataset, config, device, users)
+    if config.model in TOP_N:   # as served: no positive input for the ranker -> popularity
+        scores = with_popularity_fallback(scores, dataset.train[users].toarray(), config.implicit_threshold,
+                                          item_counts(dataset.train))
     return score_against_popularity(scores, dataset.train[users], relevant[users], dataset.train, config.top_k)
 
 
