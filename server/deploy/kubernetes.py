@@ -1,7 +1,7 @@
 """Kubernetes objects, a Helm chart and a KServe InferenceService that serve a built repository
 with NVIDIA's Triton container, shaped as Triton's own k8s-onprem chart: a Deployment reading the
 repository from a volume, health probes, a Service, and a HorizontalPodAutoscaler on Triton's
-queue time per request, which prometheus-adapter computes from Triton's metrics.
+queue time a request waits, which prometheus-adapter computes from Triton's metrics.
 
 Plain manifests are dumped from dicts with PyYAML; the chart's templates are the only text
 templates, and a test holds the Deployment they render equal to the plain one.
@@ -468,9 +468,10 @@ def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = I
     """Everything needed to serve `repository` on Kubernetes, as text.
 
     `replicas` is the Deployment's count and the autoscaler's floor; its ceiling is
-    `max_replicas` (default 2 x replicas). The autoscaler adds pods when the average queue time
-    per request exceeds `queue_target_us` (default 500 us: five times the repository's default
-    100 us batching delay, so pods are added when requests wait for capacity, not for a batch).
+    `max_replicas` (default 2 x replicas). The autoscaler adds pods when the queue time a request
+    waits across the ensemble's steps (queue_rule), averaged over pods, exceeds `queue_target_us`
+    (default 500 us: five times the repository's default 100 us batching delay, so pods are added
+    when requests wait for capacity, not for a batch).
     `shm` sizes the memory-backed /dev/shm of the Deployment and the InferenceService (a
     Kubernetes quantity); by default what the repository's Python steps may take at most for
     its catalogue, batch sizes and instances (server.deploy.shared_memory).
