@@ -10,6 +10,7 @@ from builder.metrics import coverage, mae, ndcg_at_k, recall_at_k, rmse
 from builder.models import ITEM_BASED, TOP_N
 from builder.models.popularity import item_counts
 from builder.predict import orient, predict_entries, predict_rows
+from serving.fallback import with_popularity_fallback
 from serving.ranking import top_k_unrated
 
 RECALL_KS = (10, 20, 50)
@@ -90,6 +91,9 @@ def top_n_metrics(model, dataset, config, device) -> dict:
     if len(users) == 0:
         return {}
     scores = predict_user_matrix(model, dataset, config, device, users)
+    if config.model in TOP_N:   # as served: no positive input for the ranker -> popularity
+        scores = with_popularity_fallback(scores, dataset.train[users].toarray(), config.implicit_threshold,
+                                          item_counts(dataset.train))
     return score_against_popularity(scores, dataset.train[users], relevant[users], dataset.train, config.top_k)
 
 
@@ -113,15 +117,21 @@ def liked(matrix: sp.csr_matrix, threshold: float) -> sp.csr_matrix:
 
 @torch.no_grad()
 def evaluate_fold_in(model, fold_in: sp.csr_matrix, truth: sp.csr_matrix, popularity_from: sp.csr_matrix,
-                     relevant_threshold: float = 4.0, device="cpu", top_k: int = 10) -> dict:
+                     relevant_threshold: float = 4.0, device="cpu", top_k: int = 10,
+                     implicit_threshold: float | None = None) -> dict:
     """Users the model never trained on (strong generalisation, Liang et al. 2018; see
     builder.data.splits.split_strong_generalisation): each row of `fold_in` (users x items, raw
     ratings) is sent as the request, as the server would; hits are `truth` entries >=
     relevant_threshold, ranked among the items not in the request. Beside it the popularity
-    of `popularity_from` (the model's own training matrix). Only user-based models."""
+    of `popularity_from` (the model's own training matrix). Only user-based models.
+    `implicit_threshold`: a top-N model's; a row with no positive input for it is ranked by
+    popularity, as served (serving/fallback.py). None: no fallback (rating models)."""
     relevant = liked(truth, relevant_threshold)
     users = np.flatnonzero((np.diff(relevant.indptr) > 0) & (np.diff(fold_in.tocsr().indptr) > 0))
     if len(users) == 0:
         return {}
     scores = predict_rows(model, fold_in.tocsr(), users, device)
+    if implicit_threshold is not None:
+        scores = with_popularity_fallback(scores, fold_in.tocsr()[users].toarray(), implicit_threshold,
+                                          item_counts(popularity_from))
     return score_against_popularity(scores, fold_in.tocsr()[users], relevant[users], popularity_from, top_k)

@@ -27,6 +27,7 @@ from builder.config import from_dict
 from builder.models import ITEM_BASED, TOP_N
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
+from serving.fallback import POPULARITY_FILE
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,19 +303,26 @@ def _python_model(vdir: Path, kind: str) -> None:
     shutil.copytree(SERVING, vdir / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuning: Tuning | None = None) -> dict:
-    """Versioned preprocess/postprocess with their assets, and `recommend`."""
+def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuning: Tuning | None = None,
+                 threshold: float | None = None) -> dict:
+    """Versioned preprocess/postprocess with their assets, and `recommend`. `threshold`: the
+    ranker's implicit threshold, for the popularity fallback (serving/fallback.py)."""
+    from builder.models.popularity import item_counts
     written = {}
     titles = np.array(dataset.titles, dtype=str)
-    # "ranker"/"rater": which network outputs postprocess (and the fused model) receive.
+    # "ranker"/"rater": which network outputs postprocess (and the fused model) receive;
+    # "implicit_threshold": below it a rating is no positive for the ranker (None: no ranker).
     assets = json.dumps({"scale": list(dataset.scale), "n_items": dataset.n_items,
-                         "dataset": dataset.summary(), "ranker": ranker, "rater": rater})
+                         "dataset": dataset.summary(), "ranker": ranker, "rater": rater,
+                         "implicit_threshold": threshold if ranker else None})
     hist = dataset.train.tocsr()
     for step, files in (("preprocess", {"item_ids.npy": dataset.item_ids, "user_ids.npy": dataset.user_ids,
                                          "hist_indptr.npy": hist.indptr.astype(np.int64),
                                          "hist_indices.npy": hist.indices.astype(np.int64),
                                          "hist_data.npy": hist.data.astype(np.float32)}),
-                        ("postprocess", {"item_ids.npy": dataset.item_ids, "titles.npy": titles})):
+                        ("postprocess", {"item_ids.npy": dataset.item_ids, "titles.npy": titles,
+                                         # the fallback's order: evaluation's popularity baseline
+                                         POPULARITY_FILE: item_counts(dataset.train)})):
         folder = tmp / step
         vdir = folder / str(_next_version(folder))
         _python_model(vdir, step)
@@ -548,7 +556,8 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
         served = {"ranker": None, "rater": None}
         if dataset is not None:  # an item-based run alone: its networks only, nothing recommends
             served.update(first)
-            written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning))
+            threshold = roles["ranker"].config.implicit_threshold if "ranker" in roles else None
+            written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning, threshold))
         old_path = tmp / "aerec_repository.json"
         old = json.loads(old_path.read_text()) if old_path.is_file() else {}
         manifest = {"run": str(run_dir.resolve()),

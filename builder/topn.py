@@ -178,7 +178,7 @@ def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: 
 
     Returns (model, metrics, history); metrics hold val_recall@10, val_ndcg@100 (of the model
     fitted on the visible part), best_epoch, epochs_run, train_seconds, seconds_to_best.
-    Raises ValueError for a model that is not top-N, or an EASE matrix over ease_max_gb.
+    Raises ValueError for a model that is not top-N, or an EASE fit that would peak above ease_max_gb.
     """
     if config.model not in TOP_N:
         raise ValueError(f"{config.model!r} is not a top-N model ({', '.join(sorted(TOP_N))})")

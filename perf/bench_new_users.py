@@ -71,7 +71,7 @@ def new_user_ranking(name: str, config: TrainConfig, ds, new_users: np.ndarray) 
     model = train(config, without, progress=False, evaluate=False).model
     seconds = time.perf_counter() - start
     m = evaluate_fold_in(model, rows_only(ds.train, new_users), rows_only(ds.test, new_users), without.train,
-                         config.relevant_threshold, torch.device("cpu"))
+                         config.relevant_threshold, torch.device("cpu"), implicit_threshold=config.implicit_threshold)
     keys = ("recall@10", "ndcg@10", "popularity_recall@10", "popularity_ndcg@10", "lift_recall@10")
     return {"preset": name, **{f"new_users_{k}": round(m[k], 4) for k in keys}, "scored_users": m["test_users"],
             "meets_recall_target": m["recall@10"] >= TARGET_RECALL, "train_seconds": round(seconds, 1)}

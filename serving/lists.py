@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.contract import PAD, PAD_ID, PAD_TITLE
+from serving.fallback import POPULARITY_FILE, no_positive_input, with_popularity_fallback
 from serving.ranking import top_k_unrated
 
 
@@ -23,6 +24,10 @@ class Lists:
     high: float
     ranker: bool           # a ranker's scores order the list
     rater: bool            # a rater's predictions are shown (and order it when no ranker is served)
+    # The popularity fallback (serving/fallback.py): the ranker's implicit threshold and the
+    # items' training popularity; None in a repository built without them (no fallback).
+    threshold: float | None = None
+    popularity: np.ndarray | None = None
 
     @classmethod
     def load(cls, folder: str) -> "Lists":
@@ -36,13 +41,28 @@ class Lists:
         ids = load("item_ids.npy")
         if ids.dtype.kind == "U":  # string ids answer as BYTES: encoded once, as the titles
             ids = np.array([i.encode("utf-8") for i in ids.tolist()], dtype=np.object_)
+        threshold = assets.get("implicit_threshold")
+        fallback = threshold is not None and os.path.isfile(os.path.join(folder, POPULARITY_FILE))
         return cls(ids, titles, float(low), float(high), bool(assets["ranker"]),
-                   bool(assets["rater"]))
+                   bool(assets["rater"]), float(threshold) if fallback else None,
+                   load(POPULARITY_FILE) if fallback else None)
 
-    def rank(self, scores, ratings, rated: np.ndarray, sizes: list[int], ks: list[int]) -> list[tuple]:
+    def cold(self, dense: np.ndarray) -> np.ndarray:
+        """bool [rows]: the rows of `dense` (float32 [rows, n_items]) that get the popularity
+        fallback: a ranker is served and the row has no positive input for it."""
+        if not self.ranker or self.popularity is None:
+            return np.zeros(len(dense), bool)
+        return no_positive_input(dense, self.threshold)
+
+    def rank(self, scores, ratings, rated: np.ndarray, sizes: list[int], ks: list[int],
+             dense: np.ndarray | None = None) -> list[tuple]:
         """Top-k unrated items of each request's rows by `scores` (the ranker's, float32
         [rows, n_items], or None) else `ratings` (the rater's, or None); rated: bool [rows, n_items];
-        `sizes` rows and `ks` list lengths per request. Returns package()'s answer."""
+        `sizes` rows and `ks` list lengths per request. Returns package()'s answer. With `dense`
+        (the rows' ratings), a row with no positive input for the ranker is ranked by popularity
+        (cold, serving/fallback.py)."""
+        if scores is not None and dense is not None and self.cold(dense).any():
+            scores = with_popularity_fallback(scores, dense, self.threshold, self.popularity)
         by = ratings if scores is None else scores
         top = top_k_unrated(by, rated, max(ks))
         # A padding slot (PAD) reads the last column here; package() overwrites it with NaN.

@@ -4,6 +4,8 @@ item-item autoencoder with a closed form and a zero diagonal, so no item predict
 B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1, X binary implicit feedback.
 Serving is one MatMul: scores = binarise(x) @ B.
 """
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -14,19 +16,42 @@ from builder.models.implicit import binarise
 GB = 1e9
 
 
+# What fitting EASE holds at its peak, per item^2: inside np.linalg.inv, the float64 Gram matrix
+# G (8), LAPACK's float64 copies of G and of the identity it solves against (16) and the float64
+# inverse P (8), beside the float32 buffer B (4); plus about 17 MB whatever the size (LAPACK's
+# workspace, the sparse matrices). Measured peak RSS growth of a fit: 34.3 bytes per item^2 + 17 MB
+# between 2,000 and 6,000 items (docs/reliability.md); 4 bytes (B alone) was the old budget.
+FIT_BYTES_PER_ITEM2 = 36
+FIT_OVERHEAD_BYTES = 32 * 10**6
+
+
 def ease_bytes(n_items: int) -> int:
-    """Bytes of the float32 item-item matrix B."""
+    """Bytes of the float32 item-item matrix B (what is served)."""
     return 4 * n_items * n_items
 
 
+def ease_fit_bytes(n_items: int) -> int:
+    """Peak bytes that fitting EASE on `n_items` items takes, at most:
+    FIT_BYTES_PER_ITEM2 * n_items^2 + FIT_OVERHEAD_BYTES."""
+    return FIT_BYTES_PER_ITEM2 * n_items * n_items + FIT_OVERHEAD_BYTES
+
+
+def ease_max_items(max_gb: float) -> int:
+    """The largest catalogue whose fit stays within `max_gb` gigabytes."""
+    return math.isqrt(max(0, int(max_gb * GB) - FIT_OVERHEAD_BYTES) // FIT_BYTES_PER_ITEM2)
+
+
 def check_ease_memory(n_items: int, max_gb: float) -> None:
-    """Raise ValueError if B (4 * n_items^2 bytes) exceeds `max_gb` gigabytes."""
-    need = ease_bytes(n_items)
+    """Raise ValueError if fitting EASE on `n_items` items would take more than `max_gb`
+    gigabytes at its peak (ease_fit_bytes), naming the figure and the largest catalogue that fits."""
+    need = ease_fit_bytes(n_items)
     if need > max_gb * GB:
-        raise ValueError(f"EASE needs a {n_items:,} x {n_items:,} float32 item-item matrix "
-                         f"({need / GB:.2f} GB), above the limit ease_max_gb={max_gb:g} GB; "
-                         "train mult-vae instead (memory linear in the number of items) "
-                         "or raise ease_max_gb")
+        raise ValueError(f"EASE's {n_items:,} x {n_items:,} item-item fit peaks at {need / GB:.2f} GB "
+                         f"({FIT_BYTES_PER_ITEM2} bytes per item^2 + {FIT_OVERHEAD_BYTES // 10**6} MB: the float64 Gram matrix and its inverse, "
+                         f"LAPACK's working copies and the {ease_bytes(n_items) / GB:.2f} GB float32 matrix "
+                         f"served), above ease_max_gb={max_gb:g} GB, which fits at most "
+                         f"{ease_max_items(max_gb):,} items; train mult-vae instead (memory linear in the "
+                         f"number of items) or raise ease_max_gb to {math.ceil(need / GB * 10) / 10:g}")
 
 
 def fit_ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
@@ -62,10 +87,10 @@ class EASE(nn.Module):
     zero diagonal, held as a float32 buffer [n_items, n_items] (4 * n_items^2 bytes) and set by
     fit. A top-N model: scores rank items, they are not ratings.
 
-    Raises ValueError when B would exceed `max_gb` gigabytes (check_ease_memory). `threshold`:
+    Raises ValueError when the fit would peak above `max_gb` gigabytes (check_ease_memory). `threshold`:
     a rating counts as feedback when > 0 (threshold 0) or >= threshold."""
 
-    def __init__(self, n_items: int, threshold: float = 0.0, max_gb: float = 4.0):
+    def __init__(self, n_items: int, threshold: float = 0.0, max_gb: float = 12.0):
         super().__init__()
         check_ease_memory(n_items, max_gb)
         self.threshold = threshold

@@ -1,7 +1,7 @@
 """Kubernetes objects, a Helm chart and a KServe InferenceService that serve a built repository
 with NVIDIA's Triton container, shaped as Triton's own k8s-onprem chart: a Deployment reading the
 repository from a volume, health probes, a Service, and a HorizontalPodAutoscaler on Triton's
-queue time per request, which prometheus-adapter computes from Triton's metrics.
+queue time a request waits, which prometheus-adapter computes from Triton's metrics.
 
 Plain manifests are dumped from dicts with PyYAML; the chart's templates are the only text
 templates, and a test holds the Deployment they render equal to the plain one.
@@ -13,21 +13,42 @@ from pathlib import Path
 import yaml
 from google.protobuf import text_format
 
+from server.deploy.shared_memory import shared_memory_bytes, size_limit
+
 IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"   # Triton 2.51, the embedded server's version
 MODEL = "recommend"                                # the model clients call (serving/contract.py)
 MOUNT = "/models"
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 QUEUE_METRIC = "avg_time_queue_us"
-# Triton's counters are cumulative: the queue time per request over the last 30 s is the ratio
-# of their deltas (the 1+ keeps an idle pod at 0 instead of a division by zero). Triton's
-# k8s-onprem chart gives prometheus-adapter the same rule.
-QUEUE_RULE = {
-    "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
-    "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
-    "name": {"matches": "nv_inference_queue_duration_us", "as": QUEUE_METRIC},
-    "metricsQuery": ("avg(delta(nv_inference_queue_duration_us{<<.LabelMatchers>>}[30s])"
-                     "/(1+delta(nv_inference_request_success{<<.LabelMatchers>>}[30s]))) by (<<.GroupBy>>)"),
-}
+QUEUE_WINDOW = "30s"
+
+
+def queue_rule(steps: list[str]) -> dict:
+    """prometheus-adapter's rule serving QUEUE_METRIC: the queue time one `recommend` request
+    waits, in microseconds, over the last QUEUE_WINDOW, per pod.
+
+    `steps` are the ensemble's composing models (ensemble_steps). Triton counts queue time per
+    model: the ensemble itself reports about 0 (its requests never queue) and each step queues
+    every ensemble request once. So the rule sums the steps' queue-time deltas and divides by the
+    ensemble's request delta. Triton's k8s-onprem rule, avg(dq/(1+dn)) over every model, averages
+    the steps with the ensemble's zero instead: a fifth of the real wait for four steps, so a
+    saturated pod never reached the target. clamp_min(..., 1) keeps an idle pod at 0 without
+    biasing a busy one as `1+` does. Raises DeployError for an empty `steps`."""
+    if not steps:
+        raise DeployError(f"`{MODEL}` has no composing models: nothing queues, nothing to scale on")
+    step_match = "|".join(sorted(steps))
+    queued = (f'sum(delta(nv_inference_queue_duration_us{{<<.LabelMatchers>>,model=~"{step_match}"}}'
+              f"[{QUEUE_WINDOW}])) by (<<.GroupBy>>)")
+    requests = (f'sum(delta(nv_inference_request_success{{<<.LabelMatchers>>,model="{MODEL}"}}'
+                f"[{QUEUE_WINDOW}])) by (<<.GroupBy>>)")
+    return {
+        "seriesQuery": 'nv_inference_queue_duration_us{namespace!="",pod!=""}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": "nv_inference_queue_duration_us", "as": QUEUE_METRIC},
+        "metricsQuery": f"{queued}/clamp_min({requests},1)",
+    }
+
+
 LOADER_IMAGE = "busybox:1.36"   # has tar, which `kubectl cp` needs
 
 
@@ -70,6 +91,13 @@ def check_repository(repository: Path) -> list[str]:
                 g.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for g in model.instance_group):
             cpu_models.append(path.parent.name)
     return cpu_models
+
+
+def ensemble_steps(repository: Path) -> list[str]:
+    """The names of the models `recommend`'s ensemble runs (its ensemble_scheduling steps), in
+    order, read from `repository`/recommend/config.pbtxt. Raises DeployError as check_repository."""
+    config = _read_config(Path(repository) / MODEL / "config.pbtxt")
+    return [step.model_name for step in config.ensemble_scheduling.step]
 
 
 def _values(name, image, replicas, max_replicas, gpu, cpu, memory, storage, queue_target_us, shm) -> dict:
@@ -216,7 +244,9 @@ def inference_service(v: dict) -> dict:
     # kserve-container: the name KServe gives the predictor's container (the SDK's class needs one)
     triton = {"name": "kserve-container", "protocolVersion": "v2",
               "resources": {"limits": v["resources"]["limits"], "requests": v["resources"]["requests"]},
-              "storageUri": f"pvc://{v['modelRepository']['claimName']}"}
+              "storageUri": f"pvc://{v['modelRepository']['claimName']}",
+              # the same memory-backed /dev/shm as the Deployment's (KServe mounts none)
+              "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
     if tag:
         triton["runtimeVersion"] = tag
     return {
@@ -226,7 +256,9 @@ def inference_service(v: dict) -> dict:
                      "labels": _labels(v), "name": v["name"]},
         "spec": {"predictor": {"maxReplicas": v["autoscaling"]["maxReplicas"],
                                "minReplicas": v["autoscaling"]["minReplicas"],
-                               "triton": triton}},
+                               "triton": triton,
+                               "volumes": [{"name": "dshm",
+                                            "emptyDir": {"medium": "Memory", "sizeLimit": v["sharedMemory"]}}]}},
     }
 
 
@@ -432,13 +464,17 @@ refused here. After copying a new repository, `kubectl rollout restart deploymen
 
 def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = IMAGE, *, name: str = "aerec",
                       max_replicas: int | None = None, cpu: str = "2", memory: str = "4Gi",
-                      storage: str = "5Gi", queue_target_us: int = 500, shm: str = "1Gi") -> dict[str, str]:
+                      storage: str = "5Gi", queue_target_us: int = 500, shm: str | None = None) -> dict[str, str]:
     """Everything needed to serve `repository` on Kubernetes, as text.
 
     `replicas` is the Deployment's count and the autoscaler's floor; its ceiling is
-    `max_replicas` (default 2 x replicas). The autoscaler adds pods when the average queue time
-    per request exceeds `queue_target_us` (default 500 us: five times the repository's default
-    100 us batching delay, so pods are added when requests wait for capacity, not for a batch).
+    `max_replicas` (default 2 x replicas). The autoscaler adds pods when the queue time a request
+    waits across the ensemble's steps (queue_rule), averaged over pods, exceeds `queue_target_us`
+    (default 500 us: five times the repository's default 100 us batching delay, so pods are added
+    when requests wait for capacity, not for a batch).
+    `shm` sizes the memory-backed /dev/shm of the Deployment and the InferenceService (a
+    Kubernetes quantity); by default what the repository's Python steps may take at most for
+    its catalogue, batch sizes and instances (server.deploy.shared_memory).
 
     Returns {relative file name: text}: the plain manifests (model-repository-pvc.yaml,
     repository-loader.yaml, deployment.yaml, service.yaml, hpa.yaml, servicemonitor.yaml),
@@ -449,6 +485,8 @@ def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = I
     max_replicas = 2 * replicas if max_replicas is None else max_replicas
     if replicas < 1 or max_replicas < replicas:
         raise DeployError(f"replicas {replicas}, max_replicas {max_replicas}: need 1 <= replicas <= max_replicas")
+    if shm is None:
+        shm = size_limit(shared_memory_bytes(repository))
     v = _values(name, image, replicas, max_replicas, gpu, cpu, memory, storage, queue_target_us, shm)
     files = {
         "model-repository-pvc.yaml": _dump(repository_claim(v)),
@@ -457,7 +495,8 @@ def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = I
         "service.yaml": _dump(service(v)),
         "hpa.yaml": _dump(autoscaler(v)),
         "servicemonitor.yaml": _dump(service_monitor(v)),
-        "prometheus-adapter-values.yaml": _dump({"rules": {"default": False, "custom": [QUEUE_RULE]}}),
+        "prometheus-adapter-values.yaml": _dump({"rules": {"default": False,
+                                                           "custom": [queue_rule(ensemble_steps(repository))]}}),
         "kserve/inferenceservice.yaml": _dump(inference_service(v)),
         "README.md": _readme(v, gpu, cpu_models),
     }

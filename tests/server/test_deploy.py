@@ -37,7 +37,10 @@ def _repository(root: Path, pipeline: str = "ensemble") -> Path:
     for step in ("preprocess", "postprocess"):
         _model(repo, mc.ModelConfig(name=step, backend="python", max_batch_size=64, instance_group=cpu))
     if pipeline == "ensemble":
-        _model(repo, mc.ModelConfig(name="recommend", platform="ensemble", max_batch_size=64))
+        steps = [mc.ModelEnsembling.Step(model_name=name, model_version=-1)
+                 for name in ("preprocess", "rater_onnx", "postprocess")]
+        _model(repo, mc.ModelConfig(name="recommend", platform="ensemble", max_batch_size=64,
+                                    ensemble_scheduling=mc.ModelEnsembling(step=steps)))
     else:
         _model(repo, mc.ModelConfig(name="recommend", backend="python", max_batch_size=64, instance_group=cpu))
     return repo
@@ -124,8 +127,12 @@ def test_autoscaler_scales_on_the_queue_time_prometheus_adapter_serves(rendered)
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == QUEUE_METRIC
     (rule,) = _load(out, "prometheus-adapter-values.yaml")["rules"]["custom"]
     assert rule["name"]["as"] == QUEUE_METRIC
-    assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
-    assert "nv_inference_request_success" in rule["metricsQuery"]
+    # The steps' queue times over the ensemble's requests (tests/server/test_queue_metric.py
+    # evaluates it on a live server): not an average with the ensemble's own ~0.
+    assert ('nv_inference_queue_duration_us{<<.LabelMatchers>>,model=~"postprocess|preprocess|rater_onnx"}'
+            in rule["metricsQuery"])
+    assert 'nv_inference_request_success{<<.LabelMatchers>>,model="recommend"}' in rule["metricsQuery"]
+    assert "avg(" not in rule["metricsQuery"] and "(1+" not in rule["metricsQuery"]
 
 
 def test_chart_lints_clean_and_renders_the_plain_manifests(rendered):
@@ -216,3 +223,56 @@ def test_cli_deploy_kubernetes_writes_the_files_and_names_a_bad_repository(tmp_p
     bad = CliRunner().invoke(app, ["deploy", "kubernetes", "--repository", str(tmp_path / "nowhere"),
                                    "--out", str(tmp_path / "out2")])
     assert bad.exit_code == 2 and "nowhere" in bad.output
+
+
+def _catalogue_repository(root: Path, n_items: int) -> Path:
+    """The committed model_repository/ configs (the ensemble as `aerec repository` writes it),
+    their catalogue dimension rewritten to `n_items`."""
+    repo = root / f"repo{n_items}"
+    for config in (ROOT / "model_repository").glob("*/config.pbtxt"):
+        (repo / config.parent.name).mkdir(parents=True)
+        (repo / config.parent.name / "config.pbtxt").write_text(
+            config.read_text().replace("dims: 1682\n", f"dims: {n_items}\n"))
+    return repo
+
+
+def _mib(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2])
+
+
+def test_dev_shm_is_memory_backed_and_sized_for_the_catalogue_in_both_deployments(tmp_path):
+    """A 17,770-item catalogue's 64-user batches outgrow a container's 64 MiB /dev/shm ("Failed
+    to increase the shared memory pool size"): the Deployment and the InferenceService both mount
+    a memory-backed volume there, sized from the repository's configs."""
+    sizes = {}
+    for n_items in (1682, 17770):
+        files = render_kubernetes(_catalogue_repository(tmp_path, n_items), 1, False)
+        pod = yaml.safe_load(files["deployment.yaml"])["spec"]["template"]["spec"]
+        predictor = yaml.safe_load(files["kserve/inferenceservice.yaml"])["spec"]["predictor"]
+        limits = []
+        for volumes, mounts in ((pod["volumes"], pod["containers"][0]["volumeMounts"]),
+                                (predictor["volumes"], predictor["triton"]["volumeMounts"])):
+            (mount,) = [m for m in mounts if m["mountPath"] == "/dev/shm"]
+            (volume,) = [v for v in volumes if v["name"] == mount["name"]]
+            assert volume["emptyDir"]["medium"] == "Memory"
+            limits.append(volume["emptyDir"]["sizeLimit"])
+        assert limits[0] == limits[1]
+        sizes[n_items] = _mib(limits[0])
+        assert kubernetes_validate.validate(yaml.safe_load(files["deployment.yaml"]), "1.37", strict=True)
+    # One full batch of the Python steps, written out from the contract: preprocess takes 64 rows
+    # of up to 10,000 (int64 id, fp32 rating) pairs and gives the dense fp32 vector; postprocess
+    # takes three dense vectors and may answer TOP_K = n_items ids, scores, ratings and titles.
+    def one_batch(n):
+        pre = 64 * ((8 + 10_000 * 12 + 4) + (n * 4 + 4 + 4))
+        post = 64 * ((3 * n * 4 + 4) + (n * (8 + 4 + 4 + 260) + 4))
+        return pre + post
+    for n_items, mib in sizes.items():
+        assert mib * 2**20 >= 2 * one_batch(n_items) > 64 * 2**20   # above Docker's default
+    assert sizes[17770] > 5 * sizes[1682]                       # it follows the catalogue
+
+
+def test_shm_size_can_be_set(tmp_path):
+    files = render_kubernetes(_catalogue_repository(tmp_path, 1682), 1, False, shm="2Gi")
+    predictor = yaml.safe_load(files["kserve/inferenceservice.yaml"])["spec"]["predictor"]
+    assert predictor["volumes"][0]["emptyDir"]["sizeLimit"] == "2Gi"

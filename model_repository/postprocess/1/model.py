@@ -31,5 +31,7 @@ class TritonPythonModel:
         scores = np.concatenate(get(contract.RANKER_SCORES)) if self.lists.ranker else None
         ratings = np.concatenate(get(contract.RATER_PREDICTIONS)) if self.lists.rater else None
         ks = [int(k.reshape(-1)[0]) for k in get(contract.TOP_K)]  # one TOP_K per request
-        ranked = self.lists.rank(scores, ratings, np.concatenate(dense) != 0, [d.shape[0] for d in dense], ks)
+        sizes, dense = [len(d) for d in dense], np.concatenate(dense)
+        # dense: a row with no positive input for the ranker gets the popularity fallback
+        ranked = self.lists.rank(scores, ratings, dense != 0, sizes, ks, dense)
         return [pb_utils.InferenceResponse(output_tensors=list_tensors(*row)) for row in ranked]

@@ -29,6 +29,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from serving import contract  # noqa: E402
 from serving.lists import Lists  # noqa: E402
+from serving.ranking import top_k_unrated  # noqa: E402
 from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k  # noqa: E402
 from serving.requests import Catalogue, prepare  # noqa: E402
 from serving.session_options import session_options  # noqa: E402
@@ -53,6 +54,12 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.outputs = [TOP_INDICES, TOP_SCORES] + ([TOP_RATINGS] if self.lists.ranker and self.lists.rater else [])
+        # The popularity fallback's rows (serving/fallback.py) are ranked outside the graph; the
+        # rater alone gives their predicted ratings at the items popularity chose.
+        self.rater_alone = None
+        if self.lists.ranker and self.lists.rater and self.lists.popularity is not None:
+            self.rater_alone = ort.InferenceSession(load("rater").SerializeToString(), opts,
+                                                    providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
         batch = prepare([request_tensors(r) for r in requests], self.catalogue)
@@ -63,6 +70,9 @@ class TritonPythonModel:
             top, values, *rest = self.session.run(self.outputs, feed)
             # Served alone, the rater's values are the predicted ratings the list was ranked by.
             scores, ratings = (values, rest[0] if rest else None) if self.lists.ranker else (None, values)
+            cold = self.lists.cold(batch.dense)
+            if cold.any():
+                top, scores, ratings = self._popularity_rows(batch.dense, cold, top, scores, ratings, max(k))
             ranked = self.lists.package(top, scores, ratings, [hi - lo for _, lo, hi in batch.spans], k)
             for (i, lo, hi), row in zip(batch.spans, ranked):
                 wanted = requested_outputs(requests[i])
@@ -71,3 +81,18 @@ class TritonPythonModel:
                     tensors.append(pb_utils.Tensor(contract.UNKNOWN_ITEMS, np.ascontiguousarray(batch.unknown[lo:hi])))
                 responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
+
+    def _popularity_rows(self, dense, cold, top, scores, ratings, k):
+        """The graph's top, scores and ratings with the `cold` rows ranked by popularity, as
+        serving.lists.Lists.rank ranks them in the ensemble's postprocess."""
+        rows = dense[cold]
+        popularity = np.broadcast_to(self.lists.popularity, rows.shape)
+        chosen = top_k_unrated(popularity, rows != 0, k)
+        at = np.where(chosen < 0, 0, chosen)   # PAD slots: any column; package() blanks them
+        top, scores = top.copy(), scores.copy()
+        top[cold], scores[cold] = chosen, np.take_along_axis(popularity, at, axis=1)
+        if ratings is not None:
+            predicted = self.rater_alone.run(None, {self.input: rows})[0]
+            ratings = ratings.copy()
+            ratings[cold] = np.take_along_axis(predicted, at, axis=1)
+        return top, scores, ratings

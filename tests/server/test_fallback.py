@@ -1,0 +1,73 @@
+"""The popularity fallback on a real server, both pipelines: a user whose ratings are all below
+the ranker's implicit threshold (EASE's preset: 4 stars) gets the most popular unrated items,
+as offline evaluation ranks them, not the catalogue in index order with score 0."""
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from builder.config import TrainConfig
+from builder.models.popularity import item_counts
+from builder.presets import preset
+from builder.repository import Tuning, write_repository
+from conftest import train_and_export
+from server.launcher import TritonServer
+from serving.fallback import no_positive_input, with_popularity_fallback
+from serving.ranking import top_k_unrated
+from test_serving import _recommend, onnx_outputs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(u1, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fallback-runs")
+    ranker, _ = train_and_export(u1, root / "ranker", TrainConfig(device="cpu").updated(**preset("ease")))
+    rater, _ = train_and_export(u1, root / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=2,
+                                                                 batch_size=64, device="cpu"))
+    return ranker, rater
+
+
+@pytest.fixture(scope="module", params=["ensemble", "fused"])
+def server(runs, tmp_path_factory, request):
+    root = tmp_path_factory.mktemp(f"fallback-{request.param}")
+    tuning = Tuning(pipeline="fused") if request.param == "fused" else Tuning()
+    write_repository(runs[0], root / "repo", ["onnx"], tuning, rating_run=runs[1])
+    with TritonServer(root / "repo", build_dir=root / "build") as s:
+        yield s
+
+
+def test_user_without_a_positive_rating_gets_the_popularity_list(server, runs, u1):
+    ranker, rater = runs
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    user = int(np.flatnonzero(u1.user_ids == 685)[0])
+    known = u1.train[user].toarray().astype(np.float32)[0]
+    assert 0 < known.max() < 4                              # user 685: every rating below 4 stars
+    new = np.zeros(u1.n_items, np.float32)
+    new[np.searchsorted(u1.item_ids, [1, 2, 3])] = [1, 2, 3]   # a new user: three films, 1-3 stars
+    x = np.stack([known, new, u1.train[0].toarray().astype(np.float32)[0]])   # user 1: has positives
+    assert no_positive_input(x, 4.0).tolist() == [True, True, False]
+
+    # Offline, as builder/evaluate.py ranks: the fallback rule, then top_k_unrated.
+    popularity = item_counts(u1.train)
+    by = with_popularity_fallback(onnx_outputs(ranker, x), x, 4.0, popularity)
+    top = top_k_unrated(by, x != 0, 5)
+    predicted = np.clip(onnx_outputs(rater, x), 1, 5)
+    assert (top[:2] == top_k_unrated(np.broadcast_to(popularity, (2, u1.n_items)), x[:2] != 0, 5)).all()
+
+    got = [_recommend(grpcclient, client, user=685, k=5),
+           _recommend(grpcclient, client, items=[1, 2, 3], ratings=[1.0, 2.0, 3.0], k=5),
+           _recommend(grpcclient, client, user=int(u1.user_ids[0]), k=5)]
+    for j, row in enumerate(got):
+        assert row["RECOMMENDED_IDS"].tolist() == u1.item_ids[top[j]].tolist()
+        np.testing.assert_allclose(row["SCORES"], by[j, top[j]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(row["PREDICTED_RATINGS"], predicted[j, top[j]], rtol=1e-5, atol=1e-6)
+    for row in got[:2]:   # not the catalogue's first items with score 0
+        assert row["RECOMMENDED_IDS"].tolist() != [1, 2, 3, 4, 5] and (row["SCORES"] > 0).all()
+    assert not {1, 2, 3} & set(got[1]["RECOMMENDED_IDS"].tolist())   # what the new user rated stays out
+    # Several users in one batch: the cold row falls back, its neighbour keeps the ranker's list.
+    many = grpcclient.InferInput("USER_ID", [2, 1], "INT64")
+    many.set_data_from_numpy(np.array([[685], [int(u1.user_ids[0])]], np.int64))
+    k = grpcclient.InferInput("TOP_K", [2, 1], "INT32")
+    k.set_data_from_numpy(np.array([[5], [5]], np.int32))
+    ids = client.infer("recommend", [many, k]).as_numpy("RECOMMENDED_IDS")
+    assert ids.tolist() == [u1.item_ids[top[0]].tolist(), u1.item_ids[top[2]].tolist()]
