@@ -162,6 +162,8 @@ class StubSupervisor(threading.Thread):
         super().__init__(daemon=True, name="stub-supervisor")
         self.server, self.interval, self.rescan_every = server, interval, rescan_every
         self.known: dict[int, str] = {}
+        # model -> (dead stub's pid, failed restarts so far, time.monotonic() of the next try)
+        self.failed: dict[str, tuple[int, int, float]] = {}
         self._halt, self._rescan = threading.Event(), threading.Event()
 
     def rescan_soon(self) -> None:
@@ -178,12 +180,19 @@ class StubSupervisor(threading.Thread):
             for pid in child_pids(proc.pid):
                 if pid not in self.known and (model := _stub_model(pid)):
                     self.known[pid] = model
+        dead: dict[str, int] = {}
         for pid in list(self.known):
             state = _state(pid)
             if state is None:        # reaped: Triton stopped this stub itself (unload, new version)
                 del self.known[pid]
             elif state == "Z":
-                self._restart(pid, self.known.pop(pid))
+                dead.setdefault(self.known.pop(pid), pid)
+        now = time.monotonic()
+        for model, (pid, attempt, due) in list(self.failed.items()):
+            if due <= now and model not in dead:
+                dead[model] = pid
+        for model, pid in dead.items():  # once per model, however many of its stubs died
+            self._restart(pid, model)
         return True
 
     def run(self) -> None:
@@ -197,14 +206,23 @@ class StubSupervisor(threading.Thread):
                 return
 
     def _restart(self, pid: int, model: str) -> None:
+        """Unload, then load `model`: a new stub every time. A plain load is no new stub: Triton
+        2.51 treats a load of a model whose files did not change as done (handing it the model's
+        own config made it reload only on the first serve of a freshly written repository). While
+        the model is unloaded, it and every ensemble using it report not ready (and requests get
+        "has no available versions", which clients retry elsewhere); a failed load is tried again
+        with backoff (1 s, 2 s ... 30 s), the model staying not ready meanwhile."""
         t0 = time.monotonic()
-        log.warning("Python stub %d of model %r died; reloading the model", pid, model)
+        attempt = self.failed.pop(model, (pid, 0, 0.0))[1]
+        log.warning("Python stub %d of model %r died; restarting the model", pid, model)
         try:
-            self.server.load_model(model, force=True)
+            self.server.restart_model(model)
             err = ""
         except OSError as e:
             err = str(e)
-            log.error("reloading %r failed: %s", model, e)
+            self.failed[model] = (pid, attempt + 1, time.monotonic() + min(30.0, 2.0 ** attempt))
+            log.error("restarting %r failed (attempt %d; tried again in %.0f s): %s", model, attempt + 1,
+                      min(30.0, 2.0 ** attempt), e)
         self.server.stub_restarts.append(StubRestart(model, pid, t0, time.monotonic() - t0, err))
 
     def halt(self) -> None:
@@ -284,7 +302,12 @@ class TritonServer:
                 f"--http-address={self.address}", f"--http-port={self.http_port}",
                 f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
-                "--strict-readiness=true", "--exit-timeout-secs=10",
+                # Server readiness says "up and serving": Triton's strict readiness also reports
+                # not ready while any model version is loading, i.e. for the whole of a reload
+                # that never fails a request. Model readiness (/v2/models/<name>/ready, what the
+                # SDK's healthy() also reads) follows outages: a model whose stub died is unloaded
+                # until its new stub runs.
+                "--strict-readiness=false", "--exit-timeout-secs=10",
                 # Explicit control lets the supervisor and the admin reload models (new versions,
                 # dead stubs); everything in the repository is loaded at start, as in the default mode.
                 "--model-control-mode=explicit", "--load-model=*",
@@ -317,12 +340,17 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s; see {self.log}")
 
     def ready(self) -> bool:
-        """Whether the server answers /v2/health/ready with 200 (every model loaded)."""
+        """Whether the server answers /v2/health/ready with 200 and every model in its repository
+        has a READY version."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
+                if r.status != 200:
+                    return False
+            index = json.loads(self._admin("POST", "/v2/repository/index", {}, timeout=5))
+        except (OSError, ValueError):
             return False
+        names = {m["name"] for m in index}
+        return bool(names) and names == {m["name"] for m in index if m.get("state") == "READY"}
 
     def _admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> bytes:
         req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
@@ -337,7 +365,9 @@ class TritonServer:
     def load_model(self, name: str, force: bool = False, timeout: float = 120) -> None:
         """(Re)load one model through the admin API: a new version is loaded beside the served
         one, which keeps answering until the new one is ready. Triton skips a model whose files
-        did not change; `force` hands it the model's current config, which always reloads."""
+        did not change; `force` hands it the model's current config, which reloads it only where
+        Triton sees a difference (not reliably: to get new stubs, use restart_model). Raises
+        OSError with the server's message when the load fails."""
         body = None
         if force:
             config = self._admin("GET", f"/v2/models/{name}/config").decode()
@@ -345,6 +375,14 @@ class TritonServer:
         self._admin("POST", f"/v2/repository/models/{name}/load", body, timeout)
         if self.supervisor:
             self.supervisor.rescan_soon()  # the new version runs in a new stub
+
+    def restart_model(self, name: str, timeout: float = 120) -> None:
+        """Unload `name`, then load it again: new stubs, the model (and any ensemble using it) not
+        ready in between. Raises OSError with the server's message when either call fails."""
+        self._admin("POST", f"/v2/repository/models/{name}/unload", {}, timeout)
+        self._admin("POST", f"/v2/repository/models/{name}/load", None, timeout)
+        if self.supervisor:
+            self.supervisor.rescan_soon()
 
     def stop(self) -> None:
         """SIGTERM the server's process group (SIGKILL after 20 s), and any stub left behind."""
