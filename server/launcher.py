@@ -32,6 +32,7 @@ from pathlib import Path
 import pytriton
 
 from server.admin import ADMIN_HEADER, RESTRICTED, admin_headers
+from server.keyshim import PLACEHOLDER, SecretPipe, build_shim
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = Path(pytriton.__file__).parent / "tritonserver"
@@ -311,24 +312,32 @@ class TritonServer:
                 # Explicit control lets the supervisor and the admin reload models (new versions,
                 # dead stubs); everything in the repository is loaded at start, as in the default mode.
                 "--model-control-mode=explicit", "--load-model=*",
-                f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}",
-                f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}"]
+                # The key itself is never on the command line (ps shows it to every local user):
+                # start() hands it over through a pipe, see server/keyshim.py.
+                f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={PLACEHOLDER}",
+                f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={PLACEHOLDER}"]
 
     def start(self, timeout: float = 120) -> "TritonServer":
         """Start tritonserver and wait until every model is ready (at most `timeout` seconds).
         Raises RuntimeError when the server exits first (with the end of its log) and
         TimeoutError when it is not ready in time (the server is stopped then)."""
         assemble_backends(self.build_dir / "backends")
-        env = dict(os.environ, **server_environment())
+        shim = build_shim(self.build_dir)   # ShimError (a RuntimeError) without a C compiler
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "wb")
-        self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        with SecretPipe(self.admin_key, shim) as key:
+            env = dict(os.environ, **server_environment(), **key.env)
+            self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, pass_fds=(key.fd,))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log}:\n"
                                    + self.log.read_text(errors="replace")[-3000:])
+            if self._key_refused():
+                self.stop()
+                raise RuntimeError(f"tritonserver refuses its own admin key: the key shim ({shim}) did not take "
+                                   "effect (is LD_PRELOAD honoured?); the admin APIs are closed to everyone")
             if self.ready():
                 if self.supervise:
                     self.supervisor = StubSupervisor(self)
@@ -351,6 +360,14 @@ class TritonServer:
             return False
         names = {m["name"] for m in index}
         return bool(names) and names == {m["name"] for m in index if m.get("state") == "READY"}
+
+    def _key_refused(self) -> bool:
+        """Whether the server is up but answers its own admin key with "restricted"."""
+        try:
+            self._admin("POST", "/v2/repository/index", {}, timeout=5)
+        except OSError as e:
+            return "restricted" in str(e).lower()
+        return False
 
     def _admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> bytes:
         req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
