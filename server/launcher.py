@@ -6,8 +6,10 @@ backend), binds to loopback, waits until the server is ready, and stops it clean
 
 Safe by default: the admin APIs (model repository load/unload, logging, trace, shared memory)
 answer only requests carrying the admin key, which is random and known to nobody but this
-launcher unless the caller supplies one; a supervisor reloads any model whose Python stub
-process dies (Triton 2.51 itself only reports "Stub process ... is not healthy" forever).
+launcher unless the caller supplies one, and which reaches tritonserver through a pipe, never
+its command line (server/keyshim.py); a supervisor restarts (unloads, then loads) any model
+whose Python stub process dies (Triton 2.51 itself only reports "Stub process ... is not
+healthy" forever, and calls the model ready meanwhile).
 """
 from __future__ import annotations
 
