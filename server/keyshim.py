@@ -25,6 +25,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 FD_VARIABLE = "AEREC_SECRET_FD"
@@ -101,8 +102,9 @@ def build_shim(build_dir: Path) -> Path:
                         "tritonserver its admin key without putting it on the command line (where every local "
                         "user can read it); install one, e.g. `apt-get install gcc`")
     so.parent.mkdir(parents=True, exist_ok=True)
-    src = so.with_name(f".{so.stem}.{os.getpid()}.c")
-    tmp = so.with_name(f".{so.name}.{os.getpid()}")
+    unique = f"{os.getpid()}.{threading.get_ident()}"   # replicas start in threads of one process
+    src = so.with_name(f".{so.stem}.{unique}.c")
+    tmp = so.with_name(f".{so.name}.{unique}")
     src.write_text(SOURCE)
     try:
         r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(src)], capture_output=True, text=True)
