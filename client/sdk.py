@@ -46,9 +46,13 @@ from serving.contract import (ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PAD
 PAD_ITEM = PAD   # fills a shorter rating list in a several-user request; the server drops it
 PAD_STRING_ITEM = PAD_ID   # the same for string item ids (b"")
 # Substrings of errors that say "try again later", never "your request is wrong".
+# "has no available versions": the model is known but not loaded right now: a server stopping
+# (SIGTERM unloads every model at once) or restarting a model whose stub died; another endpoint
+# can answer. (A model the server does not have at all is "... is not found": not retried.)
 TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "Connection refused", "connection reset",
              "Broken pipe", "failed to connect", "Socket closed", "Server is stopping", "timed out",
-             "StatusCode.DEADLINE_EXCEEDED", "unexpected EOF", "Connection aborted")
+             "StatusCode.DEADLINE_EXCEEDED", "unexpected EOF", "Connection aborted",
+             "has no available versions", "Server exiting", "no answer within")
 GRPC_CHANNEL = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
                 # Reconnect to a restarted server within a second, not gRPC's default of up to 120 s.
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -371,20 +375,30 @@ class RecommenderClient:
 
     async def recommend_async(self, user_id: int | str | None = None, ratings=None, k: int = 10,
                               items=None) -> Recommendation:
-        """asyncio form, over tritonclient's own aio clients. The first call of a client reads the
-        model's id types (id_types) with a blocking request."""
+        """asyncio form, over tritonclient's own aio clients, with the sync path's semantics:
+        each attempt gets at most `timeout_s` seconds (a hung server is a transient failure),
+        transient failures are retried (`retries`, backoff, failover). Raises RequestError or
+        ServerError as recommend does. The first call of a client reads the model's id types
+        (id_types) with a blocking request."""
         if self.protocol == "grpc":
             import tritonclient.grpc.aio as aio
+            opts, kwargs = {"channel_args": GRPC_CHANNEL}, {"client_timeout": self.timeout_s}
         else:
             import tritonclient.http.aio as aio
+            opts, kwargs = {"conn_timeout": self.timeout_s}, {}
         inputs = self._inputs(user_id, ratings, k, items)
 
         async def attempt(endpoint: int):
-            client = aio.InferenceServerClient(self.urls[endpoint])
+            client = aio.InferenceServerClient(self.urls[endpoint], **opts)
             try:
-                return self._parse(await client.infer(self.model, inputs), k)
+                # The transports' own timeouts do not cover every stage (aiohttp's is per
+                # connection); this bounds the whole attempt.
+                result = await asyncio.wait_for(client.infer(self.model, inputs, **kwargs), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no answer within {self.timeout_s} s (timeout_s)") from None
             finally:
                 await client.close()
+            return self._parse(result, k)
         return await self._retrying_async(attempt)
 
     # -- server state -----------------------------------------------------------------------

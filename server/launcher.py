@@ -6,8 +6,10 @@ backend), binds to loopback, waits until the server is ready, and stops it clean
 
 Safe by default: the admin APIs (model repository load/unload, logging, trace, shared memory)
 answer only requests carrying the admin key, which is random and known to nobody but this
-launcher unless the caller supplies one; a supervisor reloads any model whose Python stub
-process dies (Triton 2.51 itself only reports "Stub process ... is not healthy" forever).
+launcher unless the caller supplies one, and which reaches tritonserver through a pipe, never
+its command line (server/keyshim.py); a supervisor restarts (unloads, then loads) any model
+whose Python stub process dies (Triton 2.51 itself only reports "Stub process ... is not
+healthy" forever, and calls the model ready meanwhile).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pathlib import Path
 import pytriton
 
 from server.admin import ADMIN_HEADER, RESTRICTED, admin_headers
+from server.keyshim import PLACEHOLDER, SecretPipe, build_shim
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = Path(pytriton.__file__).parent / "tritonserver"
@@ -162,6 +165,8 @@ class StubSupervisor(threading.Thread):
         super().__init__(daemon=True, name="stub-supervisor")
         self.server, self.interval, self.rescan_every = server, interval, rescan_every
         self.known: dict[int, str] = {}
+        # model -> (dead stub's pid, failed restarts so far, time.monotonic() of the next try)
+        self.failed: dict[str, tuple[int, int, float]] = {}
         self._halt, self._rescan = threading.Event(), threading.Event()
 
     def rescan_soon(self) -> None:
@@ -178,12 +183,19 @@ class StubSupervisor(threading.Thread):
             for pid in child_pids(proc.pid):
                 if pid not in self.known and (model := _stub_model(pid)):
                     self.known[pid] = model
+        dead: dict[str, int] = {}
         for pid in list(self.known):
             state = _state(pid)
             if state is None:        # reaped: Triton stopped this stub itself (unload, new version)
                 del self.known[pid]
             elif state == "Z":
-                self._restart(pid, self.known.pop(pid))
+                dead.setdefault(self.known.pop(pid), pid)
+        now = time.monotonic()
+        for model, (pid, attempt, due) in list(self.failed.items()):
+            if due <= now and model not in dead:
+                dead[model] = pid
+        for model, pid in dead.items():  # once per model, however many of its stubs died
+            self._restart(pid, model)
         return True
 
     def run(self) -> None:
@@ -197,14 +209,23 @@ class StubSupervisor(threading.Thread):
                 return
 
     def _restart(self, pid: int, model: str) -> None:
+        """Unload, then load `model`: a new stub every time. A plain load is no new stub: Triton
+        2.51 treats a load of a model whose files did not change as done (handing it the model's
+        own config made it reload only on the first serve of a freshly written repository). While
+        the model is unloaded, it and every ensemble using it report not ready (and requests get
+        "has no available versions", which clients retry elsewhere); a failed load is tried again
+        with backoff (1 s, 2 s ... 30 s), the model staying not ready meanwhile."""
         t0 = time.monotonic()
-        log.warning("Python stub %d of model %r died; reloading the model", pid, model)
+        attempt = self.failed.pop(model, (pid, 0, 0.0))[1]
+        log.warning("Python stub %d of model %r died; restarting the model", pid, model)
         try:
-            self.server.load_model(model, force=True)
+            self.server.restart_model(model)
             err = ""
         except OSError as e:
             err = str(e)
-            log.error("reloading %r failed: %s", model, e)
+            self.failed[model] = (pid, attempt + 1, time.monotonic() + min(30.0, 2.0 ** attempt))
+            log.error("restarting %r failed (attempt %d; tried again in %.0f s): %s", model, attempt + 1,
+                      min(30.0, 2.0 ** attempt), e)
         self.server.stub_restarts.append(StubRestart(model, pid, t0, time.monotonic() - t0, err))
 
     def halt(self) -> None:
@@ -284,28 +305,41 @@ class TritonServer:
                 f"--http-address={self.address}", f"--http-port={self.http_port}",
                 f"--grpc-address={self.address}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-address={self.address}", f"--metrics-port={self.metrics_port}",
-                "--strict-readiness=true", "--exit-timeout-secs=10",
+                # Server readiness says "up and serving": Triton's strict readiness also reports
+                # not ready while any model version is loading, i.e. for the whole of a reload
+                # that never fails a request. Model readiness (/v2/models/<name>/ready, what the
+                # SDK's healthy() also reads) follows outages: a model whose stub died is unloaded
+                # until its new stub runs.
+                "--strict-readiness=false", "--exit-timeout-secs=10",
                 # Explicit control lets the supervisor and the admin reload models (new versions,
                 # dead stubs); everything in the repository is loaded at start, as in the default mode.
                 "--model-control-mode=explicit", "--load-model=*",
-                f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}",
-                f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={self.admin_key}"]
+                # The key itself is never on the command line (ps shows it to every local user):
+                # start() hands it over through a pipe, see server/keyshim.py.
+                f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={PLACEHOLDER}",
+                f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={PLACEHOLDER}"]
 
     def start(self, timeout: float = 120) -> "TritonServer":
         """Start tritonserver and wait until every model is ready (at most `timeout` seconds).
         Raises RuntimeError when the server exits first (with the end of its log) and
         TimeoutError when it is not ready in time (the server is stopped then)."""
         assemble_backends(self.build_dir / "backends")
-        env = dict(os.environ, **server_environment())
+        shim = build_shim(self.build_dir)   # ShimError (a RuntimeError) without a C compiler
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._logf = open(self.log, "wb")
-        self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        with SecretPipe(self.admin_key, shim) as key:
+            env = dict(os.environ, **server_environment(), **key.env)
+            self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True, pass_fds=(key.fd,))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log}:\n"
                                    + self.log.read_text(errors="replace")[-3000:])
+            if self._key_refused():
+                self.stop()
+                raise RuntimeError(f"tritonserver refuses its own admin key: the key shim ({shim}) did not take "
+                                   "effect (is LD_PRELOAD honoured?); the admin APIs are closed to everyone")
             if self.ready():
                 if self.supervise:
                     self.supervisor = StubSupervisor(self)
@@ -317,12 +351,25 @@ class TritonServer:
         raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s; see {self.log}")
 
     def ready(self) -> bool:
-        """Whether the server answers /v2/health/ready with 200 (every model loaded)."""
+        """Whether the server answers /v2/health/ready with 200 and every model in its repository
+        has a READY version."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
+                if r.status != 200:
+                    return False
+            index = json.loads(self._admin("POST", "/v2/repository/index", {}, timeout=5))
+        except (OSError, ValueError):
             return False
+        names = {m["name"] for m in index}
+        return bool(names) and names == {m["name"] for m in index if m.get("state") == "READY"}
+
+    def _key_refused(self) -> bool:
+        """Whether the server is up but answers its own admin key with "restricted"."""
+        try:
+            self._admin("POST", "/v2/repository/index", {}, timeout=5)
+        except OSError as e:
+            return "restricted" in str(e).lower()
+        return False
 
     def _admin(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> bytes:
         req = urllib.request.Request(f"http://{self.http_url}{path}", method=method,
@@ -337,7 +384,9 @@ class TritonServer:
     def load_model(self, name: str, force: bool = False, timeout: float = 120) -> None:
         """(Re)load one model through the admin API: a new version is loaded beside the served
         one, which keeps answering until the new one is ready. Triton skips a model whose files
-        did not change; `force` hands it the model's current config, which always reloads."""
+        did not change; `force` hands it the model's current config, which reloads it only where
+        Triton sees a difference (not reliably: to get new stubs, use restart_model). Raises
+        OSError with the server's message when the load fails."""
         body = None
         if force:
             config = self._admin("GET", f"/v2/models/{name}/config").decode()
@@ -345,6 +394,14 @@ class TritonServer:
         self._admin("POST", f"/v2/repository/models/{name}/load", body, timeout)
         if self.supervisor:
             self.supervisor.rescan_soon()  # the new version runs in a new stub
+
+    def restart_model(self, name: str, timeout: float = 120) -> None:
+        """Unload `name`, then load it again: new stubs, the model (and any ensemble using it) not
+        ready in between. Raises OSError with the server's message when either call fails."""
+        self._admin("POST", f"/v2/repository/models/{name}/unload", {}, timeout)
+        self._admin("POST", f"/v2/repository/models/{name}/load", None, timeout)
+        if self.supervisor:
+            self.supervisor.rescan_soon()
 
     def stop(self) -> None:
         """SIGTERM the server's process group (SIGKILL after 20 s), and any stub left behind."""

@@ -50,6 +50,14 @@ def queue_rule(steps: list[str]) -> dict:
 
 
 LOADER_IMAGE = "busybox:1.36"   # has tar, which `kubectl cp` needs
+# Stopping a pod: the kubelet runs preStop, then sends SIGTERM, while the endpoint controller
+# takes the pod out of the Service in parallel. Triton fails every request from its SIGTERM on
+# ("Server is stopping", "... has no available versions"), so it must keep serving until the
+# Service no longer routes to it: PRE_STOP_SECONDS. The grace period covers that delay plus
+# Triton's own exit timeout (--exit-timeout-secs, 30 s by default) before the kubelet SIGKILLs.
+PRE_STOP_SECONDS = 15
+TRITON_EXIT_TIMEOUT_SECONDS = 30
+GRACE_SECONDS = PRE_STOP_SECONDS + TRITON_EXIT_TIMEOUT_SECONDS + 15
 
 
 class DeployError(ValueError):
@@ -131,7 +139,8 @@ def _probe(path: str, period: int, failures: int) -> dict:
 
 def deployment(v: dict) -> dict:
     """The Deployment of NVIDIA's Triton image: readiness is Triton's (every model loaded), the
-    startup probe allows five minutes for loading, the repository is mounted read-only."""
+    startup probe allows five minutes for loading, the repository is mounted read-only, and a
+    stopping pod keeps serving PRE_STOP_SECONDS while it leaves the Service."""
     container = {
         "name": "tritonserver",
         "image": v["image"],
@@ -140,6 +149,7 @@ def deployment(v: dict) -> dict:
         "startupProbe": _probe("/v2/health/ready", 10, 30),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
         "resources": v["resources"],
         "volumeMounts": [{"name": "model-repository", "mountPath": MOUNT, "readOnly": True},
                          {"name": "dshm", "mountPath": "/dev/shm"}],
@@ -157,6 +167,7 @@ def deployment(v: dict) -> dict:
                                              "prometheus.io/port": str(PORTS["metrics"]),
                                              "prometheus.io/path": "/metrics"}},
                 "spec": {
+                    "terminationGracePeriodSeconds": GRACE_SECONDS,
                     "containers": [container],
                     "volumes": [
                         {"name": "model-repository",
@@ -300,6 +311,7 @@ spec:
         prometheus.io/port: "8002"
         prometheus.io/path: /metrics
     spec:
+      terminationGracePeriodSeconds: 60
       containers:
         - name: tritonserver
           image: {{ .Values.image | quote }}
@@ -331,6 +343,10 @@ spec:
               port: http
             periodSeconds: 10
             failureThreshold: 3
+          lifecycle:
+            preStop:
+              exec:
+                command: ["sleep", "15"]
           resources:
             {{- toYaml .Values.resources | nindent 12 }}
           volumeMounts:

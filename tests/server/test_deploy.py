@@ -13,7 +13,8 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from server.deploy.kubernetes import QUEUE_METRIC, DeployError, render_kubernetes, write_kubernetes
+from server.deploy.kubernetes import (PRE_STOP_SECONDS, QUEUE_METRIC, TRITON_EXIT_TIMEOUT_SECONDS, DeployError,
+                                      render_kubernetes, write_kubernetes)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 helm = pytest.importorskip("helm_python")
@@ -99,6 +100,10 @@ def test_deployment_runs_triton_on_the_repository_volume(rendered):
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # A stopping pod serves on until it has left the Service (Triton fails requests from SIGTERM
+    # on), and the grace period outlasts that delay plus Triton's 30 s exit timeout.
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRE_STOP_SECONDS)]
+    assert pod["terminationGracePeriodSeconds"] > PRE_STOP_SECONDS + TRITON_EXIT_TIMEOUT_SECONDS
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/models")
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["persistentVolumeClaim"]["claimName"] == _load(out, "model-repository-pvc.yaml")["metadata"]["name"]
