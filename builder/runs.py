@@ -43,11 +43,24 @@ class RunDataError(ValueError):
     """A run folder's data set is incomplete, or its data path now holds other ratings."""
 
 
+def id_array(ids) -> np.ndarray:
+    """A Dataset's ids as saved: int64, or numpy unicode for string ids (never an object array,
+    which np.load refuses without pickle). Raises ValueError for other ids."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind == "O":  # strings held as Python objects: fixed-width unicode instead
+        ids = ids.astype(str)
+    if ids.dtype.kind == "U":
+        return ids
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64)
+    raise ValueError(f"ids of dtype {ids.dtype}: expected integers or strings")
+
+
 def save_dataset(dataset: Dataset, out: Path) -> None:
-    """Write `dataset`'s id maps (int64), titles and train/test CSR arrays into the folder `out`;
-    its name, scale and fingerprint are recorded in config.json by save_run."""
-    arrays = {"user_ids": np.asarray(dataset.user_ids, dtype=np.int64),
-              "item_ids": np.asarray(dataset.item_ids, dtype=np.int64)}
+    """Write `dataset`'s id maps (int64, or numpy unicode for string ids), titles and train/test
+    CSR arrays into the folder `out`; its name, scale, fingerprint, feedback and id kinds are
+    recorded in config.json by save_run."""
+    arrays = {"user_ids": id_array(dataset.user_ids), "item_ids": id_array(dataset.item_ids)}
     for part in ("train", "test"):
         m = getattr(dataset, part)
         arrays.update({f"{part}_indptr": m.indptr, f"{part}_indices": m.indices, f"{part}_data": m.data})
@@ -81,7 +94,7 @@ def load_run_dataset(run_dir: Path) -> Dataset:
                    for p in ("train", "test"))
     titles = json.loads((run_dir / TITLES).read_text())
     return Dataset(train, test, a["user_ids"], a["item_ids"], titles, tuple(summary["scale"]),
-                   summary["fingerprint"], summary.get("name", ""))
+                   summary["fingerprint"], summary.get("name", ""), summary.get("feedback", "explicit"))
 
 
 def _reload_dataset(run_dir: Path, summary: dict) -> Dataset:

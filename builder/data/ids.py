@@ -1,0 +1,58 @@
+"""User and item ids as the file has them.
+
+One rule per column (users and items are decided separately): if every id is a canonical
+integer (`0`, `42`, `-7`: no sign on zero, no leading zeros, no spaces, no `+`) that fits int64,
+the ids are int64, so integer catalogues behave exactly as they always have; otherwise the
+column keeps its strings, so `00123` stays `00123` and `0042` and `42` are two items.
+
+String ids are indexed once: the sorted distinct ids (numpy unicode, `<U…`, never an object
+array) and each row's int64 code into them, so 20M rows never become 20M Python strings.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+CANONICAL_INT = r"^(0|-?[1-9][0-9]{0,18})$"
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def is_canonical_int(ids: pa.Array) -> bool:
+    """True when every string of `ids` (a pyarrow string array without nulls) is a canonical
+    integer that fits int64."""
+    if len(ids) == 0 or not pc.all(pc.match_substring_regex(ids, CANONICAL_INT)).as_py():
+        return False
+    # 19 digits may still overflow int64 (9,223,372,036,854,775,807): check those few.
+    long = pc.filter(ids, pc.greater_equal(pc.utf8_length(ids), 19))
+    return all(abs(int(s)) <= INT64_MAX for s in long.to_pylist())
+
+
+def encode_ids(ids: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, vocab) for one id column (pyarrow string or integer array, no nulls).
+
+    Canonical integers (or an integer column): (int64 ids, None). Otherwise (int64 codes,
+    vocab): vocab holds the sorted distinct strings as numpy unicode, codes[i] indexes row i's
+    id in it (codes therefore sort as the ids do)."""
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    if pa.types.is_integer(ids.type):
+        return ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), None
+    if pa.types.is_large_string(ids.type):
+        ids = ids.cast(pa.string())
+    if is_canonical_int(ids):
+        return pc.cast(ids, pa.int64()).to_numpy(zero_copy_only=False), None
+    encoded = pc.dictionary_encode(ids)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    words = np.asarray(encoded.dictionary.to_pylist(), dtype=str)
+    order = np.argsort(words, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    return codes, words[order]
+
+
+def id_kind(ids: np.ndarray) -> str:
+    """"int64" or "string": how a Dataset's id array is kept (its dtype's kind)."""
+    return "string" if np.asarray(ids).dtype.kind == "U" else "int64"
