@@ -20,7 +20,7 @@ from builder.data.sources import load_dataset
 from builder.plots import plot_curve
 from builder.evaluate import evaluate_model
 from builder.predict import orient
-from builder.train import TrainResult, make_model, train
+from builder.train import TrainResult, check_metrics, make_model, train
 
 
 def code_version() -> str:
@@ -172,6 +172,13 @@ def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = Fa
     w = distributed.setup(config.device)
     dataset = load_dataset(config.data, config.split, config.seed)
     result = train(config, dataset, progress=progress, checkpoint_dir=out, checkpoint_every_s=checkpoint_every_s)
+    try:
+        check_metrics(result.metrics)  # never a run folder with NaN metrics
+    except ValueError:
+        checkpoint.unlink(missing_ok=True)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if w.main:
         save_run(result, dataset, out)
         checkpoint.unlink(missing_ok=True)  # the run is whole: weights.safetensors replaces it
