@@ -257,7 +257,10 @@ def read_log(spec: LogSpec | str) -> Ratings:
     unparseable time or value, a negative weight, and naming the columns found when no user or
     item column can be told; FileNotFoundError-like DataFormatError for a missing file."""
     if isinstance(spec, str):
-        spec = parse_spec(spec)
+        word = spec
+        spec = parse_spec(word) if word.partition(":")[0] in FORMATS else spec_for_path(word)
+        if spec is None:
+            raise DataFormatError(word, "cannot tell the format from the name; use csv:PATH, tsv:PATH or parquet:PATH")
     path = tables.require_file(spec.path)
     found = tables.parquet_columns(path) if spec.format == "parquet" else tables.header(path, FORMATS[spec.format])
     cols = find_columns(found, spec.columns, path)
