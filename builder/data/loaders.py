@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from builder.data.errors import DataFormatError, row_error
-from builder.data.ratings import Ratings, infer_scale, validate
+from builder.data.ratings import Ratings, validate
 
 log = logging.getLogger(__name__)
 
