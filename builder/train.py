@@ -389,7 +389,9 @@ def require_test_set(config: TrainConfig, dataset: Dataset) -> None:
                          f"({dataset.train.nnz:,} in training): per-user holds out only from users with at least 5, "
                          "last:N from users with more than N; use another split or more data")
     if config.model in TOP_N:
-        topn.check_trainable(config, dataset.train.tocsr(), dataset.test.tocsr())
+        # Explicit data whose test set holds no liked rating still trains (its run has no top-N
+        # figures, as before); a log is only ever scored on ranking, so there it is an error.
+        topn.check_trainable(config, dataset.train.tocsr(), dataset.test.tocsr() if dataset.implicit else None)
 
 
 def check_metrics(metrics: dict) -> None:
