@@ -42,13 +42,16 @@ def encode_ids(ids: pa.Array) -> tuple[np.ndarray, np.ndarray | None]:
 
     Every check runs on the distinct ids (the dictionary), not on every row: a 20M-row log with
     200k users costs one hashing pass and one gather over the rows."""
-    if pa.types.is_dictionary(ids.type):
+    if pa.types.is_dictionary(ids.type) and not pa.types.is_string(ids.type.value_type):
         ids = ids.cast(ids.type.value_type)
     if pa.types.is_integer(ids.type):
-        return ids.to_numpy(zero_copy_only=False).astype(np.int64, copy=False), None
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks()
-    encoded = pc.dictionary_encode(ids)
+        return ids.to_numpy().astype(np.int64, copy=False), None
+    # A dictionary column (Parquet read with read_dictionary) is already encoded: no hashing pass.
+    # Chunks (CSV blocks, Parquet row groups) share one dictionary before they are joined, so only
+    # the int32 indices are copied, never the text.
+    encoded = ids if pa.types.is_dictionary(ids.type) else pc.dictionary_encode(ids)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries().combine_chunks()
     words = pc.utf8_trim_whitespace(encoded.dictionary)
     indices = encoded.indices.to_numpy(zero_copy_only=False)
     del encoded

@@ -171,7 +171,7 @@ def _read(spec: LogSpec, cols: dict) -> pa.Table:
     time as int64 and values as float64 first (the fast path), all as text where that fails, so
     the field that failed is found and named."""
     if spec.format == "parquet":
-        t = tables.read_parquet(spec.path, list(dict.fromkeys(cols.values())))
+        t = tables.read_parquet(spec.path, list(dict.fromkeys(cols.values())), (cols["user"], cols["item"]))
         return pa.table({role: t.column(col) for role, col in cols.items()})
     sep = FORMATS[spec.format]
     fast = {"user": pa.string(), "item": pa.string(), "time": pa.int64(), "weight": pa.float64(),
@@ -181,14 +181,11 @@ def _read(spec: LogSpec, cols: dict) -> pa.Table:
         t = tables.read_delimited(spec.path, sep, types)
     except pa.ArrowInvalid:
         t = tables.read_delimited(spec.path, sep, {col: pa.string() for col in cols.values()})
-    return pa.table({role: t.column(col).combine_chunks() if isinstance(t.column(col), pa.ChunkedArray)
-                     else t.column(col) for role, col in cols.items()})
+    return pa.table({role: t.column(col) for role, col in cols.items()})  # chunks kept: no copy
 
 
 def _ids(column: pa.Array, role: str, where: _Where) -> tuple[np.ndarray, np.ndarray | None]:
     """One id column checked (no empty or missing id) and encoded (builder/data/ids.py)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
     if column.null_count:
         raise where.error(int(np.argmax(column.is_null().to_numpy(zero_copy_only=False))), f"missing {role} id")
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
@@ -270,15 +267,15 @@ def read_log(spec: LogSpec | str) -> Ratings:
     if t.num_rows == 0:
         raise DataFormatError(path, f"no events found (a header {found} and no rows)")
     # Each column is taken out of the table as it is converted, so its text is freed early.
-    columns = {role: t.column(role).combine_chunks() for role in cols}
+    columns = {role: t.column(role) for role in cols}
     del t
     users, user_vocab = _ids(columns.pop("user"), "user", where)
     items, item_vocab = _ids(columns.pop("item"), "item", where)
     has_time = "time" in cols
-    times = parse_times(columns.pop("time"), where) if has_time else np.zeros(len(users), np.int64)
+    times = parse_times(columns.pop("time").combine_chunks(), where) if has_time else np.zeros(len(users), np.int64)
     explicit = "rating" in cols
     role = "rating" if explicit else "weight"
-    values = _numbers(columns.pop(role), role, where) if role in columns else None
+    values = _numbers(columns.pop(role).combine_chunks(), role, where) if role in columns else None
     if explicit:
         if spec.scale is None:
             spec.scale = infer_scale(values)

@@ -141,10 +141,14 @@ def parquet_columns(path) -> list[str]:
         raise DataFormatError(path, f"cannot read as Parquet ({e})") from None
 
 
-def read_parquet(path, columns: list[str]) -> pa.Table:
-    """The named columns of a Parquet file (chunks combined)."""
+def read_parquet(path, columns: list[str], as_dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """The named columns of a Parquet file; string columns in `as_dictionary` come as Arrow
+    dictionary arrays (Parquet stores them so: no 20M strings are materialised, no hashing)."""
     try:
-        return pq.read_table(path, columns=columns).combine_chunks()
+        schema = pq.ParquetFile(path).schema_arrow
+        strings = [c for c in as_dictionary if pa.types.is_string(schema.field(c).type)
+                   or pa.types.is_large_string(schema.field(c).type)]
+        return pq.read_table(path, columns=columns, read_dictionary=strings or None)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataFormatError(path, f"cannot read as Parquet ({e})") from None
 
