@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items perf perf-full gpu-check clean
+.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items bench-logs perf perf-full gpu-check clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -61,6 +61,9 @@ bench-replicas: setup
 
 bench-items: setup
 	$(PY) -m perf.bench_items
+
+bench-logs: setup
+	nice $(PY) -m perf.bench_logs
 
 perf: setup
 	$(AEREC) perf

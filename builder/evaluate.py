@@ -109,7 +109,12 @@ def score_against_popularity(scores: np.ndarray, seen: sp.csr_matrix, relevant: 
 
 
 def liked(matrix: sp.csr_matrix, threshold: float) -> sp.csr_matrix:
-    """The entries of `matrix` rated >= threshold (the relevant items), explicit zeros dropped."""
+    """The entries of `matrix` rated >= threshold (the relevant items), explicit zeros dropped;
+    threshold <= 0: every stored entry (implicit feedback: every held-out event is relevant)."""
+    if threshold <= 0:
+        out = matrix.tocsr(copy=True)
+        out.eliminate_zeros()
+        return out
     out = matrix.multiply(matrix >= threshold).tocsr()
     out.eliminate_zeros()
     return out

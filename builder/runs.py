@@ -20,7 +20,7 @@ from builder.data.sources import load_dataset
 from builder.plots import plot_curve
 from builder.evaluate import evaluate_model
 from builder.predict import orient
-from builder.train import TrainResult, make_model, train
+from builder.train import TrainResult, check_metrics, make_model, train
 
 
 def code_version() -> str:
@@ -43,14 +43,24 @@ class RunDataError(ValueError):
     """A run folder's data set is incomplete, or its data path now holds other ratings."""
 
 
+def id_array(ids) -> np.ndarray:
+    """A Dataset's ids as saved: int64, or numpy unicode for string ids (never an object array,
+    which np.load refuses without pickle). Raises ValueError for other ids."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind == "O":  # strings held as Python objects: fixed-width unicode instead
+        ids = ids.astype(str)
+    if ids.dtype.kind == "U":
+        return ids
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64)
+    raise ValueError(f"ids of dtype {ids.dtype}: expected integers or strings")
+
+
 def save_dataset(dataset: Dataset, out: Path) -> None:
-    """Write `dataset`'s id maps (int64, or unicode for string ids), titles and train/test CSR
-    arrays into the folder `out`; its name, scale and fingerprint are recorded in config.json by
-    save_run."""
-    def ids(a):  # the ids' own dtype (integer or unicode: np.load reads both without pickle)
-        a = np.asarray(a)
-        return a if a.dtype.kind in "iuU" else np.asarray(a, dtype=np.int64)
-    arrays = {"user_ids": ids(dataset.user_ids), "item_ids": ids(dataset.item_ids)}
+    """Write `dataset`'s id maps (int64, or numpy unicode for string ids), titles and train/test
+    CSR arrays into the folder `out`; its name, scale, fingerprint, feedback and id kinds are
+    recorded in config.json by save_run."""
+    arrays = {"user_ids": id_array(dataset.user_ids), "item_ids": id_array(dataset.item_ids)}
     for part in ("train", "test"):
         m = getattr(dataset, part)
         arrays.update({f"{part}_indptr": m.indptr, f"{part}_indices": m.indices, f"{part}_data": m.data})
@@ -84,7 +94,7 @@ def load_run_dataset(run_dir: Path) -> Dataset:
                    for p in ("train", "test"))
     titles = json.loads((run_dir / TITLES).read_text())
     return Dataset(train, test, a["user_ids"], a["item_ids"], titles, tuple(summary["scale"]),
-                   summary["fingerprint"], summary.get("name", ""))
+                   summary["fingerprint"], summary.get("name", ""), summary.get("feedback", "explicit"))
 
 
 def _reload_dataset(run_dir: Path, summary: dict) -> Dataset:
@@ -162,6 +172,13 @@ def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = Fa
     w = distributed.setup(config.device)
     dataset = load_dataset(config.data, config.split, config.seed)
     result = train(config, dataset, progress=progress, checkpoint_dir=out, checkpoint_every_s=checkpoint_every_s)
+    try:
+        check_metrics(result.metrics)  # never a run folder with NaN metrics
+    except ValueError:
+        checkpoint.unlink(missing_ok=True)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     if w.main:
         save_run(result, dataset, out)
         checkpoint.unlink(missing_ok=True)  # the run is whole: weights.safetensors replaces it

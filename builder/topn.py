@@ -9,6 +9,8 @@ loop below with early stopping on validation NDCG@100, then refit for the chosen
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -26,9 +28,66 @@ from builder.models.ease import check_ease_memory
 from builder.models.implicit import binarise
 from builder.predict import dense_rows, predict_rows
 
+log = logging.getLogger(__name__)
+
 # The early-stopping score (Liang et al. select on NDCG@100) and the headline figure.
 STOP_ON = "ndcg@100"
 REPORTED = ("recall@10", "ndcg@100")
+
+
+def for_feedback(config: TrainConfig, implicit: bool) -> TrainConfig:
+    """The config a model trains with on this kind of feedback. Explicit ratings: `config`.
+    Implicit feedback (an interaction log: no ratings): every event is a positive, so the
+    rating thresholds do not apply: implicit_threshold and relevant_threshold become 0 (any
+    stored value counts), which is what the run records and the exported model applies. Raises
+    ValueError for a rating model, which has no ratings to learn from a log."""
+    if not implicit:
+        return config
+    if config.model not in TOP_N:
+        raise ValueError(f"{config.model} predicts ratings, and this data is an interaction log without ratings "
+                         "(implicit feedback). Train a top-N model on it: --preset ease, --preset mult-vae, "
+                         "--preset mult-dae or --preset popularity; or, if the file has ratings, name their "
+                         "column: ?rating=COL")
+    if config.implicit_threshold or config.relevant_threshold:
+        log.warning("implicit feedback: every event is a positive; implicit_threshold=%g and relevant_threshold=%g "
+                    "(for ratings) are not applied", config.implicit_threshold, config.relevant_threshold)
+    return dataclasses.replace(config, implicit_threshold=0.0, relevant_threshold=0.0)
+
+
+def positives(matrix: sp.csr_matrix, threshold: float) -> np.ndarray:
+    """bool per stored entry of `matrix`: does it count as a positive (> 0 for threshold 0, else
+    >= threshold), as the models' binarise decides."""
+    return matrix.data > 0 if threshold <= 0 else matrix.data >= threshold
+
+
+def check_trainable(config: TrainConfig, train_ui: sp.csr_matrix, test_ui: sp.csr_matrix | None = None) -> None:
+    """Refuse, before any training, data a top-N model cannot learn from or be scored on: no
+    positives after implicit_threshold, no user with two or more positives (validation hides a
+    share of each user's and needs one left to see), no test user with a relevant item. Raises
+    ValueError naming the cause and a way forward."""
+    n = int(train_ui.nnz)
+    pos = positives(train_ui, config.implicit_threshold)
+    if n == 0 or not pos.any():
+        span = f" (ratings span {train_ui.data.min():g}..{train_ui.data.max():g})" if n else ""
+        raise ValueError(f"no positives to train on: none of the {n:,} training ratings is >= implicit_threshold "
+                         f"{config.implicit_threshold:g}{span}. If these rows are clicks, views or purchases "
+                         "rather than ratings, read the file as an interaction log: drop the rating column, or "
+                         "name it as the weight (csv:PATH?weight=rating); to count every rating as a positive, "
+                         "--set implicit_threshold=0")
+    per_user = np.bincount(np.repeat(np.arange(train_ui.shape[0]), np.diff(train_ui.indptr))[pos],
+                           minlength=train_ui.shape[0])
+    if not (per_user >= 2).any():
+        raise ValueError(f"no validation users: every training user has at most one positive ({int(pos.sum()):,} "
+                         f"positives over {int((per_user > 0).sum()):,} users); validation hides a share of each "
+                         "user's interactions and ranks it from the rest, so at least some users need two or more")
+    if test_ui is not None:
+        relevant = liked(test_ui, config.relevant_threshold)
+        if not (np.diff(relevant.indptr) > 0).any():
+            what = (f"a rating >= relevant_threshold {config.relevant_threshold:g}" if config.relevant_threshold > 0
+                    else "an interaction")
+            raise ValueError(f"no test users: the split {config.split!r} left no user with {what} in the test "
+                             f"set ({int(test_ui.nnz):,} test entries); per-user holds out only from users with at "
+                             "least 5 interactions, last:N from users with more than N: use another split or more data")
 
 
 def make_top_n_model(config: TrainConfig, n_items: int) -> torch.nn.Module:
@@ -185,6 +244,7 @@ def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: 
     start = time.perf_counter()
     if config.model == "ease":  # refuse before any work
         check_ease_memory(train_ui.shape[1], config.ease_max_gb)
+    check_trainable(config, train_ui)
     visible, hidden = validation_split_top_n(train_ui, config)
     if config.model in ("popularity", "ease"):
         # A closed form has nothing to stop early: validation scores the fit on the visible part;

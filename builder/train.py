@@ -382,6 +382,27 @@ def teacher_predictions(config: TrainConfig, dataset: Dataset, train_ui: sp.csr_
     return torch.from_numpy(np.clip(dense, *dataset.scale).astype(np.float32)), result.metrics
 
 
+def require_test_set(config: TrainConfig, dataset: Dataset) -> None:
+    """Refuse, before training, a split that leaves nothing to test on (ValueError naming it)."""
+    if dataset.test.nnz == 0:
+        raise ValueError(f"the split {config.split!r} left no test {'events' if dataset.implicit else 'ratings'} "
+                         f"({dataset.train.nnz:,} in training): per-user holds out only from users with at least 5, "
+                         "last:N from users with more than N; use another split or more data")
+    if config.model in TOP_N:
+        # Explicit data whose test set holds no liked rating still trains (its run has no top-N
+        # figures, as before); a log is only ever scored on ranking, so there it is an error.
+        topn.check_trainable(config, dataset.train.tocsr(), dataset.test.tocsr() if dataset.implicit else None)
+
+
+def check_metrics(metrics: dict) -> None:
+    """Refuse metrics no run should be saved with: a NaN or infinite figure (ValueError naming them)."""
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"training produced non-finite metrics ({', '.join(f'{k}={metrics[k]}' for k in bad)}): "
+                         "the model diverged or the data left nothing to score; no run folder was written. "
+                         "Lower lr, check the data, or use another split")
+
+
 def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
           checkpoint_dir: Path | None = None, checkpoint_every_s: float = 30.0,
           evaluate: bool = True) -> TrainResult:
@@ -398,8 +419,16 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     Under torchrun (builder.distributed) every rank calls this with the same data: each trains
     its part of every batch inside DistributedDataParallel, validation sums are all-reduced,
     rank 0 writes the checkpoint (with every rank's random state) and computes the test metrics,
-    which every rank returns."""
+    which every rank returns.
+
+    On implicit feedback (dataset.implicit) only top-N models train, with every event a positive
+    (topn.for_feedback; the returned config says so). Raises ValueError before training for a
+    rating model on implicit data, a split with no test entries, or top-N data without positives,
+    validation users or test users (topn.check_trainable)."""
     w = distributed.world()
+    config = topn.for_feedback(config, dataset.implicit)  # a rating model on a log is refused here
+    if evaluate:
+        require_test_set(config, dataset)
     if config.model in TOP_N:
         device = pick_device(config.device)
         model, selected, history = topn.train_top_n(config, dataset.train.tocsr(), device, progress and w.main)

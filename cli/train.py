@@ -20,8 +20,12 @@ def train(
                                         "top-N: popularity | ease | mult-dae | mult-vae"),
     data: Optional[str] = typer.Option(None, help="ml-100k; a ratings file (u.data, ratings.dat, ratings.csv, "
                                        "Netflix combined_data_*.txt); a folder (Netflix training_set/); a quoted "
-                                       "glob ('training_set/mv_*.txt'); or csv:PATH[?scale=LOW:HIGH]"),
-    split: Optional[str] = typer.Option(None, help="u1..u5, ua, ub, random[:F], temporal:DATE, per-user[:F]"),
+                                       "glob ('training_set/mv_*.txt'); your own data: csv:PATH, tsv:PATH, "
+                                       "parquet:PATH "
+                                       "[?user=COL&item=COL&time=COL&weight=COL|rating=COL"
+                                       "&repeats=sum|count|last&scale=LO:HI], or a path ending .csv/.tsv/"
+                                       ".parquet (also .gz)"),
+    split: Optional[str] = typer.Option(None, help="u1..u5, ua, ub, random[:F], temporal:DATE, per-user[:F], last:N"),
     seed: Optional[int] = typer.Option(None),
     hidden: Optional[str] = typer.Option(None, help="layer sizes, comma separated, e.g. 512,512,1024"),
     epochs: Optional[int] = typer.Option(None),

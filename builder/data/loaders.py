@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import logging
 import re
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from builder.data.errors import DataFormatError, row_error
-from builder.data.ratings import Ratings, infer_scale, validate
+from builder.data.ratings import Ratings, validate
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,27 @@ def read_text(path) -> str:
     return decode_text(_require(path).read_bytes())
 
 
-def first_line(path) -> str:
-    """The first line of a file, decoded by `decode_text`, without its line end."""
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path) -> bool:
+    """True when the file starts with gzip's magic bytes (whatever its name says)."""
     with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def open_bytes(path):
+    """A binary file object over the file's content, decompressed when it is gzip."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def first_line(path) -> str:
+    """The first line of a file (plain or gzip), decoded by `decode_text`, without its line end."""
+    with open_bytes(path) as f:
         head = f.readline()
-    if bom_encoding(head[:4]) == "utf-16":  # a UTF-16 line ends two bytes later
-        with open(path, encoding="utf-16") as f:
-            return f.readline().rstrip("\r\n")
+        if bom_encoding(head[:4]) == "utf-16":  # a UTF-16 line ends two bytes later
+            f.seek(0)
+            return io.TextIOWrapper(f, encoding="utf-16").readline().rstrip("\r\n")
     return decode_text(head).rstrip("\r\n")
 
 
@@ -94,13 +109,15 @@ def _read_table(path: Path, sep: str, names: list[str], usecols: list[int], head
     """
     width = width or max(usecols) + 1
     if encoding is None:
-        with open(path, "rb") as f:
+        with open_bytes(path) as f:
             encoding = bom_encoding(f.read(4))
+    compression = "gzip" if is_gzip(path) else None
     for enc in [encoding] if encoding else ["utf-8", "latin-1"]:
         try:
             raw = pd.read_csv(
                 path, sep=sep, header=None, skiprows=header_lines, usecols=usecols, names=list(range(width)),
                 dtype=str, skip_blank_lines=False, engine="c", encoding=enc, quoting=csv.QUOTE_NONE,
+                compression=compression,
             )
             break
         except UnicodeDecodeError as e:
@@ -110,6 +127,8 @@ def _read_table(path: Path, sep: str, names: list[str], usecols: list[int], head
                                       f"({e.reason}); re-save it as UTF-8") from None
         except pd.errors.EmptyDataError:
             raise DataFormatError(path, "no ratings found (empty file)") from None
+        except (OSError, EOFError) as e:  # a damaged gzip stream
+            raise DataFormatError(path, f"gzip-compressed but cannot be decompressed ({e})") from None
         except pd.errors.ParserError as e:
             # pandas names the line itself ("Expected 4 fields in line 17, saw 5"), counted from
             # the first line it read; keep its words, the path makes it actionable.
@@ -356,26 +375,20 @@ def load_netflix_titles(path) -> dict:
 
 
 def load_csv(path, user: str, item: str, rating: str, timestamp: str | None = None,
-             sep: str = ",", scale=None, titles: dict | None = None,
-             duplicates: str = "keep-last") -> Ratings:
-    """Any delimited file with a header, columns named by the caller.
+             sep: str = ",", scale=None, titles: dict | None = None) -> Ratings:
+    """Any comma- or tab-separated file (plain or gzip) with a header, columns named by the caller:
+    explicit ratings read by builder.data.logs.read_log (ids kept as strings unless every id of a
+    column is a canonical integer; a re-rated pair keeps its latest rating).
 
     `scale` (LOW, HIGH) bounds the ratings; None reads it from the data: the usual scale
     (1..5, 0.5..5, 1..10, 0.5..10, 1..100) that holds every rating, else their min..max.
-    The scale read is logged.
+    The scale read is logged. Raises ValueError for another separator.
     """
-    path = _require(path)
-    header = csv_header(path, sep)
-    want = {"user": user, "item": item, "rating": rating}
-    if timestamp:
-        want["timestamp"] = timestamp
-    _require_columns(path, header, want.values())
-    names, cols = zip(*sorted(((k, header.index(v)) for k, v in want.items()), key=lambda kv: kv[1]))
-    raw, lines = _read_table(path, sep, list(names), list(cols), 1, width=len(header))
-    frame = _numeric(raw, path, lines)
-    if scale is None and len(frame):
-        scale = infer_scale(frame["rating"].to_numpy())
-        r = frame["rating"]
-        log.warning("%s: rating scale %g..%g read from the data (ratings span %g..%g); "
-                    "state it to override (csv:PATH?scale=LOW:HIGH)", path, *scale, r.min(), r.max())
-    return _finish(frame, path, tuple(map(float, scale or ML_SCALE)), lines, titles or {}, duplicates)
+    from builder.data.logs import LogSpec, read_log  # logs reads through this module
+    if sep not in (",", "\t"):
+        raise ValueError(f"separator {sep!r}: comma or tab only")
+    columns = {"user": user, "item": item, "rating": rating, **({"time": timestamp} if timestamp else {})}
+    ratings = read_log(LogSpec(Path(path), "csv" if sep == "," else "tsv", columns,
+                               scale=tuple(map(float, scale)) if scale else None))
+    ratings.titles = titles or {}
+    return ratings

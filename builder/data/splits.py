@@ -54,12 +54,22 @@ def split_random(ratings: Ratings, test_fraction: float = 0.1, seed: int = 0):
     return ~test, test
 
 
+def require_time(ratings: Ratings, split: str) -> None:
+    """Refuse a time-based split of data without a time column."""
+    if not ratings.has_time:
+        raise SplitError(f"split {split} orders events by time, but {ratings.source} has no time column; "
+                         "add one (or name it: ?time=COL), or use per-user[:F] or random[:F]")
+
+
 def split_temporal(ratings: Ratings, cutoff, end=None):
     """DeepRec-style time split: train strictly before `cutoff`, test from it (until `end`).
 
-    Test ratings of users or items absent from training cannot be scored and are excluded
-    (they are neither train nor test); callers see the count via the masks.
+    Test rows of users or items absent from training cannot be scored and are excluded (they
+    are neither train nor test); both counts are logged: items first seen in the test period
+    (cold items) and users first seen in it. Raises SplitError for data without time, or a
+    cut-off leaving an empty side.
     """
+    require_time(ratings, f"temporal:{cutoff}")
     ts = ratings.frame["timestamp"].to_numpy()
     cut = _to_seconds(cutoff)
     train = ts < cut
@@ -67,11 +77,14 @@ def split_temporal(ratings: Ratings, cutoff, end=None):
     if end is not None:
         test &= ts < _to_seconds(end)
     f = ratings.frame
-    warm = f["user"].isin(f["user"][train]).to_numpy() & f["item"].isin(f["item"][train]).to_numpy()
-    cold = int((test & ~warm).sum())
-    if cold:
-        log.warning("temporal split: %d test ratings of users or items unseen before %s excluded", cold, cutoff)
-    test &= warm
+    warm_user = f["user"].isin(f["user"][train]).to_numpy()
+    warm_item = f["item"].isin(f["item"][train]).to_numpy()
+    cold_items, cold_users = int((test & ~warm_item).sum()), int((test & warm_item & ~warm_user).sum())
+    if cold_items or cold_users:
+        log.warning("temporal split: of %d test rows from %s on, %d of items first seen then (cold items) and %d "
+                    "of users first seen then were excluded: a model cannot rank what it never saw",
+                    int(test.sum()), cutoff, cold_items, cold_users)
+    test &= warm_user & warm_item
     if not train.any() or not test.any():
         raise SplitError(f"temporal cut-off {cutoff} leaves an empty train or test set")
     return train, test
@@ -89,6 +102,26 @@ def split_per_user(ratings: Ratings, holdout_fraction: float = 0.2, seed: int = 
     count = f.groupby("user")["user"].transform("size").to_numpy()
     k = np.maximum(1, np.floor(count * holdout_fraction)).astype(int)
     test = (order < k) & (count >= min_ratings)
+    return ~test, test
+
+
+def split_last(ratings: Ratings, n: int = 1):
+    """Leave-last-N-out: each user's N latest rows by time are the test set (ties: the later row
+    of the file is the later); users with N rows or fewer stay wholly in training. For a log a
+    row is a (user, item) pair dated by its first event, so the test items are each user's N
+    newest. Raises SplitError for data without time or n < 1."""
+    if n < 1:
+        raise SplitError(f"last:N needs N >= 1, got {n}")
+    require_time(ratings, f"last:{n}")
+    f = ratings.frame
+    users, ts = f["user"].to_numpy(), f["timestamp"].to_numpy()
+    order = np.lexsort((np.arange(len(f)), ts, users))  # by user, then time, then file order
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(f)])
+    from_end = np.repeat(starts + sizes, sizes) - np.arange(len(f))  # 1 for each user's latest row
+    test = np.zeros(len(f), dtype=bool)
+    test[order] = (from_end <= n) & (np.repeat(sizes, sizes) > n)
     return ~test, test
 
 
@@ -172,6 +205,17 @@ def split_strong_generalisation(matrix: sp.csr_matrix, user_fraction: float, see
 
 
 def _to_seconds(t) -> int:
+    """Epoch seconds of a cut-off: an int, digits (epoch seconds), or an ISO date or time (UTC
+    where no zone is given). Raises SplitError for anything else."""
     if isinstance(t, (int, np.integer)):
         return int(t)
-    return int(pd.Timestamp(t).timestamp())
+    if isinstance(t, str) and t.strip().lstrip("-").isdigit():
+        return int(t)
+    try:
+        stamp = pd.Timestamp(t)
+    except ValueError:
+        raise SplitError(f"cut-off {t!r}: expected an ISO date or time (2024-05-01, 2024-05-01T12:00) "
+                         "or epoch seconds") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return int(stamp.timestamp())

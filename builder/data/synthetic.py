@@ -127,3 +127,47 @@ def synthetic_csr_rows(n_users: int, n_items: int, n_ratings: int, start: int = 
     if cursor < planned:  # a rare shortfall (a user wanting more distinct items than drawn)
         indices, data = indices[:cursor].copy(), data[:cursor].copy()
     return sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_items))
+
+
+def synthetic_log(n_users: int, n_items: int, n_events: int, zipf: float = 1.0, seed: int = 0,
+                  start: int = 1_700_000_000, days: int = 180):
+    """An interaction log with string ids, as a pyarrow Table: user_id ('u<n>'), item_id
+    ('sku-<n>' zero-padded to 6 digits, so the ids are strings that integer parsing would alter),
+    timestamp (int64 epoch seconds over `days` days from `start`). `n_events` rows.
+
+    Item popularity is Zipf(`zipf`) over a random order of the items, user activity log-normal;
+    a user may click the same item more than once (a log's repeats). Memory: a few int64 arrays
+    of n_events plus the Arrow strings, never users x items."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, n_items + 1) ** zipf
+    cdf = np.cumsum(pop[rng.permutation(n_items)])
+    activity = rng.lognormal(0, 1, n_users)
+    ucdf = np.cumsum(activity)
+    users = np.searchsorted(ucdf, rng.random(n_events) * ucdf[-1]).clip(0, n_users - 1)
+    items = np.searchsorted(cdf, rng.random(n_events) * cdf[-1]).clip(0, n_items - 1)
+    times = start + np.sort(rng.integers(0, days * 86_400, n_events))
+
+    def named(prefix: str, codes: np.ndarray, width: int) -> pa.Array:
+        text = pc.utf8_lpad(pc.cast(pa.array(codes), pa.string()), width, "0") if width else pc.cast(
+            pa.array(codes), pa.string())
+        return pc.binary_join_element_wise(prefix, text, "")
+
+    return pa.table({"user_id": named("u", users, 0), "item_id": named("sku-", items, 6),
+                     "timestamp": pa.array(times, pa.int64())})
+
+
+def write_log(table, path) -> None:
+    """Write a log table to `path`: Parquet for .parquet, else CSV (gzip when the name ends .gz)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path = str(path)
+    if path.endswith(".parquet"):
+        pq.write_table(table, path)
+        return
+    with pa.output_stream(path, compression="gzip" if path.endswith(".gz") else None) as out:
+        pcsv.write_csv(table, out)
