@@ -51,6 +51,7 @@ class Catalogue:
     data: np.ndarray       # float32 [nnz]: ratings
     low: float
     high: float
+    implicit: bool = False  # an interaction log: values are event weights, any positive one is valid
 
     @property
     def n_items(self) -> int:
@@ -72,9 +73,11 @@ class Catalogue:
         assets.json (plain arrays, never pickle). Raises OSError/KeyError on a folder a build did not fill."""
         load = lambda name: np.load(os.path.join(folder, name), allow_pickle=False)  # noqa: E731
         with open(os.path.join(folder, "assets.json")) as f:
-            low, high = json.load(f)["scale"]
+            assets = json.load(f)
+        low, high = assets["scale"]
+        implicit = assets.get("dataset", {}).get("feedback") == "implicit"
         return cls(load("item_ids.npy"), load("user_ids.npy"), load("hist_indptr.npy"), load("hist_indices.npy"),
-                   load("hist_data.npy"), float(low), float(high))
+                   load("hist_data.npy"), float(low), float(high), implicit)
 
 
 def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue) -> list[Row]:
@@ -202,8 +205,14 @@ def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
             raise RequestError(f"ITEM_IDS repeats item {_show(uniq[seen > 1][0])}: send each item once")
         if not np.all(np.isfinite(ratings)):
             raise RequestError("RATINGS contains NaN or infinity")
-        bad = (ratings < catalogue.low) | (ratings > catalogue.high)
-        if bad.any():
+        if catalogue.implicit:
+            # An event weight (a count of plays, a basket's quantity) may exceed anything seen in
+            # training; only a negative one has no meaning.
+            if (ratings < 0).any():
+                raise RequestError(f"RATINGS {ratings[ratings < 0][0]:g}: an interaction log's values are event "
+                                   "weights; send values above 0")
+        elif ((ratings < catalogue.low) | (ratings > catalogue.high)).any():
+            bad = (ratings < catalogue.low) | (ratings > catalogue.high)
             raise RequestError(f"rating {ratings[bad][0]:g} outside scale {catalogue.low:g}..{catalogue.high:g}")
         pos = np.clip(np.searchsorted(catalogue.item_ids, items), 0, catalogue.n_items - 1)
         known = catalogue.item_ids[pos] == items

@@ -1,6 +1,8 @@
 """Request parsing and validation without a server: every bad request of
 tests/reliability/test_bad_inputs.py that our code (not Triton's own checks) refuses gets the
 same message here, and valid requests become the dense rows the networks read."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -199,3 +201,17 @@ def test_a_bad_string_request_never_fails_its_batch_mates():
     assert sorted(batch.errors) == [1, 3, 4]
     assert "USER_ID is empty" in batch.errors[1] and "not UTF-8" in batch.errors[3] and "limit" in batch.errors[4]
     assert batch.spans == [(0, 0, 1), (2, 1, 2), (5, 2, 3)] and batch.dense[:, 11].tolist() == [4, 4, 4]
+
+
+def test_interaction_log_accepts_any_positive_weight():
+    """An interaction log's values are event weights: a new user's count above anything seen in
+    training is valid (the rating scale check does not apply), a negative weight is refused."""
+    log = dataclasses.replace(SCAT, low=1.0, high=3.0, implicit=True)
+    rows = parse_request({ITEM_IDS: b("sku-010", "sku-020"), RATINGS: np.array([[7.0, 1.0]], np.float32),
+                          TOP_K: k(3)}, log)
+    assert rows[0].vals.tolist() == [7.0, 1.0]
+    with pytest.raises(RequestError, match="event weights; send values above 0"):
+        parse_request({ITEM_IDS: b("sku-010"), RATINGS: np.array([[-2.0]], np.float32), TOP_K: k(3)}, log)
+    with pytest.raises(RequestError, match="outside scale 1..3"):  # the same values on a rating scale
+        parse_request({ITEM_IDS: b("sku-010"), RATINGS: np.array([[7.0]], np.float32), TOP_K: k(3)},
+                      dataclasses.replace(log, implicit=False))
