@@ -45,6 +45,7 @@ def _top10(run):
     return {str(d.user_ids[u]): [str(d.item_ids[i]) for i in row] for u, row in zip(users, top)}
 
 
+@pytest.mark.slow  # trains and evaluates EASE twice on ML-100K: 2-3 s
 def test_ease_on_string_ids_equals_integer_ids_and_beats_popularity(ml100k_logs, tmp_path, capsys):
     runs = {}
     for kind, name in (("string", "events.csv"), ("int", "events_int.csv")):

@@ -71,6 +71,7 @@ def test_a_port_nobody_listens_on_gives_errors_not_a_hang():
     assert r.requests == 0 and r.errors > 0 and r.first_error and time.monotonic() - start < 5
 
 
+@pytest.mark.slow  # waits out a 3 s request by design
 def test_a_request_that_outlives_the_run_still_finishes_it(port):
     # One request in flight when the time is up is waited for, not abandoned.
     r = load.drive("127.0.0.1", port, "/x", [b"slow"], 1, 0.2)

@@ -170,6 +170,7 @@ def _kserve_check(*paths: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
+@pytest.mark.slow  # three Python processes importing the kserve SDK: about 3 s
 def test_inference_service_round_trips_through_the_kserve_sdk(rendered, tmp_path):
     if importlib.util.find_spec("kserve") is None:   # found, never imported here
         pytest.skip("the kserve SDK is not installed (dev extra)")
