@@ -23,8 +23,11 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from builder.config import from_dict
+from builder.config import TrainConfig, from_dict
 from builder.models import ITEM_BASED, TOP_N
+from builder.models.popularity import item_counts
+from builder.run_folder import RunDataError, load_run_dataset
+from builder.tensorrt_plans import plan_meta
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
 from serving.fallback import POPULARITY_FILE
@@ -307,7 +310,6 @@ def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuni
                  threshold: float | None = None) -> dict:
     """Versioned preprocess/postprocess with their assets, and `recommend`. `threshold`: the
     ranker's implicit threshold, for the popularity fallback (serving/fallback.py)."""
-    from builder.models.popularity import item_counts
     written = {}
     titles = np.array(dataset.titles, dtype=str)
     # "ranker"/"rater": which network outputs postprocess (and the fused model) receive;
@@ -416,7 +418,6 @@ class _Served:
         """(model name, file to serve, serving dict for network_config_message) for `variant` on a
         GPU: the TensorRT plan (`<role>_plan...`) when full TensorRT built one for this export,
         else the ONNX graph under ONNX Runtime with the TensorRT accelerator."""
-        from builder.tensorrt_plans import plan_meta
         export = self.run / "export"
         if plan_meta(export / PLANS[variant]) is not None:
             return (f"{self.role}_{variant.replace('onnx', 'plan')}", export / PLANS[variant],
@@ -427,7 +428,6 @@ class _Served:
 
 def _read_run(run_dir: Path, role: str | None, variants, device: str = "cpu") -> _Served:
     """A run's config and export, checked before anything is written. role None: from the model."""
-    from builder.config import TrainConfig
     run_dir = Path(run_dir)
     cfg_path, export_cfg = run_dir / "config.json", run_dir / "export" / "export_config.json"
     if not cfg_path.is_file():
@@ -464,7 +464,6 @@ def _same_items(ranker: _Served, rater: _Served) -> None:
 
 def _run_dataset(part: _Served):
     """The data set the run was trained on: its item ids, titles and histories are what is served."""
-    from builder.runs import RunDataError, load_run_dataset
     try:
         return load_run_dataset(part.run)
     except RunDataError as e:
