@@ -27,7 +27,7 @@ from builder.metrics import mae, rmse
 from builder.models import ITEM_BASED
 from builder.predict import orient, predict_entries
 from builder.presets import preset
-from builder.runs import load_run, load_run_dataset, save_run
+from builder.run_folder import load_run, load_run_dataset, save_run
 from builder.train import TrainResult, fit, pick_device
 
 

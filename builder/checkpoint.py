@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from builder.distributed import world
+
 FILENAME = "checkpoint.pt"
 
 
@@ -101,7 +103,6 @@ def restore(raw: dict, model, optimizer=None, sched=None, rng=None, gen=None) ->
     """Put a checkpoint's state back into freshly built objects; returns (history, best).
     In a data-parallel job each rank takes back its own random states (same-size jobs only: the
     job's size is part of the checkpoint's config)."""
-    from builder.distributed import world
     w = world()
     if w.parallel and len(raw.get("rank_torch_rng", ())) == w.size:
         raw = {**raw, "torch_rng": raw["rank_torch_rng"][w.rank], "gen": raw["rank_gen"][w.rank]}

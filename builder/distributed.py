@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,6 @@ def wrap(model: torch.nn.Module, device) -> torch.nn.Module:
     over ranks in backward; rank 0's initial weights broadcast at construction), else `model`."""
     if not world().parallel:
         return model
-    from torch.nn.parallel import DistributedDataParallel
     ids = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else None  # pinned in setup
     return DistributedDataParallel(model, device_ids=ids)
 
@@ -152,7 +153,6 @@ def torchrun_command(nproc: int, module: str, args: list[str]) -> list[str]:
     """The command line that runs `python -m module *args` in `nproc` processes on this machine
     under torchrun (torch.distributed.run; --standalone: a local rendezvous on a free port).
     Raises ValueError for nproc < 1."""
-    import sys
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",

@@ -20,9 +20,11 @@ import torch
 
 from builder.metrics import recall_at_k, rmse
 from builder.models import TOP_N
-from serving.ranking import top_k_unrated
 from builder.predict import orient
-from builder.runs import load_run, load_run_dataset
+from builder.run_folder import load_run, load_run_dataset
+from builder.tensorrt_plans import build_plans, check_variant, tensorrt_unavailable
+from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT  # stable names
+from serving.ranking import top_k_unrated
 
 PRECISIONS = ("fp32", "fp16", "int8")
 VARIANT_ROWS = PRECISIONS + ("int8_trt",)   # the report's rows: int8 comes as two graphs
@@ -30,7 +32,6 @@ INT8_TENSORRT = "model_int8_trt.onnx"
 # Which engine each exported graph is for (the int8 Q/DQ graph comes twice: see quantize_int8).
 ENGINE = {"fp32": "any", "fp16": "any", "int8": "ONNX Runtime (quantized biases)",
           "int8_trt": "TensorRT (float biases)"}
-from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT  # noqa: E402  (stable names)
 OPSET = 17
 INT8_SPEEDUP_TARGET = 1.5  # on a CPU with AVX-512 VNNI
 
@@ -71,7 +72,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
     Cast nodes stay fp32: the converter retypes their outputs but not their `to` attribute.
     """
-    from onnxconverter_common import float16
+    from onnxconverter_common import float16  # here: only an fp16 export pays for its import
     m16 = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
                                            op_block_list=float16.DEFAULT_OP_BLOCK_LIST + ["Cast"])
     onnx.save(m16, str(dst))
@@ -85,6 +86,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, method: str, qu
     which ONNX Runtime's CPU kernels fold; TensorRT's ONNX parser rejects an INT32
     DequantizeLinear, so the graph for TensorRT's strongly typed builder keeps float biases
     (quantize_bias False). Raises ExportError for an unknown calibration `method`."""
+    # here: quantization's import is slow and only an int8 export needs it
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -156,6 +158,7 @@ def polygraphy_compare(reference: np.ndarray, inputs: np.ndarray, onnx_paths: di
     Comparator.compare_accuracy with SimpleCompareFunc at TOLERANCES[variant]. Returns
     {runner: {"passed", "max_abs_error", "max_rel_error", "atol", "rtol"}}, runners named
     "onnxrt:<variant>" and "tensorrt:<variant>"."""
+    # here: polygraphy is slow to import and only the accuracy comparison uses it
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
@@ -165,7 +168,7 @@ def polygraphy_compare(reference: np.ndarray, inputs: np.ndarray, onnx_paths: di
     runners = {f"onnxrt:{v}": (OnnxrtRunner(SessionFromOnnx(str(p)), name=f"onnxrt:{v}"), v)
                for v, p in onnx_paths.items()}
     if plans:
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # imports TensorRT: only with plans
         runners.update({f"tensorrt:{v}": (TrtRunner(EngineFromBytes(Path(p).read_bytes()), name=f"tensorrt:{v}"), v)
                         for v, p in plans.items()})
     out = {}
@@ -186,7 +189,6 @@ def tensorrt_checks(files: dict, n_inputs: int) -> dict:
     """Each variant's TensorRT parse/build check (builder.tensorrt_plans.check_variant: full
     TensorRT or TensorRT-RTX, strongly typed, on the CPU for RTX): variant -> {"library",
     "parses", "builds", "engine_bytes", "errors"}; the parser's errors say why a graph is refused."""
-    from builder.tensorrt_plans import check_variant
     return {variant: check_variant(path, n_inputs) for variant, path in files.items()}
 
 
@@ -196,7 +198,6 @@ def _tensorrt_plans(config: ExportConfig, folder: Path, n_inputs: int, report: d
     metadata, or the reason none were built."""
     if not config.tensorrt_plans:
         return {}
-    from builder.tensorrt_plans import build_plans, tensorrt_unavailable
     reason = tensorrt_unavailable()
     if reason:
         report["tensorrt_plans"] = {"skipped": reason}

@@ -10,7 +10,7 @@ def plot_curve(history: list[dict], path: Path, title: str) -> None:
     Rating models: train (masked) RMSE and, when validated, validation RMSE against the epoch.
     Top-N models (rows without "train_rmse"): the training loss on the left axis and validation
     NDCG@100 / recall@10 on the right."""
-    import matplotlib
+    import matplotlib  # here: slow to import, and the Agg backend must be chosen before pyplot loads
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))

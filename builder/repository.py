@@ -2,10 +2,11 @@
 
 A repository serves a ranker (a top-N model: its scores order the list), a rater (a rating
 model: its predictions are the ratings shown), or both side by side on the same input vector.
-Every config starts from its committed template in model_repository/ (read and written as
+Every config starts from its template in builder/config_templates/ (read and written as
 `model_config_pb2.ModelConfig` messages, never as text) and gets this build's values: the
 catalogue's size, the served networks, the tuning. The Python models' model.py is copied from
-there too, with the serving package vendored beside it, so the repository is self-contained.
+there too, with the serving package vendored beside it, so the repository is self-contained;
+builder.templates locates both in the installed package.
 Each build adds a numbered version beside the ones already served; the whole repository is
 built in a temporary folder, its configs parsed back, then swapped in, so a failure leaves the
 old one intact.
@@ -23,25 +24,25 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from builder.config import from_dict
+from builder.config import TrainConfig, from_dict
 from builder.models import ITEM_BASED, TOP_N
+from builder.models.popularity import item_counts
+from builder.run_folder import RunDataError, load_run_dataset
+from builder import templates
+from builder.tensorrt_plans import plan_meta
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
 from serving.fallback import POPULARITY_FILE
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
-ROOT = Path(__file__).resolve().parents[1]
-# The config.pbtxt templates. They live apart from model_repository/ because a build writes
-# there (by default): a tuned or single-network build rewrites recommend/ and the steps' configs,
-# and the next build must still start from the full templates.
-TEMPLATES = Path(__file__).resolve().parent / "config_templates"
-COMMITTED = ROOT / "model_repository"   # the Python models' model.py; configs = the README build's
-SERVING = ROOT / "serving"              # vendored into every Python model's version folder
+# The config.pbtxt templates (builder.templates locates them in the installed package). They
+# live apart from model_repository/ because a build writes there (by default): a tuned or
+# single-network build rewrites recommend/ and the steps' configs, and the next build must still
+# start from the full templates.
+TEMPLATES = templates.TEMPLATES
+SERVING = templates.SERVING   # vendored into every Python model's version folder
 TEMPLATE = {"ranker": "ranker_onnx", "rater": "rater_onnx", "preprocess": "preprocess",
             "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend_fused"}
-# The fused model's model.py sits in a folder Triton skips (its name is no version number).
-MODEL_PY = {"preprocess": "preprocess/1/model.py", "postprocess": "postprocess/1/model.py",
-            "fused": "recommend/fused/model.py"}
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 PIPELINES = ("ensemble", "fused")
@@ -296,9 +297,10 @@ def _next_version(folder: Path) -> int:
 
 
 def _python_model(vdir: Path, kind: str) -> None:
-    """The committed model.py of `kind` and the serving package it imports, into `vdir`."""
+    """The packaged model.py of `kind` (builder.templates) and the serving package it imports,
+    into `vdir`."""
     vdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(COMMITTED / MODEL_PY[kind], vdir / "model.py")
+    shutil.copy2(templates.python_model(kind), vdir / "model.py")
     shutil.rmtree(vdir / "serving", ignore_errors=True)
     shutil.copytree(SERVING, vdir / "serving", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
@@ -307,7 +309,6 @@ def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuni
                  threshold: float | None = None) -> dict:
     """Versioned preprocess/postprocess with their assets, and `recommend`. `threshold`: the
     ranker's implicit threshold, for the popularity fallback (serving/fallback.py)."""
-    from builder.models.popularity import item_counts
     written = {}
     titles = np.array(dataset.titles, dtype=str)
     # "ranker"/"rater": which network outputs postprocess (and the fused model) receive;
@@ -416,7 +417,6 @@ class _Served:
         """(model name, file to serve, serving dict for network_config_message) for `variant` on a
         GPU: the TensorRT plan (`<role>_plan...`) when full TensorRT built one for this export,
         else the ONNX graph under ONNX Runtime with the TensorRT accelerator."""
-        from builder.tensorrt_plans import plan_meta
         export = self.run / "export"
         if plan_meta(export / PLANS[variant]) is not None:
             return (f"{self.role}_{variant.replace('onnx', 'plan')}", export / PLANS[variant],
@@ -427,7 +427,6 @@ class _Served:
 
 def _read_run(run_dir: Path, role: str | None, variants, device: str = "cpu") -> _Served:
     """A run's config and export, checked before anything is written. role None: from the model."""
-    from builder.config import TrainConfig
     run_dir = Path(run_dir)
     cfg_path, export_cfg = run_dir / "config.json", run_dir / "export" / "export_config.json"
     if not cfg_path.is_file():
@@ -464,7 +463,6 @@ def _same_items(ranker: _Served, rater: _Served) -> None:
 
 def _run_dataset(part: _Served):
     """The data set the run was trained on: its item ids, titles and histories are what is served."""
-    from builder.runs import RunDataError, load_run_dataset
     try:
         return load_run_dataset(part.run)
     except RunDataError as e:

@@ -21,7 +21,7 @@ import json
 import warnings
 from pathlib import Path
 
-from builder.export import INPUT
+from serving.contract import NETWORK_INPUT as INPUT
 
 # The batch sizes an engine accepts: min/opt/max of its optimisation profile. max equals the
 # committed network templates' max_batch_size (model_repository/*_onnx/config.pbtxt), so a plan
@@ -53,7 +53,7 @@ def import_tensorrt():
 def gpu_name() -> str:
     """The first CUDA device's name, or NO_GPU."""
     try:
-        import torch
+        import torch  # here: the rest of this module runs without torch
         if torch.cuda.is_available():
             return torch.cuda.get_device_name(0)
     except ImportError:

@@ -9,7 +9,7 @@ from cli.common import fail, print_metrics
 
 def evaluate(run_dir: Path):
     """Recompute a run's test metrics from its saved weights and config."""
-    from builder.runs import evaluate_run
+    from builder.stages import evaluate_run
     try:
         metrics = evaluate_run(run_dir)
     except (ValueError, FileNotFoundError) as e:

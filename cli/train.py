@@ -94,7 +94,7 @@ def train(
             fail("--resume applies to single models; a blend retrains its members")
         _train_blend(changes, out, quiet)
         return
-    from builder.runs import train_run
+    from builder.stages import train_run
     try:
         result = train_run(changes, out, progress=not quiet, resume=resume, checkpoint_every_s=checkpoint_every)
     except (ValueError, FileNotFoundError) as e:

@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from builder.data.sources import load_dataset
 from builder.export import ort_session
-from builder.runs import load_run
+from builder.run_folder import load_run
 from perf import inputs
 from perf.baselines import median_latency_us
 from perf.harness import ensure_runs

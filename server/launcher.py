@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytriton
 
+import serving
 from server.admin import ADMIN_HEADER, RESTRICTED, admin_headers
 from server.keyshim import PLACEHOLDER, SecretPipe, build_shim
 
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEEL = Path(pytriton.__file__).parent / "tritonserver"
 WHEEL_LIBS = WHEEL.parents[1] / "nvidia_pytriton.libs"
 OUR_BACKENDS = Path(__file__).parent / "backends"
-SERVING = ROOT / "serving"
+SERVING = Path(serving.__file__).resolve().parent   # the installed package, checkout or not
 
 log = logging.getLogger(__name__)
 

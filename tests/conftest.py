@@ -45,7 +45,7 @@ def build_repository(dataset, root, config=None, tuning=None):
     from builder.config import TrainConfig
     from builder.export import ExportConfig, export_run
     from builder.repository import write_repository
-    from builder.runs import save_run
+    from builder.run_folder import save_run
     from builder.train import train
     config = config or TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64, device="cpu")
     result = train(config, dataset, progress=False)
@@ -66,7 +66,7 @@ def serve_small_model(dataset, root, tuning=None):
 def train_and_export(dataset, out, config):
     """Train `config` on `dataset`, save the run at `out` and export it in fp32: (run, result)."""
     from builder.export import ExportConfig, export_run
-    from builder.runs import save_run
+    from builder.run_folder import save_run
     from builder.train import train
     result = train(config, dataset, progress=False)
     run = save_run(result, dataset, out)

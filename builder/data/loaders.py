@@ -7,9 +7,7 @@ MovieLens and the Netflix Prize ship); LF or CRLF line ends; empty or whitespace
 """
 from __future__ import annotations
 
-import codecs
 import csv
-import gzip
 import io
 import logging
 import re
@@ -19,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from builder.data.errors import DataFormatError, row_error
+from builder.data.logs import LogSpec, read_log
 from builder.data.ratings import Ratings, validate
+from builder.data.text_io import bom_encoding, decode_text, is_gzip, open_bytes
 
 log = logging.getLogger(__name__)
 
@@ -27,50 +27,10 @@ ML_SCALE = (1.0, 5.0)
 ML_HALF_STAR_SCALE = (0.5, 5.0)  # ML-10M and later allow half stars
 NETFLIX_SCALE = (1.0, 5.0)
 
-# UTF-32 is absent on purpose: its little-endian mark begins with UTF-16's.
-_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
-def bom_encoding(head: bytes) -> str | None:
-    """The encoding a byte-order mark at the start of `head` declares, or None."""
-    for bom, encoding in _BOMS:
-        if head.startswith(bom):
-            return encoding
-    return None
-
-
-def decode_text(data: bytes) -> str:
-    """A file's bytes as text: by its byte-order mark, else UTF-8, else Latin-1.
-
-    Latin-1 decodes any bytes, so a file that is not valid UTF-8 is read as the Latin-1 that
-    MovieLens and the Netflix Prize ship; a UTF-8 re-save of the same file reads as UTF-8.
-    """
-    encoding = bom_encoding(data[:4])
-    if encoding:
-        return data.decode(encoding)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
-
 
 def read_text(path) -> str:
     """The whole text of a (small) metadata file, decoded by `decode_text`."""
     return decode_text(_require(path).read_bytes())
-
-
-GZIP_MAGIC = b"\x1f\x8b"
-
-
-def is_gzip(path) -> bool:
-    """True when the file starts with gzip's magic bytes (whatever its name says)."""
-    with open(path, "rb") as f:
-        return f.read(2) == GZIP_MAGIC
-
-
-def open_bytes(path):
-    """A binary file object over the file's content, decompressed when it is gzip."""
-    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def first_line(path) -> str:
@@ -384,7 +344,6 @@ def load_csv(path, user: str, item: str, rating: str, timestamp: str | None = No
     (1..5, 0.5..5, 1..10, 0.5..10, 1..100) that holds every rating, else their min..max.
     The scale read is logged. Raises ValueError for another separator.
     """
-    from builder.data.logs import LogSpec, read_log  # logs reads through this module
     if sep not in (",", "\t"):
         raise ValueError(f"separator {sep!r}: comma or tab only")
     columns = {"user": user, "item": item, "rating": rating, **({"time": timestamp} if timestamp else {})}

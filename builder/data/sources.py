@@ -38,7 +38,7 @@ from pathlib import Path
 from builder.data.dataset import Dataset, build_dataset
 from builder.data.errors import DataFormatError
 from builder.data.loaders import (
-    natural_key, csv_header, is_gzip, load_netflix, load_ratings_csv, load_ratings_dat, load_udata, netflix_parts,
+    natural_key, csv_header, load_netflix, load_ratings_csv, load_ratings_dat, load_udata, netflix_parts,
 )
 from builder.data.logs import FORMATS, parse_spec, read_log, spec_for_path
 from builder.data.movielens100k import load_movielens_100k
@@ -46,6 +46,7 @@ from builder.data.ratings import Ratings, require_two_each
 from builder.data.splits import (
     CANONICAL_ML100K, SplitError, split_canonical, split_last, split_per_user, split_random, split_temporal,
 )
+from builder.data.text_io import is_gzip
 
 MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv", "ratings.csv.gz")
 MOVIELENS_CSV_HEADER = ("userId", "movieId", "rating")

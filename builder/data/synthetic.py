@@ -8,9 +8,14 @@ ratings, never with users x items.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from builder.data.dataset import Dataset
+from builder.data.splits import holdout_entries
 
 
 def synthetic_ratings(n_users: int, n_items: int, n_ratings: int, rank: int = 8, zipf: float = 1.0,
@@ -56,7 +61,6 @@ def synthetic_ratings(n_users: int, n_items: int, n_ratings: int, rank: int = 8,
 def synthetic_dataset(n_users: int, n_items: int, n_ratings: int, test_fraction: float = 0.1,
                       seed: int = 0, **kw) -> Dataset:
     """A `Dataset` over synthetic ratings with a random entry-level test holdout."""
-    from builder.data.splits import holdout_entries
     m = synthetic_ratings(n_users, n_items, n_ratings, seed=seed, **kw)
     train, test = holdout_entries(m, test_fraction, seed)
     return Dataset(train, test, np.arange(n_users), np.arange(n_items),
@@ -138,9 +142,6 @@ def synthetic_log(n_users: int, n_items: int, n_events: int, zipf: float = 1.0, 
     Item popularity is Zipf(`zipf`) over a random order of the items, user activity log-normal;
     a user may click the same item more than once (a log's repeats). Memory: a few int64 arrays
     of n_events plus the Arrow strings, never users x items."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     rng = np.random.default_rng(seed)
     pop = 1.0 / np.arange(1, n_items + 1) ** zipf
     cdf = np.cumsum(pop[rng.permutation(n_items)])
@@ -161,10 +162,6 @@ def synthetic_log(n_users: int, n_items: int, n_events: int, zipf: float = 1.0, 
 
 def write_log(table, path) -> None:
     """Write a log table to `path`: Parquet for .parquet, else CSV (gzip when the name ends .gz)."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
     path = str(path)
     if path.endswith(".parquet"):
         pq.write_table(table, path)

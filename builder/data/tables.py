@@ -20,7 +20,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from builder.data.errors import DataFormatError
-from builder.data.loaders import bom_encoding, decode_text, is_gzip, open_bytes
+from builder.data.text_io import bom_encoding, decode_text, is_gzip, open_bytes
 
 
 def require_file(path) -> Path:

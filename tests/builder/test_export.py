@@ -12,7 +12,7 @@ from conftest import corrupt_run_copy
 from builder.config import TrainConfig
 from builder.export import ExportConfig, ExportError, export_onnx_fp32, export_run, ort_session
 from builder.models import ROW_MODELS
-from builder.runs import save_run
+from builder.run_folder import save_run
 from builder.train import train
 
 pytestmark = pytest.mark.slow

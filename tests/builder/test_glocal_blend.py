@@ -9,7 +9,7 @@ from builder.blend import evaluate_blend, save_blend, train_blend
 from builder.config import TrainConfig
 from builder.export import ExportError, export_run
 from builder.models.glocal import GlocalK, KernelLayer
-from builder.runs import load_run, save_run
+from builder.run_folder import load_run, save_run
 from builder.train import train
 
 

@@ -13,7 +13,8 @@ from builder.data import DataFormatError, SplitError
 from builder.data.logs import read_log
 from builder.data.sources import load_dataset, load_source, make_split
 from builder.evaluate import predict_user_matrix
-from builder.runs import evaluate_run, load_run, load_run_dataset, train_run
+from builder.run_folder import load_run, load_run_dataset
+from builder.stages import evaluate_run, train_run
 from serving.ranking import top_k_unrated
 
 INTER = "data/ml-100k/ml-100k.inter"

@@ -11,8 +11,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from builder.data.sources import load_dataset
-from builder.repository import COMMITTED, TEMPLATES, RepositoryError, Tuning, write_repository
+from builder import templates
+from builder.repository import TEMPLATES, RepositoryError, Tuning, write_repository
 from conftest import FIXTURES, six_movie_runs
+
+# The checkout's committed layout (the README's build target); builds copy the packaged files.
+COMMITTED = Path(__file__).resolve().parents[2] / "model_repository"
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +210,15 @@ def test_the_committed_configs_are_the_templates(name):
     a ranker and a rater): the template's own text. Read from the commit, so a build in this
     checkout (a --tuned one rewrites them) does not count."""
     assert _at_head(f"model_repository/{name}/config.pbtxt") == _at_head(f"builder/config_templates/{name}.pbtxt")
+
+
+@pytest.mark.parametrize("kind,committed", [("preprocess", "preprocess/1/model.py"),
+                                            ("postprocess", "postprocess/1/model.py"),
+                                            ("fused", "recommend/fused/model.py")])
+def test_the_committed_model_py_are_the_packaged_ones(kind, committed):
+    """model_repository/'s model.py files are what a build copies there: the packaged sources'
+    bytes (builder/config_templates/python_models/, located by builder.templates)."""
+    assert (COMMITTED / committed).read_bytes() == templates.python_model(kind).read_bytes()
 
 
 def test_tuning_loads_what_perf_wrote_and_refuses_unknown_keys(tmp_path):

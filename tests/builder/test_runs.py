@@ -8,7 +8,7 @@ from conftest import FIXTURES
 
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
-from builder.runs import DATASET_ARRAYS, RunDataError, load_run_dataset, save_run
+from builder.run_folder import DATASET_ARRAYS, RunDataError, load_run_dataset, save_run
 from builder.train import train
 
 

@@ -20,7 +20,7 @@ from builder.losses import kl_divergence, multinomial_nll
 from builder.models import EASE, MODELS, TOP_N, Popularity
 from builder.models.ease import fit_ease
 from builder.presets import preset
-from builder.runs import load_run, save_run
+from builder.run_folder import load_run, save_run
 from builder.train import train
 
 X4 = np.array([[1, 1, 0, 0, 1],

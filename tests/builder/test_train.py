@@ -10,7 +10,7 @@ from conftest import corrupt_run_copy
 
 from builder.config import TrainConfig
 from builder.evaluate import evaluate_model
-from builder.runs import load_run, save_run
+from builder.run_folder import load_run, save_run
 from builder.train import train
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from builder.runs import load_run
+from builder.run_folder import load_run
 from conftest import build_repository
 from perf import load
 from perf.peers import PEERS

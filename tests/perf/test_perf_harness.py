@@ -218,7 +218,7 @@ def test_naive_service_ranks_by_the_ranker_and_returns_the_raters_predictions(u1
     import threading
 
     from serving.ranking import top_k_unrated
-    from builder.runs import load_run
+    from builder.run_folder import load_run
     from conftest import train_and_export
     from perf.naive_service import serve
     ranker, _ = train_and_export(u1, tmp_path / "ranker", TrainConfig(model="ease", device="cpu"))

@@ -5,7 +5,7 @@ import pytest
 from builder.config import TrainConfig
 from builder.evaluate import evaluate_model
 from builder.repository import write_repository
-from builder.runs import load_run
+from builder.run_folder import load_run
 from conftest import train_and_export
 from perf.served_accuracy import served_metrics
 from server.launcher import TritonServer

@@ -11,7 +11,7 @@ import pytest
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.repository import RepositoryError, write_repository
-from builder.runs import DATASET_ARRAYS
+from builder.run_folder import DATASET_ARRAYS
 from conftest import FIXTURES, snapshot, train_and_export
 
 
