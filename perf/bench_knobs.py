@@ -19,7 +19,7 @@ import numpy as np
 from builder.data.sources import load_dataset
 from builder.export import ort_session
 from builder.repository import Tuning, write_repository
-from builder.runs import load_run
+from builder.run_folder import load_run
 from perf import baselines, inputs
 from perf.harness import Plan, ensure_runs, tune
 from server.launcher import ROOT, TritonServer

@@ -59,7 +59,7 @@ def write_files(out: Path, users: int, items: int, events: int) -> dict[str, Pat
 def train_time(out: Path, users: int, items: int, events: int, epochs: int) -> dict:
     """Mult-VAE (the preset, `epochs` epochs) trained on a log of `events` events, per-user split:
     load + split + train seconds and the run's recall@10 beside popularity's."""
-    from builder.runs import train_run
+    from builder.stages import train_run
     from builder.data.synthetic import synthetic_log, write_log
     path = out / f"train_{events}.parquet"
     if not path.is_file():

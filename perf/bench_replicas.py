@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.repository import Tuning, write_repository
-from builder.runs import load_run_dataset
+from builder.run_folder import load_run_dataset
 from client import RecommenderClient
 from perf import analyzer, inputs
 from perf.harness import ensure_runs

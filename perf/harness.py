@@ -23,7 +23,7 @@ from builder.data.sources import load_dataset
 from builder.data.synthetic import synthetic_ratings
 from builder.export import export_onnx_fp32, ort_session
 from builder.repository import Tuning, add_network, apply_tuning, write_repository
-from builder.runs import load_run, load_run_dataset
+from builder.run_folder import load_run, load_run_dataset
 from builder.train import make_model
 from perf import analyzer, baselines, inputs
 from perf.peers import PEERS
@@ -127,7 +127,7 @@ class Plan:
 def _trained(name: str, run_dir: Path, precisions: list[str]) -> Path:
     """`run_dir` trained from preset `name` (retrained when the preset changed since) and exported."""
     from builder.presets import preset
-    from builder.runs import save_run
+    from builder.run_folder import save_run
     from builder.train import train
     config = TrainConfig().updated(**preset(name))
     if not (run_dir / "weights.safetensors").is_file() or TrainConfig.load(run_dir / "config.json") != config:

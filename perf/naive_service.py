@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from serving.ranking import top_k_unrated
-from builder.runs import load_run, load_run_dataset
+from builder.run_folder import load_run, load_run_dataset
 
 
 def make_handler(model, item_ids: np.ndarray, rater=None):

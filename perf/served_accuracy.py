@@ -21,7 +21,7 @@ import numpy as np
 
 from builder.config import TrainConfig
 from builder.evaluate import ranking_metrics
-from builder.runs import load_run_dataset
+from builder.run_folder import load_run_dataset
 from builder.models.popularity import item_counts
 from builder.metrics import ndcg_at_k, recall_at_k, rmse
 
