@@ -1,7 +1,13 @@
 """What every command shares: the error exit and the metrics table."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+# Where `aerec repository` writes and `aerec serve` / `aerec deploy` read by default: outside the
+# committed model_repository/ (its configs and model.py files are source, a build never writes them).
+DEFAULT_REPOSITORY = Path("runs/model_repository")
 
 
 def fail(msg: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import fail
+from cli.common import DEFAULT_REPOSITORY, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Render what runs a repository elsewhere than this machine.")
@@ -14,7 +14,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 @app.command()
 def kubernetes(
-    repository: Path = typer.Option(Path("model_repository"), "--repository", help="built by `aerec repository`"),
+    repository: Path = typer.Option(DEFAULT_REPOSITORY, "--repository", help="built by `aerec repository`"),
     replicas: int = typer.Option(1, help="Triton pods to start with (the autoscaler adds more on queue time)"),
     gpu: bool = typer.Option(False, "--gpu", help="ask each pod for one NVIDIA GPU"),
     out: Path = typer.Option(Path("deploy"), "--out", help="folder for the manifests, helm/aerec/ and kserve/"),

@@ -6,12 +6,12 @@ from typing import Optional
 
 import typer
 
-from cli.common import fail
+from cli.common import DEFAULT_REPOSITORY, fail
 
 
 def repository(
     run_dir: Path,
-    out: Path = typer.Option(Path("model_repository"), "--out"),
+    out: Path = typer.Option(DEFAULT_REPOSITORY, "--out"),
     variant: list[str] = typer.Option(["onnx"], help="onnx | onnx_fp16 | onnx_int8 (repeatable); with "
                                       "--rating-model, the rating model's (the top-N model is served in fp32)"),
     tuned: Optional[Path] = typer.Option(None, help="a perf results folder (or its tuned.json): use its best knobs"),

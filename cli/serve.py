@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from cli.common import fail
+from cli.common import DEFAULT_REPOSITORY, fail
 
 
 def serve(
-    repository: Path = typer.Option(Path("model_repository"), "--repository"),
+    repository: Path = typer.Option(DEFAULT_REPOSITORY, "--repository"),
     http_port: int = typer.Option(8000, help="0: a free port"),
     grpc_port: int = typer.Option(8001, help="0: a free port"),
     metrics_port: int = typer.Option(0, help="Prometheus metrics; 0: a free port"),

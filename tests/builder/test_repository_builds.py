@@ -1,6 +1,10 @@
 """`aerec repository` into a folder that already serves: a build that could not serve is refused
 with a message naming the problem, and an interrupted or refused build leaves the repository as
 it was (tests/server/test_repository_data.py covers changed data)."""
+import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +12,8 @@ import pytest
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.repository import RepositoryError, Tuning, write_repository
+from cli.common import DEFAULT_REPOSITORY
+from cli.serve import serve
 from conftest import FIXTURES, six_movie_runs, snapshot, train_and_export
 
 pytestmark = pytest.mark.slow
@@ -79,3 +85,18 @@ def test_every_build_adds_a_recommend_version_an_ensemble_reuses_only_its_own_em
     again = write_repository(ranker, served, ["onnx"], rating_run=rater)
     assert again["models"]["recommend"] == 3 and not any((served / "recommend" / "3").iterdir())
     assert write_repository(ranker, served, ["onnx"], rating_run=rater)["models"]["recommend"] == 3
+
+
+def test_a_default_build_writes_outside_the_committed_repository(runs, tmp_path):
+    """`aerec repository RUN` with no --out writes runs/model_repository, never model_repository/
+    (the committed configs and model.py files a build reads as templates), and `aerec serve`
+    reads that same default."""
+    ranker, _, _ = runs
+    done = subprocess.run([sys.executable, "-m", "cli.main", "repository", str(ranker)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / DEFAULT_REPOSITORY / "recommend" / "config.pbtxt").is_file()
+    assert not (tmp_path / "model_repository").exists()
+    assert DEFAULT_REPOSITORY.parts[0] == "runs"   # git-ignored
+    assert inspect.signature(serve).parameters["repository"].default.default == DEFAULT_REPOSITORY
