@@ -151,6 +151,7 @@ class StubRestart:
     detected_at: float      # time.monotonic() when the dead stub was seen
     reload_seconds: float
     error: str = ""
+    server_restarted: bool = False   # the model's own restart hung, so the whole server was restarted
 
 
 class StubSupervisor(threading.Thread):
@@ -162,9 +163,11 @@ class StubSupervisor(threading.Thread):
     every `rescan_every` ticks and right after a model (re)load. Scanning everything 4 times a
     second stole ~3 ms bursts from the serving path, visible in the lone user's p99."""
 
-    def __init__(self, server: "TritonServer", interval: float = 0.25, rescan_every: int = 16):
+    def __init__(self, server: "TritonServer", interval: float = 0.25, rescan_every: int = 16,
+                 restart_timeout: float = 20.0):
         super().__init__(daemon=True, name="stub-supervisor")
         self.server, self.interval, self.rescan_every = server, interval, rescan_every
+        self.restart_timeout = restart_timeout
         self.known: dict[int, str] = {}
         # model -> (dead stub's pid, failed restarts so far, time.monotonic() of the next try)
         self.failed: dict[str, tuple[int, int, float]] = {}
@@ -215,19 +218,43 @@ class StubSupervisor(threading.Thread):
         own config made it reload only on the first serve of a freshly written repository). While
         the model is unloaded, it and every ensemble using it report not ready (and requests get
         "has no available versions", which clients retry elsewhere); a failed load is tried again
-        with backoff (1 s, 2 s ... 30 s), the model staying not ready meanwhile."""
+        with backoff (1 s, 2 s ... 30 s), the model staying not ready meanwhile.
+
+        An unload or load that does not answer within `restart_timeout` seconds restarts the
+        whole server on the same ports: a stub killed while it holds the lock of its shared-memory
+        message queue leaves the backend waiting on that lock for ever (the unload then never
+        finishes, and the server later dies), and nothing short of a new process clears it."""
         t0 = time.monotonic()
         attempt = self.failed.pop(model, (pid, 0, 0.0))[1]
         log.warning("Python stub %d of model %r died; restarting the model", pid, model)
         try:
-            self.server.restart_model(model)
-            err = ""
+            self.server.restart_model(model, timeout=self.restart_timeout)
+            err, whole = "", False
+        except TimeoutError as e:   # socket timeouts: the backend is stuck, not refusing
+            log.error("restarting %r did not finish in %.0f s (%s); restarting the server", model,
+                      self.restart_timeout, e)
+            err, whole = self._restart_server(), True
         except OSError as e:
-            err = str(e)
-            self.failed[model] = (pid, attempt + 1, time.monotonic() + min(30.0, 2.0 ** attempt))
-            log.error("restarting %r failed (attempt %d; tried again in %.0f s): %s", model, attempt + 1,
-                      min(30.0, 2.0 ** attempt), e)
-        self.server.stub_restarts.append(StubRestart(model, pid, t0, time.monotonic() - t0, err))
+            if isinstance(getattr(e, "reason", None), TimeoutError):   # urllib wraps them
+                log.error("restarting %r did not finish in %.0f s (%s); restarting the server", model,
+                          self.restart_timeout, e)
+                err, whole = self._restart_server(), True
+            else:
+                err, whole = str(e), False
+                self.failed[model] = (pid, attempt + 1, time.monotonic() + min(30.0, 2.0 ** attempt))
+                log.error("restarting %r failed (attempt %d; tried again in %.0f s): %s", model, attempt + 1,
+                          min(30.0, 2.0 ** attempt), e)
+        self.server.stub_restarts.append(StubRestart(model, pid, t0, time.monotonic() - t0, err, whole))
+
+    def _restart_server(self) -> str:
+        """Restart the server this supervisor watches (a new supervisor comes with it; this one
+        stops at its next tick). Returns "" or the error that kept it from starting."""
+        try:
+            self.server.restart()
+            return ""
+        except (OSError, RuntimeError, TimeoutError) as e:
+            log.error("restarting the server failed: %s", e)
+            return f"server restart: {e}"
 
     def halt(self) -> None:
         """Stop the loop at its next tick."""
@@ -283,6 +310,7 @@ class TritonServer:
         # servers never hold the same ports.
         self.log = Path(log) if log else self.build_dir / f"server-http{self.http_port}-grpc{self.grpc_port}.log"
         self.process: subprocess.Popen | None = None
+        self._restarting = threading.Event()
 
     @property
     def http_url(self) -> str:
@@ -327,7 +355,7 @@ class TritonServer:
         assemble_backends(self.build_dir / "backends")
         shim = build_shim(self.build_dir)   # ShimError (a RuntimeError) without a C compiler
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._logf = open(self.log, "wb")
+        self._logf = open(self.log, "ab")   # a restarted server's log follows its predecessor's
         with SecretPipe(self.admin_key, shim) as key:
             env = dict(os.environ, **server_environment(), **key.env)
             self.process = subprocess.Popen(self.command(), stdout=self._logf, stderr=subprocess.STDOUT, env=env,
@@ -404,6 +432,18 @@ class TritonServer:
         if self.supervisor:
             self.supervisor.rescan_soon()
 
+    def restart(self, timeout: float = 120) -> None:
+        """Stop the server and start it again with the same repository, ports and admin key, so
+        clients reconnect to the same addresses (the supervisor's last resort). Raises what
+        `start` raises."""
+        self._restarting.set()
+        try:
+            self.stop()
+            self._swept = False
+            self.start(timeout)
+        finally:
+            self._restarting.clear()
+
     def stop(self) -> None:
         """SIGTERM the server's process group (SIGKILL after 20 s), and any stub left behind."""
         if self.supervisor:
@@ -441,7 +481,7 @@ class TritonServer:
             self.start()
             if on_ready:
                 on_ready(self)
-            while self.process.poll() is None:
+            while self.process.poll() is None or self._restarting.is_set():
                 time.sleep(0.5)
             if self.process.returncode:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log}:\n"

@@ -114,7 +114,8 @@ def test_killed_stub_recovers_under_load(server, load, model):
     restarts_before = len(server.stub_restarts)
     killed_at = time.monotonic()
     os.kill(_stub_pid(server, model), signal.SIGKILL)
-    deadline = killed_at + 30
+    # 30 s for the model's restart; more where it hung and the whole server was restarted.
+    deadline = killed_at + 90
     while time.monotonic() < deadline and len(server.stub_restarts) == restarts_before:
         time.sleep(0.1)
     time.sleep(10)  # load goes on: requests caught inside the dead stub take seconds to fail
@@ -134,11 +135,40 @@ def test_killed_stub_recovers_under_load(server, load, model):
           f"{restart.reload_seconds:.2f} s; {len(failed)} of {len(outcomes)} requests failed ({lost_in_flight} "
           f"already in flight at the kill); requests succeed again from {recovery:.2f} s after the kill "
           f"({len(after)} after that, all good)")
-    # In the dead stub, or arriving while the supervisor has the model unloaded for its restart.
-    assert all("is not healthy" in outcomes[i].error or "Stub" in outcomes[i].error
-               or "has no available versions" in outcomes[i].error for i in failed)
-    assert recovery < 15, f"requests still failing {recovery:.1f} s after the kill"
+    if restart.server_restarted:
+        # Rare: the stub died holding its message queue's lock and the model's unload hung, so
+        # the supervisor restarted the server (its restart timeout, then a stop and a start).
+        assert recovery < 20 + restart.reload_seconds, f"requests still failing {recovery:.1f} s after the kill"
+    else:
+        # In the dead stub, or arriving while the supervisor has the model unloaded for its restart.
+        assert all("is not healthy" in outcomes[i].error or "Stub" in outcomes[i].error
+                   or "has no available versions" in outcomes[i].error for i in failed)
+        assert recovery < 15, f"requests still failing {recovery:.1f} s after the kill"
     assert len(after) > 20
+
+
+def test_a_model_restart_that_hangs_restarts_the_server(built):
+    """When a dead stub's model cannot be restarted in time (the backend stuck on a lock the stub
+    held), the supervisor restarts the server on the same ports: the same clients are served
+    again, by a new process, with a new supervisor."""
+    root, _, repo = built
+    with TritonServer(repo, build_dir=root / "build", admin_key=KEY) as s:
+        s.supervisor.restart_timeout = 0.001   # no model restart answers this fast: each "hangs"
+        first, supervisor = s.process.pid, s.supervisor
+        os.kill(_stub_pid(s, "postprocess"), signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not s.stub_restarts:
+            time.sleep(0.1)
+        assert s.stub_restarts, "the supervisor never noticed the dead stub"
+        restart = s.stub_restarts[-1]
+        assert restart.model == "postprocess" and restart.server_restarted and not restart.error, restart
+        assert s.process.pid != first and s.process.poll() is None
+        assert s.supervisor is not supervisor and s.supervisor.is_alive()
+        supervisor.join(timeout=5)
+        assert not supervisor.is_alive(), "the old supervisor kept running beside the new one"
+        rc = RecommenderClient(s.grpc_url)
+        assert len(rc.recommend(user_id=1, k=5).item_ids) == 5
+        assert _stubs_of(s.process.pid), "the new server runs its own stubs"
 
 
 def test_sdk_retries_through_a_server_restart(built):
