@@ -221,9 +221,10 @@ class StubSupervisor(threading.Thread):
         with backoff (1 s, 2 s ... 30 s), the model staying not ready meanwhile.
 
         An unload or load that does not answer within `restart_timeout` seconds restarts the
-        whole server on the same ports: a stub killed while it holds the lock of its shared-memory
-        message queue leaves the backend waiting on that lock for ever (the unload then never
-        finishes, and the server later dies), and nothing short of a new process clears it."""
+        whole server on the same ports: once in a full test run the unload of a killed stub's model
+        never answered and the server later died (most likely the stub was killed holding the lock
+        of its shared-memory message queue, which the backend then waits on for ever); nothing
+        short of a new process clears that."""
         t0 = time.monotonic()
         attempt = self.failed.pop(model, (pid, 0, 0.0))[1]
         log.warning("Python stub %d of model %r died; restarting the model", pid, model)
