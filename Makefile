@@ -36,34 +36,34 @@ demo: setup
 	$(PY) examples/demo_serve.py runs/demo-repository
 
 lint: setup
-	$(VENV)/bin/ruff check builder perf tests scripts server client cli examples serving model_repository
+	$(VENV)/bin/ruff check builder perf benchmarks tests scripts server client cli examples serving model_repository
 
 bench: setup
-	$(PY) -m perf.bench_train
+	$(PY) -m benchmarks.bench_train
 
 bench-scale: setup
-	$(PY) -m perf.bench_scale
+	$(PY) -m benchmarks.bench_scale
 
 bench-knobs: setup
-	$(PY) -m perf.bench_knobs
+	$(PY) -m benchmarks.bench_knobs
 
 bench-large: setup
-	$(PY) -m perf.bench_large
+	$(PY) -m benchmarks.bench_large
 
 bench-distributed: setup
-	$(PY) -m perf.bench_distributed --nproc 1,2 --sweep 60000,120000,240000 --steps 200
+	$(PY) -m benchmarks.bench_distributed --nproc 1,2 --sweep 60000,120000,240000 --steps 200
 
 bench-new-users: setup
-	$(PY) -m perf.bench_new_users
+	$(PY) -m benchmarks.bench_new_users
 
 bench-replicas: setup
-	$(PY) -m perf.bench_replicas
+	$(PY) -m benchmarks.bench_replicas
 
 bench-items: setup
-	$(PY) -m perf.bench_items
+	$(PY) -m benchmarks.bench_items
 
 bench-logs: setup
-	nice $(PY) -m perf.bench_logs
+	nice $(PY) -m benchmarks.bench_logs
 
 perf: setup
 	$(AEREC) perf

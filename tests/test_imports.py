@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("builder", "serving", "client", "cli", "server", "perf")
+PACKAGES = ("builder", "serving", "client", "cli", "server", "perf", "benchmarks")
 
 
 def module_name(path: Path) -> str:

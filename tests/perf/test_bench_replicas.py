@@ -1,4 +1,4 @@
-"""perf/bench_replicas.py: the concurrency split and thread choice by hand, and one perf_analyzer
+"""benchmarks/bench_replicas.py: the concurrency split and thread choice by hand, and one perf_analyzer
 per replica against two real Triton replicas serving a small model to held-out ML-100K users."""
 import os
 
@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2
 from builder.repository import Tuning
 from conftest import build_repository
 from perf import inputs
-from perf.bench_replicas import drive_perf_analyzer, ort_threads_for, split_concurrency, tuning_for
+from benchmarks.bench_replicas import drive_perf_analyzer, ort_threads_for, split_concurrency, tuning_for
 from server.replicas import ReplicaSet
 from serving.session_options import THREADS
 

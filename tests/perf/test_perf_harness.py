@@ -166,7 +166,7 @@ def test_tuning_chooses_the_best_score_within_the_latency_budget():
 
 
 def test_bench_large_profiles_every_layer_and_runs_sessions_side_by_side(u1, tmp_path):
-    from perf import bench_large
+    from benchmarks import bench_large
     model = make_model(TrainConfig(model="deeprec", hidden=[32, 16], last_activation=False), u1.n_items).eval()
     export_onnx_fp32(model, u1.n_items, tmp_path / "m.onnx")
     x = u1.train[:8].toarray().astype(np.float32)

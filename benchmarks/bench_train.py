@@ -1,4 +1,4 @@
-"""Training speed on ML-100K u1: `python -m perf.bench_train`.
+"""Training speed on ML-100K u1: `python -m benchmarks.bench_train`.
 
 Prints, from one run on this machine:
   1. I-AutoRec (preset `autorec-i`): seconds until its best epoch, and in total.

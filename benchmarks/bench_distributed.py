@@ -1,4 +1,4 @@
-"""Data-parallel epoch of the deep autoencoder at Netflix size: `python -m perf.bench_distributed`.
+"""Data-parallel epoch of the deep autoencoder at Netflix size: `python -m benchmarks.bench_distributed`.
 
 480,189 users x 17,770 items, 100,480,507 ratings (Netflix's figures) by default, synthetic,
 generated straight into CSR, each rank building only its own block of users
@@ -99,7 +99,7 @@ def run_once(nproc: int, users: int, items: int, ratings: int, batch_size: int, 
     from builder.distributed import torchrun_command
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        cmd = torchrun_command(nproc, "perf.bench_distributed",
+        cmd = torchrun_command(nproc, "benchmarks.bench_distributed",
                                ["--worker", "--result", str(result), "--users", str(users), "--items", str(items),
                                 "--ratings", str(ratings), "--batch-size", str(batch_size), "--steps", str(steps),
                                 "--seed", str(seed)])

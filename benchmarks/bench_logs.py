@@ -1,4 +1,4 @@
-"""Loading a large interaction log with string ids: `python -m perf.bench_logs` (`make bench-logs`).
+"""Loading a large interaction log with string ids: `python -m benchmarks.bench_logs` (`make bench-logs`).
 
 Writes a synthetic log (builder.data.synthetic.synthetic_log: power-law item popularity, string
 ids u<n> / sku-<n>, timestamps) as Parquet and as gzip CSV, then for each format loads it in a
@@ -7,7 +7,7 @@ summed, a `Ratings` ready to split) and once with pandas' own reader of the same
 (read_parquet / read_csv), recording wall seconds and the process's peak RSS (VmHWM). Last, a
 top-N model trains on a log of `--train-events` (Mult-VAE, a few epochs), timed.
 
-    python -m perf.bench_logs --events 20000000 --users 200000 --items 20000 --out /tmp/bench_logs
+    python -m benchmarks.bench_logs --events 20000000 --users 200000 --items 20000 --out /tmp/bench_logs
 """
 from __future__ import annotations
 

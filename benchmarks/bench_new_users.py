@@ -1,4 +1,4 @@
-"""Accuracy for users the model never trained on: `python -m perf.bench_new_users`.
+"""Accuracy for users the model never trained on: `python -m benchmarks.bench_new_users`.
 
 u1's test users are also training users (their other ratings are in u1.base), so u1.test
 scores a user-based model on people it has seen. A served model also meets new people: this

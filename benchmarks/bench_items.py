@@ -1,4 +1,4 @@
-"""How one served network grows with the catalogue: `python -m perf.bench_items` (`make bench-items`).
+"""How one served network grows with the catalogue: `python -m benchmarks.bench_items` (`make bench-items`).
 
 For each item count, the DeepRecommender layout n-512-512-1024 (mirrored; untrained weights: the
 cost does not depend on their values) is exported to ONNX, served alone by the embedded Triton

@@ -1,4 +1,4 @@
-"""Side by side, the serving knobs the README quotes: `python -m perf.bench_knobs` (`make bench-knobs`).
+"""Side by side, the serving knobs the README quotes: `python -m benchmarks.bench_knobs` (`make bench-knobs`).
 
 - ONNX Runtime, one user per forward, on one and on two threads (each forward streams the
   served model's 5.4 MB of weights; one core's share of L2 is 2 MB);

@@ -1,4 +1,4 @@
-"""The 17,770-item network at 64 users per request, side by side: `python -m perf.bench_large`
+"""The 17,770-item network at 64 users per request, side by side: `python -m benchmarks.bench_large`
 (`make bench-large`). What the README's large-model bullet quotes:
 
 - ONNX Runtime in-process: each layer's share of one 64-user forward (ORT's own profiler), and

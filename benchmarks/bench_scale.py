@@ -1,4 +1,4 @@
-"""One epoch of the deep autoencoder on a synthetic Netflix-like set: `python -m perf.bench_scale`.
+"""One epoch of the deep autoencoder on a synthetic Netflix-like set: `python -m benchmarks.bench_scale`.
 
 48,000 users x 17,770 items, 10M ratings by default (a tenth of Netflix's users, all of its
 items); the DeepRecommender paper's layers n-512-512-1024 with dense re-feeding. Prints the

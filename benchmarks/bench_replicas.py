@@ -1,4 +1,4 @@
-"""One server or several on one machine: `python -m perf.bench_replicas` (`make bench-replicas`).
+"""One server or several on one machine: `python -m benchmarks.bench_replicas` (`make bench-replicas`).
 
 Serves the default pipeline (the `ease` ranker beside the `deeprec` rater, as `make perf`) from
 one repository on 1 and on 2 replicas (server/replicas.py) and measures each with perf_analyzer
