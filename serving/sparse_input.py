@@ -7,8 +7,9 @@ weights (the ratings that count, 0 elsewhere), their sum weighted by the ratings
 keeps the dense MatMul and puts beside it, behind an ONNX `If`, the gather of those rows
 (NonZero -> Gather), summed per user by a product with the [batch, nnz] matrix saying which
 user each row belongs to (0/1, or the entry's rating for weighted feedback). The sparse branch
-runs while the batch's ratings number at most `max_share` of the matrix's rows: a lone user with 100 ratings of 1,682 items reads 100 rows
-(0.7 MB) instead of the whole 11 MB matrix, most of the cost of serving that user on a CPU;
+runs while the batch's ratings number at most `max_share` of the matrix's rows: a lone user
+with 100 ratings of 1,682 items reads 100 rows (0.7 MB) instead of the whole 11 MB matrix,
+most of the cost of serving that user on a CPU;
 a batch of 64 users, which reads the matrix once for all of them, keeps the dense product.
 Measured on ML-100K's EASE merged with the deeprec rater (one graph, one thread, median us):
 1 user 213 -> 106, 4 users 254 -> 162, 8 users (393 ratings) 447 -> 370, 16 users (838)
