@@ -140,3 +140,22 @@ def test_served_network_and_its_sparse_path_score_the_rating_values(ease_values,
         np.testing.assert_allclose(dense.run(None, {name: rows})[0], rows @ model.B.numpy(), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(sparse.run(None, {name: rows})[0], dense.run(None, {name: rows})[0],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_a_shard_of_users_with_the_sums_of_all_shards_fits_the_whole():
+    """Data-parallel EASE: each process fits its rows, `reduce` sums the Gram matrices and the
+    item counts (the popularity correction's) over processes; here the other shard's are added."""
+    top, bottom = sp.csr_matrix(RATINGS[:2]), sp.csr_matrix(RATINGS[2:])
+    other_gram = gram(sp.csr_matrix(input_weights(RATINGS[2:], 0.0, "values")))
+    other_counts = (RATINGS[2:] > 0).sum(axis=0).astype(np.float64)
+    reduced = []
+
+    def reduce(part):
+        reduced.append(np.shape(part))
+        return part + (other_gram if np.ndim(part) == 2 else other_counts)
+
+    options = dict(dropout=0.5, popularity_gamma=0.2)
+    whole = EASE(6, ease_input="values").fit(sp.vstack([top, bottom]).tocsr(), 3.0, **options).B.numpy()
+    shard = EASE(6, ease_input="values").fit(top, 3.0, reduce=reduce, **options).B.numpy()
+    assert reduced == [(6, 6), (6,)]
+    np.testing.assert_allclose(shard, whole, rtol=1e-5, atol=1e-7)
