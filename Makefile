@@ -27,7 +27,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not gpu and not slow"
 
 demo: setup
-	$(AEREC) train --preset ease --out runs/demo-ease --quiet
+	$(AEREC) train --preset ease-values --out runs/demo-ease --quiet
 	$(AEREC) train --preset deeprec --out runs/demo-deeprec --quiet
 	$(AEREC) results runs/demo-ease runs/demo-deeprec
 	$(AEREC) export runs/demo-ease --precision fp32

@@ -30,7 +30,7 @@ from builder.presets import preset
 from builder.train import train
 
 USER_BASED_PRESETS = ("deeprec", "deeprec-plain", "deeprec-paper", "autorec-u", "sae-seed")
-TOP_N_PRESETS = ("ease", "mult-vae", "mult-dae")
+TOP_N_PRESETS = ("ease-values", "ease", "mult-vae", "mult-dae")
 TARGET_RECALL = 0.40  # recall@10 of the served ranker for people it never trained on
 
 

@@ -1,6 +1,6 @@
 """One server or several on one machine: `python -m benchmarks.bench_replicas` (`make bench-replicas`).
 
-Serves the default pipeline (the `ease` ranker beside the `deeprec` rater, as `make perf`) from
+Serves the default pipeline (the `ease-values` ranker beside the `deeprec` rater, as `make perf`) from
 one repository on 1 and on 2 replicas (server/replicas.py) and measures each with perf_analyzer
 (`--load perf_analyzer`, the default): one perf_analyzer process per replica, all started at
 once, each with an even share of the total concurrency, on the `recommend` ensemble with the

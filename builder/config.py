@@ -73,6 +73,11 @@ class TrainConfig:
     implicit_threshold: float = 0.0   # a rating >= this is a positive; 0: any rating is
     ease_lambda: float = 500.0        # ease: L2 weight lambda of the closed form
     ease_max_gb: float = 12.0         # ease: refuse a fit peaking above this (36 * items^2 bytes + 32 MB: 18,233 items)
+    ease_input: str = "binary"        # ease: "binary" (a rating >= implicit_threshold is a 1) | "values" (it
+                                      # weighs its rating value), in the fit and in the served input alike
+    edlae_dropout: float = 0.0        # ease: EDLAE's input dropout p (Steck 2020): the L2 weight becomes
+                                      # lambda + p/(1-p) diag(X^T X); 0: EASE
+    popularity_gamma: float = 0.0     # ease: divide B's column j by (users with a positive on j)^gamma; 0: none
     anneal_cap: float = 0.2           # mult-vae: the KL weight beta grows linearly to this cap
     total_anneal_steps: int = 2000    # mult-vae: update steps for beta to go from 0 to 1 (before the cap)
     val_holdout: float = 0.2          # top-N validation: share of each training user's ratings hidden

@@ -93,7 +93,8 @@ def check_trainable(config: TrainConfig, train_ui: sp.csr_matrix, test_ui: sp.cs
 def make_top_n_model(config: TrainConfig, n_items: int) -> torch.nn.Module:
     """The untrained top-N model of `config` for n_items items."""
     return build_model(config.model, n_items, hidden=tuple(config.hidden), input_dropout=config.input_dropout,
-                       implicit_threshold=config.implicit_threshold, ease_max_gb=config.ease_max_gb)
+                       implicit_threshold=config.implicit_threshold, ease_max_gb=config.ease_max_gb,
+                       ease_input=config.ease_input)
 
 
 def validation_split_top_n(train_ui: sp.csr_matrix, config: TrainConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -125,6 +126,11 @@ def validation_metrics(model, visible: sp.csr_matrix, hidden: sp.csr_matrix, con
     return {k: m[k] for k in REPORTED}
 
 
+def ease_options(config: TrainConfig) -> dict:
+    """EASE.fit's variant options from `config`: EDLAE dropout and the popularity correction."""
+    return {"dropout": config.edlae_dropout, "popularity_gamma": config.popularity_gamma}
+
+
 def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Module:
     """Popularity's counts or EASE's B from `matrix` (users x items, raw ratings)."""
     if config.model == "ease":
@@ -133,8 +139,9 @@ def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Modu
         if w.parallel:  # each rank's block of users adds its X^T X; all solve the summed Gram
             start, stop = distributed.shard_range(matrix.shape[0], w)
             return make_top_n_model(config, matrix.shape[1]).fit(matrix[start:stop], config.ease_lambda,
-                                                                 reduce=distributed.all_sum).eval()
-        return make_top_n_model(config, matrix.shape[1]).fit(matrix, config.ease_lambda).eval()
+                                                                 reduce=distributed.all_sum,
+                                                                 **ease_options(config)).eval()
+        return make_top_n_model(config, matrix.shape[1]).fit(matrix, config.ease_lambda, **ease_options(config)).eval()
     if config.model == "popularity":
         return make_top_n_model(config, matrix.shape[1]).fit(matrix).eval()
     raise ValueError(f"{config.model!r} has no closed form; it is trained by fit_multinomial")

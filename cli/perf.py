@@ -11,7 +11,7 @@ from cli.common import fail
 
 def perf(
     run_dir: Optional[Path] = typer.Argument(None, help="run folder to serve (a top-N or a rating model); "
-                                             "default: the ease preset ranking beside the deeprec preset rating"),
+                                             "default: the ease-values preset ranking beside the deeprec rating"),
     rating_model: Optional[Path] = typer.Option(None, "--rating-model",
                                                 help="a rating model served beside the top-N RUN_DIR"),
     full: bool = typer.Option(False, "--full", help="the long sweep (make perf-full)"),

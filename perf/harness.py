@@ -146,11 +146,11 @@ def _exported(run_dir: Path, precisions: list[str]) -> Path:
 
 def ensure_runs(run_dir: Path | None, rating_run: Path | None) -> tuple[Path | None, Path | None]:
     """(ranker, rater) run folders to serve, as `aerec repository` takes them. With no run given:
-    the `ease` ranker beside the `deeprec` rater, each trained once and cached under runs/. A
+    the `ease-values` ranker beside the `deeprec` rater, each trained once and cached under runs/. A
     given run is served alone unless `rating_run` is given too; a rating run alone is the rater."""
     from builder.models import TOP_N
     if run_dir is None:
-        return (_trained("ease", ROOT / "runs" / "perf-ease", ["fp32"]),
+        return (_trained("ease-values", ROOT / "runs" / "perf-ease-values", ["fp32"]),
                 _trained("deeprec", ROOT / "runs" / "perf-deeprec", ["fp32", "int8"]))
     ranker = TrainConfig.load(Path(run_dir) / "config.json").model in TOP_N
     if rating_run is not None:
@@ -555,7 +555,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
              n_users: int = 64, p99_budget_ms: float | None = 2.0, rating_run: Path | None = None,
              model_analyzer: bool = False, peers: list[str] | None = None) -> Path:
     """`aerec perf`: build the repository `aerec repository RUN_DIR [--rating-model RATING_RUN]`
-    would (by default the `ease` ranker beside the `deeprec` rater), measure it and every
+    would (by default the `ease-values` ranker beside the `deeprec` rater), measure it and every
     baseline on `n_users` held-out users, tune it, and write report.md, summary.json,
     results.json and tuned.json under `results_root`/<stamp>/; returns that folder.
 

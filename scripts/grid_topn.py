@@ -1,4 +1,4 @@
-"""Validation grids of the top-N presets: `python scripts/grid_topn.py [--models ease,mult-vae]`.
+"""Validation grids of the top-N presets: `python scripts/grid_topn.py [--models ease,ease-variants]`.
 
 Every configuration is trained with `builder.train.train(..., evaluate=False)`: it is scored
 on the validation split of u1.base only (each training user hides 20% of their ratings), and
@@ -19,6 +19,11 @@ GRIDS = {
     "popularity": ({"model": "popularity"}, {"implicit_threshold": [0.0, 4.0]}),
     "ease": ({"model": "ease"}, {"implicit_threshold": [0.0, 4.0],
                                   "ease_lambda": [50.0, 100.0, 200.0, 300.0, 500.0, 800.0, 1200.0, 2000.0]}),
+    # EASE's variants (builder/models/ease.py): input weights x lambda x EDLAE dropout x popularity
+    # correction, every rating as input (implicit_threshold 0).
+    "ease-variants": ({"model": "ease", "implicit_threshold": 0.0},
+                      {"ease_input": ["binary", "values"], "ease_lambda": [500.0, 1000.0, 2000.0, 5000.0, 10000.0],
+                       "edlae_dropout": [0.0, 0.5, 0.67], "popularity_gamma": [0.0, 0.1, 0.2, 0.3]}),
     "mult-dae": ({"model": "mult-dae", "hidden": [600, 200], "input_dropout": 0.5, "lr": 1e-3, "batch_size": 100,
                   "epochs": 200, "patience": 20},
                  {"implicit_threshold": [0.0, 4.0], "weight_decay": [0.0, 1e-5]}),

@@ -22,13 +22,13 @@ def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", d
                 constrained=False, last_activation=True, input_dropout=0.0, center=False,
                 implicit=False, input_norm=False, skip=False,
                 n_rows=None, kernel_dim=5, gk_size=3, dot_scale=1.0, implicit_threshold=0.0,
-                ease_max_gb=12.0):
+                ease_max_gb=12.0, ease_input="binary"):
     """The untrained model `name` for rows of n_inputs entries; raises ValueError for an
     unknown name (or an EASE fit peaking above `ease_max_gb`)."""
     if name == "popularity":
         return Popularity(n_inputs, threshold=implicit_threshold)
     if name == "ease":
-        return EASE(n_inputs, threshold=implicit_threshold, max_gb=ease_max_gb)
+        return EASE(n_inputs, threshold=implicit_threshold, max_gb=ease_max_gb, ease_input=ease_input)
     if name == "mult-dae":
         return MultDAE(n_inputs, hidden=tuple(hidden), input_dropout=input_dropout, threshold=implicit_threshold)
     if name == "mult-vae":

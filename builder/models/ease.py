@@ -3,6 +3,17 @@ item-item autoencoder with a closed form and a zero diagonal, so no item predict
 
 B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1, X binary implicit feedback.
 Serving is one MatMul: scores = binarise(x) @ B.
+
+Variants, each a config choice whose default is the plain EASE above:
+- input "values": X holds the rating values of the ratings that count (>= the threshold)
+  instead of 1s; served as scores = (x * binarise(x)) @ B, the same weights.
+- EDLAE (Steck 2020, "Autoencoders that don't overfit towards the identity", NeurIPS): dropout
+  p of the input, in expectation, is an L2 weight per item, Lambda = lambda I + p/(1-p)
+  diagMat(diag(X^T X)); with the zero diagonal (full emphasis on the dropped entries)
+  B = I - P diagMat(1/diag(P)), P = (X^T X + Lambda)^-1.
+- popularity correction gamma: column j of B divided by popularity_j^gamma (popularity_j: the
+  users with a positive on item j, at least 1), so popular items score less; gamma 0 is none.
+  Folded into B: serving is unchanged.
 """
 import math
 
@@ -54,13 +65,17 @@ def check_ease_memory(n_items: int, max_gb: float) -> None:
                          f"number of items) or raise ease_max_gb to {math.ceil(need / GB * 10) / 10:g}")
 
 
-def fit_ease(X: sp.csr_matrix, lam: float) -> np.ndarray:
-    """B float32 [n_items, n_items] from binary X [n_users, n_items] (csr) and L2 weight lam > 0.
+INPUTS = ("binary", "values")
+
+
+def fit_ease(X: sp.csr_matrix, lam: float, dropout: float = 0.0) -> np.ndarray:
+    """B float32 [n_items, n_items] from X [n_users, n_items] (csr; binary, or rating values as
+    weights), L2 weight lam > 0 and EDLAE dropout 0 <= p < 1 (0: plain EASE).
 
     The Gram matrix is inverted in float64: with lambda in the hundreds and counts in the
     hundreds its condition number is modest, but float32 loses the small off-diagonal weights.
     """
-    return ease_from_gram(gram(X), lam)
+    return ease_from_gram(gram(X), lam, dropout)
 
 
 def gram(X: sp.csr_matrix) -> np.ndarray:
@@ -70,16 +85,44 @@ def gram(X: sp.csr_matrix) -> np.ndarray:
     return (X.T @ X).toarray()
 
 
-def ease_from_gram(G: np.ndarray, lam: float) -> np.ndarray:
-    """B float32 [n_items, n_items] from the Gram matrix G = X^T X (float64, modified in place)
-    and L2 weight lam > 0 (ValueError otherwise)."""
+def edlae_penalty(G: np.ndarray, lam: float, dropout: float) -> np.ndarray:
+    """The diagonal of EDLAE's L2 weight (Steck 2020), float64 [n_items]: lam + p/(1-p) diag(G),
+    G = X^T X [n_items, n_items], p = dropout; p = 0 gives EASE's lam on every item. Raises
+    ValueError for lam <= 0 or p outside [0, 1)."""
     if lam <= 0:
         raise ValueError(f"EASE lambda must be > 0, got {lam}")
-    G[np.diag_indices_from(G)] += lam
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"EDLAE dropout must be in [0, 1), got {dropout}")
+    return lam + dropout / (1.0 - dropout) * np.diag(G)
+
+
+def ease_from_gram(G: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarray:
+    """B float32 [n_items, n_items] from the Gram matrix G = X^T X (float64, modified in place),
+    L2 weight lam > 0 and EDLAE dropout 0 <= p < 1 (ValueError otherwise; p = 0: EASE).
+
+    B = I - P diagMat(1/diag(P)), P = (G + Lambda)^-1, Lambda = diagMat(edlae_penalty(G, lam, p))
+    (Steck 2020, EDLAE with full emphasis: the diagonal constraint diag(B) = 0 kept)."""
+    G[np.diag_indices_from(G)] = np.diag(G) + edlae_penalty(G, lam, dropout)
     P = np.linalg.inv(G)
     B = P / -np.diag(P)  # column j divided by -P_jj
     B[np.diag_indices_from(B)] = 0.0
     return B.astype(np.float32)
+
+
+def popularity_scale(counts: np.ndarray, gamma: float) -> np.ndarray:
+    """float64 [n_items]: 1 / max(count_j, 1)^gamma, what column j of B is multiplied by
+    (popularity correction; gamma 0: all ones). counts: users with a positive on each item."""
+    return np.maximum(np.asarray(counts, dtype=np.float64), 1.0) ** -gamma
+
+
+def input_weights(data: np.ndarray, threshold: float, ease_input: str) -> np.ndarray:
+    """EASE's input for stored ratings `data` (any shape, float): 1 where a rating counts (> 0
+    for threshold 0, else >= threshold) for "binary", the rating itself there for "values";
+    0 elsewhere. Raises ValueError for another ease_input."""
+    if ease_input not in INPUTS:
+        raise ValueError(f"ease_input must be one of {INPUTS}, got {ease_input!r}")
+    hit = (data > 0 if threshold <= 0 else data >= threshold).astype(np.float64)
+    return hit * data if ease_input == "values" else hit
 
 
 class EASE(nn.Module):
@@ -87,33 +130,47 @@ class EASE(nn.Module):
     zero diagonal, held as a float32 buffer [n_items, n_items] (4 * n_items^2 bytes) and set by
     fit. A top-N model: scores rank items, they are not ratings.
 
-    Raises ValueError when the fit would peak above `max_gb` gigabytes (check_ease_memory). `threshold`:
-    a rating counts as feedback when > 0 (threshold 0) or >= threshold."""
+    Raises ValueError when the fit would peak above `max_gb` gigabytes (check_ease_memory), or
+    for an unknown `ease_input`. `threshold`: a rating counts as feedback when > 0 (threshold 0)
+    or >= threshold. `ease_input`: "binary" (a counted rating is a 1) or "values" (it weighs its
+    value: scores = (x * binarise(x)) @ B), in the fit and in forward alike."""
 
-    def __init__(self, n_items: int, threshold: float = 0.0, max_gb: float = 12.0):
+    def __init__(self, n_items: int, threshold: float = 0.0, max_gb: float = 12.0, ease_input: str = "binary"):
         super().__init__()
         check_ease_memory(n_items, max_gb)
+        if ease_input not in INPUTS:
+            raise ValueError(f"ease_input must be one of {INPUTS}, got {ease_input!r}")
         self.threshold = threshold
+        self.ease_input = ease_input
         self.register_buffer("B", torch.zeros(n_items, n_items))
 
-    def fit(self, matrix: sp.csr_matrix, lam: float, reduce=None) -> "EASE":
-        """Set B from `matrix` (users x items CSR, raw ratings, binarised with the model's
-        threshold) with L2 weight `lam`; returns self. Raises ValueError for lam <= 0.
+    def fit(self, matrix: sp.csr_matrix, lam: float, reduce=None, dropout: float = 0.0,
+            popularity_gamma: float = 0.0) -> "EASE":
+        """Set B from `matrix` (users x items CSR, raw ratings, weighted by input_weights with
+        the model's threshold and input) with L2 weight `lam`, EDLAE dropout p and popularity
+        correction gamma (edlae_penalty, popularity_scale); returns self. Raises ValueError for
+        lam <= 0 or p outside [0, 1).
 
         `reduce`: when `matrix` is one shard of the users, a function summing the shards' Gram
-        matrices (float64 [n_items, n_items] -> the same), e.g. builder.distributed.all_sum;
-        every process then solves the same B."""
+        matrices (float64 [n_items, n_items] -> the same) and item counts, e.g.
+        builder.distributed.all_sum; every process then solves the same B."""
         X = sp.csr_matrix(matrix, dtype=np.float64, copy=True)  # a copy: eliminate_zeros works in place
-        X.data = (X.data > 0 if self.threshold <= 0 else X.data >= self.threshold).astype(np.float64)
+        X.data = input_weights(X.data, self.threshold, self.ease_input)
         X.eliminate_zeros()
         G = gram(X)
+        counts = np.diff(X.tocsc().indptr).astype(np.float64) if popularity_gamma else None
         if reduce is not None:
             G = np.array(reduce(G), dtype=np.float64)
-        self.B.copy_(torch.from_numpy(ease_from_gram(G, lam)))
+            counts = None if counts is None else np.array(reduce(counts), dtype=np.float64)
+        B = ease_from_gram(G, lam, dropout)
+        if popularity_gamma:
+            B *= popularity_scale(counts, popularity_gamma).astype(np.float32)  # column j: 1/pop_j^gamma
+        self.B.copy_(torch.from_numpy(B))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float [batch, n_items] raw ratings (0 = not rated) -> unbounded scores
         [batch, n_items], higher = recommend first; an item's own rating never scores itself.
         Raises RuntimeError (from torch) for another width."""
-        return binarise(x, self.threshold) @ self.B
+        hit = binarise(x, self.threshold)
+        return (x * hit if self.ease_input == "values" else hit) @ self.B

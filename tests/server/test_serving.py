@@ -11,6 +11,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from builder.config import TrainConfig
+from builder.presets import preset
 from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
 from conftest import snapshot, train_and_export
@@ -230,6 +231,24 @@ def test_one_network_alone_serves(served, u1, tmp_path, alone):
                                 "--user", "42", "-k", "3"], capture_output=True, text=True, timeout=120)
         assert table.returncode == 0, table.stderr
         assert "score" in table.stdout and ("predicted rating" in table.stdout) == (alone == "rater")
+
+
+@pytest.fixture(scope="module")
+def ease_values_run(u1, tmp_path_factory):
+    """The ease-values preset's ranker (EASE on rating values, EDLAE, popularity correction)."""
+    run, _ = train_and_export(u1, tmp_path_factory.mktemp("ease-values") / "ranker",
+                              TrainConfig(device="cpu").updated(**preset("ease-values")))
+    return run
+
+
+def test_ease_on_rating_values_serves_as_offline(served, ease_values_run, u1, tmp_path):
+    """A ranker whose input is the rating values, not 0/1: the served RATINGS (a known user's,
+    or a new user's ITEM_IDS + RATINGS) are weighted as in training, in both pipelines (the fused
+    one through the sparse path of serving/sparse_input.py for a lone user)."""
+    write_repository(ease_values_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
+    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
+        for protocol in ("grpc", "http"):
+            _assert_served_equals_offline(server, u1, protocol, ease_values_run, served.rater, n_users=50)
 
 
 BAD_REQUESTS = [
