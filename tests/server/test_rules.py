@@ -108,6 +108,8 @@ def _assert_row(rec, top, scores, predicted, ids, source):
 @pytest.mark.parametrize("pipeline", ["ensemble", "fused"])
 def test_rules_and_cold_start_equal_offline_on_both_protocols(served, data, runs, pipeline):
     server = served.serve(pipeline)
+    config = grpcclient.InferenceServerClient(server.grpc_url).get_model_config("recommend", as_json=True)["config"]
+    assert config.get("platform") == "ensemble" if pipeline == "ensemble" else config.get("backend") == "python"
     ids = np.asarray(data.item_ids)
     rng = np.random.default_rng(3)
     users = np.flatnonzero(np.diff(data.test.indptr) > 0)[1:6]

@@ -11,6 +11,7 @@ import torch
 from builder.export import export_onnx_fp32
 from builder.models import build_model
 from builder.models.popularity import item_counts
+from builder.repository import RepositoryError, write_repository
 from serving.contract import (BLOCKED, COLD_START_POPULARITY, EXCLUDE_IDS, INCLUDE_IDS, ITEM_IDS, MAX_RULE_IDS, PAD,
                               RATINGS, SOURCE_MODEL, SOURCE_POPULARITY, TOP_K, USER_ID)
 from serving.lists import Lists
@@ -224,3 +225,9 @@ def test_in_graph_rules_equal_top_k_allowed(u1, tmp_path):
     for k in (1, 10, 50):
         top, = fused.run([TOP_INDICES], {fused.get_inputs()[0].name: x, K: np.array([k], np.int64), BLOCKED: blocked})
         assert np.array_equal(top, top_k_allowed(preds, x != 0, blocked, k))
+
+
+def test_an_unknown_cold_start_option_is_refused_before_anything_is_built(tmp_path):
+    with pytest.raises(RepositoryError, match="cold_start must be one of \\('popularity', 'refuse'\\), got 'maybe'"):
+        write_repository(tmp_path / "run", tmp_path / "out", cold_start="maybe")
+    assert not (tmp_path / "out").exists()
