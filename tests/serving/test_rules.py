@@ -231,3 +231,18 @@ def test_an_unknown_cold_start_option_is_refused_before_anything_is_built(tmp_pa
     with pytest.raises(RepositoryError, match="cold_start must be one of \\('popularity', 'refuse'\\), got 'maybe'"):
         write_repository(tmp_path / "run", tmp_path / "out", cold_start="maybe")
     assert not (tmp_path / "out").exists()
+
+
+def test_string_ids_rules_pad_with_empty_bytes_and_count_the_unknown():
+    ids = np.array([f"sku-{i:03d}" for i in range(10, 121, 10)])
+    cat = Catalogue(ids, np.array(["u1", "u2"]), np.array([0, 2, 2], np.int64), np.array([0, 1], np.int64),
+                    np.array([5.0, 4.0], np.float32), 1.0, 5.0, cold_start=COLD_START_POPULARITY)
+    rows = parse_request({USER_ID: np.array([[b"u1"], [b"u9"]], np.object_),
+                          EXCLUDE_IDS: np.array([[b"sku-030", b"sku-999"], [b"", b""]], np.object_),
+                          INCLUDE_IDS: np.array([[b"", b""], [b"sku-050", b"sku-060"]], np.object_),
+                          TOP_K: np.array([[3], [3]], np.int32)}, cat)
+    dense, _, unknown, blocked = densify(rows, cat)
+    assert unknown[:, 0].tolist() == [1, 0] and rows[1].user_row == -1 and not dense[1].any()
+    assert np.flatnonzero(blocked[0]).tolist() == [2] and np.flatnonzero(~blocked[1]).tolist() == [4, 5]
+    top = top_k_allowed(np.arange(12, dtype=np.float32)[None].repeat(2, 0), dense != 0, blocked, 3)
+    assert top.tolist() == [[11, 10, 9], [5, 4, PAD]]
