@@ -155,16 +155,21 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue
 def _rule_columns(ids: np.ndarray, catalogue: Catalogue, name: str) -> list[tuple]:
     """A rule tensor's rows [rows, n] of raw ids (padded as ITEM_IDS is) -> per row (int64 item
     columns of the known ids, how many ids were unknown, whether the row held padding alone).
-    Raises RequestError for ids of the other kind, not UTF-8 or holding a NUL (as_ids)."""
+    One searchsorted for the whole tensor. Raises RequestError for ids of the other kind, not
+    UTF-8 or holding a NUL (as_ids)."""
     ids = as_ids(ids, catalogue.item_ids, name)
-    pad = catalogue.item_pad
-    out = []
-    for row in ids:
-        row = row[row != pad]
-        pos = np.clip(np.searchsorted(catalogue.item_ids, row), 0, catalogue.n_items - 1)
-        known = catalogue.item_ids[pos] == row
-        out.append((pos[known].astype(np.int64), int((~known).sum()), row.size == 0))
-    return out
+    rows = ids.shape[0]
+    flat = ids.reshape(-1)
+    pad = flat == catalogue.item_pad
+    # Sorted keys first: numpy's searchsorted is several times faster on them.
+    order = np.argsort(flat)
+    pos = np.empty(flat.size, np.int64)
+    pos[order] = np.clip(np.searchsorted(catalogue.item_ids, flat[order]), 0, catalogue.n_items - 1)
+    known = (catalogue.item_ids[pos] == flat) & ~pad
+    unknown = (~known & ~pad).reshape(rows, -1).sum(axis=1).tolist()
+    padding_only = pad.reshape(rows, -1).all(axis=1).tolist()
+    cols, ends = pos[known], np.cumsum(known.reshape(rows, -1).sum(axis=1)).tolist()
+    return [(cols[a:b], u, p) for a, b, u, p in zip([0] + ends[:-1], ends, unknown, padding_only)]
 
 
 def as_ids(values: np.ndarray, served: np.ndarray, name: str) -> np.ndarray:
