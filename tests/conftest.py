@@ -40,7 +40,7 @@ def corrupt_run_copy(run, dest):
 
 
 # The servers these helpers build refuse cold starts (an unknown user: the 400 the error tests
-# check); tests/server/test_rules.py serves the popularity cold start, a build's default.
+# check); tests/server/test_served_rules.py serves the popularity cold start, a build's default.
 TESTS_COLD_START = "refuse"
 
 
