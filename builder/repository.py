@@ -218,7 +218,7 @@ def preprocess_config(n_items: int, tuning: Tuning | None = None,
     """`ids`: (users', items') id types (see _id_types)."""
     t = tuning or Tuning()
     config = template("preprocess")
-    _tensor_dims(config.output, {contract.DENSE}, n_items)
+    _tensor_dims(config.output, {contract.DENSE, contract.BLOCKED}, n_items)
     _id_types(config, ids)
     _schedule(config, t.step_queue_delay_us, t.step_instances)
     return config
@@ -239,7 +239,8 @@ def postprocess_config(n_items: int, tuning: Tuning | None = None, ranker: bool 
     _id_types(config, ids)
     absent = {name for name, on in ((contract.RANKER_SCORES, ranker), (contract.RATER_PREDICTIONS, rater)) if not on}
     _keep(config.input, lambda i: i.name not in absent)
-    _tensor_dims(config.input, {contract.RANKER_SCORES, contract.RATER_PREDICTIONS, contract.DENSE}, n_items)
+    _tensor_dims(config.input, {contract.RANKER_SCORES, contract.RATER_PREDICTIONS, contract.DENSE, contract.BLOCKED},
+                 n_items)
     _served_outputs(config, rater)
     _schedule(config, t.step_queue_delay_us, t.step_instances)
     return config
@@ -306,16 +307,18 @@ def _python_model(vdir: Path, kind: str) -> None:
 
 
 def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuning: Tuning | None = None,
-                 threshold: float | None = None) -> dict:
+                 threshold: float | None = None, cold_start: str = contract.COLD_START_POPULARITY) -> dict:
     """Versioned preprocess/postprocess with their assets, and `recommend`. `threshold`: the
-    ranker's implicit threshold, for the popularity fallback (serving/fallback.py)."""
+    ranker's implicit threshold, for the popularity fallback (serving/fallback.py); `cold_start`
+    (contract.COLD_STARTS): what a user with nothing to rank from gets, serving/requests.py."""
     written = {}
     titles = np.array(dataset.titles, dtype=str)
     # "ranker"/"rater": which network outputs postprocess (and the fused model) receive;
-    # "implicit_threshold": below it a rating is no positive for the ranker (None: no ranker).
+    # "implicit_threshold": below it a rating is no positive for the ranker (None: no ranker);
+    # "cold_start": "popularity" or "refuse" (an unknown user, a user without ratings).
     assets = json.dumps({"scale": list(dataset.scale), "n_items": dataset.n_items,
                          "dataset": dataset.summary(), "ranker": ranker, "rater": rater,
-                         "implicit_threshold": threshold if ranker else None})
+                         "implicit_threshold": threshold if ranker else None, "cold_start": cold_start})
     hist = dataset.train.tocsr()
     for step, files in (("preprocess", {"item_ids.npy": dataset.item_ids, "user_ids.npy": dataset.user_ids,
                                          "hist_indptr.npy": hist.indptr.astype(np.int64),
@@ -470,7 +473,8 @@ def _run_dataset(part: _Served):
 
 
 def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None,
-                     rating_run: Path | None = None, device: str = "cpu") -> dict:
+                     rating_run: Path | None = None, device: str = "cpu",
+                     cold_start: str = contract.COLD_START_POPULARITY) -> dict:
     """Add one version of each served network to the repository at `out`; returns the manifest.
 
     `run_dir`: a top-N run (served as the ranker, `ranker_<variant>`) or a rating run (the rater,
@@ -487,11 +491,17 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     else as ONNX Runtime models with the TensorRT execution accelerator (see
     network_config_message); the Python steps stay KIND_CPU and need only numpy. The fused
     pipeline (ONNX Runtime inside a Python model) is CPU-only: RepositoryError on a GPU.
+
+    `cold_start` (contract.COLD_STARTS): a user `recommend` cannot rank (an unknown USER_ID, a
+    user with no training ratings, neither sending a known item) gets the popularity list, SOURCE
+    "popularity" ("popularity"), or a 400 ("refuse"). RepositoryError for another value.
     """
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise RepositoryError(f"unknown variant(s) {unknown}; available here: {', '.join(VARIANTS)}")
+    if cold_start not in contract.COLD_STARTS:
+        raise RepositoryError(f"cold_start must be one of {contract.COLD_STARTS}, got {cold_start!r}")
     if device not in DEVICES:
         raise RepositoryError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "gpu" and (tuning or Tuning()).pipeline == "fused":
@@ -555,7 +565,8 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
         if dataset is not None:  # an item-based run alone: its networks only, nothing recommends
             served.update(first)
             threshold = roles["ranker"].config.implicit_threshold if "ranker" in roles else None
-            written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning, threshold))
+            written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning, threshold,
+                                        cold_start))
         old_path = tmp / "aerec_repository.json"
         old = json.loads(old_path.read_text()) if old_path.is_file() else {}
         manifest = {"run": str(run_dir.resolve()),

@@ -4,11 +4,23 @@ Ids are given as text; the client sends them as the served catalogue has them (i
 strings, read from the model's metadata)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from cli.common import fail
+
+
+def id_list(values: list[str], files: list[Path]) -> list[str] | None:
+    """Item ids from comma-separated `values` ("1,2", repeatable) and `files` (one id per line,
+    blank lines skipped); None when neither is given. Raises OSError for a file not read."""
+    if not values and not files:
+        return None
+    ids = [v.strip() for text in values for v in text.split(",") if v.strip()]
+    for f in files:
+        ids += [line.strip() for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return ids
 
 
 def recommend(
@@ -18,6 +30,11 @@ def recommend(
     seen: list[str] = typer.Option([], help="ITEM (repeatable): an item in a new user's history, without a "
                                             "rating (counted at the scale's top)"),
     k: int = typer.Option(10, "-k", help="how many recommendations"),
+    exclude: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): items never to recommend"),
+    exclude_file: list[Path] = typer.Option([], "--exclude-file", help="a file of item ids to exclude, one a line"),
+    include: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): the only items that may be recommended"),
+    include_file: list[Path] = typer.Option([], "--include-file",
+                                            help="a file of the only item ids that may be recommended, one a line"),
     url: str = typer.Option("127.0.0.1:8001", help="server address host:port; several replicas separated by "
                                                    "commas (balanced, failing over from a dead one)"),
     protocol: str = typer.Option("grpc", help="grpc | http"),
@@ -37,11 +54,18 @@ def recommend(
     if user is None and not ratings and not seen:
         fail("give --user, --rate or --seen")
     try:
+        excluded, included = id_list(exclude, exclude_file), id_list(include, include_file)
+    except OSError as e:
+        fail(f"cannot read an id file: {e}")
+    if included == []:
+        fail("--include/--include-file gave no item id: nothing could be recommended")
+    try:
         client = RecommenderClient(url, protocol)
     except ValueError as e:
         fail(str(e))
     try:
-        rec = client.recommend(user_id=user, ratings=ratings or None, k=k, items=seen or None)
+        rec = client.recommend(user_id=user, ratings=ratings or None, k=k, items=seen or None,
+                               exclude=excluded, include=included)
     except Exception as e:  # the server's own message names the problem
         fail(str(e))
     predicted = rec.predicted_ratings
@@ -50,7 +74,11 @@ def recommend(
         t.add_row(str(i), str(item), title, f"{score:.3f}",
                   *([f"{predicted[i - 1]:.2f}"] if predicted is not None else []))
     Console().print(t)
+    if rec.source == "popularity":
+        typer.echo("the most popular items: the model has nothing to rank this user by (a cold start)")
     if rec.unknown_items:
-        typer.echo(f"{rec.unknown_items} rated item id(s) unknown to the model were skipped")
-    if not rec.complete:  # rated items are never recommended
-        typer.echo(f"only {rec.n_recommended} of {k} recommended: no other unrated item is left")
+        sent = "rated" if excluded is None and included is None else "sent (history, --exclude, --include)"
+        typer.echo(f"{rec.unknown_items} {sent} item id(s) unknown to the model were skipped")
+    if not rec.complete:  # rated items are never recommended, nor those the rules keep out
+        rules = "" if excluded is None and included is None else " that the rules allow"
+        typer.echo(f"only {rec.n_recommended} of {k} recommended: no other unrated item{rules} is left")

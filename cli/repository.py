@@ -21,13 +21,18 @@ def repository(
     device: str = typer.Option("cpu", help="cpu | gpu: gpu serves the networks on KIND_GPU instances, as "
                                "TensorRT plans where `aerec export --tensorrt` built them, else ONNX Runtime "
                                "with its TensorRT accelerator; the Python steps stay on the CPU"),
+    cold_start: str = typer.Option("popularity", "--cold-start",
+                                   help="popularity | refuse: a user the model cannot rank (unknown USER_ID, or "
+                                        "no training ratings and no known item sent) gets the popularity list "
+                                        "(SOURCE popularity), or a 400"),
 ):
     """Add RUN_DIR's exported networks to a Triton model repository (a new version each build).
     RUN_DIR is a top-N model (it ranks) or a rating model (it ranks by predicted rating)."""
     from builder.repository import RepositoryError, Tuning, write_repository
     try:
         tuning = Tuning.load(tuned) if tuned else None
-        manifest = write_repository(run_dir, out, variant, tuning, rating_run=rating_model, device=device)
+        manifest = write_repository(run_dir, out, variant, tuning, rating_run=rating_model, device=device,
+                                    cold_start=cold_start)
     except RepositoryError as e:
         fail(str(e))
     for name, version in manifest["models"].items():

@@ -6,6 +6,7 @@
     rc.recommend(ratings={50: 5.0, 172: 4.0}, k=10)      # anyone, folded in without retraining
     rc.recommend(items=[50, 172])                        # a history without ratings
     rc.recommend(user_id="u42")                          # a catalogue of string ids
+    rc.recommend(user_id=42, exclude=[50], include=[1, 2, 3, 172])   # per-request rules
     RecommenderClient("127.0.0.1:8001,127.0.0.1:8011")  # replicas (`aerec serve --replicas 2`)
 
 Transient failures (server restarting, connection refused, a Python stub being restarted by
@@ -40,8 +41,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.contract import (ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PAD_ID, PREDICTED_RATINGS, RATINGS,
-                              RECOMMENDED_IDS, SCORES, TITLES, TOP_K, UNKNOWN_ITEMS, USER_ID, admin_headers)
+from serving.contract import (EXCLUDE_IDS, INCLUDE_IDS, ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PAD_ID,
+                              PREDICTED_RATINGS, RATINGS, RECOMMENDED_IDS, SCORES, SOURCE, TITLES, TOP_K,
+                              UNKNOWN_ITEMS, USER_ID, admin_headers)
 
 PAD_ITEM = PAD   # fills a shorter rating list in a several-user request; the server drops it
 PAD_STRING_ITEM = PAD_ID   # the same for string item ids (b"")
@@ -111,7 +113,9 @@ class Recommendation:
 
     Only real items: a user with fewer unrated items than `k` gets `n_recommended` < k items
     (the server's padding, id -1 or b"", is dropped here); rated items are never recommended.
-    `item_ids` are int, or str where the served catalogue's ids are strings."""
+    `item_ids` are int, or str where the served catalogue's ids are strings. `source`: what
+    ranked the list, "model" or "popularity" (a cold start: an unknown user, a user without
+    ratings, or no positive rating for the ranker); None from a server without SOURCE."""
     item_ids: list[int] | list[str]
     scores: list[float]
     titles: list[str]
@@ -119,6 +123,7 @@ class Recommendation:
     predicted_ratings: list[float] | None = None
     n_recommended: int = 0
     k: int = 0                      # how many were asked for
+    source: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -188,13 +193,35 @@ class RecommenderClient:
         except (TypeError, ValueError):
             raise ValueError(f"this model's {name} are integers; got {values!r}") from None
 
-    def _inputs(self, user_id, ratings, k, items=None):
+    def _inputs(self, user_id, ratings, k, items=None, exclude=None, include=None):
         if user_id is None and not ratings and not items:
             raise ValueError("give user_id, ratings or items (or user_id with one of them)")
         if ratings and items:
             raise ValueError("give ratings (a dict of item: rating) or items (a list of items), not both")
-        return self._tensors(None if user_id is None else [user_id], None if not ratings else [ratings], k,
-                             None if not items else [items])
+        inputs = self._tensors(None if user_id is None else [user_id], None if not ratings else [ratings], k,
+                               None if not items else [items])
+        return inputs + self._rules(exclude, include)
+
+    def _rules(self, exclude, include) -> list:
+        """EXCLUDE_IDS / INCLUDE_IDS tensors [1, n] for the given rules, none for None or an empty
+        exclude (so a server from before the rules still answers). ValueError for include=[]:
+        it would allow no item, most likely a mistake."""
+        inputs = []
+        for name, ids in ((EXCLUDE_IDS, exclude), (INCLUDE_IDS, include)):
+            if ids is None:
+                continue
+            ids = list(ids)
+            if not ids:
+                if name == INCLUDE_IDS:
+                    raise ValueError("include=[] allows no item at all; give the items that may be recommended, "
+                                     "or include=None")
+                continue
+            kind = self.id_types()[ITEM_IDS]
+            arr = self._ids(ids, ITEM_IDS).reshape(1, -1)
+            t = self._mod.InferInput(name, list(arr.shape), kind)
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        return inputs
 
     def _tensors(self, user_ids: list | None, ratings: list[dict] | None, k: int,
                  items: list[list] | None = None) -> list:
@@ -233,6 +260,7 @@ class RecommenderClient:
         titles, unknown = result.as_numpy(TITLES), result.as_numpy(UNKNOWN_ITEMS)
         ratings = result.as_numpy(PREDICTED_RATINGS)  # None: the server serves no rating model
         counts = result.as_numpy(N_RECOMMENDED)
+        source = result.as_numpy(SOURCE)   # None: a server from before SOURCE
         out = []
         strings = ids.dtype == np.object_   # BYTES: a string catalogue's UTF-8 ids
         for row in range(ids.shape[0]):
@@ -245,7 +273,7 @@ class RecommenderClient:
                 scores=scores[row, :n].tolist(),
                 titles=[t.decode("utf-8") for t in titles[row, :n]], unknown_items=int(unknown[row, 0]),
                 predicted_ratings=None if ratings is None else ratings[row, :n].tolist(),
-                n_recommended=n, k=k))
+                n_recommended=n, k=k, source=None if source is None else source[row, 0].decode("utf-8")))
         return out
 
     def _parse(self, result, k: int = 10) -> Recommendation:
@@ -317,13 +345,18 @@ class RecommenderClient:
         return self._retrying(lambda i: self._clients[i].infer(self.model, inputs, **kwargs))
 
     def recommend(self, user_id: int | str | None = None, ratings: dict[int | str, float] | None = None,
-                  k: int = 10, items: list[int | str] | None = None) -> Recommendation:
+                  k: int = 10, items: list[int | str] | None = None, exclude: list[int | str] | None = None,
+                  include: list[int | str] | None = None) -> Recommendation:
         """A known user (`user_id`), a history (`ratings` {item: rating}, or `items`: the items
         alone, without ratings, each counted at the rating scale's top), or both (the history
-        added to the user's). Raises RequestError (the server refused the request: unknown
-        user, bad k ...) or ServerError; ValueError before sending when nothing is given, both
-        `ratings` and `items` are, or an id does not fit an integer catalogue."""
-        return self._parse(self._infer(self._inputs(user_id, ratings, k, items)), k)
+        added to the user's). `exclude`: items never to recommend; `include`: the only items
+        that may be recommended (the list is cut short only when fewer than k are allowed);
+        ids the model does not know are skipped and counted in `unknown_items`. Raises
+        RequestError (the server refused the request: unknown user where the repository
+        refuses cold starts, bad k ...) or ServerError; ValueError before sending when nothing
+        is given, both `ratings` and `items` are, include is empty, or an id does not fit an
+        integer catalogue."""
+        return self._parse(self._infer(self._inputs(user_id, ratings, k, items, exclude, include)), k)
 
     def recommend_many(self, user_ids: list[int | str] | None = None, k: int = 10,
                        ratings: list[dict[int | str, float]] | None = None,
@@ -374,7 +407,7 @@ class RecommenderClient:
         return out
 
     async def recommend_async(self, user_id: int | str | None = None, ratings=None, k: int = 10,
-                              items=None) -> Recommendation:
+                              items=None, exclude=None, include=None) -> Recommendation:
         """asyncio form, over tritonclient's own aio clients, with the sync path's semantics:
         each attempt gets at most `timeout_s` seconds (a hung server is a transient failure),
         transient failures are retried (`retries`, backoff, failover). Raises RequestError or
@@ -386,7 +419,7 @@ class RecommenderClient:
         else:
             import tritonclient.http.aio as aio
             opts, kwargs = {"conn_timeout": self.timeout_s}, {}
-        inputs = self._inputs(user_id, ratings, k, items)
+        inputs = self._inputs(user_id, ratings, k, items, exclude, include)
 
         async def attempt(endpoint: int):
             client = aio.InferenceServerClient(self.urls[endpoint], **opts)

@@ -10,7 +10,7 @@ MODEL = "recommend"        # the model clients call, ensemble or fused
 # tensor's type from the served ids (id_type); the lists below give the integer default.
 INT_ID, STRING_ID = "TYPE_INT64", "TYPE_STRING"
 USER_ID_TENSORS = ("USER_ID",)                      # typed by the user catalogue
-ITEM_ID_TENSORS = ("ITEM_IDS", "RECOMMENDED_IDS")   # typed by the item catalogue
+ITEM_ID_TENSORS = ("ITEM_IDS", "RECOMMENDED_IDS", "EXCLUDE_IDS", "INCLUDE_IDS")   # typed by the item catalogue
 
 # Inputs: all optional; a request sends USER_ID, or ITEM_IDS (with or without RATINGS), or both.
 USER_ID = "USER_ID"        # int64 or bytes [rows, 1]: a known user's raw id
@@ -18,7 +18,12 @@ ITEM_IDS = "ITEM_IDS"      # int64 or bytes [rows, n]: raw ids of items in a use
 RATINGS = "RATINGS"        # float32 [rows, n]: their ratings, on the data set's scale; left out:
                            # each item counts as rated at the scale's top (1.0 for an interaction log)
 TOP_K = "TOP_K"            # int32 [rows, 1]: list length, the same on every row
-INPUTS = {USER_ID: "TYPE_INT64", ITEM_IDS: "TYPE_INT64", RATINGS: "TYPE_FP32", TOP_K: "TYPE_INT32"}
+# Per-request rules (serving/rules.py), padded as ITEM_IDS is; unknown ids are skipped and counted.
+EXCLUDE_IDS = "EXCLUDE_IDS"  # int64 or bytes [rows, n]: items never returned to that row
+INCLUDE_IDS = "INCLUDE_IDS"  # int64 or bytes [rows, n]: the only items that row may get (a row of
+                             # padding alone: no include rule)
+INPUTS = {USER_ID: "TYPE_INT64", ITEM_IDS: "TYPE_INT64", RATINGS: "TYPE_FP32", TOP_K: "TYPE_INT32",
+          EXCLUDE_IDS: "TYPE_INT64", INCLUDE_IDS: "TYPE_INT64"}
 
 # Outputs, each [rows, k] unless said.
 RECOMMENDED_IDS = "RECOMMENDED_IDS"        # int64 or bytes: raw item ids, best first (PAD / PAD_ID in padding)
@@ -27,13 +32,18 @@ PREDICTED_RATINGS = "PREDICTED_RATINGS"    # float32: the rater's predictions, c
 TITLES = "TITLES"                          # bytes: UTF-8 titles (b"" in padding)
 N_RECOMMENDED = "N_RECOMMENDED"            # int32 [rows, 1]: real items in the row
 UNKNOWN_ITEMS = "UNKNOWN_ITEMS"            # int32 [rows, 1]: sent item ids the model does not know
+                                           # (ITEM_IDS, EXCLUDE_IDS and INCLUDE_IDS together)
+SOURCE = "SOURCE"                          # bytes [rows, 1]: what ranked the row, SOURCE_MODEL or
+                                           # SOURCE_POPULARITY (serving/fallback.py)
 OUTPUTS = {RECOMMENDED_IDS: "TYPE_INT64", SCORES: "TYPE_FP32", TITLES: "TYPE_STRING", N_RECOMMENDED: "TYPE_INT32",
-           PREDICTED_RATINGS: "TYPE_FP32", UNKNOWN_ITEMS: "TYPE_INT32"}
+           PREDICTED_RATINGS: "TYPE_FP32", UNKNOWN_ITEMS: "TYPE_INT32", SOURCE: "TYPE_STRING"}
+SOURCE_MODEL, SOURCE_POPULARITY = b"model", b"popularity"
 
 # Between the ensemble's steps (preprocess -> networks -> postprocess).
 DENSE = "DENSE"                            # float32 [rows, n_items]: the user's ratings, 0 = not rated
 TOP_K_OUT = "TOP_K_OUT"                    # int32 [rows, 1]: TOP_K, its default filled in
 RANKER_SCORES = "RANKER_SCORES"            # float32 [rows, n_items]: the ranker's output
+BLOCKED = "BLOCKED"                        # bool [rows, n_items]: items the request's rules keep out
 RATER_PREDICTIONS = "RATER_PREDICTIONS"    # float32 [rows, n_items]: the rater's output
 
 # The exported networks' tensors: float32 [rows, n_items] in and out.
@@ -41,6 +51,11 @@ NETWORK_INPUT, NETWORK_OUTPUT = "RATINGS", "PREDICTIONS"
 
 MAX_ROWS = 64                  # users per request: every served step's max_batch_size
 MAX_ITEMS_PER_REQUEST = 10_000  # ITEM_IDS entries per row
+MAX_RULE_IDS = 10_000          # EXCLUDE_IDS (and INCLUDE_IDS) entries per row
+# A repository's answer to a user it cannot rank (unknown USER_ID, or no training ratings and no
+# known item sent): the popularity list (SOURCE popularity), or a 400 (`aerec repository --cold-start`).
+COLD_START_POPULARITY, COLD_START_REFUSE = "popularity", "refuse"
+COLD_STARTS = (COLD_START_POPULARITY, COLD_START_REFUSE)
 DEFAULT_TOP_K = 10             # when TOP_K is left out; capped at the catalogue's size
 # Several new users in one request send ITEM_IDS/RATINGS as [rows, longest list], the shorter
 # rows padded with ITEM_IDS PAD (any rating) or RATINGS 0 (0 is the dense vector's "not rated";

@@ -12,21 +12,25 @@ import onnx
 from onnx import TensorProto, helper
 from onnx.compose import add_prefix_graph
 
-from serving.contract import PAD  # ranking.py's padding value
+from serving.contract import BLOCKED, PAD  # ranking.py's padding value; the rules' mask
 
 # K: int64 [1], the list length; TOP_INDICES: int64 [batch, K], item columns, best first, PAD
 # (-1) in the slots beyond a row's unrated items; TOP_SCORES: float32 [batch, K], the ranker's
 # scores there (NaN at PAD); TOP_RATINGS: float32 [batch, K], the rater's predictions there
 # (NaN at PAD; only when a rater is merged in).
 K, TOP_INDICES, TOP_SCORES, TOP_RATINGS = "K", "TOP_INDICES", "TOP_SCORES", "TOP_RATINGS"
+# BLOCKED (with_top_k(blocked=True)): bool [batch, n_items], items masked as rated ones are, the
+# request's rules (serving/rules.py rule_mask).
 
 
-def with_top_k(ranker: onnx.ModelProto, rater: onnx.ModelProto | None = None) -> onnx.ModelProto:
+def with_top_k(ranker: onnx.ModelProto, rater: onnx.ModelProto | None = None,
+               blocked: bool = False) -> onnx.ModelProto:
     """`ranker` (input [batch, n_items] raw ratings -> output [batch, n_items] scores) followed by:
     already-rated inputs (non-zero) masked to -inf, TopK(K), PAD where TopK had to take a rated
     item (fewer unrated items than K), and the ranker's scores at the chosen items. With `rater`
     (same input, output predicted ratings), its graph is merged in on the same input and its
-    predictions gathered at those items too (TOP_RATINGS).
+    predictions gathered at those items too (TOP_RATINGS). `blocked`: a second input BLOCKED
+    (bool [batch, n_items]) whose True items are masked too, as serving/rules.py top_k_allowed does.
 
     The ranker is modified in place and returned. Raises ValueError when the two networks' input
     names differ (they would not share one input).
@@ -54,7 +58,9 @@ def with_top_k(ranker: onnx.ModelProto, rater: onnx.ModelProto | None = None) ->
         scalar("aerec_lowest", TensorProto.FLOAT, float(np.finfo(np.float32).min)),
         scalar("aerec_nan", TensorProto.FLOAT, float("nan")),
         scalar("aerec_pad", TensorProto.INT64, PAD),
-        helper.make_node("Equal", [x, "aerec_zero"], ["aerec_unrated"]),
+        helper.make_node("Equal", [x, "aerec_zero"], ["aerec_unrated_only" if blocked else "aerec_unrated"]),
+        *([helper.make_node("Not", [BLOCKED], ["aerec_allowed"]),
+           helper.make_node("And", ["aerec_unrated_only", "aerec_allowed"], ["aerec_unrated"])] if blocked else []),
         # Unrated scores of -inf raised to the lowest float, as ranking.py does: every unrated
         # item outranks every rated one, so a rated item is chosen only once they run out.
         helper.make_node("Max", [y, "aerec_lowest"], ["aerec_floored"]),
@@ -76,6 +82,8 @@ def with_top_k(ranker: onnx.ModelProto, rater: onnx.ModelProto | None = None) ->
             helper.make_node("Where", ["aerec_padded", "aerec_nan", "aerec_top_ratings"], [TOP_RATINGS])])
         outputs.append(helper.make_tensor_value_info(TOP_RATINGS, TensorProto.FLOAT, None))
     g.input.append(helper.make_tensor_value_info(K, TensorProto.INT64, [1]))
+    if blocked:
+        g.input.append(helper.make_tensor_value_info(BLOCKED, TensorProto.BOOL, None))
     del g.output[:]
     g.output.extend(outputs)
     return ranker

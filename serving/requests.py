@@ -2,8 +2,15 @@
 RequestError naming the first real problem; then every valid row scattered into one dense batch.
 
 The preprocess model and the fused `recommend` model run this; tests/serving runs it without a
-server. Checks run in this order, so the message names the first problem: the request's shape,
-the user, the sent ratings, then TOP_K.
+server. Checks run in this order, so the message names the first problem: the request's shape
+(EXCLUDE_IDS/INCLUDE_IDS beyond MAX_RULE_IDS included), the user, the sent ratings, then TOP_K,
+then the rules' ids (their type and encoding).
+
+Cold start: a USER_ID the catalogue does not know, or a known user with no training ratings,
+sending no known item, is refused (400) or, where the repository was built with the popularity
+cold start (assets.json "cold_start"), parsed as a row with no ratings at all, which the lists
+rank by popularity (serving.lists.Lists.cold). An unknown user's sent history folds in as a new
+user's does.
 
 Ids are the catalogue's kind: int64, or strings (the catalogue's ids a numpy unicode array, a
 request's a BYTES tensor of UTF-8, which Triton hands over as an object array of bytes). A
@@ -19,8 +26,10 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from serving.contract import (ITEM_IDS, MAX_ITEMS_PER_REQUEST, PAD, RATINGS, TOP_K, USER_ID,
+from serving.contract import (COLD_START_POPULARITY, COLD_START_REFUSE, COLD_STARTS, EXCLUDE_IDS, INCLUDE_IDS,
+                              ITEM_IDS, MAX_ITEMS_PER_REQUEST, MAX_RULE_IDS, PAD, RATINGS, TOP_K, USER_ID,
                               default_top_k)
+from serving.rules import rule_mask
 
 STRING_PAD = ""   # an ITEM_IDS entry of b"" (PAD_ID) decoded: padding in a string catalogue
 
@@ -37,7 +46,9 @@ class Row(NamedTuple):
     cols: np.ndarray       # int64 [n]: item columns of the ratings sent (known items only)
     vals: np.ndarray       # float32 [n]: those ratings
     k: int                 # TOP_K
-    unknown: int           # sent item ids the catalogue does not know (skipped)
+    unknown: int           # sent item ids the catalogue does not know (skipped), rules' ids included
+    exclude: np.ndarray = NO_COLS   # int64: item columns the row must never get (EXCLUDE_IDS)
+    include: np.ndarray | None = None  # int64: the only columns it may get (INCLUDE_IDS); None: any
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,12 @@ class Catalogue:
     low: float
     high: float
     implicit: bool = False  # an interaction log: values are event weights, any positive one is valid
+    cold_start: str = COLD_START_REFUSE   # COLD_STARTS: a user with nothing to rank from is refused,
+                                          # or gets the popularity list (a repository's own choice)
+
+    @property
+    def popularity_cold_start(self) -> bool:
+        return self.cold_start == COLD_START_POPULARITY
 
     @property
     def n_items(self) -> int:
@@ -76,15 +93,20 @@ class Catalogue:
             assets = json.load(f)
         low, high = assets["scale"]
         implicit = assets.get("dataset", {}).get("feedback") == "implicit"
+        # A repository built before the option refuses, as it did then.
+        cold_start = assets.get("cold_start", COLD_START_REFUSE)
+        if cold_start not in COLD_STARTS:
+            raise KeyError(f"assets.json cold_start {cold_start!r} is none of {COLD_STARTS}")
         return cls(load("item_ids.npy"), load("user_ids.npy"), load("hist_indptr.npy"), load("hist_indices.npy"),
-                   load("hist_data.npy"), float(low), float(high), implicit)
+                   load("hist_data.npy"), float(low), float(high), implicit, cold_start)
 
 
 def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue) -> list[Row]:
-    """A request's tensors (USER_ID, ITEM_IDS, RATINGS, TOP_K; an absent one None or missing),
-    shaped [rows, ...] as the contract says -> one Row per row (a request may carry several users).
-    Raises RequestError with the reason."""
+    """A request's tensors (USER_ID, ITEM_IDS, RATINGS, TOP_K, EXCLUDE_IDS, INCLUDE_IDS; an absent
+    one None or missing), shaped [rows, ...] as the contract says -> one Row per row (a request
+    may carry several users). Raises RequestError with the reason."""
     user, items, ratings, top_k = (tensors.get(name) for name in (USER_ID, ITEM_IDS, RATINGS, TOP_K))
+    rules = {name: tensors.get(name) for name in (EXCLUDE_IDS, INCLUDE_IDS)}
     present = [t for t in (user, items, ratings) if t is not None]
     if top_k is None:  # the common case: ten recommendations per user (a smaller catalogue: all)
         top_k = np.full((present[0].shape[0] if present else 1, 1), default_top_k(catalogue.n_items), np.int32)
@@ -94,9 +116,12 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue
     ks = top_k.reshape(-1)
     if np.any(ks != ks[0]):
         raise RequestError("TOP_K differs across the rows of one request; send one request per TOP_K")
-    for name, t in ((USER_ID, user), (ITEM_IDS, items), (RATINGS, ratings)):
+    for name, t in ((USER_ID, user), (ITEM_IDS, items), (RATINGS, ratings), *rules.items()):
         if t is not None and t.size and t.shape[0] != n:
             raise RequestError(f"{name} has {t.shape[0]} rows but TOP_K has {n}")
+    for name, t in rules.items():
+        if t is not None and t.size and t.size // n > MAX_RULE_IDS:
+            raise RequestError(f"{name} has {t.size // n} ids per row; the limit is {MAX_RULE_IDS} (MAX_RULE_IDS)")
     k = int(ks[0])
     given = lambda t: t is not None and t.size > 0  # noqa: E731
     if given(user):
@@ -104,9 +129,47 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue
         if catalogue.user_ids.dtype.kind == "U" and (user == "").any():
             raise RequestError("USER_ID is empty: send the user's id, or leave USER_ID out for a new user")
     if given(user) and not given(items) and not given(ratings):
-        return _parse_users(user.reshape(n, -1)[:, 0], k, catalogue)
-    return [_parse_row(user[b] if given(user) else None, items[b] if given(items) else None,
-                       ratings[b] if given(ratings) else None, k, catalogue) for b in range(n)]
+        parsed = _parse_users(user.reshape(n, -1)[:, 0], k, catalogue)
+    else:
+        parsed = [_parse_row(user[b] if given(user) else None, items[b] if given(items) else None,
+                             ratings[b] if given(ratings) else None, k, catalogue) for b in range(n)]
+    if not any(given(t) for t in rules.values()):
+        return parsed
+    exclude, include = (_rule_columns(t.reshape(n, -1), catalogue, name) if given(t) else None
+                        for name, t in rules.items())
+    out = []
+    for b, row in enumerate(parsed):
+        unknown = row.unknown
+        ex, inc = NO_COLS, None
+        if exclude is not None:
+            ex, skipped, _ = exclude[b]
+            unknown += skipped
+        if include is not None:
+            inc, skipped, padding_only = include[b]
+            unknown += skipped
+            inc = None if padding_only else inc
+        out.append(row._replace(unknown=unknown, exclude=ex, include=inc))
+    return out
+
+
+def _rule_columns(ids: np.ndarray, catalogue: Catalogue, name: str) -> list[tuple]:
+    """A rule tensor's rows [rows, n] of raw ids (padded as ITEM_IDS is) -> per row (int64 item
+    columns of the known ids, how many ids were unknown, whether the row held padding alone).
+    One searchsorted for the whole tensor. Raises RequestError for ids of the other kind, not
+    UTF-8 or holding a NUL (as_ids)."""
+    ids = as_ids(ids, catalogue.item_ids, name)
+    rows = ids.shape[0]
+    flat = ids.reshape(-1)
+    pad = flat == catalogue.item_pad
+    # Sorted keys first: numpy's searchsorted is several times faster on them.
+    order = np.argsort(flat)
+    pos = np.empty(flat.size, np.int64)
+    pos[order] = np.clip(np.searchsorted(catalogue.item_ids, flat[order]), 0, catalogue.n_items - 1)
+    known = (catalogue.item_ids[pos] == flat) & ~pad
+    unknown = (~known & ~pad).reshape(rows, -1).sum(axis=1).tolist()
+    padding_only = pad.reshape(rows, -1).all(axis=1).tolist()
+    cols, ends = pos[known], np.cumsum(known.reshape(rows, -1).sum(axis=1)).tolist()
+    return [(cols[a:b], u, p) for a, b, u, p in zip([0] + ends[:-1], ends, unknown, padding_only)]
 
 
 def as_ids(values: np.ndarray, served: np.ndarray, name: str) -> np.ndarray:
@@ -156,14 +219,17 @@ def _parse_users(uids: np.ndarray, k: int, catalogue: Catalogue) -> list[Row]:
     ids = catalogue.user_ids
     rows = np.clip(np.searchsorted(ids, uids), 0, len(ids) - 1)
     known = ids[rows] == uids
-    if not known.all():
+    cold = catalogue.popularity_cold_start
+    if not known.all() and not cold:
         raise RequestError(f"unknown USER_ID {_show(uids[~known][0])}")
     # A user whose ratings all fell in the test part would get the all-zero input's list, the
-    # same for everyone: refused, as a fold-in with no known item is.
+    # same for everyone: refused, as a fold-in with no known item is, unless the repository
+    # answers such users with the popularity list (their row: no ratings at all).
     empty = catalogue.history[rows] == 0
-    if empty.any():
+    if empty.any() and not cold:
         raise _no_history(uids[empty][0])
     _check_k(k, catalogue)
+    rows = np.where(known, rows, -1)
     return [Row(row, NO_COLS, NO_VALS, k, 0) for row in rows.tolist()]
 
 
@@ -197,7 +263,9 @@ def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
         uid = user.reshape(-1)[0]
         row = int(np.searchsorted(catalogue.user_ids, uid))
         if row >= len(catalogue.user_ids) or catalogue.user_ids[row] != uid:
-            raise RequestError(f"unknown USER_ID {_show(uid)}")
+            if not catalogue.popularity_cold_start:
+                raise RequestError(f"unknown USER_ID {_show(uid)}")
+            row = -1   # a new user: the history sent folds in; none known: the popularity list
     cols, vals, unknown = NO_COLS, NO_VALS, 0
     if items.size:
         uniq, seen = np.unique(items, return_counts=True)
@@ -218,7 +286,7 @@ def _parse_row(user, items, ratings, k: int, catalogue: Catalogue) -> Row:
         known = catalogue.item_ids[pos] == items
         unknown = int((~known).sum())  # skipped and reported, never an error
         cols, vals = pos[known], ratings[known].astype(np.float32)
-    if cols.size == 0:
+    if cols.size == 0 and not (has_user and catalogue.popularity_cold_start):
         if row < 0:
             raise RequestError("no known items among ITEM_IDS: nothing to recommend from")
         if catalogue.history[row] == 0:
@@ -234,6 +302,7 @@ class Batch(NamedTuple):
     dense: np.ndarray      # float32 [rows, n_items]: history, overridden by the ratings sent
     top_k: np.ndarray      # int32 [rows, 1]
     unknown: np.ndarray    # int32 [rows, 1]
+    blocked: np.ndarray    # bool [rows, n_items]: items the rows' rules keep out (serving/rules.py)
 
 
 def prepare(requests: list[Mapping[str, np.ndarray | None]], catalogue: Catalogue) -> Batch:
@@ -252,9 +321,10 @@ def prepare(requests: list[Mapping[str, np.ndarray | None]], catalogue: Catalogu
     return Batch(errors, spans, *densify(parsed, catalogue))
 
 
-def densify(parsed: list[Row], catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows -> (dense float32 [rows, n_items], top_k int32 [rows, 1], unknown int32 [rows, 1]):
-    known users' training histories first, then the ratings sent, which override them."""
+def densify(parsed: list[Row], catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows -> (dense float32 [rows, n_items], top_k int32 [rows, 1], unknown int32 [rows, 1],
+    blocked bool [rows, n_items]): known users' training histories first, then the ratings sent,
+    which override them; blocked: the rows' EXCLUDE_IDS/INCLUDE_IDS rules (rules.rule_mask)."""
     dense = np.zeros((len(parsed), catalogue.n_items), np.float32)
     b = np.arange(len(parsed))
     rows = np.array([p.user_row for p in parsed], np.int64)
@@ -270,4 +340,5 @@ def densify(parsed: list[Row], catalogue: Catalogue) -> tuple[np.ndarray, np.nda
         dense[np.repeat(b, counts), np.concatenate([p.cols for p in parsed])] = np.concatenate([p.vals for p in parsed])
     ks = np.array([p.k for p in parsed], np.int32).reshape(-1, 1)
     unknown = np.array([p.unknown for p in parsed], np.int32).reshape(-1, 1)
-    return dense, ks, unknown
+    blocked = rule_mask(catalogue.n_items, [p.exclude for p in parsed], [p.include for p in parsed])
+    return dense, ks, unknown, blocked

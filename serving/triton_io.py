@@ -31,12 +31,14 @@ def requested_outputs(request) -> set[str] | None:
     return names or None
 
 
-def list_tensors(ids, scores, ratings, titles, n_recommended, wanted: set[str] | None = None) -> list:
+def list_tensors(ids, scores, ratings, titles, n_recommended, source=None, wanted: set[str] | None = None) -> list:
     """One request's answer (serving.lists.Lists.package's tuple) as output tensors;
-    PREDICTED_RATINGS only where `ratings` is not None (a rater is served). `wanted`: build only
-    these outputs (requested_outputs); None builds all."""
+    PREDICTED_RATINGS only where `ratings` is not None (a rater is served), SOURCE where `source`
+    is. `wanted`: build only these outputs (requested_outputs); None builds all."""
     arrays = {contract.RECOMMENDED_IDS: ids, contract.SCORES: scores, contract.TITLES: titles,
               contract.N_RECOMMENDED: n_recommended}
+    if source is not None:
+        arrays[contract.SOURCE] = source
     if ratings is not None:
         arrays[contract.PREDICTED_RATINGS] = ratings
     return [pb_utils.Tensor(name, np.ascontiguousarray(a)) for name, a in arrays.items()

@@ -39,7 +39,12 @@ def corrupt_run_copy(run, dest):
     return dest
 
 
-def build_repository(dataset, root, config=None, tuning=None):
+# The servers these helpers build refuse cold starts (an unknown user: the 400 the error tests
+# check); tests/server/test_served_rules.py serves the popularity cold start, a build's default.
+TESTS_COLD_START = "refuse"
+
+
+def build_repository(dataset, root, config=None, tuning=None, cold_start=TESTS_COLD_START):
     """Train a small user-based model briefly, export fp32, write a repository (pipeline as
     `tuning` says; default the ensemble): (run, repo, result)."""
     from builder.config import TrainConfig
@@ -51,7 +56,7 @@ def build_repository(dataset, root, config=None, tuning=None):
     result = train(config, dataset, progress=False)
     run = save_run(result, dataset, root / "run")
     export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
-    write_repository(run, root / "repo", ["onnx"], tuning)
+    write_repository(run, root / "repo", ["onnx"], tuning, cold_start=cold_start)
     return run, root / "repo", result
 
 
@@ -83,7 +88,7 @@ def serve_ranker_and_rater(dataset, root):
     ranker, _ = train_and_export(dataset, root / "ranker", TrainConfig(model="ease", device="cpu"))
     rater, _ = train_and_export(dataset, root / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=2,
                                                                      batch_size=64, device="cpu"))
-    write_repository(ranker, root / "repo", ["onnx"], rating_run=rater)
+    write_repository(ranker, root / "repo", ["onnx"], rating_run=rater, cold_start=TESTS_COLD_START)
     with TritonServer(root / "repo", build_dir=root / "build") as s:
         yield s
 

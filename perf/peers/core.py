@@ -13,9 +13,9 @@ The peers' HTTP/JSON request, one user or many (every user of a request gets the
     {"users": [{"item_ids": [...], "ratings": [...]}, ...], "k": 10}   several users at once
 
 and its answer: {"users": [{"item_ids", "scores", "predicted_ratings" (with a rater), "titles",
-"unknown_items"}, ...]}, one entry per user, each list as long as the user has unrated items
-(at most k). A request the served pipeline would refuse is HTTP 400 with {"error": message}:
-the message is serving.requests' own.
+"unknown_items", "source" ("model" or "popularity")}, ...]}, one entry per user, each list as
+long as the user has unrated items (at most k). A request the served pipeline would refuse is
+HTTP 400 with {"error": message}: the message is serving.requests' own.
 """
 from __future__ import annotations
 
@@ -120,8 +120,10 @@ class Recommender:
             return out
         scores, ratings = self._run(self.ranker, batch.dense), self._run(self.rater, batch.dense)
         ks = [int(batch.top_k[lo, 0]) for _, lo, _ in batch.spans]
-        ranked = self.lists.rank(scores, ratings, batch.dense != 0, [hi - lo for _, lo, hi in batch.spans], ks)
-        for (i, lo, hi), (ids, sc, pr, titles, n) in zip(batch.spans, ranked):
+        # The rules' items masked as rated ones; cold rows ranked by popularity, as the served steps do.
+        ranked = self.lists.rank(scores, ratings, (batch.dense != 0) | batch.blocked,
+                                 [hi - lo for _, lo, hi in batch.spans], ks, batch.dense)
+        for (i, lo, hi), (ids, sc, pr, titles, n, source) in zip(batch.spans, ranked):
             users = []
             for r in range(hi - lo):
                 m = int(n[r, 0])
@@ -129,7 +131,7 @@ class Recommender:
                 user = {"item_ids": [i.decode("utf-8") for i in chosen] if ids.dtype == np.object_ else chosen,
                         "scores": sc[r, :m].tolist(),
                         "titles": [t.decode("utf-8") for t in titles[r, :m]],
-                        "unknown_items": int(batch.unknown[lo + r, 0])}
+                        "unknown_items": int(batch.unknown[lo + r, 0]), "source": source[r, 0].decode("utf-8")}
                 if pr is not None:
                     user["predicted_ratings"] = pr[r, :m].tolist()
                 users.append(user)

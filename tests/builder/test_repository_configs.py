@@ -74,7 +74,9 @@ def test_ranker_and_rater_ensemble_is_templates_plus_values(runs, tmp_path):
     assert parse(repo / "ranker_onnx" / "config.pbtxt") == network("ranker_onnx", TUNED)
     assert parse(repo / "rater_onnx" / "config.pbtxt") == network("rater_onnx", TUNED)
     pre = template("preprocess")
-    next(o for o in pre.output if o.name == "DENSE").dims[:] = [N_ITEMS]
+    for o in pre.output:
+        if o.name in ("DENSE", "BLOCKED"):
+            o.dims[:] = [N_ITEMS]
     schedule(pre, TUNED.step_queue_delay_us, TUNED.step_instances)
     assert parse(repo / "preprocess" / "config.pbtxt") == pre
     post = template("postprocess")

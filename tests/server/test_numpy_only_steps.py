@@ -90,9 +90,10 @@ for request, response in zip(requests, pre_out):
     out = {{t.name(): t.as_numpy() for t in response.output_tensors}}
     dense = out["DENSE"]
     post_in = pb_utils.Request({{"DENSE": dense, "RATER_PREDICTIONS": dense * 0 + np.arange(dense.shape[1]),
-                                "TOP_K": out["TOP_K_OUT"]}})
+                                "BLOCKED": out["BLOCKED"], "TOP_K": out["TOP_K_OUT"]}})
     (reply,) = post.execute([post_in])
-    answers.append({{t.name(): t.as_numpy().tolist() for t in reply.output_tensors if t.name() != "TITLES"}})
+    answers.append({{t.name(): [[v.decode() for v in row] for row in t.as_numpy()] if t.name() == "SOURCE"
+                     else t.as_numpy().tolist() for t in reply.output_tensors if t.name() != "TITLES"}})
 heavy = sorted(m for m in ("onnx", "onnxruntime", "torch", "scipy", "tritonclient") if m in sys.modules)
 print(json.dumps({{"answers": answers, "heavy": heavy, "path": sys.path}}))
 '''
@@ -133,6 +134,7 @@ def test_preprocess_and_postprocess_run_with_numpy_alone(repository, tmp_path):
     assert result["heavy"] == []                                    # ... and nothing heavy was loaded
     known, folded, bad = result["answers"]
     assert known["N_RECOMMENDED"] == [[3]] and len(known["RECOMMENDED_IDS"][0]) == 3
+    assert known["SOURCE"] == [["model"]]
     # The rater's predictions were 0, 1, ..., n-1 per item: the top unrated items are the last ones.
     assert folded["N_RECOMMENDED"] == [[2]]
     assert set(folded["RECOMMENDED_IDS"][0]) <= set(int(i) for i in six.item_ids[-3:])

@@ -14,7 +14,7 @@ from builder.config import TrainConfig
 from builder.presets import preset
 from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
-from conftest import snapshot, train_and_export
+from conftest import TESTS_COLD_START, snapshot, train_and_export
 from server.launcher import TritonServer, child_pids, free_port
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def served(runs, tmp_path_factory, request):
     # threads that sleep when idle, no batching delay), so those configs are served for real.
     tuning = (Tuning(pipeline="fused", ort_threads=2, ort_spinning=False, step_queue_delay_us=0)
               if request.param == "fused" else Tuning())
-    write_repository(ranker, repo, ["onnx"], tuning, rating_run=rater)
+    write_repository(ranker, repo, ["onnx"], tuning, rating_run=rater, cold_start=TESTS_COLD_START)
     with TritonServer(repo, build_dir=root / "build") as server:
         yield Served(server, tuning, ranker, rater, model, repo)
 

@@ -17,7 +17,7 @@ from builder.data.sources import load_dataset
 from serving.ranking import top_k_unrated
 from builder.repository import Tuning, write_repository
 from client import RecommenderClient, RequestError
-from conftest import FIXTURES, six_movie_runs
+from conftest import FIXTURES, TESTS_COLD_START, six_movie_runs
 from server.launcher import TritonServer
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,8 @@ class Served:
 def served(runs, tmp_path_factory, request):
     root = tmp_path_factory.mktemp(f"six-{request.param}")
     ranker, rater = runs
-    write_repository(ranker, root / "repo", ["onnx"], Tuning(pipeline=request.param), rating_run=rater)
+    write_repository(ranker, root / "repo", ["onnx"], Tuning(pipeline=request.param), rating_run=rater,
+                     cold_start=TESTS_COLD_START)
     with TritonServer(root / "repo", build_dir=root / "build") as server:
         yield Served(server, ranker, rater)
 

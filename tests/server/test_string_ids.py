@@ -18,7 +18,7 @@ from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.repository import Tuning, apply_tuning, write_repository
 from client import RecommenderClient, RequestError
-from conftest import train_and_export
+from conftest import TESTS_COLD_START, train_and_export
 from perf import analyzer, inputs
 from server.launcher import TritonServer
 
@@ -51,7 +51,7 @@ def servers(u1, tmp_path_factory):
     with _Both() as both:
         for kind, ds in (("int", u1), ("str", string_twin(u1))):
             run, _ = train_and_export(ds, root / kind / "run", TrainConfig(model="ease", device="cpu"))
-            write_repository(run, root / kind / "repo", ["onnx"])
+            write_repository(run, root / kind / "repo", ["onnx"], cold_start=TESTS_COLD_START)
             out[kind] = both.start(TritonServer(root / kind / "repo", build_dir=root / "build"))
         yield out
 

@@ -1,9 +1,10 @@
 """Triton Python model `postprocess`: the networks' outputs -> each row's top-K unrated items.
 
 Inputs: RANKER_SCORES and/or RATER_PREDICTIONS float32 [rows, n_items] (as assets.json's
-"ranker"/"rater" say), DENSE float32 [rows, n_items] (non-zero = rated), TOP_K int32 [rows, 1].
-Outputs: RECOMMENDED_IDS, SCORES, TITLES, N_RECOMMENDED and, with a rater, PREDICTED_RATINGS
-(model_repository/README.md). A thin shell over serving.lists, which ranks with
+"ranker"/"rater" say), DENSE float32 [rows, n_items] (non-zero = rated), BLOCKED bool
+[rows, n_items] (the request's EXCLUDE_IDS/INCLUDE_IDS rules, serving/rules.py), TOP_K int32
+[rows, 1]. Outputs: RECOMMENDED_IDS, SCORES, TITLES, N_RECOMMENDED, SOURCE and, with a rater,
+PREDICTED_RATINGS (model_repository/README.md). A thin shell over serving.lists, which ranks with
 serving/ranking.py, the very code offline evaluation uses (vendored beside this file by a build).
 """
 import os
@@ -32,6 +33,7 @@ class TritonPythonModel:
         ratings = np.concatenate(get(contract.RATER_PREDICTIONS)) if self.lists.rater else None
         ks = [int(k.reshape(-1)[0]) for k in get(contract.TOP_K)]  # one TOP_K per request
         sizes, dense = [len(d) for d in dense], np.concatenate(dense)
-        # dense: a row with no positive input for the ranker gets the popularity fallback
-        ranked = self.lists.rank(scores, ratings, dense != 0, sizes, ks, dense)
+        blocked = np.concatenate(get(contract.BLOCKED))
+        # dense: a cold row (no rating, or no positive input for the ranker) gets the popularity list
+        ranked = self.lists.rank(scores, ratings, (dense != 0) | blocked, sizes, ks, dense)
         return [pb_utils.InferenceResponse(output_tensors=list_tensors(*row)) for row in ranked]

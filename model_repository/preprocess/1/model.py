@@ -1,5 +1,6 @@
-"""Triton Python model `preprocess`: a request's USER_ID and/or ITEM_IDS + RATINGS, TOP_K ->
-DENSE float32 [rows, n_items], TOP_K_OUT int32 [rows, 1], UNKNOWN_ITEMS int32 [rows, 1].
+"""Triton Python model `preprocess`: a request's USER_ID and/or ITEM_IDS + RATINGS, TOP_K,
+EXCLUDE_IDS, INCLUDE_IDS -> DENSE float32 [rows, n_items], TOP_K_OUT int32 [rows, 1],
+UNKNOWN_ITEMS int32 [rows, 1], BLOCKED bool [rows, n_items] (the rules' items, serving/rules.py).
 
 A thin shell over serving.requests (numpy only, vendored beside this file by a build): every
 request of a batch is checked on its own (a bad one gets a 400 / INVALID_ARGUMENT with its
@@ -31,5 +32,6 @@ class TritonPythonModel:
                 pb_utils.Tensor(contract.DENSE, batch.dense[lo:hi]),
                 pb_utils.Tensor(contract.TOP_K_OUT, batch.top_k[lo:hi]),
                 pb_utils.Tensor(contract.UNKNOWN_ITEMS, batch.unknown[lo:hi]),
+                pb_utils.Tensor(contract.BLOCKED, batch.blocked[lo:hi]),
             ])
         return responses
