@@ -98,8 +98,8 @@ def test_killed_job_resumes_to_the_same_bytes(ease, tmp_path):
 def test_killed_process_resumes_through_the_cli(ease, tmp_path):
     """A real process killed once its first parts exist; `--resume` finishes the same file."""
     whole, out = tmp_path / "whole.csv", tmp_path / "resumed.csv"
-    assert aerec("batch", ease, "--out", whole, "--chunk-size", 50, "--quiet").returncode == 0
-    args = [sys.executable, "-m", "cli.main", "batch", str(ease), "--out", str(out), "--chunk-size", "50", "--quiet"]
+    assert aerec("batch", ease, "--out", whole, "--chunk-size", 5, "--quiet").returncode == 0
+    args = [sys.executable, "-m", "cli.main", "batch", str(ease), "--out", str(out), "--chunk-size", "5", "--quiet"]
     proc = subprocess.Popen(args, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     parts = parts_dir(out)
     while proc.poll() is None and len(list(parts.glob("part-*.parquet"))) < 3:
@@ -108,7 +108,7 @@ def test_killed_process_resumes_through_the_cli(ease, tmp_path):
     proc.wait()
     if out.exists():   # the process finished before the kill landed: nothing to resume
         pytest.skip("the job finished before it could be killed")
-    again = aerec("batch", ease, "--out", out, "--chunk-size", 50, "--quiet", "--resume")
+    again = aerec("batch", ease, "--out", out, "--chunk-size", 5, "--quiet", "--resume")
     assert again.returncode == 0, again.stderr
     assert out.read_bytes() == whole.read_bytes()
 
