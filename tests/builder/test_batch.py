@@ -95,6 +95,7 @@ def test_killed_job_resumes_to_the_same_bytes(ease, tmp_path):
     assert out.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.slow  # three CLI processes, 189 parts each: 10-25 s
 def test_killed_process_resumes_through_the_cli(ease, tmp_path):
     """A real process killed once its first parts exist; `--resume` finishes the same file."""
     whole, out = tmp_path / "whole.csv", tmp_path / "resumed.csv"
@@ -131,6 +132,7 @@ def test_csv_and_jsonl_hold_the_parquet_rows(ease, tmp_path):
     assert scores[0] == scores[1] == scores[2]
 
 
+@pytest.mark.slow  # trains I-AutoRec for five epochs: 5-20 s
 def test_rating_model_adds_predicted_ratings(ease, rater, tmp_path):
     users = tmp_path / "users.txt"
     users.write_text("5\n1\n\n943\n")
