@@ -152,6 +152,16 @@ def test_rating_model_adds_predicted_ratings(ease, rater, tmp_path):
     np.testing.assert_array_equal(recs["predicted_rating"].to_numpy(), np.clip(at, 1, 5).astype(np.float32))
 
 
+@pytest.mark.slow  # trains I-AutoRec (the rater fixture)
+def test_an_item_based_model_ranks_as_evaluate_does(rater, tmp_path):
+    """I-AutoRec predicts every user in one pass over the items; chunks slice it."""
+    out = tmp_path / "recs.parquet"
+    batch_recommend(rater, out, chunk_size=100, progress=False)
+    offline, from_file = evaluate_run(rater), evaluate_recommendations(out, rater)
+    assert [from_file[k] for k in ("recall@10", "ndcg@10", "coverage@10")] == \
+        [offline[k] for k in ("recall@10", "ndcg@10", "coverage@10")]
+
+
 def test_string_ids_come_out_as_strings(tmp_path):
     log = tmp_path / "events.csv"
     write_log(synthetic_log(300, 120, 6000, seed=3), log)
