@@ -118,15 +118,18 @@ def _scorer(model, dataset, config, device) -> Callable[[np.ndarray], np.ndarray
 
 
 def rank_users(model, dataset, config, users: np.ndarray, top_k: int, device="cpu",
-               scorer: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+               scorer: Callable | None = None, popularity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(top, scores): the top_k item columns (int64 [users, min(top_k, n_items)], best first, PAD
     -1 where a user has fewer unrated items) and the model's score there (float32, same shape),
     for the row indices `users`. The training items are masked and a top-N model's user with no
-    positive input gets popularity, as builder.evaluate.top_n_metrics and the server rank."""
+    positive input gets popularity, as builder.evaluate.top_n_metrics and the server rank.
+    `scorer` (see _scorer) and `popularity` (item_counts of the training matrix): computed here
+    when not given; a job passes them once for all its chunks."""
     scores = (scorer or _scorer(model, dataset, config, device))(users)
     dense = dataset.train[users].toarray()
     if config.model in TOP_N:
-        scores = with_popularity_fallback(scores, dense, config.implicit_threshold, item_counts(dataset.train))
+        pop = item_counts(dataset.train) if popularity is None else popularity
+        scores = with_popularity_fallback(scores, dense, config.implicit_threshold, pop)
     top = top_k_unrated(scores, dense != 0, top_k)
     return top, np.take_along_axis(np.asarray(scores, np.float32), np.where(top < 0, 0, top), axis=1)
 
@@ -263,13 +266,14 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     from tqdm.auto import tqdm
     chunks = [users[s:s + chunk_size] for s in range(0, len(users), chunk_size)]
     scorer = _scorer(model, dataset, config, device)
+    popularity = item_counts(dataset.train)
     parts = []
     with tqdm(total=len(users), disable=not progress, desc="batch", unit="user") as bar:
         for i, chunk in enumerate(chunks):
             part = folder / f"part-{i:06d}.parquet"
             parts.append(part)
             if not part.is_file():
-                top, scores = rank_users(model, dataset, config, chunk, top_k, device, scorer)
+                top, scores = rank_users(model, dataset, config, chunk, top_k, device, scorer, popularity)
                 ratings = None
                 if rater is not None:
                     ratings = np.clip(np.take_along_axis(rater(chunk), np.where(top < 0, 0, top), axis=1), *scale)

@@ -207,3 +207,31 @@ def test_a_file_without_its_columns_is_refused(ease, tmp_path):
     bad.write_text("user,item\n1,2\n")
     r = aerec("evaluate", "--recommendations", bad, "--run", ease)
     assert r.returncode == 2 and "no user_id, item_id, rank column(s)" in " ".join(r.stderr.split())
+
+
+def test_a_foreign_file_is_scored_by_hand_computed_rules(ease, tmp_path):
+    """Another system's CSV: two test users listed (one with an unknown item and a gap), the
+    rest missing (empty lists), a user the run does not know. recall@2 by hand."""
+    from builder.config import TrainConfig
+    from builder.evaluate import liked
+    d = load_run_dataset(ease)
+    relevant = liked(d.test, TrainConfig.load(ease / "config.json").relevant_threshold)
+    test = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    a, b = test[0], test[1]
+    hit_a = relevant.indices[relevant.indptr[a]]                  # one of a's relevant items
+    miss_b = np.setdiff1d(np.arange(d.n_items), relevant.indices[relevant.indptr[b]:relevant.indptr[b + 1]])[0]
+    rows = [(d.user_ids[a], 1, 999999), (d.user_ids[a], 2, d.item_ids[hit_a]),
+            (d.user_ids[b], 1, d.item_ids[miss_b]), ("99999", 1, d.item_ids[0])]
+    f = tmp_path / "foreign.csv"
+    f.write_text("user_id,item_id,rank,extra\n" + "".join(f"{u},{i},{r},x\n" for u, r, i in rows))
+    got = evaluate_recommendations(f, ease)
+    n_rel = lambda u: relevant.indptr[u + 1] - relevant.indptr[u]  # noqa: E731
+    assert got["recall@2"] == pytest.approx((1 / min(2, n_rel(a))) / len(test))
+    assert got["ndcg@2"] == pytest.approx((1 / np.log2(3)) / (1 + (n_rel(a) > 1) / np.log2(3)) / len(test))
+    assert got["coverage@2"] == 2 / d.n_items
+    assert got["test_users"] == len(test) and got["test_users_missing"] == len(test) - 2
+    assert got["unknown_users"] == 1 and got["unknown_items"] == 1
+    assert "recall@10" not in got    # the file ranks two deep: no figure beyond it
+    f.write_text(f"user_id,item_id,rank\n{d.user_ids[a]},sku-1,1\n")   # another catalogue's ids
+    with pytest.raises(BatchError, match="item id 'sku-1' is not an integer, and this run's item ids are integers"):
+        evaluate_recommendations(f, ease)
