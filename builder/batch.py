@@ -22,9 +22,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from builder.config import TrainConfig
-from builder.evaluate import COVERAGE_K, NDCG_KS, RECALL_KS, liked, predict_user_matrix, top_metrics
+from builder.evaluate import (COVERAGE_K, NDCG_KS, RECALL_KS, liked, predict_user_matrix, top_metrics,
+                              with_baseline)
 from builder.models import ITEM_BASED, TOP_N
 from builder.models.popularity import item_counts
 from builder.run_folder import load_run, load_run_dataset
@@ -348,11 +350,23 @@ def ranked_lists(frame: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
             "unknown_items": int(((items < 0) & known).sum())}
 
 
+def popularity_lists(train: sp.csr_matrix, users: np.ndarray, k: int, chunk_size: int = 4096) -> np.ndarray:
+    """The most-popular baseline's top k (int64 [len(users), k], PAD -1) for the row indices
+    `users` of `train` (users x items): training rating counts, each user's training items
+    masked, as builder.evaluate ranks it; `chunk_size` rows densified at a time."""
+    pop = item_counts(train)
+    parts = [top_k_unrated(np.broadcast_to(pop, (len(u), len(pop))), train[u].toarray() != 0, k)
+             for u in (users[s:s + chunk_size] for s in range(0, len(users), chunk_size))]
+    return np.concatenate(parts) if parts else np.zeros((0, min(k, train.shape[1])), np.int64)
+
+
 def evaluate_recommendations(path: Path, run_dir: Path) -> dict:
     """recall@k, ndcg@k and coverage@k (k among builder.evaluate's and the file's largest rank K,
     k <= K) of a saved recommendations file against the run's test split, with the functions and
-    the test users of `aerec evaluate` (a test user missing from the file has an empty list), plus
-    test_users, test_users_missing, unknown_users and unknown_items (rows not counted)."""
+    the test users of `aerec evaluate` (a test user missing from the file has an empty list),
+    beside the most-popular baseline's (`popularity_<key>`, `lift_<key>`, as
+    builder.evaluate.with_baseline), plus test_users, test_users_missing, unknown_users and
+    unknown_items (rows not counted)."""
     run_dir = Path(run_dir)
     dataset = load_run_dataset(run_dir)   # FileNotFoundError first when run_dir is no run folder
     config = TrainConfig.load(run_dir / "config.json")
@@ -361,8 +375,12 @@ def evaluate_recommendations(path: Path, run_dir: Path) -> dict:
     test = np.flatnonzero(np.diff(relevant.indptr) > 0)
     top = lists["top"][test]
     k = top.shape[1]
-    out = top_metrics(top, relevant[test], dataset.n_items, [x for x in RECALL_KS if x <= k] + [k],
-                      [x for x in NDCG_KS if x <= k] + [k], [x for x in (COVERAGE_K,) if x <= k] + [k]) if k else {}
+    out = {}
+    if k:
+        ks = ([x for x in RECALL_KS if x <= k] + [k], [x for x in NDCG_KS if x <= k] + [k],
+              [x for x in (COVERAGE_K,) if x <= k] + [k])
+        out = with_baseline(top_metrics(top, relevant[test], dataset.n_items, *ks),
+                            top_metrics(popularity_lists(dataset.train, test, k), relevant[test], dataset.n_items, *ks))
     out.update({"test_users": int(len(test)), "test_users_missing": int((~lists["listed"][test]).sum()),
                 "unknown_users": lists["unknown_users"], "unknown_items": lists["unknown_items"]})
     return out

@@ -41,7 +41,9 @@ def _evaluate_file(path: Path, run_dir: Optional[Path]):
         metrics = evaluate_recommendations(path, run_dir)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    print_metrics(metrics)
+    counts = ("test_users_missing", "unknown_users", "unknown_items")
+    _print_evaluation({k: v for k, v in metrics.items() if k not in counts})
+    print_metrics({k: metrics[k] for k in counts})
 
 
 def _print_evaluation(metrics: dict) -> None:

@@ -59,7 +59,8 @@ def test_batch_file_scores_as_evaluate_does(ease, tmp_path):
 
     offline = evaluate_run(ease)
     from_file = evaluate_recommendations(out, ease)
-    for key in ("recall@10", "ndcg@10", "coverage@10"):
+    for key in ("recall@10", "ndcg@10", "coverage@10", "popularity_recall@10", "popularity_ndcg@10",
+                "lift_recall@10"):
         assert from_file[key] == offline[key], key
     assert from_file["test_users"] == offline["test_users"] and from_file["test_users_missing"] == 0
     # Through the CLI as well, printed at 4 decimals.
