@@ -40,15 +40,24 @@ def ranking_metrics(scores: np.ndarray, seen: np.ndarray, relevant: sp.csr_matri
     item counts as a hit. Rows align; users without a relevant item are skipped by the means.
     Ranks with serving.ranking.top_k_unrated, the function the server runs.
     """
-    n_items = scores.shape[1]
     top = top_k_unrated(scores, seen, max(100, top_k))
-    rows = np.arange(len(scores))
+    return top_metrics(top, relevant, scores.shape[1], {*RECALL_KS, top_k}, {*NDCG_KS, top_k}, {COVERAGE_K, top_k})
+
+
+def top_metrics(top: np.ndarray, relevant: sp.csr_matrix, n_items: int, recall_ks, ndcg_ks, coverage_ks) -> dict:
+    """recall@k, ndcg@k and coverage@k of ranked item lists, for each k of the given sets (sorted).
+
+    top: int [users, K] item columns, best first, PAD (-1) in empty slots (top_k_unrated's
+    output, or lists read from a file); relevant: csr [users, n_items] aligned with `top`'s rows,
+    non-zero where an item is a hit. A k above K scores the K columns there are. The one place
+    both offline evaluation and saved recommendation files (builder.batch) are scored."""
+    rows = np.arange(len(top))
     out = {}
-    for k in sorted({*RECALL_KS, top_k}):
+    for k in sorted(set(recall_ks)):
         out[f"recall@{k}"] = recall_at_k(top[:, :k], relevant, rows)
-    for k in sorted({*NDCG_KS, top_k}):
+    for k in sorted(set(ndcg_ks)):
         out[f"ndcg@{k}"] = ndcg_at_k(top[:, :k], relevant, rows)
-    for k in sorted({COVERAGE_K, top_k}):
+    for k in sorted(set(coverage_ks)):
         out[f"coverage@{k}"] = coverage(top[:, :k], n_items)
     return out
 

@@ -3,18 +3,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
+
+import typer
 
 from cli.common import fail, print_metrics
 
 
-def evaluate(run_dir: Path):
-    """Recompute a run's test metrics from its saved weights and config."""
+def evaluate(
+    run_dir: Optional[Path] = typer.Argument(None, help="the run folder whose test metrics to recompute"),
+    recommendations: Optional[Path] = typer.Option(None, help="a saved recommendations file (.parquet, .csv, "
+                                                   ".jsonl with user_id, item_id, rank) to score instead"),
+    run: Optional[Path] = typer.Option(None, "--run", help="with --recommendations: the run whose test split "
+                                       "scores the file"),
+):
+    """Recompute a run's test metrics from its saved weights and config, or score a saved
+    recommendations file (`aerec batch`'s, or any system's) against a run's test split."""
+    if recommendations is not None:
+        _evaluate_file(recommendations, run or run_dir)
+        return
+    if run_dir is None:
+        fail("give a run folder, or --recommendations FILE --run RUN")
     from builder.stages import evaluate_run
     try:
         metrics = evaluate_run(run_dir)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     _print_evaluation(metrics)
+
+
+def _evaluate_file(path: Path, run_dir: Optional[Path]):
+    """The top-N figures of a saved file, with the same functions and test users as a run's."""
+    from builder.batch import evaluate_recommendations
+    if run_dir is None:
+        fail("--recommendations needs --run RUN: the run whose test split scores it")
+    try:
+        metrics = evaluate_recommendations(path, run_dir)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    counts = ("test_users_missing", "unknown_users", "unknown_items")
+    _print_evaluation({k: v for k, v in metrics.items() if k not in counts})
+    print_metrics({k: metrics[k] for k in counts})
 
 
 def _print_evaluation(metrics: dict) -> None:

@@ -1,0 +1,36 @@
+"""`aerec batch`: every user's top-K from a run folder, written to a Parquet, CSV or JSONL table."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cli.common import fail
+
+
+def batch(
+    run: Path = typer.Argument(..., help="the run folder whose model ranks (made by `aerec train`)"),
+    out: Path = typer.Option(..., "--out", help="the table to write: .parquet, .csv or .jsonl"),
+    users: Optional[Path] = typer.Option(None, help="a file of user ids, one a line (default: every user)"),
+    top_k: int = typer.Option(10, "--top-k", help="items per user"),
+    rating_model: Optional[Path] = typer.Option(None, "--rating-model", help="a rating model's run over the same "
+                                                "data: adds its predicted rating of each item"),
+    chunk_size: int = typer.Option(4096, "--chunk-size", help="users scored at a time (memory is per chunk)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted job from its finished parts"),
+    device: str = typer.Option("cpu", help="torch device that scores (cpu, as `aerec evaluate`, or cuda)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar and no summary"),
+):
+    """Top-K recommendations for every user of a run (or --users), ranked as `aerec evaluate` and
+    the server rank them (training items masked), with a manifest beside the table."""
+    from builder.batch import batch_recommend
+    if users is not None and not users.is_file():
+        fail(f"--users {users}: file not found")
+    try:
+        m = batch_recommend(run, out, users, rating_model, top_k, chunk_size, resume, progress=not quiet,
+                            device=device)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if not quiet:
+        typer.echo(f"{m['rows']} rows for {m['users']} users -> {out} in {m['seconds']:.1f} s "
+                   f"({m['users'] / max(m['seconds'], 1e-9):.0f} users/s); manifest beside it")

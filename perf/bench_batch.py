@@ -1,0 +1,133 @@
+"""Batch recommendations' throughput and memory: `python -m perf.bench_batch`.
+
+Two catalogues: ML-100K u1 (EASE, trained here in a second) and a synthetic interaction log
+(builder.data.synthetic.synthetic_log: string ids, power-law item popularity; by default 200k
+users x 20k items, 4M events) with a Mult-DAE run folder over it holding its initial weights
+(the cost of a batch job depends on the shapes, not on the values). Each `aerec batch` job
+runs in a fresh process (builder.batch.batch_recommend, Parquet out) and records wall seconds,
+users/s and the process's peak RSS (VmHWM, imports and the loaded run included), per chunk size
+and, on the log, for a tenth of the users beside all of them: with chunks the peak follows the
+chunk, not the number of users.
+
+    python -m perf.bench_batch --out /tmp/bench_batch
+    python -m perf.bench_batch --out /tmp/bench_batch --users 20000 --items 5000 --events 400000   # quick
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROBE = """
+import json, sys, time
+from builder.batch import batch_recommend
+run, out, chunk, users = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] or None
+start = time.perf_counter()
+m = batch_recommend(run, out, users_file=users, chunk_size=chunk, progress=False)
+seconds = time.perf_counter() - start
+hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
+print(json.dumps({"seconds": seconds, "peak_rss_mb": hwm / 1024, "users": m["users"], "rows": m["rows"]}))
+"""
+
+
+def measure(run: Path, out: Path, chunk_size: int, users_file: Path | None = None) -> dict:
+    """One batch job in a fresh interpreter: seconds (the job, imports excluded), users/s and peak
+    RSS in MB (the whole process)."""
+    r = subprocess.run([sys.executable, "-c", PROBE, str(run), str(out), str(chunk_size), str(users_file or "")],
+                       capture_output=True, text=True, check=True)
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got.update(chunk_size=chunk_size, users_per_s=got["users"] / got["seconds"])
+    return got
+
+
+def train(changes: dict, out: Path) -> float:
+    """Train a run folder (skipped when `out` already holds one); returns the seconds taken."""
+    from builder.stages import train_run
+    if (out / "weights.safetensors").is_file():
+        return 0.0
+    start = time.perf_counter()
+    train_run(changes, out, progress=False)
+    return time.perf_counter() - start
+
+
+def bench_ml100k(out: Path, chunk_sizes: list[int]) -> list[dict]:
+    """EASE on ML-100K u1, one job per chunk size."""
+    run = out / "ml100k-ease"
+    train({"model": "ease", "device": "cpu"}, run)
+    return [dict(measure(run, out / f"ml100k-{c}.parquet", c), data="ml-100k u1", model="ease")
+            for c in chunk_sizes]
+
+
+def untrained_run(log: Path, model: str, hidden: int, out: Path) -> float:
+    """A run folder of `model` over the log (split per user) holding its initial weights, not
+    trained ones: a batch job's cost depends on the shapes, not the values, and training and
+    evaluating (dense users x items test scores) at this size is a job of its own. Returns the
+    seconds taken (load, split, save)."""
+    from builder.config import TrainConfig
+    from builder.data.sources import load_dataset
+    from builder.run_folder import save_run
+    from builder.train import TrainResult, make_model
+    if (out / "weights.safetensors").is_file():
+        return 0.0
+    start = time.perf_counter()
+    config = TrainConfig(model=model, hidden=[hidden], data=str(log), split="per-user", device="cpu")
+    dataset = load_dataset(config.data, config.split, config.seed)
+    net = make_model(config, dataset.n_items)
+    save_run(TrainResult(net.eval(), config, {"weights": "initial (untrained)"}, []), dataset, out)
+    return time.perf_counter() - start
+
+
+def bench_log(out: Path, users: int, items: int, events: int, model: str, hidden: int,
+              chunk_sizes: list[int]) -> tuple[list[dict], dict]:
+    """A top-N model over a synthetic log; jobs per chunk size over every user, and one over a
+    tenth of the users at the largest chunk size."""
+    from builder.data.synthetic import synthetic_log, write_log
+    from builder.run_folder import load_run_dataset
+    log = out / f"log-{users}x{items}-{events}.parquet"
+    if not log.is_file():
+        write_log(synthetic_log(users, items, events, seed=0), log)
+    run = out / f"log-{model}-{users}x{items}"
+    seconds = untrained_run(log, model, hidden, run)
+    d = load_run_dataset(run)
+    name = f"synthetic log {d.n_users} users x {d.n_items} items"
+    rows = [dict(measure(run, out / f"log-{c}.parquet", c), data=name, model=model) for c in chunk_sizes]
+    tenth = out / "tenth.txt"
+    tenth.write_text("\n".join(map(str, d.user_ids[:: 10].tolist())) + "\n")
+    rows.append(dict(measure(run, out / "log-tenth.parquet", max(chunk_sizes), tenth), data=name + " (a tenth)",
+                     model=model))
+    return rows, {"setup_seconds": seconds, "users": d.n_users, "items": d.n_items, "train_entries": int(d.train.nnz)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_batch"))
+    ap.add_argument("--users", type=int, default=200_000)
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--events", type=int, default=4_000_000)
+    ap.add_argument("--model", default="mult-dae", help="the top-N model trained on the log")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--chunk-sizes", default="1024,4096")
+    ap.add_argument("--skip-log", action="store_true", help="ML-100K only")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    chunks = [int(c) for c in args.chunk_sizes.split(",")]
+    rows = bench_ml100k(args.out, chunks)
+    report = {"ml100k": rows}
+    if not args.skip_log:
+        log_rows, info = bench_log(args.out, args.users, args.items, args.events, args.model, args.hidden, chunks)
+        rows += log_rows
+        report["log"] = {"rows": log_rows, **info}
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    print(f"{'data':<48} {'model':<9} {'chunk':>6} {'users':>8} {'seconds':>8} {'users/s':>9} {'peak RSS MB':>12}")
+    for r in rows:
+        print(f"{r['data']:<48} {r['model']:<9} {r['chunk_size']:>6} {r['users']:>8} {r['seconds']:>8.1f} "
+              f"{r['users_per_s']:>9.0f} {r['peak_rss_mb']:>12.0f}")
+    if "log" in report:
+        print(f"log run: {report['log']['train_entries']} training entries (initial weights)")
+
+
+if __name__ == "__main__":
+    main()
