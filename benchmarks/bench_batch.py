@@ -1,4 +1,4 @@
-"""Batch recommendations' throughput and memory: `python -m perf.bench_batch`.
+"""Batch recommendations' throughput and memory: `python -m benchmarks.bench_batch`.
 
 Two catalogues: ML-100K u1 (EASE, trained here in a second) and a synthetic interaction log
 (builder.data.synthetic.synthetic_log: string ids, power-law item popularity; by default 200k
@@ -9,8 +9,8 @@ users/s and the process's peak RSS (VmHWM, imports and the loaded run included),
 and, on the log, for a tenth of the users beside all of them: with chunks the peak follows the
 chunk, not the number of users.
 
-    python -m perf.bench_batch --out /tmp/bench_batch
-    python -m perf.bench_batch --out /tmp/bench_batch --users 20000 --items 5000 --events 400000   # quick
+    python -m benchmarks.bench_batch --out /tmp/bench_batch
+    python -m benchmarks.bench_batch --out /tmp/bench_batch --users 20000 --items 5000 --events 400000   # quick
 """
 from __future__ import annotations
 
