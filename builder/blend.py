@@ -24,7 +24,7 @@ from builder.data.dataset import Dataset
 from builder.data.sources import load_dataset
 from builder.data.splits import holdout_entries
 from builder.metrics import mae, rmse
-from builder.models import ITEM_BASED
+from builder.models import ITEM_BASED, validate
 from builder.predict import orient, predict_entries
 from builder.presets import preset
 from builder.run_folder import load_run, load_run_dataset, save_run
@@ -118,17 +118,26 @@ def save_blend(result: BlendResult, dataset: Dataset, out: Path, val_fraction: f
     return out
 
 
+def member_configs(changes: dict) -> tuple[list[TrainConfig], float]:
+    """(each member's TrainConfig, the shared validation fraction) of a blend preset's `changes`:
+    "blend" (member preset names), optionally "val_fraction" (default 0.05) and overrides applied
+    to every member. Each member is validated on its own (builder.models.registry.validate): an
+    override must be an option of every member. Raises ValueError for an unknown preset or option."""
+    changes = dict(changes)
+    members, val_fraction = changes.pop("blend"), changes.pop("val_fraction", 0.05)
+    try:
+        configs = [validate(TrainConfig().updated(**{**preset(m), **changes})) for m in members]
+    except KeyError as e:
+        raise ValueError(str(e.args[0])) from None
+    return configs, val_fraction
+
+
 def train_blend_run(changes: dict, out: Path, progress: bool = True) -> BlendResult:
     """`aerec train --preset NAME` for a blend preset: `changes` holds "blend" (member preset
     names), optionally "val_fraction" (default 0.05) and overrides applied to every member. The
     members are trained, stacked and saved to `out` (see save_blend). Raises ValueError for an
     unknown preset or option, FileNotFoundError for missing data."""
-    changes = dict(changes)
-    members, val_fraction = changes.pop("blend"), changes.pop("val_fraction", 0.05)
-    try:
-        configs = [TrainConfig().updated(**{**preset(m), **changes}) for m in members]
-    except KeyError as e:
-        raise ValueError(str(e.args[0])) from None
+    configs, val_fraction = member_configs(changes)
     dataset = load_dataset(configs[0].data, configs[0].split, configs[0].seed)
     result = train_blend(configs, dataset, val_fraction, configs[0].seed, progress=progress)
     save_blend(result, dataset, out, val_fraction, configs[0].seed)

@@ -23,7 +23,7 @@ from builder.config import TrainConfig
 from builder.data.splits import holdout_share_per_user
 from builder.evaluate import liked, ranking_metrics
 from builder.losses import kl_divergence, multinomial_nll
-from builder.models import TOP_N, build_model
+from builder.models import TOP_N, model_spec
 from builder.models.ease import check_ease_memory
 from builder.models.implicit import binarise
 from builder.predict import dense_rows, predict_rows
@@ -91,10 +91,12 @@ def check_trainable(config: TrainConfig, train_ui: sp.csr_matrix, test_ui: sp.cs
 
 
 def make_top_n_model(config: TrainConfig, n_items: int) -> torch.nn.Module:
-    """The untrained top-N model of `config` for n_items items."""
-    return build_model(config.model, n_items, hidden=tuple(config.hidden), input_dropout=config.input_dropout,
-                       implicit_threshold=config.implicit_threshold, ease_max_gb=config.ease_max_gb,
-                       ease_input=config.ease_input)
+    """The untrained top-N model of `config` for n_items items (its builder.models.registry
+    entry); ValueError for a family that is not top-N."""
+    spec = model_spec(config.model)
+    if spec.task != "top-n":
+        raise ValueError(f"{config.model!r} is not a top-N model ({', '.join(sorted(TOP_N))})")
+    return spec.build(config, n_items, None)
 
 
 def validation_split_top_n(train_ui: sp.csr_matrix, config: TrainConfig) -> tuple[sp.csr_matrix, sp.csr_matrix]:

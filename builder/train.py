@@ -25,7 +25,7 @@ from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.data.splits import holdout_entries, holdout_users
 from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse, sparsity_penalty
-from builder.models import ITEM_BASED, TOP_N, build_model
+from builder.models import ITEM_BASED, TOP_N, model_spec, validate
 from builder import evaluate as ev
 from builder import topn
 from builder.metrics import clip, rmse
@@ -53,16 +53,9 @@ def pick_device(name: str) -> torch.device:
 
 def make_model(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
     """An untrained model of `config.model` for input vectors of width `n_inputs` (items for user-based models,
-    users for item-based); `n_rows` only for full-matrix models (GLocal-K). Raises ValueError for an unknown
-    model."""
-    if config.model in TOP_N:
-        return topn.make_top_n_model(config, n_inputs)
-    return build_model(config.model, n_inputs, hidden=tuple(config.hidden), activation=config.activation,
-                       dropout=config.dropout, constrained=config.constrained,
-                       last_activation=config.last_activation, input_dropout=config.input_dropout,
-                       center=config.center, implicit=config.implicit,
-                       input_norm=config.input_norm, skip=config.skip, n_rows=n_rows, kernel_dim=config.kernel_dim,
-                       gk_size=config.gk_size, dot_scale=config.dot_scale)
+    users for item-based); `n_rows` only for full-matrix models (GLocal-K). Built by the family's
+    builder.models.registry entry; raises ValueError for an unknown model."""
+    return model_spec(config.model).build(config, n_inputs, n_rows)
 
 
 def make_optimizer(config: TrainConfig, params):
@@ -424,7 +417,9 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     On implicit feedback (dataset.implicit) only top-N models train, with every event a positive
     (topn.for_feedback; the returned config says so). Raises ValueError before training for a
     rating model on implicit data, a split with no test entries, or top-N data without positives,
-    validation users or test users (topn.check_trainable)."""
+    validation users or test users (topn.check_trainable), and for a field of another model
+    family (builder.models.registry.validate)."""
+    validate(config)  # a field of another family would be silently ignored
     w = distributed.world()
     config = topn.for_feedback(config, dataset.implicit)  # a rating model on a log is refused here
     if evaluate:

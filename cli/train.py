@@ -55,20 +55,6 @@ def train(
     from builder import distributed
     from builder.presets import preset as get_preset
 
-    if nproc != 1 and not distributed.under_launcher():
-        if "train" not in sys.argv:
-            fail("--nproc re-runs `aerec train ...` from its command line; call it from a shell")
-        try:
-            args = _without_nproc(sys.argv[sys.argv.index("train") + 1:])
-            command = distributed.torchrun_command(nproc, "cli.main", ["train", *args])
-        except ValueError as e:
-            fail(str(e))
-        # torchrun sets OMP_NUM_THREADS=1 where it is unset, with a banner saying so; each rank
-        # gets its share of the cores instead (the user's own setting wins).
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-        raise typer.Exit(subprocess.run(command, env=env).returncode)
-
     changes = {}
     if preset:
         try:
@@ -87,6 +73,21 @@ def train(
             changes[key] = json.loads(raw)
         except json.JSONDecodeError:
             changes[key] = raw
+    _check_options(changes)  # before any launch, training or run folder
+    if nproc != 1 and not distributed.under_launcher():
+        if "train" not in sys.argv:
+            fail("--nproc re-runs `aerec train ...` from its command line; call it from a shell")
+        try:
+            args = _without_nproc(sys.argv[sys.argv.index("train") + 1:])
+            command = distributed.torchrun_command(nproc, "cli.main", ["train", *args])
+        except ValueError as e:
+            fail(str(e))
+        # torchrun sets OMP_NUM_THREADS=1 where it is unset, with a banner saying so; each rank
+        # gets its share of the cores instead (the user's own setting wins).
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        raise typer.Exit(subprocess.run(command, env=env).returncode)
+
     if "blend" in changes:  # a preset made of other presets, stacked on a shared validation slice
         if distributed.under_launcher():
             fail("a blend trains its members one after another; run it without --nproc / torchrun")
@@ -104,6 +105,21 @@ def train(
     if main:
         print_metrics(result.metrics)
         typer.echo(f"run written to {out}")
+
+
+def _check_options(changes: dict) -> None:
+    """Exit 2 with a one-line error for an unknown option or value, or an option of another model
+    family (builder.models.registry.validate); a blend's members are checked one by one."""
+    from builder.blend import member_configs
+    from builder.config import TrainConfig
+    from builder.models import validate
+    try:
+        if "blend" in changes:
+            member_configs(changes)
+        else:
+            validate(TrainConfig().updated(**changes))
+    except ValueError as e:
+        fail(str(e))
 
 
 def _without_nproc(args: list[str]) -> list[str]:

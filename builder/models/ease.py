@@ -58,7 +58,8 @@ def check_ease_memory(n_items: int, max_gb: float) -> None:
     need = ease_fit_bytes(n_items)
     if need > max_gb * GB:
         raise ValueError(f"EASE's {n_items:,} x {n_items:,} item-item fit peaks at {need / GB:.2f} GB "
-                         f"({FIT_BYTES_PER_ITEM2} bytes per item^2 + {FIT_OVERHEAD_BYTES // 10**6} MB: the float64 Gram matrix and its inverse, "
+                         f"({FIT_BYTES_PER_ITEM2} bytes per item^2 + {FIT_OVERHEAD_BYTES // 10**6} MB: "
+                         "the float64 Gram matrix and its inverse, "
                          f"LAPACK's working copies and the {ease_bytes(n_items) / GB:.2f} GB float32 matrix "
                          f"served), above ease_max_gb={max_gb:g} GB, which fits at most "
                          f"{ease_max_items(max_gb):,} items; train mult-vae instead (memory linear in the "
