@@ -9,7 +9,8 @@ import pytest
 from server.keyshim import FD_VARIABLE, PLACEHOLDER, SecretPipe, ShimError, build_shim
 
 SECRET = "shim-test-secret-0123456789"
-SHOW = 'printf "%s\\n" "$1"; tr "\\000" " " < /proc/$$/cmdline; printf "\\n%s\\n%s" "${LD_PRELOAD-unset}" "$(env | grep -c AEREC)"'
+SHOW = ('printf "%s\\n" "$1"; tr "\\000" " " < /proc/$$/cmdline; '
+        'printf "\\n%s\\n%s" "${LD_PRELOAD-unset}" "$(env | grep -c AEREC)"')
 
 
 def test_child_sees_the_secret_its_command_line_does_not(tmp_path):

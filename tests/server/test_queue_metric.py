@@ -104,12 +104,13 @@ class PromQL:
         m = re.compile(r"(\w+)\{([^}]*)\}\[\d+s\]\)").match(self.s, self.i)
         self.i = m.end()
         metric, matchers = m.group(1), m.group(2)
-        keep = lambda model: True
+        label, op, pattern = "model", "=~", ".*"   # no matcher: every model
         if matchers:
             label, op, pattern = re.fullmatch(r'(\w+)(=~|=)"([^"]*)"', matchers).groups()
             assert label == "model"
-            keep = (lambda model: re.fullmatch(pattern, model) is not None) if op == "=~" else \
-                (lambda model: model == pattern)
+
+        def keep(model: str) -> bool:
+            return re.fullmatch(pattern, model) is not None if op == "=~" else model == pattern
         return {(model, version): self.after[(metric, model, version)] - self.before[(metric, model, version)]
                 for (name, model, version) in self.after if name == metric and keep(model)}
 
