@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perf.steal import Window
+from server.launcher import BUILD
 
-ROOT = Path(__file__).resolve().parents[1]
-LIB_DIR = ROOT / "build" / "perf_libs"
+LIB_DIR = BUILD / "perf_libs"
 NEEDED = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
 # Above this many requests in flight, perf_analyzer keeps them in flight from CLIENT_THREADS
 # threads (--async) instead of one blocking thread per request. On a 2-vCPU host 64 blocking

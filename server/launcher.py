@@ -38,6 +38,10 @@ from server.admin import ADMIN_HEADER, RESTRICTED, admin_headers
 from server.keyshim import PLACEHOLDER, SecretPipe, build_shim
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where assembled backends, the key shim and server logs go: build/ in a checkout; an installed
+# aerec (ROOT is site-packages then) uses the user's cache instead of writing beside its code.
+BUILD = (ROOT / "build" if (ROOT / "pyproject.toml").is_file()
+         else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aerec")
 WHEEL = Path(pytriton.__file__).parent / "tritonserver"
 WHEEL_LIBS = WHEEL.parents[1] / "nvidia_pytriton.libs"
 OUR_BACKENDS = Path(__file__).parent / "backends"
@@ -305,7 +309,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.address = address
-        self.build_dir = Path(build_dir or ROOT / "build" / "triton")
+        self.build_dir = Path(build_dir or BUILD / "triton")
         # One log per server: several servers started from one checkout share build_dir, and a
         # shared name let each new server truncate the log of one still running. Two live
         # servers never hold the same ports.

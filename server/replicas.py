@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.launcher import ROOT, TritonServer, assemble_backends, until_signalled
+from server.launcher import BUILD, TritonServer, assemble_backends, until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ReplicaSet:
                  admin_key: str | None = None, max_restarts: int = 3, supervise: bool = True):
         self.repository = Path(repository)
         self.address, self.supervise, self.max_restarts = address, supervise, max_restarts
-        self.build_dir = Path(build_dir or ROOT / "build" / "triton")
+        self.build_dir = Path(build_dir or BUILD / "triton")
         self.log_dir = Path(log_dir or self.build_dir)
         self.admin_key = admin_key or secrets.token_urlsafe(32)
         self.restarts = [0] * replicas
