@@ -42,7 +42,8 @@ from serving.session_options import SPINNING, THREADS  # the keys it reads back
 TEMPLATES = templates.TEMPLATES
 SERVING = templates.SERVING   # vendored into every Python model's version folder
 TEMPLATE = {"ranker": "ranker_onnx", "rater": "rater_onnx", "preprocess": "preprocess",
-            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend_fused"}
+            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend_fused",
+            "similar": "similar"}
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 PIPELINES = ("ensemble", "fused")
@@ -280,6 +281,17 @@ def fused_config(tuning: Tuning | None = None, rater: bool = True,
     return config
 
 
+def similar_config(tuning: Tuning | None = None, ids: tuple[str, str] = INT_IDS) -> model_config_pb2.ModelConfig:
+    """`similar` (seed items -> similar items, serving/similar.py): the items' id type, the steps'
+    batching and instances, ONNX Runtime's parameters (its ranker runs inside the model)."""
+    t = tuning or Tuning()
+    config = template("similar")
+    _id_types(config, ids)
+    _schedule(config, t.step_queue_delay_us, t.step_instances)
+    _ort_parameters(config, t)
+    return config
+
+
 def _write_config(folder: Path, config: model_config_pb2.ModelConfig, kind: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(config_text(config, kind))
@@ -339,6 +351,9 @@ def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuni
     _write_config(tmp / "postprocess", postprocess_config(dataset.n_items, tuning, ranker is not None,
                                                           rater is not None, ids), "postprocess")
     written["recommend"] = write_recommend(tmp, ranker, rater, tuning)
+    # similar runs the ranker's ONNX network in its stub: not where it is served as a TensorRT plan.
+    if ranker is not None and (_latest(tmp / ranker) / "model.onnx").is_file():
+        written[contract.SIMILAR] = write_similar(tmp, ranker, tuning)
     return written
 
 
@@ -375,6 +390,23 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
             shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / f"{role}.onnx")
     _write_config(folder, fused_config(t, rater is not None, ids), "fused")
     return version
+
+
+def write_similar(repo: Path, ranker: str, tuning: Tuning | None = None) -> int:
+    """`similar` beside a top-N `ranker` (its served name): a new version folder holding the
+    Python model, the serving package, the steps' assets and the ranker's newest ONNX network
+    (ranker.onnx), as the fused `recommend` holds them; returns its version."""
+    folder = Path(repo) / contract.SIMILAR
+    vdir = folder / str(_next_version(folder))
+    vdir.mkdir(parents=True, exist_ok=True)
+    for step in ("preprocess", "postprocess"):
+        for f in _latest(Path(repo) / step).iterdir():
+            if f.is_file() and f.name != "model.py":
+                shutil.copy2(f, vdir / f.name)
+    _python_model(vdir, "similar")
+    shutil.copy2(_latest(Path(repo) / ranker) / "model.onnx", vdir / "ranker.onnx")
+    _write_config(folder, similar_config(tuning, served_id_types(repo)), "similar")
+    return int(vdir.name)
 
 
 def check_configs(repo: Path) -> None:
@@ -628,5 +660,7 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
         _write_config(repo / "postprocess", postprocess_config(manifest["n_items"], tuning, ranker is not None,
                                                                rater is not None, ids), "postprocess")
         manifest.setdefault("models", {})["recommend"] = write_recommend(repo, ranker, rater, tuning)
+        if (repo / contract.SIMILAR / "config.pbtxt").is_file():
+            _write_config(repo / contract.SIMILAR, similar_config(tuning, ids), "similar")
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
