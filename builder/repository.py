@@ -32,6 +32,7 @@ from builder import templates
 from builder.tensorrt_plans import plan_meta
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
+from serving.blocklist import load_blocklist, save_blocklist
 from serving.fallback import POPULARITY_FILE
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
@@ -664,3 +665,25 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
             _write_config(repo / contract.SIMILAR, similar_config(tuning, ids), "similar")
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
+
+
+def update_blocklist(repo: Path, add=(), remove=()) -> list[str]:
+    """The repository's blocklist (serving/blocklist.py) with the item ids `add` added and
+    `remove` removed (ids as text), written atomically; returns it. A running server applies it
+    once its ranking models reload (`aerec reload`). Raises RepositoryError for a folder no build
+    filled, or an id to add that the served catalogue does not hold (a typo would block nothing)."""
+    repo = Path(repo)
+    folder = repo / "preprocess"
+    if not _versions(folder) or not (_latest(folder) / "item_ids.npy").is_file():
+        raise RepositoryError(f"{repo}: no built repository here (no preprocess version); run `aerec repository` first")
+    served = np.load(_latest(folder) / "item_ids.npy", allow_pickle=False)
+    add, remove = [str(i).strip() for i in add], {str(i).strip() for i in remove}
+    kind = served.dtype.kind
+    known = {str(i) for i in served.tolist()}
+    unknown = [i for i in add if i not in known]
+    if unknown:
+        raise RepositoryError(f"item(s) {', '.join(unknown[:5])} are not in the served catalogue "
+                              f"({len(served)} {'string' if kind == 'U' else 'integer'} ids); nothing written")
+    ids = [i for i in load_blocklist(repo) + add if i not in remove]
+    save_blocklist(repo, ids)
+    return load_blocklist(repo)
