@@ -32,7 +32,7 @@ from builder import templates
 from builder.tensorrt_plans import plan_meta
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
-from serving.blocklist import load_blocklist, save_blocklist
+from serving.blocklist import blocklist_path, load_blocklist, save_blocklist
 from serving.fallback import POPULARITY_FILE
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
@@ -610,6 +610,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                     "standalone_networks": old.get("standalone_networks", {}),
                     **served, "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
+        sync_blocklist(tmp)   # the blocklist outlives builds: a new ranking model gets its copy
         check_configs(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}-old")
@@ -667,23 +668,44 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
 
 
+def _blocklist_readers(repo: Path) -> list[Path]:
+    """The folders of the repository's Python models that rank and so read a blocklist copy:
+    preprocess, `recommend` where it is the fused model, `similar`."""
+    readers = []
+    for name in ("preprocess", contract.MODEL, contract.SIMILAR):
+        path = Path(repo) / name / "config.pbtxt"
+        if path.is_file() and text_format.Parse(path.read_text(), model_config_pb2.ModelConfig()).backend == "python":
+            readers.append(path.parent)
+    return readers
+
+
+def sync_blocklist(repo: Path) -> list[str]:
+    """Copy the repository's blocklist (its root's blocklist.txt) into each ranking model's folder
+    (serving/blocklist.py says why there); nothing where the repository has none and no copy.
+    Returns the blocked ids."""
+    ids = load_blocklist(repo)
+    for folder in _blocklist_readers(repo):
+        if ids or blocklist_path(folder).is_file():
+            save_blocklist(folder, ids)
+    return ids
+
+
 def update_blocklist(repo: Path, add=(), remove=()) -> list[str]:
     """The repository's blocklist (serving/blocklist.py) with the item ids `add` added and
-    `remove` removed (ids as text), written atomically; returns it. A running server applies it
-    once its ranking models reload (`aerec reload`). Raises RepositoryError for a folder no build
-    filled, or an id to add that the served catalogue does not hold (a typo would block nothing)."""
+    `remove` removed (ids as text), written atomically, then copied into the ranking models'
+    folders; returns it. A running server applies it once those models reload (`aerec reload`).
+    Raises RepositoryError for a folder no build filled, or an id to add that the served
+    catalogue does not hold (a typo would block nothing)."""
     repo = Path(repo)
     folder = repo / "preprocess"
     if not _versions(folder) or not (_latest(folder) / "item_ids.npy").is_file():
         raise RepositoryError(f"{repo}: no built repository here (no preprocess version); run `aerec repository` first")
     served = np.load(_latest(folder) / "item_ids.npy", allow_pickle=False)
     add, remove = [str(i).strip() for i in add], {str(i).strip() for i in remove}
-    kind = served.dtype.kind
     known = {str(i) for i in served.tolist()}
     unknown = [i for i in add if i not in known]
     if unknown:
         raise RepositoryError(f"item(s) {', '.join(unknown[:5])} are not in the served catalogue "
-                              f"({len(served)} {'string' if kind == 'U' else 'integer'} ids); nothing written")
-    ids = [i for i in load_blocklist(repo) + add if i not in remove]
-    save_blocklist(repo, ids)
-    return load_blocklist(repo)
+                              f"({len(served)} ids); nothing written")
+    save_blocklist(repo, [i for i in load_blocklist(repo) + add if i not in remove])
+    return sync_blocklist(repo)

@@ -103,10 +103,11 @@ class Catalogue:
         return cls(load("item_ids.npy"), load("user_ids.npy"), load("hist_indptr.npy"), load("hist_indices.npy"),
                    load("hist_data.npy"), float(low), float(high), implicit, cold_start)
 
-    def with_blocklist(self, repository: str | os.PathLike) -> "Catalogue":
-        """This catalogue with the repository's blocklist (serving/blocklist.py) as `blocklist`:
-        its ids this catalogue holds, as columns; none where the repository has no blocklist."""
-        ids = load_blocklist(repository)
+    def with_blocklist(self, folder: str | os.PathLike) -> "Catalogue":
+        """This catalogue with `folder`'s blocklist (serving/blocklist.py; a Python model passes
+        its own folder) as `blocklist`: its ids this catalogue holds, as columns; none where
+        `folder` has no blocklist."""
+        ids = load_blocklist(folder)
         return replace(self, blocklist=blocked_columns(ids, self.item_ids)) if ids else self
 
 

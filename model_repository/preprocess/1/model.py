@@ -17,16 +17,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from serving import contract  # noqa: E402
-from serving.blocklist import repository_root  # noqa: E402
 from serving.requests import Catalogue, prepare  # noqa: E402
 from serving.triton_io import error_response, request_tensors  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        # The blocklist is read here: `aerec blocklist` then a reload of this model applies a change.
-        self.catalogue = Catalogue.load(os.path.join(args["model_repository"], args["model_version"])).with_blocklist(
-            repository_root(args["model_repository"]))
+        # The blocklist (this model's folder's copy) is read here: `aerec blocklist` then a reload
+        # of this model applies a change.
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.catalogue = Catalogue.load(here).with_blocklist(args["model_repository"])
 
     def execute(self, requests):
         batch = prepare([request_tensors(r) for r in requests], self.catalogue)

@@ -29,7 +29,6 @@ import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from serving import contract  # noqa: E402
-from serving.blocklist import repository_root  # noqa: E402
 from serving.lists import Lists  # noqa: E402
 from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k  # noqa: E402
 from serving.requests import Catalogue, prepare  # noqa: E402
@@ -42,8 +41,9 @@ from serving.triton_io import error_response, list_tensors, request_tensors, req
 class TritonPythonModel:
     def initialize(self, args):
         here = os.path.join(args["model_repository"], args["model_version"])
-        # The blocklist is read here: `aerec blocklist` then a reload of this model applies a change.
-        self.catalogue = Catalogue.load(here).with_blocklist(repository_root(args["model_repository"]))
+        # The blocklist (this model's folder's copy) is read here: `aerec blocklist` then a reload
+        # of this model applies a change.
+        self.catalogue = Catalogue.load(here).with_blocklist(args["model_repository"])
         self.lists = Lists.load(here)
         load = lambda role: onnx.load(os.path.join(here, f"{role}.onnx"))  # noqa: E731
         # One graph, one session: the ranker picks the items (or, served alone, the rater does)

@@ -21,7 +21,6 @@ import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from serving import contract  # noqa: E402
-from serving.blocklist import repository_root  # noqa: E402
 from serving.lists import Lists  # noqa: E402
 from serving.requests import Catalogue, RequestError  # noqa: E402
 from serving.session_options import session_options  # noqa: E402
@@ -32,8 +31,9 @@ from serving.triton_io import error_response, list_tensors, request_tensors  # n
 class TritonPythonModel:
     def initialize(self, args):
         here = os.path.join(args["model_repository"], args["model_version"])
-        # The blocklist is read here: `aerec blocklist` then a reload of this model applies a change.
-        self.catalogue = Catalogue.load(here).with_blocklist(repository_root(args["model_repository"]))
+        # The blocklist (this model's folder's copy) is read here: `aerec blocklist` then a reload
+        # of this model applies a change.
+        self.catalogue = Catalogue.load(here).with_blocklist(args["model_repository"])
         self.lists = Lists.load(here)
         opts = session_options(json.loads(args["model_config"]))
         self.session = ort.InferenceSession(os.path.join(here, "ranker.onnx"), opts,
