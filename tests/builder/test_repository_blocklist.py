@@ -45,3 +45,16 @@ def test_an_id_the_catalogue_lacks_is_refused_and_nothing_written(repo):
 def test_a_folder_no_build_filled_is_refused(tmp_path):
     with pytest.raises(RepositoryError, match="no built repository"):
         update_blocklist(tmp_path, add=["1"])
+
+
+def test_the_cli_edits_the_blocklist_and_names_a_bad_id(repo, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    ids = tmp_path / "ids.txt"
+    ids.write_text("3\n\n4\n")
+    ok = CliRunner().invoke(app, ["blocklist", str(repo), "--add", "5,6", "--file", str(ids), "--remove", "6"])
+    assert ok.exit_code == 0, ok.output
+    assert "3 blocked item(s): 5, 3, 4" in ok.output and load_blocklist(repo / "similar") == ["5", "3", "4"]
+    bad = CliRunner().invoke(app, ["blocklist", str(repo), "--add", "77"])
+    assert bad.exit_code == 2 and "77" in bad.output and load_blocklist(repo) == ["5", "3", "4"]

@@ -107,6 +107,22 @@ def test_served_similar_equals_offline(served, weights, u1, protocol):
     assert sorted(rec.item_ids) == [1, EMPIRE, JEDI] and rec.unknown_items == 1 and not rec.complete
 
 
+def test_the_cli_prints_ids_scores_and_titles(served, weights, u1):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    server, _ = served
+    out = CliRunner().invoke(app, ["similar", "--item", str(STAR_WARS), "--item", str(JEDI), "--top-k", "5",
+                                   "--url", server.grpc_url], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    expected, scores = offline(weights, np.asarray(u1.item_ids), [STAR_WARS, JEDI], 5)
+    titles = np.asarray(u1.titles)[np.searchsorted(np.asarray(u1.item_ids), expected)]
+    for item, score, title in zip(expected, scores, titles):
+        assert f"{item}" in out.output and f"{score:.3f}" in out.output and title in out.output
+    bad = CliRunner().invoke(app, ["similar", "--item", "999999", "--url", server.grpc_url])
+    assert bad.exit_code == 2 and "unknown item 999999" in bad.output
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_an_unknown_seed_is_a_request_error_naming_it(served, protocol):
     server, _ = served
