@@ -166,6 +166,7 @@ def test_a_blocklist_change_under_load_fails_nothing_and_blocks_after_the_reload
         t.start()
     try:
         time.sleep(1.0)
+        start = time.monotonic()
         update_blocklist(repo, add=[str(i) for i in blocked])
         reloaded = client.reload(["preprocess", SIMILAR])
         done = time.monotonic()
@@ -176,6 +177,9 @@ def test_a_blocklist_change_under_load_fails_nothing_and_blocks_after_the_reload
             t.join()
     assert reloaded == ["preprocess", SIMILAR]
     failed = [o for o in outcomes if isinstance(o[2], Exception)]
+    during = [o for o in outcomes if start <= o[0] <= done]
+    print(f"\nblocklist change and reload in {done - start:.2f} s; {len(outcomes)} requests, {len(during)} "
+          f"during the change, {len(failed)} failed")
     assert not failed, failed[:3]
     old = [o for o in outcomes if o[1] < done and set(o[2]) & set(blocked)]
     new = [o for o in outcomes if o[0] > done]
