@@ -1,6 +1,6 @@
 """`similar` and the blocklist on a real server (one server, ML-100K u1 EASE): similar items equal
-the offline ones (serving/similar.py over the item-item weights B) on gRPC and HTTP, Star Wars'
-neighbours are its sequels, a seed is never returned, an unknown seed is a 400; a blocklist
+the offline ones (serving/similar.py over the item-item weights B) on gRPC and HTTP (a Mult-DAE's
+through its network, in process), Star Wars' neighbours are its sequels, a seed is never returned, an unknown seed is a 400; a blocklist
 change under load fails no request and, once the ranking models reload, no blocked item is
 returned, by either pipeline or by `similar`."""
 import threading
@@ -11,13 +11,15 @@ import onnxruntime as ort
 import pytest
 
 from builder.config import TrainConfig
+from builder.presets import preset
 from builder.repository import Tuning, update_blocklist, write_repository
 from client import RecommenderClient, RequestError
 from conftest import train_and_export
 from server.launcher import TritonServer
 from serving.contract import ITEM_IDS, SIMILAR, TOP_K
 from serving.requests import Catalogue
-from serving.similar import answer, item_item_scores, parse_similar, top_k_similar
+from serving.similar import answer, item_item_scores, parse_similar, seed_vectors, top_k_similar
+from test_serving import onnx_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +82,24 @@ def test_the_served_step_equals_the_item_item_weights_for_every_item(served, wei
         np.testing.assert_array_equal(top, expected)
         assert not (top == rows[:, None]).any()
         np.testing.assert_allclose(scores, np.take_along_axis(weights[rows], top, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_mult_dae_ranker_gets_similar_through_its_network(u1, tmp_path):
+    """No B for a Mult-DAE: the build's `similar` step scores the multi-hot seed vector (each
+    seed at the scale's top) through the exported network, as the definition says."""
+    config = TrainConfig(device="cpu").updated(**{**preset("mult-dae"), "epochs": 1, "refit": False})
+    run, _ = train_and_export(u1, tmp_path / "dae", config)
+    write_repository(run, tmp_path / "repo", ["onnx"])
+    folder = tmp_path / "repo" / SIMILAR / "1"
+    catalogue = Catalogue.load(folder)
+    session = ort.InferenceSession(str(folder / "ranker.onnx"), providers=["CPUExecutionProvider"])
+    network = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]  # noqa: E731
+    seeds = np.array([[50, 181], [1, -1], [300, -1]], np.int64)
+    request = parse_similar({ITEM_IDS: seeds, TOP_K: np.full((3, 1), 10, np.int32)}, catalogue)
+    top, _ = answer(request, network, catalogue.high)
+    cols = [np.searchsorted(catalogue.item_ids, row[row >= 0]) for row in seeds]
+    scores = onnx_outputs(run, seed_vectors(catalogue.n_items, cols, float(u1.scale[1])))
+    np.testing.assert_array_equal(top, top_k_similar(scores, cols, None, 10))
 
 
 def test_star_wars_neighbours_are_its_sequels(served, u1):
