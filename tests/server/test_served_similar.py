@@ -1,8 +1,8 @@
 """`similar` and the blocklist on a real server (one server, ML-100K u1 EASE): similar items equal
-the offline ones (serving/similar.py over the item-item weights B) on gRPC and HTTP (a Mult-DAE's
-through its network, in process), Star Wars' neighbours are its sequels, a seed is never returned, an unknown seed is a 400; a blocklist
-change under load fails no request and, once the ranking models reload, no blocked item is
-returned, by either pipeline or by `similar`."""
+the offline ones (serving/similar.py over the item-item weights B) on gRPC and HTTP (a
+Mult-DAE's through its network, in process), Star Wars' neighbours are its sequels, a seed is
+never returned, an unknown seed is a 400; a blocklist change under load fails no request and,
+once the ranking models reload, no blocked item is returned, by either pipeline or `similar`."""
 import threading
 import time
 
