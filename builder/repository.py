@@ -32,6 +32,7 @@ from builder import templates
 from builder.tensorrt_plans import plan_meta
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
+from serving.blocklist import blocklist_path, load_blocklist, save_blocklist
 from serving.fallback import POPULARITY_FILE
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
 
@@ -42,7 +43,8 @@ from serving.session_options import SPINNING, THREADS  # the keys it reads back
 TEMPLATES = templates.TEMPLATES
 SERVING = templates.SERVING   # vendored into every Python model's version folder
 TEMPLATE = {"ranker": "ranker_onnx", "rater": "rater_onnx", "preprocess": "preprocess",
-            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend_fused"}
+            "postprocess": "postprocess", "ensemble": "recommend", "fused": "recommend_fused",
+            "similar": "similar"}
 
 VARIANTS = {"onnx": "model_fp32.onnx", "onnx_fp16": "model_fp16.onnx", "onnx_int8": "model_int8.onnx"}
 PIPELINES = ("ensemble", "fused")
@@ -280,6 +282,17 @@ def fused_config(tuning: Tuning | None = None, rater: bool = True,
     return config
 
 
+def similar_config(tuning: Tuning | None = None, ids: tuple[str, str] = INT_IDS) -> model_config_pb2.ModelConfig:
+    """`similar` (seed items -> similar items, serving/similar.py): the items' id type, the steps'
+    batching and instances, ONNX Runtime's parameters (its ranker runs inside the model)."""
+    t = tuning or Tuning()
+    config = template("similar")
+    _id_types(config, ids)
+    _schedule(config, t.step_queue_delay_us, t.step_instances)
+    _ort_parameters(config, t)
+    return config
+
+
 def _write_config(folder: Path, config: model_config_pb2.ModelConfig, kind: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(config_text(config, kind))
@@ -307,8 +320,11 @@ def _python_model(vdir: Path, kind: str) -> None:
 
 
 def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuning: Tuning | None = None,
-                 threshold: float | None = None, cold_start: str = contract.COLD_START_POPULARITY) -> dict:
-    """Versioned preprocess/postprocess with their assets, and `recommend`. `threshold`: the
+                 threshold: float | None = None, cold_start: str = contract.COLD_START_POPULARITY,
+                 similar: bool = True) -> dict:
+    """Versioned preprocess/postprocess with their assets, `recommend`, and `similar` (with
+    `similar`: it needs ONNX Runtime inside the Python stub, which NVIDIA's GPU image does not
+    have, so GPU repositories go without it). `threshold`: the
     ranker's implicit threshold, for the popularity fallback (serving/fallback.py); `cold_start`
     (contract.COLD_STARTS): what a user with nothing to rank from gets, serving/requests.py."""
     written = {}
@@ -339,6 +355,9 @@ def _write_steps(tmp: Path, dataset, ranker: str | None, rater: str | None, tuni
     _write_config(tmp / "postprocess", postprocess_config(dataset.n_items, tuning, ranker is not None,
                                                           rater is not None, ids), "postprocess")
     written["recommend"] = write_recommend(tmp, ranker, rater, tuning)
+    # similar runs the ranker's ONNX network in its stub: not where it is served as a TensorRT plan.
+    if similar and ranker is not None and (_latest(tmp / ranker) / "model.onnx").is_file():
+        written[contract.SIMILAR] = write_similar(tmp, ranker, tuning)
     return written
 
 
@@ -375,6 +394,23 @@ def write_recommend(repo: Path, ranker: str | None, rater: str | None, tuning: T
             shutil.copy2(_latest(Path(repo) / network) / "model.onnx", vdir / f"{role}.onnx")
     _write_config(folder, fused_config(t, rater is not None, ids), "fused")
     return version
+
+
+def write_similar(repo: Path, ranker: str, tuning: Tuning | None = None) -> int:
+    """`similar` beside a top-N `ranker` (its served name): a new version folder holding the
+    Python model, the serving package, the steps' assets and the ranker's newest ONNX network
+    (ranker.onnx), as the fused `recommend` holds them; returns its version."""
+    folder = Path(repo) / contract.SIMILAR
+    vdir = folder / str(_next_version(folder))
+    vdir.mkdir(parents=True, exist_ok=True)
+    for step in ("preprocess", "postprocess"):
+        for f in _latest(Path(repo) / step).iterdir():
+            if f.is_file() and f.name != "model.py":
+                shutil.copy2(f, vdir / f.name)
+    _python_model(vdir, "similar")
+    shutil.copy2(_latest(Path(repo) / ranker) / "model.onnx", vdir / "ranker.onnx")
+    _write_config(folder, similar_config(tuning, served_id_types(repo)), "similar")
+    return int(vdir.name)
 
 
 def check_configs(repo: Path) -> None:
@@ -566,7 +602,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
             served.update(first)
             threshold = roles["ranker"].config.implicit_threshold if "ranker" in roles else None
             written.update(_write_steps(tmp, dataset, served["ranker"], served["rater"], tuning, threshold,
-                                        cold_start))
+                                        cold_start, similar=device == "cpu"))
         old_path = tmp / "aerec_repository.json"
         old = json.loads(old_path.read_text()) if old_path.is_file() else {}
         manifest = {"run": str(run_dir.resolve()),
@@ -577,6 +613,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                     "standalone_networks": old.get("standalone_networks", {}),
                     **served, "tuning": (tuning or Tuning()).to_dict()}
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
+        sync_blocklist(tmp)   # the blocklist outlives builds: a new ranking model gets its copy
         check_configs(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}-old")
@@ -628,5 +665,50 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
         _write_config(repo / "postprocess", postprocess_config(manifest["n_items"], tuning, ranker is not None,
                                                                rater is not None, ids), "postprocess")
         manifest.setdefault("models", {})["recommend"] = write_recommend(repo, ranker, rater, tuning)
+        if (repo / contract.SIMILAR / "config.pbtxt").is_file():
+            _write_config(repo / contract.SIMILAR, similar_config(tuning, ids), "similar")
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _blocklist_readers(repo: Path) -> list[Path]:
+    """The folders of the repository's Python models that rank and so read a blocklist copy:
+    preprocess, `recommend` where it is the fused model, `similar`."""
+    readers = []
+    for name in ("preprocess", contract.MODEL, contract.SIMILAR):
+        path = Path(repo) / name / "config.pbtxt"
+        if path.is_file() and text_format.Parse(path.read_text(), model_config_pb2.ModelConfig()).backend == "python":
+            readers.append(path.parent)
+    return readers
+
+
+def sync_blocklist(repo: Path) -> list[str]:
+    """Copy the repository's blocklist (its root's blocklist.txt) into each ranking model's folder
+    (serving/blocklist.py says why there); nothing where the repository has none and no copy.
+    Returns the blocked ids."""
+    ids = load_blocklist(repo)
+    for folder in _blocklist_readers(repo):
+        if ids or blocklist_path(folder).is_file():
+            save_blocklist(folder, ids)
+    return ids
+
+
+def update_blocklist(repo: Path, add=(), remove=()) -> list[str]:
+    """The repository's blocklist (serving/blocklist.py) with the item ids `add` added and
+    `remove` removed (ids as text), written atomically, then copied into the ranking models'
+    folders; returns it. A running server applies it once those models reload (`aerec reload`).
+    Raises RepositoryError for a folder no build filled, or an id to add that the served
+    catalogue does not hold (a typo would block nothing)."""
+    repo = Path(repo)
+    folder = repo / "preprocess"
+    if not _versions(folder) or not (_latest(folder) / "item_ids.npy").is_file():
+        raise RepositoryError(f"{repo}: no built repository here (no preprocess version); run `aerec repository` first")
+    served = np.load(_latest(folder) / "item_ids.npy", allow_pickle=False)
+    add, remove = [str(i).strip() for i in add], {str(i).strip() for i in remove}
+    known = {str(i) for i in served.tolist()}
+    unknown = [i for i in add if i not in known]
+    if unknown:
+        raise RepositoryError(f"item(s) {', '.join(unknown[:5])} are not in the served catalogue "
+                              f"({len(served)} ids); nothing written")
+    save_blocklist(repo, [i for i in load_blocklist(repo) + add if i not in remove])
+    return sync_blocklist(repo)

@@ -15,15 +15,16 @@ import serving
 
 # The config.pbtxt templates, named by TEMPLATE's values in builder.repository.
 TEMPLATES = Path(str(files("builder") / "config_templates"))
-# Each Python model's model.py: the two ensemble steps and the fused pipeline.
+# Each Python model's model.py: the two ensemble steps, the fused pipeline and `similar`.
 PYTHON_MODELS = TEMPLATES / "python_models"
-MODEL_PY = {"preprocess": "preprocess.py", "postprocess": "postprocess.py", "fused": "recommend_fused.py"}
+MODEL_PY = {"preprocess": "preprocess.py", "postprocess": "postprocess.py", "fused": "recommend_fused.py",
+            "similar": "similar.py"}
 # The numpy-only package each Python model imports, vendored into its version folder.
 SERVING = Path(serving.__file__).resolve().parent
 
 
 def python_model(kind: str) -> Path:
-    """The model.py source for `kind` ("preprocess", "postprocess" or "fused"). Raises KeyError for
+    """The model.py source for `kind` ("preprocess", "postprocess", "fused" or "similar"). Raises KeyError for
     another kind, FileNotFoundError when the installed package lacks it (a broken install)."""
     path = PYTHON_MODELS / MODEL_PY[kind]
     if not path.is_file():

@@ -10,8 +10,9 @@ from cli import batch, deploy, evaluate, export, perf, recommend, repository, se
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # In the order a user meets them: build, serve, ask, measure.
-for command in (train.train, evaluate.evaluate, export.export, repository.repository, perf.perf, serve.serve,
-                serve.reload, recommend.recommend, batch.batch, evaluate.results, train.presets):
+for command in (train.train, evaluate.evaluate, export.export, repository.repository, repository.blocklist,
+                perf.perf, serve.serve, serve.reload, recommend.recommend, recommend.similar, batch.batch,
+                evaluate.results, train.presets):
     app.command()(command)
 app.add_typer(deploy.app, name="deploy")
 

@@ -82,3 +82,34 @@ def recommend(
     if not rec.complete:  # rated items are never recommended, nor those the rules keep out
         rules = "" if excluded is None and included is None else " that the rules allow"
         typer.echo(f"only {rec.n_recommended} of {k} recommended: no other unrated item{rules} is left")
+
+
+def similar(
+    item: list[str] = typer.Option(..., help="ITEM (repeatable): a seed item; several: items like all of them"),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="how many similar items"),
+    exclude: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): items never to return"),
+    include: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): the only items that may be returned"),
+    url: str = typer.Option("127.0.0.1:8001", help="server address host:port; several replicas separated by "
+                                                   "commas"),
+    protocol: str = typer.Option("grpc", help="grpc | http"),
+):
+    """The items most similar to the seed items (the server's `similar` model: what its top-N
+    ranker scores highest for a user whose history is the seeds), as a table of ids, titles and
+    scores. The seeds, the rules' items and the repository's blocklist are never listed."""
+    from rich.console import Console
+    from rich.table import Table
+    from client import RecommenderClient
+    excluded, included = id_list(exclude, []), id_list(include, [])
+    try:
+        client = RecommenderClient(url, protocol)
+        rec = client.similar([i.strip() for i in item], k=top_k, exclude=excluded, include=included)
+    except Exception as e:  # the server's own message names the problem
+        fail(str(e))
+    t = Table("#", "item", "title", "score")
+    for i, (iid, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
+        t.add_row(str(i), str(iid), title, f"{score:.3f}")
+    Console().print(t)
+    if rec.unknown_items:
+        typer.echo(f"{rec.unknown_items} --exclude/--include item id(s) unknown to the model were skipped")
+    if not rec.complete:
+        typer.echo(f"only {rec.n_recommended} of {top_k} listed: no other item is allowed")

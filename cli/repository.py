@@ -37,3 +37,23 @@ def repository(
         fail(str(e))
     for name, version in manifest["models"].items():
         typer.echo(f"{out}/{name}/{version}")
+
+
+def blocklist(
+    repo: Path = typer.Argument(DEFAULT_REPOSITORY, help="a built repository"),
+    add: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): items to block"),
+    remove: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): items to unblock"),
+    file: list[Path] = typer.Option([], "--file", help="a file of item ids to block, one a line"),
+):
+    """Change the repository's blocklist (items no list returns: out of stock, withdrawn), without
+    retraining; `aerec reload` then makes a running server apply it. Prints the blocklist."""
+    from builder.repository import RepositoryError, update_blocklist
+    from cli.recommend import id_list
+    try:
+        added, removed = id_list(add, file) or [], id_list(remove, []) or []
+        ids = update_blocklist(repo, added, removed)
+    except (RepositoryError, OSError) as e:
+        fail(str(e))
+    typer.echo(f"{repo}/blocklist.txt: {len(ids)} blocked item(s){': ' + ', '.join(ids[:20]) if ids else ''}"
+               f"{' ...' if len(ids) > 20 else ''}")
+    typer.echo("a running server applies it after `aerec reload`")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.contract import (EXCLUDE_IDS, INCLUDE_IDS, ITEM_IDS, MAX_ROWS, MODEL, N_RECOMMENDED, PAD, PAD_ID,
-                              PREDICTED_RATINGS, RATINGS, RECOMMENDED_IDS, SCORES, SOURCE, TITLES, TOP_K,
+                              PREDICTED_RATINGS, RATINGS, RECOMMENDED_IDS, SCORES, SIMILAR, SOURCE, TITLES, TOP_K,
                               UNKNOWN_ITEMS, USER_ID, admin_headers)
 
 PAD_ITEM = PAD   # fills a shorter rating list in a several-user request; the server drops it
@@ -340,9 +340,9 @@ class RecommenderClient:
             except Exception as e:
                 await asyncio.sleep(self._after_failure(e, pause, i))
 
-    def _infer(self, inputs):
+    def _infer(self, inputs, model: str | None = None):
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
-        return self._retrying(lambda i: self._clients[i].infer(self.model, inputs, **kwargs))
+        return self._retrying(lambda i: self._clients[i].infer(model or self.model, inputs, **kwargs))
 
     def recommend(self, user_id: int | str | None = None, ratings: dict[int | str, float] | None = None,
                   k: int = 10, items: list[int | str] | None = None, exclude: list[int | str] | None = None,
@@ -357,6 +357,25 @@ class RecommenderClient:
         is given, both `ratings` and `items` are, include is empty, or an id does not fit an
         integer catalogue."""
         return self._parse(self._infer(self._inputs(user_id, ratings, k, items, exclude, include)), k)
+
+    def similar(self, item_ids: list[int | str], k: int = 10, exclude: list[int | str] | None = None,
+                include: list[int | str] | None = None) -> Recommendation:
+        """The k items most similar to the seeds `item_ids` (the server's `similar` model: what its
+        top-N ranker scores highest for a user whose history is the seeds), best first, never a
+        seed, nor an item of `exclude` or of the repository's blocklist; `include`: the only items
+        that may be returned. `unknown_items` counts the rules' ids the model does not know.
+        Raises RequestError (an unknown seed, bad k) or ServerError; ValueError before sending
+        when no seed is given, include is empty or an id does not fit an integer catalogue."""
+        if not item_ids:
+            raise ValueError("give at least one seed item")
+        kind = self.id_types()[ITEM_IDS]
+        seeds = self._ids(list(item_ids), ITEM_IDS).reshape(1, -1)
+        inputs = []
+        for name, arr, dtype in ((ITEM_IDS, seeds, kind), (TOP_K, np.array([[k]], np.int32), "INT32")):
+            t = self._mod.InferInput(name, list(arr.shape), dtype)
+            t.set_data_from_numpy(arr)
+            inputs.append(t)
+        return self._parse(self._infer(inputs + self._rules(exclude, include), SIMILAR), k)
 
     def recommend_many(self, user_ids: list[int | str] | None = None, k: int = 10,
                        ratings: list[dict[int | str, float]] | None = None,

@@ -4,6 +4,7 @@ writer, the Python models, the client SDK and perf. model_repository/README.md d
 Every tensor has the request's rows (users) as its first dimension: [rows, ...].
 """
 MODEL = "recommend"        # the model clients call, ensemble or fused
+SIMILAR = "similar"        # seed items -> similar items (serving/similar.py), beside a top-N ranker
 
 # Ids come as the data set has them, decided per catalogue (users, items): integers (INT64) or
 # strings (TYPE_STRING, i.e. BYTES holding UTF-8: "u42", "sku-50"). A build writes each id

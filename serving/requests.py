@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Mapping, NamedTuple
 
 import numpy as np
@@ -29,6 +29,7 @@ import numpy as np
 from serving.contract import (COLD_START_POPULARITY, COLD_START_REFUSE, COLD_STARTS, EXCLUDE_IDS, INCLUDE_IDS,
                               ITEM_IDS, MAX_ITEMS_PER_REQUEST, MAX_RULE_IDS, PAD, RATINGS, TOP_K, USER_ID,
                               default_top_k)
+from serving.blocklist import blocked_columns, load_blocklist
 from serving.rules import rule_mask
 
 STRING_PAD = ""   # an ITEM_IDS entry of b"" (PAD_ID) decoded: padding in a string catalogue
@@ -65,6 +66,8 @@ class Catalogue:
     implicit: bool = False  # an interaction log: values are event weights, any positive one is valid
     cold_start: str = COLD_START_REFUSE   # COLD_STARTS: a user with nothing to rank from is refused,
                                           # or gets the popularity list (a repository's own choice)
+    # int64 item columns no list returns: the repository's blocklist (serving/blocklist.py)
+    blocklist: np.ndarray = field(default_factory=lambda: NO_COLS)
 
     @property
     def popularity_cold_start(self) -> bool:
@@ -99,6 +102,13 @@ class Catalogue:
             raise KeyError(f"assets.json cold_start {cold_start!r} is none of {COLD_STARTS}")
         return cls(load("item_ids.npy"), load("user_ids.npy"), load("hist_indptr.npy"), load("hist_indices.npy"),
                    load("hist_data.npy"), float(low), float(high), implicit, cold_start)
+
+    def with_blocklist(self, folder: str | os.PathLike) -> "Catalogue":
+        """This catalogue with `folder`'s blocklist (serving/blocklist.py; a Python model passes
+        its own folder) as `blocklist`: its ids this catalogue holds, as columns; none where
+        `folder` has no blocklist."""
+        ids = load_blocklist(folder)
+        return replace(self, blocklist=blocked_columns(ids, self.item_ids)) if ids else self
 
 
 def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue) -> list[Row]:
@@ -135,7 +145,7 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue
                              ratings[b] if given(ratings) else None, k, catalogue) for b in range(n)]
     if not any(given(t) for t in rules.values()):
         return parsed
-    exclude, include = (_rule_columns(t.reshape(n, -1), catalogue, name) if given(t) else None
+    exclude, include = (rule_columns(t.reshape(n, -1), catalogue, name) if given(t) else None
                         for name, t in rules.items())
     out = []
     for b, row in enumerate(parsed):
@@ -152,7 +162,7 @@ def parse_request(tensors: Mapping[str, np.ndarray | None], catalogue: Catalogue
     return out
 
 
-def _rule_columns(ids: np.ndarray, catalogue: Catalogue, name: str) -> list[tuple]:
+def rule_columns(ids: np.ndarray, catalogue: Catalogue, name: str) -> list[tuple]:
     """A rule tensor's rows [rows, n] of raw ids (padded as ITEM_IDS is) -> per row (int64 item
     columns of the known ids, how many ids were unknown, whether the row held padding alone).
     One searchsorted for the whole tensor. Raises RequestError for ids of the other kind, not
@@ -324,7 +334,8 @@ def prepare(requests: list[Mapping[str, np.ndarray | None]], catalogue: Catalogu
 def densify(parsed: list[Row], catalogue: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows -> (dense float32 [rows, n_items], top_k int32 [rows, 1], unknown int32 [rows, 1],
     blocked bool [rows, n_items]): known users' training histories first, then the ratings sent,
-    which override them; blocked: the rows' EXCLUDE_IDS/INCLUDE_IDS rules (rules.rule_mask)."""
+    which override them; blocked: the rows' EXCLUDE_IDS/INCLUDE_IDS rules (rules.rule_mask) and
+    the catalogue's blocklist."""
     dense = np.zeros((len(parsed), catalogue.n_items), np.float32)
     b = np.arange(len(parsed))
     rows = np.array([p.user_row for p in parsed], np.int64)
@@ -341,4 +352,5 @@ def densify(parsed: list[Row], catalogue: Catalogue) -> tuple[np.ndarray, np.nda
     ks = np.array([p.k for p in parsed], np.int32).reshape(-1, 1)
     unknown = np.array([p.unknown for p in parsed], np.int32).reshape(-1, 1)
     blocked = rule_mask(catalogue.n_items, [p.exclude for p in parsed], [p.include for p in parsed])
+    blocked[:, catalogue.blocklist] = True   # the catalogue's blocklist: an exclude on every row
     return dense, ks, unknown, blocked

@@ -90,6 +90,14 @@ def test_ranker_and_rater_ensemble_is_templates_plus_values(runs, tmp_path):
     for step in ("preprocess", "postprocess"):
         assert (repo / step / "1" / "model.py").read_bytes() == (COMMITTED / step / "1" / "model.py").read_bytes()
         assert (repo / step / "1" / "serving" / "requests.py").is_file()
+    # similar beside the ranker: its network and the steps' assets in its version folder.
+    similar = template("similar")
+    schedule(similar, TUNED.step_queue_delay_us, TUNED.step_instances)
+    ort(similar, TUNED)
+    assert parse(repo / "similar" / "config.pbtxt") == similar
+    assert (repo / "similar" / "1" / "model.py").read_bytes() == (COMMITTED / "similar" / "1" / "model.py").read_bytes()
+    for name in ("ranker.onnx", "item_ids.npy", "titles.npy", "assets.json", "serving/similar.py"):
+        assert (repo / "similar" / "1" / name).is_file()
 
 
 def test_an_int8_rater_is_named_in_the_ensemble(runs, tmp_path):
@@ -139,7 +147,7 @@ def test_rater_alone_ensemble_drops_the_ranker_step(runs, tmp_path):
     expected.ensemble_scheduling.step.extend(steps)
     del next(s for s in expected.ensemble_scheduling.step if s.model_name == "postprocess").input_map["RANKER_SCORES"]
     assert parse(repo / "recommend" / "config.pbtxt") == expected
-    assert not (repo / "ranker_onnx").exists()
+    assert not (repo / "ranker_onnx").exists() and not (repo / "similar").exists()   # no ranker: no similar
 
 
 def _built_versions(directory, names):
@@ -206,7 +214,7 @@ def _at_head(path: str) -> str:
     return shown.stdout
 
 
-@pytest.mark.parametrize("name", ["ranker_onnx", "rater_onnx", "preprocess", "postprocess", "recommend"])
+@pytest.mark.parametrize("name", ["ranker_onnx", "rater_onnx", "preprocess", "postprocess", "recommend", "similar"])
 def test_the_committed_configs_are_the_templates(name):
     """model_repository/<name>/config.pbtxt is what the README's build writes (the default tuning,
     a ranker and a rater): the template's own text. Read from the commit, so a build in this
@@ -216,7 +224,8 @@ def test_the_committed_configs_are_the_templates(name):
 
 @pytest.mark.parametrize("kind,committed", [("preprocess", "preprocess/1/model.py"),
                                             ("postprocess", "postprocess/1/model.py"),
-                                            ("fused", "recommend/fused/model.py")])
+                                            ("fused", "recommend/fused/model.py"),
+                                            ("similar", "similar/1/model.py")])
 def test_the_committed_model_py_are_the_packaged_ones(kind, committed):
     """model_repository/'s model.py files are what a build copies there: the packaged sources'
     bytes (builder/config_templates/python_models/, located by builder.templates)."""
@@ -259,6 +268,8 @@ def test_gpu_repository_runs_networks_on_kind_gpu_with_the_tensorrt_accelerator(
             model_config_pb2.ModelInstanceGroup.KIND_CPU]
     assert (repo / "recommend" / "config.pbtxt").read_text() == (TEMPLATES / "recommend.pbtxt").read_text()
     assert manifest["device"] == "gpu"
+    # similar runs ONNX Runtime inside its Python stub, which NVIDIA's image has not: left out.
+    assert not (repo / "similar").exists()
     # apply_tuning keeps the networks on the GPU; the fused pipeline (CPU only) is refused.
     from builder.repository import apply_tuning
     apply_tuning(repo, Tuning(network_instances=2))

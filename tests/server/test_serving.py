@@ -81,7 +81,7 @@ def test_new_build_adds_a_version_and_a_failed_build_keeps_the_old(served, tmp_p
     write_repository(served.ranker, copy, ["onnx"], rating_run=served.rater)
     manifest = write_repository(served.ranker, copy, ["onnx"], rating_run=served.rater)
     assert manifest["models"] == {"ranker_onnx": 2, "rater_onnx": 2, "preprocess": 2, "postprocess": 2,
-                                  "recommend": 1}
+                                  "recommend": 1, "similar": 2}
     assert (manifest["ranker"], manifest["rater"], manifest["n_items"]) == ("ranker_onnx", "rater_onnx", 1682)
     assert manifest["networks"] == {"ranker_onnx": 1682, "rater_onnx": 1682}
     assert manifest["rating_run"] == str(served.rater.resolve())

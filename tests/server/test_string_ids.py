@@ -299,3 +299,16 @@ def test_perf_load_tools_take_string_ids(servers, u1):
         naive.shutdown()
         naive.server_close()
         torch.set_num_threads(threads)
+
+
+def test_similar_speaks_the_catalogues_ids(servers, u1):
+    """`similar` (beside the ranker in both repositories; either recommend pipeline): string
+    seeds give the integer lists, ids mapped; an unknown string seed is refused, quoted."""
+    ints, strs = (RecommenderClient(servers[k].grpc_url) for k in ("int", "str"))
+    for seeds in ([50], [1, 2], [181, 172, 50], [300], [1000]):
+        a = ints.similar(seeds, k=10)
+        b = strs.similar([f"sku-{n}" for n in seeds], k=10)
+        assert b.item_ids == [f"sku-{n}" for n in a.item_ids] and b.titles == a.titles
+        np.testing.assert_allclose(b.scores, a.scores, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RequestError, match="unknown item 'sku-nope'"):
+        strs.similar(["sku-50", "sku-nope"])

@@ -1,6 +1,7 @@
 """Triton Python model `preprocess`: a request's USER_ID and/or ITEM_IDS + RATINGS, TOP_K,
 EXCLUDE_IDS, INCLUDE_IDS -> DENSE float32 [rows, n_items], TOP_K_OUT int32 [rows, 1],
-UNKNOWN_ITEMS int32 [rows, 1], BLOCKED bool [rows, n_items] (the rules' items, serving/rules.py).
+UNKNOWN_ITEMS int32 [rows, 1], BLOCKED bool [rows, n_items] (the rules' items, serving/rules.py,
+and the repository's blocklist, serving/blocklist.py).
 
 A thin shell over serving.requests (numpy only, vendored beside this file by a build): every
 request of a batch is checked on its own (a bad one gets a 400 / INVALID_ARGUMENT with its
@@ -22,7 +23,10 @@ from serving.triton_io import error_response, request_tensors  # noqa: E402
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.catalogue = Catalogue.load(os.path.join(args["model_repository"], args["model_version"]))
+        # The blocklist (this model's folder's copy) is read here: `aerec blocklist` then a reload
+        # of this model applies a change.
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.catalogue = Catalogue.load(here).with_blocklist(args["model_repository"])
 
     def execute(self, requests):
         batch = prepare([request_tensors(r) for r in requests], self.catalogue)

@@ -41,7 +41,10 @@ from serving.triton_io import error_response, list_tensors, request_tensors, req
 class TritonPythonModel:
     def initialize(self, args):
         here = os.path.join(args["model_repository"], args["model_version"])
-        self.catalogue, self.lists = Catalogue.load(here), Lists.load(here)
+        # The blocklist (this model's folder's copy) is read here: `aerec blocklist` then a reload
+        # of this model applies a change.
+        self.catalogue = Catalogue.load(here).with_blocklist(args["model_repository"])
+        self.lists = Lists.load(here)
         load = lambda role: onnx.load(os.path.join(here, f"{role}.onnx"))  # noqa: E731
         # One graph, one session: the ranker picks the items (or, served alone, the rater does)
         # and a rater served beside a ranker is read at those items in the same run.
