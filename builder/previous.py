@@ -101,7 +101,11 @@ def arrange(tmp: Path, old: dict, manifest: dict, keep_previous: bool) -> dict |
     tmp = Path(tmp)
     now = pipeline_models(manifest)
     if "postprocess" in now and manifest.get("models", {}).get("postprocess"):
-        (tmp / "postprocess" / str(now["postprocess"]) / SERVED_FILE).write_text(json.dumps(served(manifest)))
+        text = json.dumps(served(manifest))
+        (tmp / "postprocess" / str(now["postprocess"]) / SERVED_FILE).write_text(text)
+        fused = tmp / "recommend" / str(manifest["models"].get("recommend"))
+        if (fused / "model.py").is_file():   # the fused pipeline counts its answers too
+            (fused / SERVED_FILE).write_text(text)
     if not keep_previous:
         shutil.rmtree(tmp / PREVIOUS, ignore_errors=True)
         return None
