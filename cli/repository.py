@@ -41,3 +41,6 @@ def repository(
         fail(str(e))
     for name, version in manifest["models"].items():
         typer.echo(f"{out}/{name}/{version}")
+    if manifest.get("previous"):
+        kept = ", ".join(f"{n} {v}" for n, v in manifest["previous"]["models"].items())
+        typer.echo(f"{out}/{manifest['previous']['pipeline']}: the previous version beside recommend ({kept})")

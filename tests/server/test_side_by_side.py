@@ -3,6 +3,7 @@
 `recommend_previous`; the SDK splits users between them (sticky), shadows, and says which
 version answered; the recommendation metrics and the Grafana dashboard's every metric are on
 the server's /metrics."""
+import asyncio
 import json
 import re
 import subprocess
@@ -96,6 +97,10 @@ def test_split_is_sticky_and_both_pipelines_answer(ab, u1):
     assert {(r.model, r.model_version) for r in first} == {("recommend", "2"), (PREVIOUS, "1")}
     many = rc.recommend_many(users)
     assert [(r.model, r.item_ids) for r in many] == [(r.model, r.item_ids) for r in first]
+    http = RecommenderClient(server.http_url, "http", split=SPLIT)
+    assert [http.recommend(user_id=u).model for u in users[:10]] == [r.model for r in first[:10]]
+    rec = asyncio.run(rc.recommend_async(user_id=users[0]))
+    assert (rec.model, rec.model_version, rec.item_ids) == (first[0].model, first[0].model_version, first[0].item_ids)
     direct = {p: RecommenderClient(server.grpc_url, model=p) for p in SPLIT}
     for u, r in zip(users[:10], first):
         assert r.item_ids == direct[r.model].recommend(user_id=u).item_ids
@@ -189,10 +194,18 @@ def test_cli_recommend_split_names_the_pipeline(ab, u1):
 
 
 def test_a_build_without_keep_previous_serves_the_newest_alone(ab, tmp_path):
+    """`aerec repository --keep-previous` moves the pair on (3 beside 2); a build without it
+    serves the newest alone."""
     import shutil
     _, repo, old, _ = ab
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy)
+    cli = subprocess.run([sys.executable, "-m", "cli.main", "repository", str(old), "--out", str(copy),
+                          "--keep-previous"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert f"{PREVIOUS}: the previous version" in cli.stdout
+    assert list(_config(copy / "rater_onnx" / "config.pbtxt").version_policy.specific.versions) == [2, 3]
+    assert {s.model_version for s in _config(copy / PREVIOUS / "config.pbtxt").ensemble_scheduling.step} == {2}
     write_repository(old, copy, ["onnx"])
     assert not (copy / PREVIOUS).exists()
     assert not _config(copy / "rater_onnx" / "config.pbtxt").HasField("version_policy")
