@@ -28,12 +28,13 @@ from server.launcher import TritonServer
 
 pytestmark = pytest.mark.slow
 SPLIT = {"recommend": 0.5, PREVIOUS: 0.5}
+KEY = "side-by-side-admin-key"
 
 
 @pytest.fixture(scope="module")
 def ab(u1, tmp_path_factory):
-    """(server, repo, previous run, newest run): version 1 of the rater (a small SAE), then
-    version 2 (another SAE) built with keep_previous."""
+    """(server, repo, previous run, newest run): a server of version 1 of the rater (a small SAE),
+    then version 2 (another SAE) built into its repository with keep_previous and reloaded."""
     root = tmp_path_factory.mktemp("side-by-side")
     old, _ = train_and_export(u1, root / "old", TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64,
                                                            device="cpu"))
@@ -43,9 +44,11 @@ def ab(u1, tmp_path_factory):
     with pytest.raises(RepositoryError, match="serves none yet"):
         write_repository(old, repo, ["onnx"], keep_previous=True)
     write_repository(old, repo, ["onnx"])
-    write_repository(new, repo, ["onnx"], keep_previous=True)
-    apply_tuning(repo, Tuning(step_queue_delay_us=50))   # a retune keeps both versions loaded
-    with TritonServer(repo, build_dir=root / "build") as server:
+    with TritonServer(repo, build_dir=root / "build", admin_key=KEY) as server:
+        assert RecommenderClient(server.grpc_url).recommend(user_id=int(u1.user_ids[0])).model_version == "1"
+        write_repository(new, repo, ["onnx"], keep_previous=True)
+        apply_tuning(repo, Tuning(step_queue_delay_us=50))   # a retune keeps both versions loaded
+        assert PREVIOUS in RecommenderClient(server.grpc_url, admin_key=KEY).reload()
         yield server, repo, old, new
 
 
