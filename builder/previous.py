@@ -68,10 +68,10 @@ def _id_types(vdir: Path) -> tuple[str, str]:
     return contract.id_type(load("user_ids.npy")), contract.id_type(load("item_ids.npy"))
 
 
-def previous_ensemble(repo: Path, old: dict) -> model_config_pb2.ModelConfig:
-    """`recommend_previous`: the ensemble template with `old`'s (the previous build's manifest)
-    networks, every step pinned to the version that build wrote."""
-    from builder.repository import ensemble_config
+def previous_ensemble(repo: Path, old: dict, ensemble_config) -> model_config_pb2.ModelConfig:
+    """`recommend_previous`: the ensemble (`ensemble_config(ranker, rater, ids)`, builder.repository's)
+    of `old`'s (the previous build's manifest) networks, every step pinned to the version that
+    build wrote."""
     versions = pipeline_models(old)
     ids = _id_types(Path(repo) / "preprocess" / str(versions["preprocess"]))
     config = ensemble_config(old.get("ranker"), old.get("rater"), ids)
@@ -91,12 +91,13 @@ def set_policies(repo: Path, versions: dict[str, list[int]]) -> None:
         path.write_text(text_format.MessageToString(config))
 
 
-def arrange(tmp: Path, old: dict, manifest: dict, keep_previous: bool) -> dict | None:
+def arrange(tmp: Path, old: dict, manifest: dict, keep_previous: bool, ensemble_config) -> dict | None:
     """After a build into `tmp` (the repository being assembled): record the new pipeline's
     version in its postprocess version and, with `keep_previous`, serve the previous build
     (`old`, its manifest) beside it. Returns the manifest's "previous" entry ({"pipeline",
     "models": {name: version}, "policies": {name: [versions]}}) or None. Without
-    `keep_previous` an earlier `recommend_previous` is removed. Raises PreviousError when
+    `keep_previous` an earlier `recommend_previous` is removed. `ensemble_config`: the function
+    that writes the ensemble (builder.repository.ensemble_config). Raises PreviousError when
     there is no previous pipeline to keep."""
     tmp = Path(tmp)
     now = pipeline_models(manifest)
@@ -122,5 +123,5 @@ def arrange(tmp: Path, old: dict, manifest: dict, keep_previous: bool) -> dict |
     folder = tmp / PREVIOUS
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "1").mkdir(parents=True)   # an ensemble's version: an empty folder
-    (folder / "config.pbtxt").write_text(text_format.MessageToString(previous_ensemble(tmp, old)))
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(previous_ensemble(tmp, old, ensemble_config)))
     return {"pipeline": PREVIOUS, "models": before, "policies": {n: sorted(set(v)) for n, v in policies.items()}}

@@ -580,7 +580,7 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                     "standalone_networks": old.get("standalone_networks", {}),
                     **served, "tuning": (tuning or Tuning()).to_dict()}
         try:
-            manifest["previous"] = previous.arrange(tmp, old, manifest, keep_previous)
+            manifest["previous"] = previous.arrange(tmp, old, manifest, keep_previous, ensemble_config)
         except previous.PreviousError as e:
             raise RepositoryError(str(e)) from None
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
