@@ -28,7 +28,7 @@ from builder.config import TrainConfig, from_dict
 from builder.models import ITEM_BASED, TOP_N
 from builder.models.popularity import item_counts
 from builder.run_folder import RunDataError, load_run_dataset
-from builder import templates
+from builder import previous, templates
 from builder.tensorrt_plans import plan_meta
 from serving import contract
 from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
@@ -510,7 +510,7 @@ def _run_dataset(part: _Served):
 
 def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None,
                      rating_run: Path | None = None, device: str = "cpu",
-                     cold_start: str = contract.COLD_START_POPULARITY) -> dict:
+                     cold_start: str = contract.COLD_START_POPULARITY, keep_previous: bool = False) -> dict:
     """Add one version of each served network to the repository at `out`; returns the manifest.
 
     `run_dir`: a top-N run (served as the ranker, `ranker_<variant>`) or a rating run (the rater,
@@ -531,6 +531,9 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     `cold_start` (contract.COLD_STARTS): a user `recommend` cannot rank (an unknown USER_ID, a
     user with no training ratings, neither sending a known item) gets the popularity list, SOURCE
     "popularity" ("popularity"), or a 400 ("refuse"). RepositoryError for another value.
+
+    `keep_previous`: the pipeline `out` served before this build stays loaded beside the new one,
+    as `recommend_previous` (builder/previous.py); RepositoryError where `out` served none.
     """
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -612,6 +615,10 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
                     "network_serving": {**old.get("network_serving", {}), **serving}, "device": device,
                     "standalone_networks": old.get("standalone_networks", {}),
                     **served, "tuning": (tuning or Tuning()).to_dict()}
+        try:
+            manifest["previous"] = previous.arrange(tmp, old, manifest, keep_previous, ensemble_config)
+        except previous.PreviousError as e:
+            raise RepositoryError(str(e)) from None
         (tmp / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
         sync_blocklist(tmp)   # the blocklist outlives builds: a new ranking model gets its copy
         check_configs(tmp)
@@ -667,6 +674,8 @@ def apply_tuning(repo: Path, tuning: Tuning) -> None:
         manifest.setdefault("models", {})["recommend"] = write_recommend(repo, ranker, rater, tuning)
         if (repo / contract.SIMILAR / "config.pbtxt").is_file():
             _write_config(repo / contract.SIMILAR, similar_config(tuning, ids), "similar")
+    if manifest.get("previous"):   # both versions stay loaded (builder/previous.py)
+        previous.set_policies(repo, manifest["previous"]["policies"])
     manifest["tuning"] = tuning.to_dict()
     (repo / "aerec_repository.json").write_text(json.dumps(manifest, indent=2))
 

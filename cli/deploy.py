@@ -21,7 +21,7 @@ def kubernetes(
 ):
     """Write a Deployment of NVIDIA's Triton image reading REPOSITORY from a volume, its Service,
     a HorizontalPodAutoscaler on Triton's queue time per request, the same as a Helm chart, and a
-    KServe InferenceService (Triton runtime)."""
+    KServe InferenceService (Triton runtime), and a Grafana dashboard of the recommendation metrics."""
     from server.deploy.kubernetes import DeployError, write_kubernetes
     try:
         paths = write_kubernetes(repository, replicas, gpu, out)

@@ -38,12 +38,15 @@ def recommend(
     url: str = typer.Option("127.0.0.1:8001", help="server address host:port; several replicas separated by "
                                                    "commas (balanced, failing over from a dead one)"),
     protocol: str = typer.Option("grpc", help="grpc | http"),
+    split: Optional[str] = typer.Option(None, help="PIPELINE=SHARE,... (e.g. recommend=0.5,recommend_previous=0.5): "
+                                                   "the user goes to one pipeline, always the same"),
 ):
     """Top-K recommendations from a running server, as a table of titles, scores and (where the
     server has a rating model) predicted ratings."""
     from rich.console import Console
     from rich.table import Table
     from client import RecommenderClient
+    from client.sdk import parse_split
     try:
         # rsplit: an item id may itself hold "=" (string ids); the rating never does.
         ratings = {a: float(b) for a, b in (r.rsplit("=", 1) for r in rate)}
@@ -60,7 +63,7 @@ def recommend(
     if included == []:
         fail("--include/--include-file gave no item id: nothing could be recommended")
     try:
-        client = RecommenderClient(url, protocol)
+        client = RecommenderClient(url, protocol, split=None if split is None else parse_split(split))
     except ValueError as e:
         fail(str(e))
     try:
@@ -74,6 +77,8 @@ def recommend(
         t.add_row(str(i), str(item), title, f"{score:.3f}",
                   *([f"{predicted[i - 1]:.2f}"] if predicted is not None else []))
     Console().print(t)
+    if split is not None:
+        typer.echo(f"answered by {rec.model}" + (f" (version {rec.model_version})" if rec.model_version else ""))
     if rec.source == "popularity":
         typer.echo("the most popular items: the model has nothing to rank this user by (a cold start)")
     if rec.unknown_items:

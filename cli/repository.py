@@ -25,6 +25,10 @@ def repository(
                                    help="popularity | refuse: a user the model cannot rank (unknown USER_ID, or "
                                         "no training ratings and no known item sent) gets the popularity list "
                                         "(SOURCE popularity), or a 400"),
+    keep_previous: bool = typer.Option(False, "--keep-previous",
+                                       help="keep serving the version OUT served before this build, as the "
+                                            "pipeline recommend_previous beside recommend (the new one): both "
+                                            "versions loaded, for an A/B split or a shadow"),
 ):
     """Add RUN_DIR's exported networks to a Triton model repository (a new version each build).
     RUN_DIR is a top-N model (it ranks) or a rating model (it ranks by predicted rating)."""
@@ -32,11 +36,14 @@ def repository(
     try:
         tuning = Tuning.load(tuned) if tuned else None
         manifest = write_repository(run_dir, out, variant, tuning, rating_run=rating_model, device=device,
-                                    cold_start=cold_start)
+                                    cold_start=cold_start, keep_previous=keep_previous)
     except RepositoryError as e:
         fail(str(e))
     for name, version in manifest["models"].items():
         typer.echo(f"{out}/{name}/{version}")
+    if manifest.get("previous"):
+        kept = ", ".join(f"{n} {v}" for n, v in manifest["previous"]["models"].items())
+        typer.echo(f"{out}/{manifest['previous']['pipeline']}: the previous version beside recommend ({kept})")
 
 
 def blocklist(

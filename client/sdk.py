@@ -8,6 +8,14 @@
     rc.recommend(user_id="u42")                          # a catalogue of string ids
     rc.recommend(user_id=42, exclude=[50], include=[1, 2, 3, 172])   # per-request rules
     RecommenderClient("127.0.0.1:8001,127.0.0.1:8011")  # replicas (`aerec serve --replicas 2`)
+    RecommenderClient(url, split={"recommend": 0.5, "recommend_previous": 0.5})   # A/B, sticky per user
+
+Two versions side by side (`aerec repository RUN --keep-previous`: `recommend` the newest,
+`recommend_previous` the one before): `split` sends each user to one pipeline, always the same
+(`route`: a stable hash of the user id, or of a history's items); `shadow=True` also sends each
+`recommend` to the split's other pipelines and returns the routed one's answer (a shadow's error
+never fails the call). Every Recommendation says which pipeline (`model`) and version
+(`model_version`, the version of the network that ranked it) answered.
 
 Transient failures (server restarting, connection refused, a Python stub being restarted by
 the server's supervisor) are retried with capped exponential backoff and jitter; a request's
@@ -34,6 +42,7 @@ server's message and `status`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import random
 import time
@@ -124,6 +133,8 @@ class Recommendation:
     n_recommended: int = 0
     k: int = 0                      # how many were asked for
     source: str | None = None
+    model: str | None = None        # the pipeline that answered ("recommend", "recommend_previous")
+    model_version: str | None = None  # its version: the ranking network's (RecommenderClient.pipeline_version)
 
     @property
     def complete(self) -> bool:
@@ -142,10 +153,63 @@ def parse_urls(url: str | list[str] | tuple[str, ...]) -> list[str]:
     return urls
 
 
+def route_point(key) -> float:
+    """A user's fixed point in [0, 1): the first 8 bytes of BLAKE2b over str(key), UTF-8 (the
+    same in every process and Python version, unlike the salted hash()); 42 and "42" agree."""
+    digest = hashlib.blake2b(str(key).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def check_split(split: dict[str, float]) -> dict[str, float]:
+    """The split's shares as fractions of their sum, in the order given. ValueError for an empty
+    split, a negative or non-finite share, or shares summing to 0."""
+    if not split:
+        raise ValueError("split names no pipeline; give e.g. {'recommend': 0.5, 'recommend_previous': 0.5}")
+    shares = {str(name): float(w) for name, w in split.items()}
+    bad = {n: w for n, w in shares.items() if not (w >= 0 and w < float("inf"))}
+    if bad or sum(shares.values()) <= 0:
+        raise ValueError(f"split shares must be >= 0 and sum to more than 0; got {split}")
+    total = sum(shares.values())
+    return {n: w / total for n, w in shares.items()}
+
+
+def route(key, split: dict[str, float]) -> str:
+    """The pipeline of `split` ({name: share}) that the user `key` goes to: the one whose slice
+    of [0, 1) (cumulative shares, in the split's order) holds route_point(key). Sticky: the same
+    key always gets the same pipeline; over many users each gets about its share."""
+    point, edge, last = route_point(key), 0.0, None
+    for name, share in check_split(split).items():
+        edge += share
+        if share > 0:
+            last = name
+            if point < edge:
+                return name
+    return last   # point above a sum rounded below 1
+
+
+def parse_split(text: str) -> dict[str, float]:
+    """"recommend=0.5,recommend_previous=0.5" -> {"recommend": 0.5, "recommend_previous": 0.5}.
+    ValueError for another form."""
+    try:
+        split = {n.strip(): float(w) for n, w in (p.split("=", 1) for p in text.split(",") if p.strip())}
+    except ValueError:
+        raise ValueError(f"a split is PIPELINE=SHARE,PIPELINE=SHARE (e.g. recommend=0.5,recommend_previous=0.5); "
+                         f"got {text!r}") from None
+    return check_split(split) and split
+
+
+def _route_key(user_id, ratings, items):
+    """What routes a request: the user id, else the history's items (sorted)."""
+    if user_id is not None:
+        return user_id
+    return "items:" + ",".join(sorted(str(i) for i in (ratings or items or [])))
+
+
 class RecommenderClient:
     def __init__(self, url: str | list[str] = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 10.0,
                  model: str = MODEL, retries: int = 10, backoff_s: float = 0.05, backoff_max_s: float = 2.0,
-                 admin_key: str | None = None, cooldown_s: float = 1.0):
+                 admin_key: str | None = None, cooldown_s: float = 1.0, split: dict[str, float] | None = None,
+                 shadow: bool = False):
         """`url`: one host:port, several separated by commas, or a list (replicas serving the
         same repository; requests go round-robin over them). `retries` extra attempts on
         transient errors, sleeping backoff_s, 2x, 4x ... (at most backoff_max_s, with jitter):
@@ -153,7 +217,12 @@ class RecommenderClient:
         one is skipped for `cooldown_s` seconds and the retry goes straight to another.
         `admin_key` is needed only for `reload` (see `aerec serve --admin-key-file`).
         One client may be shared by threads over gRPC; over HTTP use one per thread
-        (tritonclient's HTTP client is not thread-safe)."""
+        (tritonclient's HTTP client is not thread-safe).
+        `split` ({pipeline: share}): each user goes to one pipeline, always the same (route);
+        without it every request goes to `model`. `shadow`: each `recommend` also goes, once and
+        without retries, to the split's other pipelines (over gRPC in a background thread, over
+        HTTP after the primary); their answers go to `on_shadow(pipeline, Recommendation or
+        exception)` when set, and `shadow_failures` counts their errors."""
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.urls = parse_urls(url)
@@ -173,6 +242,13 @@ class RecommenderClient:
         self._id_types = None   # id_types(): read from the model's metadata on first use
         self._turn = itertools.count()           # round-robin position (next() is atomic under the GIL)
         self._down_until = [0.0] * len(self.urls)  # time.monotonic() before which an endpoint is skipped
+        self.split = None if split is None else check_split(split)
+        if shadow and (self.split is None or len(self.split) < 2):
+            raise ValueError("shadow=True sends each request to the split's other pipelines: give a split of two "
+                             "or more, e.g. {'recommend': 1.0, 'recommend_previous': 0.0}")
+        self.shadow, self.shadow_failures, self.on_shadow = shadow, 0, None
+        self._pipeline_versions: dict[str, str | None] = {}
+        self._shadow_pool = None
 
     # -- requests ---------------------------------------------------------------------------
     def id_types(self) -> dict[str, str]:
@@ -344,6 +420,79 @@ class RecommenderClient:
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
         return self._retrying(lambda i: self._clients[i].infer(model or self.model, inputs, **kwargs))
 
+    # -- two versions side by side ----------------------------------------------------------
+    def pipeline_for(self, user_id=None, ratings=None, items=None) -> str:
+        """The pipeline this request goes to: route() over the split, else `model`."""
+        return self.model if self.split is None else route(_route_key(user_id, ratings, items), self.split)
+
+    def pipeline_version(self, pipeline: str | None = None) -> str | None:
+        """The version a pipeline serves, read from the server once and kept (reload() forgets):
+        an ensemble's is its ranking network's (the ranker step, else the rater), the version
+        its step pins or, unpinned, the newest the server has loaded; a single model's (the
+        fused pipeline) its own newest. None where the server does not say."""
+        pipeline = pipeline or self.model
+        if pipeline not in self._pipeline_versions:
+            self._pipeline_versions[pipeline] = self._read_version(pipeline)
+        return self._pipeline_versions[pipeline]
+
+    def _config(self, name: str) -> dict:
+        config = self._retrying(lambda i: self._clients[i].get_model_config(name, **(
+            {"as_json": True} if self.protocol == "grpc" else {})))
+        return config.get("config", config)
+
+    def _newest(self, name: str) -> str | None:
+        meta = self._retrying(lambda i: self._clients[i].get_model_metadata(name, **(
+            {"as_json": True} if self.protocol == "grpc" else {})))
+        versions = [int(v) for v in meta.get("versions", [])]
+        return str(max(versions)) if versions else None
+
+    def _read_version(self, pipeline: str) -> str | None:
+        try:
+            steps = self._config(pipeline).get("ensemble_scheduling", {}).get("step", [])
+            if not steps:
+                return self._newest(pipeline)
+            networks = [s for s in steps if s["model_name"] not in ("preprocess", "postprocess")]
+            if not networks:
+                return None
+            step = next((s for s in networks if s["model_name"].startswith("ranker")), networks[0])
+            pinned = int(step.get("model_version", -1))
+            return str(pinned) if pinned > 0 else self._newest(step["model_name"])
+        except Exception:  # a server that does not say: no version, never a failed recommendation
+            return None
+
+    def _answered(self, rec: Recommendation, pipeline: str) -> Recommendation:
+        rec.model, rec.model_version = pipeline, self.pipeline_version(pipeline)
+        return rec
+
+    def _shadow_one(self, pipeline: str, inputs, k: int) -> None:
+        """One attempt at `pipeline`; its answer or error goes to on_shadow, never raised."""
+        try:
+            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+            answer = self._answered(self._parse(self._clients[self._pick()].infer(pipeline, inputs, **kwargs), k),
+                                    pipeline)
+        except Exception as e:  # a shadow never fails the call
+            self.shadow_failures += 1
+            answer = as_recommender_error(e)
+        if self.on_shadow is not None:
+            try:
+                self.on_shadow(pipeline, answer)
+            except Exception:
+                pass
+
+    def _send_shadows(self, primary: str, inputs, k: int, after: bool) -> None:
+        """The shadows of one request: before the primary over gRPC (a background thread), after
+        it over HTTP (its client is not thread-safe); `after` says which call this is."""
+        others = [p for p in self.split if p != primary]
+        if self.protocol == "grpc" and not after:
+            if self._shadow_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._shadow_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="aerec-shadow")
+            for p in others:
+                self._shadow_pool.submit(self._shadow_one, p, inputs, k)
+        elif self.protocol == "http" and after:
+            for p in others:
+                self._shadow_one(p, inputs, k)
+
     def recommend(self, user_id: int | str | None = None, ratings: dict[int | str, float] | None = None,
                   k: int = 10, items: list[int | str] | None = None, exclude: list[int | str] | None = None,
                   include: list[int | str] | None = None) -> Recommendation:
@@ -355,8 +504,15 @@ class RecommenderClient:
         RequestError (the server refused the request: unknown user where the repository
         refuses cold starts, bad k ...) or ServerError; ValueError before sending when nothing
         is given, both `ratings` and `items` are, include is empty, or an id does not fit an
-        integer catalogue."""
-        return self._parse(self._infer(self._inputs(user_id, ratings, k, items, exclude, include)), k)
+        integer catalogue. With a split, the user's pipeline answers (see `model`)."""
+        inputs = self._inputs(user_id, ratings, k, items, exclude, include)
+        pipeline = self.pipeline_for(user_id, ratings, items)
+        if self.shadow:
+            self._send_shadows(pipeline, inputs, k, after=False)
+        rec = self._answered(self._parse(self._infer(inputs, pipeline), k), pipeline)
+        if self.shadow:
+            self._send_shadows(pipeline, inputs, k, after=True)
+        return rec
 
     def similar(self, item_ids: list[int | str], k: int = 10, exclude: list[int | str] | None = None,
                 include: list[int | str] | None = None) -> Recommendation:
@@ -387,7 +543,13 @@ class RecommenderClient:
         per new user), with `user_ids` of the same length or None: rows of up to MAX_ROWS users
         per request, the shorter histories padded (item -1 or b"", rating 0). With several
         endpoints each attempt sends all of them to one endpoint, and a transient failure resends
-        them all to another. Raises RequestError for the first request the server refused."""
+        them all to another. Raises RequestError for the first request the server refused.
+        With a split, each user goes to their own pipeline (one batch of requests per pipeline)."""
+        if self.split is not None:
+            return self._many_routed(user_ids, k, ratings, items)
+        return [self._answered(r, self.model) for r in self._recommend_many(user_ids, k, ratings, items, self.model)]
+
+    def _recommend_many(self, user_ids, k, ratings, items, model: str) -> list[Recommendation]:
         if ratings is not None and items is not None:
             raise ValueError("give ratings (dicts of item: rating) or items (lists of items), not both")
         histories = ratings if ratings is not None else items
@@ -400,21 +562,36 @@ class RecommenderClient:
                 part = histories[lo:lo + MAX_ROWS]
                 tensors = (self._tensors(users, part, k) if ratings is not None
                            else self._tensors(users, None, k, part))
-                out += self._parse_rows(self._infer(tensors), k)
+                out += self._parse_rows(self._infer(tensors, model), k)
             return out
         user_ids = list(user_ids or [])
         # All of them go to one endpoint per attempt; a transient failure resends them all elsewhere.
-        return self._retrying(lambda endpoint: self._many(self._clients[endpoint], user_ids, k))
+        return self._retrying(lambda endpoint: self._many(self._clients[endpoint], user_ids, k, model))
 
-    def _many(self, client, user_ids: list[int], k: int) -> list[Recommendation]:
+    def _many_routed(self, user_ids, k, ratings, items) -> list[Recommendation]:
+        """recommend_many over a split: the rows grouped by pipeline, each group sent as
+        recommend_many sends it, the answers put back in order."""
+        n = len(user_ids if user_ids is not None else ratings if ratings is not None else items or [])
+        at = lambda seq, i: None if seq is None else seq[i]  # noqa: E731
+        groups: dict[str, list[int]] = {}
+        for i in range(n):
+            groups.setdefault(self.pipeline_for(at(user_ids, i), at(ratings, i), at(items, i)), []).append(i)
+        out: list = [None] * n
+        for pipeline, rows in groups.items():
+            pick = lambda seq: None if seq is None else [seq[i] for i in rows]  # noqa: E731
+            for i, rec in zip(rows, self._recommend_many(pick(user_ids), k, pick(ratings), pick(items), pipeline)):
+                out[i] = self._answered(rec, pipeline)
+        return out
+
+    def _many(self, client, user_ids: list[int], k: int, model: str) -> list[Recommendation]:
         """One request per user on `client`, all in flight at once; the first error is raised."""
         if self.protocol == "http":
-            pending = [client.async_infer(self.model, self._inputs(u, None, k)) for u in user_ids]
+            pending = [client.async_infer(model, self._inputs(u, None, k)) for u in user_ids]
             return [self._parse(p.get_result(), k) for p in pending]
         import queue
         done: queue.Queue = queue.Queue()
         for i, u in enumerate(user_ids):
-            client.async_infer(self.model, self._inputs(u, None, k),
+            client.async_infer(model, self._inputs(u, None, k),
                                callback=lambda result, error, i=i: done.put((i, result, error)),
                                client_timeout=self.timeout_s)
         out = [None] * len(user_ids)
@@ -439,19 +616,20 @@ class RecommenderClient:
             import tritonclient.http.aio as aio
             opts, kwargs = {"conn_timeout": self.timeout_s}, {}
         inputs = self._inputs(user_id, ratings, k, items, exclude, include)
+        pipeline = self.pipeline_for(user_id, ratings, items)
 
         async def attempt(endpoint: int):
             client = aio.InferenceServerClient(self.urls[endpoint], **opts)
             try:
                 # The transports' own timeouts do not cover every stage (aiohttp's is per
                 # connection); this bounds the whole attempt.
-                result = await asyncio.wait_for(client.infer(self.model, inputs, **kwargs), self.timeout_s)
+                result = await asyncio.wait_for(client.infer(pipeline, inputs, **kwargs), self.timeout_s)
             except asyncio.TimeoutError:
                 raise TimeoutError(f"no answer within {self.timeout_s} s (timeout_s)") from None
             finally:
                 await client.close()
             return self._parse(result, k)
-        return await self._retrying_async(attempt)
+        return self._answered(await self._retrying_async(attempt), pipeline)
 
     # -- server state -----------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -480,10 +658,12 @@ class RecommenderClient:
         if models is None:
             index = self._clients[0].get_model_repository_index(headers=headers)
             names = ([m.name for m in index.models] if self.protocol == "grpc" else [m["name"] for m in index])
-            models = sorted(set(names), key=lambda n: (n == self.model, n))  # the ensemble last
+            # the pipelines last (recommend, recommend_previous): their steps are loaded first
+            models = sorted(set(names), key=lambda n: (n.startswith(self.model), n))
         for client in self._clients:
             for name in models:
                 client.load_model(name, headers=headers)
+        self._pipeline_versions.clear()   # a reload may serve other versions
         return models
 
     def metadata(self) -> dict:

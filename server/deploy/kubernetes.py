@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from google.protobuf import text_format
 
+from server.deploy import grafana
 from server.deploy.shared_memory import shared_memory_bytes, size_limit
 
 IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"   # Triton 2.51, the embedded server's version
@@ -515,6 +516,7 @@ def render_kubernetes(repository: Path, replicas: int, gpu: bool, image: str = I
                                                            "custom": [queue_rule(ensemble_steps(repository))]}}),
         "kserve/inferenceservice.yaml": _dump(inference_service(v)),
         "README.md": _readme(v, gpu, cpu_models),
+        grafana.DASHBOARD_FILE: grafana.dashboard_json(),   # the recommendation metrics and Triton's
     }
     app_version = image.rsplit("/", 1)[-1].partition(":")[2] or "latest"
     files.update({f"helm/aerec/{path}": text for path, text in _chart(v, app_version).items()})

@@ -419,3 +419,20 @@ def test_a_second_server_on_taken_ports_is_refused_naming_the_port(served):
         TritonServer(server.repository, http_port=free_port(), grpc_port=server.grpc_port,
                      build_dir=server.build_dir)
     assert server.ready()
+
+
+def test_recommendation_metrics_count_both_pipelines_answers(served, u1):
+    """postprocess (the ensemble) and the fused model count users answered and list lengths on
+    Triton's /metrics (serving/metrics.py), labelled with the ranking network's version."""
+    import urllib.request
+    from client import RecommenderClient
+    from serving.metrics import LIST_LENGTH, ROWS
+
+    def scrape(name):
+        text = urllib.request.urlopen(f"http://{served.server.metrics_url}/metrics", timeout=10).read().decode()
+        return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+                   if line.split("{")[0] == name and 'network="ranker_onnx"' in line)
+    before = {n: scrape(n) for n in (ROWS, f"{LIST_LENGTH}_sum")}
+    RecommenderClient(served.server.grpc_url).recommend_many([int(u) for u in u1.user_ids[:12]], k=5)
+    assert scrape(ROWS) - before[ROWS] == 12
+    assert scrape(f"{LIST_LENGTH}_sum") - before[f"{LIST_LENGTH}_sum"] == 12 * 5

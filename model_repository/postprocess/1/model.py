@@ -19,12 +19,15 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from serving import contract  # noqa: E402
 from serving.lists import Lists  # noqa: E402
+from serving.metrics import RecommendationMetrics  # noqa: E402
 from serving.triton_io import list_tensors  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.lists = Lists.load(os.path.join(args["model_repository"], args["model_version"]))
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.lists = Lists.load(folder)
+        self.metrics = RecommendationMetrics(pb_utils, folder, args["model_version"])  # serving/metrics.py
 
     def execute(self, requests):
         get = lambda name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]  # noqa: E731
@@ -36,4 +39,5 @@ class TritonPythonModel:
         blocked = np.concatenate(get(contract.BLOCKED))
         # dense: a cold row (no rating, or no positive input for the ranker) gets the popularity list
         ranked = self.lists.rank(scores, ratings, (dense != 0) | blocked, sizes, ks, dense)
+        self.metrics.record(ranked)
         return [pb_utils.InferenceResponse(output_tensors=list_tensors(*row)) for row in ranked]

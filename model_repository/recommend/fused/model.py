@@ -30,6 +30,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from serving import contract  # noqa: E402
 from serving.lists import Lists  # noqa: E402
+from serving.metrics import RecommendationMetrics  # noqa: E402
 from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_top_k  # noqa: E402
 from serving.requests import Catalogue, prepare  # noqa: E402
 from serving.rules import top_k_allowed  # noqa: E402
@@ -45,6 +46,7 @@ class TritonPythonModel:
         # of this model applies a change.
         self.catalogue = Catalogue.load(here).with_blocklist(args["model_repository"])
         self.lists = Lists.load(here)
+        self.metrics = RecommendationMetrics(pb_utils, here, args["model_version"])  # serving/metrics.py
         load = lambda role: onnx.load(os.path.join(here, f"{role}.onnx"))  # noqa: E731
         # One graph, one session: the ranker picks the items (or, served alone, the rater does)
         # and a rater served beside a ranker is read at those items in the same run.
@@ -78,6 +80,7 @@ class TritonPythonModel:
             if cold.any():
                 top, scores, ratings = self._popularity_rows(batch, cold, top, scores, ratings, max(k))
             ranked = self.lists.package(top, scores, ratings, [hi - lo for _, lo, hi in batch.spans], k, cold)
+            self.metrics.record(ranked)
             for (i, lo, hi), row in zip(batch.spans, ranked):
                 wanted = requested_outputs(requests[i])
                 tensors = list_tensors(*row, wanted=wanted)
