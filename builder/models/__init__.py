@@ -2,15 +2,17 @@
 from builder.models.autorec import AutoRec
 from builder.models.deeprec import DeepAutoencoder
 from builder.models.ease import EASE
+from builder.models.elsa import ELSA
 from builder.models.glocal import GlocalK
 from builder.models.mult_dae import MultDAE
 from builder.models.mult_vae import MultVAE
 from builder.models.popularity import Popularity
 from builder.models.sae import StackedAutoencoder
 
-MODELS = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "mult-dae", "mult-vae")
+MODELS = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "mult-dae", "mult-vae",
+          "elsa")
 # Top-N models: scores for ranking, not ratings (no RMSE); fitted by builder/topn.py.
-TOP_N = {"popularity", "ease", "mult-dae", "mult-vae"}
+TOP_N = {"popularity", "ease", "mult-dae", "mult-vae", "elsa"}
 # Item-based models read one item's column of ratings; all others one user's row.
 ITEM_BASED = {"autorec-i", "glocal-k"}
 # Models whose forward needs the whole rating matrix (not one row): offline only, not exportable.
@@ -22,13 +24,15 @@ def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", d
                 constrained=False, last_activation=True, input_dropout=0.0, center=False,
                 implicit=False, input_norm=False, skip=False,
                 n_rows=None, kernel_dim=5, gk_size=3, dot_scale=1.0, implicit_threshold=0.0,
-                ease_max_gb=12.0, ease_input="binary"):
+                ease_max_gb=12.0, ease_input="binary", elsa_rank=64):
     """The untrained model `name` for rows of n_inputs entries; raises ValueError for an
     unknown name (or an EASE fit peaking above `ease_max_gb`)."""
     if name == "popularity":
         return Popularity(n_inputs, threshold=implicit_threshold)
     if name == "ease":
         return EASE(n_inputs, threshold=implicit_threshold, max_gb=ease_max_gb, ease_input=ease_input)
+    if name == "elsa":
+        return ELSA(n_inputs, rank=elsa_rank, threshold=implicit_threshold)
     if name == "mult-dae":
         return MultDAE(n_inputs, hidden=tuple(hidden), input_dropout=input_dropout, threshold=implicit_threshold)
     if name == "mult-vae":
@@ -51,5 +55,5 @@ def build_model(name: str, n_inputs: int, *, hidden=(500,), activation="selu", d
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
 
 
-__all__ = ["AutoRec", "DeepAutoencoder", "EASE", "GlocalK", "MultDAE", "MultVAE", "Popularity",
+__all__ = ["AutoRec", "DeepAutoencoder", "EASE", "ELSA", "GlocalK", "MultDAE", "MultVAE", "Popularity",
            "StackedAutoencoder", "MODELS", "ITEM_BASED", "FULL_MATRIX", "ROW_MODELS", "TOP_N", "build_model"]
