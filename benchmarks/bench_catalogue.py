@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--events-per-user", type=float, default=40.0)
     ap.add_argument("--rank", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--case", help=argparse.SUPPRESS)  # "model:items": run one case in this process
