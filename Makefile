@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items bench-logs bench-batch perf perf-full gpu-check clean
+.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items bench-logs bench-batch bench-catalogue perf perf-full gpu-check clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -67,6 +67,9 @@ bench-logs: setup
 
 bench-batch: setup
 	$(PY) -m benchmarks.bench_batch --out runs/bench-batch
+
+bench-catalogue: setup
+	nice $(PY) -m benchmarks.bench_catalogue
 
 perf: setup
 	$(AEREC) perf

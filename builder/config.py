@@ -50,7 +50,7 @@ class TrainConfig:
     (Kuchaiev & Ginsburg 2017, "Training Deep AutoEncoders for Collaborative Filtering");
     builder/presets.py holds the tuned recipes."""
     model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k;
-                                      # top-N: popularity | ease | mult-dae | mult-vae
+                                      # top-N: popularity | ease | mult-dae | mult-vae | elsa
     data: str = "ml-100k"
     split: str = "u1"
     seed: int = 0
@@ -78,6 +78,7 @@ class TrainConfig:
     edlae_dropout: float = 0.0        # ease: EDLAE's input dropout p (Steck 2020): the L2 weight becomes
                                       # lambda + p/(1-p) diag(X^T X); 0: EASE
     popularity_gamma: float = 0.0     # ease: divide B's column j by (users with a positive on j)^gamma; 0: none
+    elsa_rank: int = 64               # elsa: rank r of the item factors A [n_items, r]; B = A A^T - I
     anneal_cap: float = 0.2           # mult-vae: the KL weight beta grows linearly to this cap
     total_anneal_steps: int = 2000    # mult-vae: update steps for beta to go from 0 to 1 (before the cap)
     val_holdout: float = 0.2          # top-N validation: share of each training user's ratings hidden

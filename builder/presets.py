@@ -76,6 +76,15 @@ TOP_N_PRESETS: dict[str, dict] = {
     "mult-vae": dict(model="mult-vae", hidden=[600, 200], input_dropout=0.5, lr=1e-3, batch_size=100,
                      epochs=200, patience=20, total_anneal_steps=2000, anneal_cap=0.2,
                      implicit_threshold=4.0, refit=True),
+    # ELSA (Vančura et al. 2022, builder/models/elsa.py): EASE with B = A A^T - I, A [n_items, r],
+    # for catalogues EASE's n x n matrix cannot hold (benchmarks/bench_catalogue.py,
+    # docs/scaling.md). Grid (`--models elsa`, implicit_threshold 4 as EASE's pick, batches of 128,
+    # patience 10): elsa_rank {64, 128, 256} x lr {1e-3, 1e-2, 1e-1}; validation recall@10 0.288-0.292
+    # everywhere (rank 128 and 256 no better: 0.290 / 0.292 at best); picks rank 64, lr 0.1: 0.292
+    # (NDCG@100 0.400, best epoch 11; lr 1e-2 ties at 0.292, NDCG 0.403), beside EASE's 0.297 and
+    # ease-values' 0.313.
+    "elsa": dict(model="elsa", elsa_rank=64, lr=0.1, batch_size=128, epochs=100, patience=10,
+                 implicit_threshold=4.0, refit=True),
 }
 PRESETS.update(TOP_N_PRESETS)
 # The lowest validation RMSE found: GLocal-K and I-AutoRec stacked with non-negative weights

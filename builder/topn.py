@@ -1,10 +1,11 @@
-"""Training of the top-N models (popularity, EASE, Mult-DAE, Mult-VAE) on implicit feedback,
+"""Training of the top-N models (popularity, EASE, Mult-DAE, Mult-VAE, ELSA) on implicit feedback,
 validated the way they are tested: each training user hides a share of their ratings, the
 model sees the rest, and is scored on ranking the hidden liked items (recall@10, NDCG@100).
 
 Popularity and EASE have closed forms: fitted on the visible part to report validation
-figures, then on all training ratings. Mult-DAE/VAE (Liang et al. 2018) are trained by the
-loop below with early stopping on validation NDCG@100, then refit for the chosen epochs.
+figures, then on all training ratings. Mult-DAE/VAE (Liang et al. 2018) and ELSA (Vančura et
+al. 2022) are trained by the loop below, each with its own minibatch loss (minibatch_loss),
+with early stopping on validation NDCG@100, then refit for the chosen epochs.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from builder.losses import kl_divergence, multinomial_nll
 from builder.models import TOP_N, model_spec
 from builder.models.ease import check_ease_memory
 from builder.models.implicit import binarise
-from builder.predict import dense_rows, predict_rows
+from builder.predict import dense_rows, predict_rows, sparse_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ def for_feedback(config: TrainConfig, implicit: bool) -> TrainConfig:
         return config
     if config.model not in TOP_N:
         raise ValueError(f"{config.model} predicts ratings, and this data is an interaction log without ratings "
-                         "(implicit feedback). Train a top-N model on it: --preset ease, --preset mult-vae, "
-                         "--preset mult-dae or --preset popularity; or, if the file has ratings, name their "
-                         "column: ?rating=COL")
+                         "(implicit feedback). Train a top-N model on it: --preset ease, --preset elsa, "
+                         "--preset mult-vae, --preset mult-dae or --preset popularity; or, if the file has "
+                         "ratings, name their column: ?rating=COL")
     if config.implicit_threshold or config.relevant_threshold:
         log.warning("implicit feedback: every event is a positive; implicit_threshold=%g and relevant_threshold=%g "
                     "(for ratings) are not applied", config.implicit_threshold, config.relevant_threshold)
@@ -105,27 +106,40 @@ def validation_split_top_n(train_ui: sp.csr_matrix, config: TrainConfig) -> tupl
     return holdout_share_per_user(train_ui, config.val_holdout, config.seed)
 
 
+# Validation scores users in blocks of at most this many scores (users x items, float32:
+# 64 MB), so a million-item catalogue is ranked 16 users at a time, never users x items at once.
+VALIDATION_BLOCK_SCORES = 2 ** 24
+
+
 def validation_metrics(model, visible: sp.csr_matrix, hidden: sp.csr_matrix, config: TrainConfig, device) -> dict:
     """REPORTED metrics on the hidden liked ratings; the model's input is each user's visible
     ratings, and only those are excluded from the ranking (a hidden disliked item may be
-    ranked, and is a miss, as a disliked test item is in the test)."""
+    ranked, and is a miss, as a disliked test item is in the test). Users are scored in blocks
+    of VALIDATION_BLOCK_SCORES scores (memory linear in the items); the per-user means of the
+    blocks are combined weighted by their users."""
     relevant = liked(hidden, config.relevant_threshold)
     users = np.flatnonzero(np.diff(relevant.indptr) > 0)
     w = distributed.world()
     if w.parallel:
         # Each rank ranks a block of the users; the per-user means become all-reduced sums.
         start, stop = distributed.shard_range(len(users), w)
-        mine = users[start:stop]
-        sums = [0.0] * len(REPORTED)
-        if len(mine):
-            m = ranking_metrics(predict_rows(model, visible, mine, device), visible[mine].toarray() != 0,
-                                relevant[mine])
-            sums = [m[k] * len(mine) for k in REPORTED]
-        total = distributed.all_sum([*sums, len(mine)])
+        sums = _metric_sums(model, visible, relevant, users[start:stop], device)
+        total = distributed.all_sum([*sums, stop - start])
         return {k: float(total[i] / total[-1]) for i, k in enumerate(REPORTED)}
-    scores = predict_rows(model, visible, users, device)
-    m = ranking_metrics(scores, visible[users].toarray() != 0, relevant[users])
-    return {k: m[k] for k in REPORTED}
+    sums = _metric_sums(model, visible, relevant, users, device)
+    return {k: sums[i] / max(1, len(users)) for i, k in enumerate(REPORTED)}
+
+
+def _metric_sums(model, visible: sp.csr_matrix, relevant: sp.csr_matrix, users: np.ndarray, device) -> list[float]:
+    """Sums over `users` (each with a relevant item) of the REPORTED metrics, scored in blocks."""
+    block = max(1, min(1024, VALIDATION_BLOCK_SCORES // max(1, visible.shape[1])))
+    sums = [0.0] * len(REPORTED)
+    for s in range(0, len(users), block):
+        mine = users[s:s + block]
+        m = ranking_metrics(predict_rows(model, visible, mine, device, batch=block), visible[mine].toarray() != 0,
+                            relevant[mine])
+        sums = [total + m[k] * len(mine) for total, k in zip(sums, REPORTED)]
+    return sums
 
 
 def ease_options(config: TrainConfig) -> dict:
@@ -154,11 +168,32 @@ def beta_at(step: int, config: TrainConfig) -> float:
     return min(config.anneal_cap, step / max(1, config.total_anneal_steps))
 
 
+def minibatch_loss(config: TrainConfig, net, matrix: sp.csr_matrix, rows: np.ndarray, step: int, device):
+    """(loss, out) of the users `rows` of `matrix` (users x items, raw ratings) after `step`
+    updates: the model's training objective, averaged over the rows, and the network's output,
+    whose sum times 0 is the zero loss of an empty share (data-parallel). `net`: the model as
+    fit_multinomial wraps it.
+
+    - mult-dae: multinomial NLL of the logits; mult-vae: plus beta_at(step) * KL (Liang et al.).
+    - elsa: its normalised MSE (builder.models.elsa.elsa_nmse), from the sparse rows: nothing
+      n_items wide is formed beyond the factors' gradient."""
+    if config.model == "elsa":
+        per_user = net(sparse_rows(matrix, rows, device))
+        return per_user.mean(), per_user
+    x = dense_rows(matrix, rows, device)
+    target = binarise(x, config.implicit_threshold)
+    if config.model == "mult-vae":
+        logits, mu, logvar = net(x)
+        return multinomial_nll(logits, target) + beta_at(step, config) * kl_divergence(mu, logvar), logits
+    logits = net(x)
+    return multinomial_nll(logits, target), logits
+
+
 def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | None, max_epochs: int, device,
                     progress: bool = True):
-    """Train Mult-DAE or Mult-VAE on `matrix` rows (users x items, raw ratings) for up to
-    max_epochs; with val = (visible, hidden) keep the epoch of the best validation NDCG@100 and
-    stop after `config.patience` epochs without a gain. Returns (model, history, best).
+    """Train Mult-DAE, Mult-VAE or ELSA (the loss: minibatch_loss) on `matrix` rows (users x
+    items, raw ratings) for up to max_epochs; with val = (visible, hidden) keep the epoch of the
+    best validation NDCG@100 and stop after `config.patience` epochs without a gain. Returns (model, history, best).
 
     Data-parallel (builder.distributed), each rank trains its slice of every global batch of the
     seed's one permutation inside DistributedDataParallel, its mean loss scaled to its share of
@@ -168,7 +203,8 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
     rng = np.random.default_rng(config.seed)
     model = make_top_n_model(config, matrix.shape[1]).to(device)
     vae = config.model == "mult-vae"
-    net = distributed.wrap(_VaeStep(model) if vae else model, device)
+    net = distributed.wrap(_VaeStep(model) if vae else _ElsaStep(model) if config.model == "elsa" else model,
+                           device)
     if w.parallel:  # dropout and the VAE's noise draw per rank
         torch.manual_seed(config.seed + 7919 * w.rank)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -186,20 +222,13 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
         for s in range(0, len(rows), config.batch_size):
             batch = rows[s:s + config.batch_size]
             part = distributed.batch_part(batch, w)
-            x = dense_rows(matrix, part, device)
-            target = binarise(x, config.implicit_threshold)
             optimizer.zero_grad(set_to_none=True)
-            if vae:
-                logits, mu, logvar = net(x)
-                loss = multinomial_nll(logits, target) + beta_at(step, config) * kl_divergence(mu, logvar)
-            else:
-                logits = net(x)
-                loss = multinomial_nll(logits, target)
+            loss, out = minibatch_loss(config, net, matrix, part, step, device)
             if w.parallel:
                 # This rank's share of the global batch's mean (an empty share still joins the
                 # gradient all-reduce, with zeros).
                 share = len(part) / len(batch)
-                loss = loss * (w.size * share) if len(part) else logits.sum() * 0.0
+                loss = loss * (w.size * share) if len(part) else out.sum() * 0.0
                 losses.append(loss.item() / w.size)
             loss.backward()
             optimizer.step()
@@ -224,6 +253,18 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
     if val is not None and best["state"] is not None:
         model.load_state_dict(best["state"])
     return model.eval(), history, best
+
+
+class _ElsaStep(torch.nn.Module):
+    """ELSA's training forward as one module call, so DistributedDataParallel sees it: a batch
+    of rows (sparse COO [batch, n_items], raw ratings) -> the normalised MSE per user [batch]."""
+
+    def __init__(self, elsa: torch.nn.Module):
+        super().__init__()
+        self.elsa = elsa
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.elsa.loss(x)
 
 
 class _VaeStep(torch.nn.Module):

@@ -30,6 +30,9 @@ GRIDS = {
     "mult-vae": ({"model": "mult-vae", "hidden": [600, 200], "input_dropout": 0.5, "lr": 1e-3, "batch_size": 100,
                   "epochs": 200, "patience": 20, "anneal_cap": 0.2},
                  {"implicit_threshold": [0.0, 4.0], "total_anneal_steps": [200, 2000]}),
+    # ELSA (builder/models/elsa.py): rank x Adam's learning rate, liked ratings as EASE's pick.
+    "elsa": ({"model": "elsa", "implicit_threshold": 4.0, "batch_size": 128, "epochs": 100, "patience": 10},
+             {"elsa_rank": [64, 128, 256], "lr": [1e-3, 1e-2, 1e-1]}),
 }
 
 

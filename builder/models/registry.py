@@ -13,6 +13,7 @@ from builder.config import TrainConfig
 from builder.models.autorec import AutoRec
 from builder.models.deeprec import DeepAutoencoder
 from builder.models.ease import EASE
+from builder.models.elsa import ELSA
 from builder.models.glocal import GlocalK
 from builder.models.mult_dae import MultDAE
 from builder.models.mult_vae import MultVAE
@@ -91,6 +92,10 @@ def _ease(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torc
                 ease_input=config.ease_input)
 
 
+def _elsa(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
+    return ELSA(n_inputs, rank=config.elsa_rank, threshold=config.implicit_threshold)
+
+
 def _mult_dae(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
     return MultDAE(n_inputs, hidden=tuple(config.hidden), input_dropout=config.input_dropout,
                    threshold=config.implicit_threshold)
@@ -117,6 +122,8 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("popularity", "top-n", "user", _TOP_N, _popularity),
     ModelSpec("ease", "top-n", "user", _TOP_N + ("ease_lambda", "ease_max_gb", "ease_input", "edlae_dropout",
                                                    "popularity_gamma"), _ease),
+    # Vancura et al. 2022: B = A A^T - I, A items x rank: memory linear in the catalogue.
+    ModelSpec("elsa", "top-n", "user", _TOP_N + ("elsa_rank",), _elsa),
     ModelSpec("mult-dae", "top-n", "user", _TOP_N + ("hidden", "input_dropout"), _mult_dae),
     ModelSpec("mult-vae", "top-n", "user", _TOP_N + ("hidden", "input_dropout", "anneal_cap", "total_anneal_steps"),
               _mult_vae),

@@ -13,7 +13,8 @@ from builder.models.registry import owners
 from builder.presets import PRESETS, preset
 from builder.train import train
 
-FAMILIES = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "mult-dae", "mult-vae")
+FAMILIES = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "elsa", "mult-dae",
+            "mult-vae")
 
 
 def test_every_family_is_registered_under_its_name():
@@ -22,10 +23,11 @@ def test_every_family_is_registered_under_its_name():
 
 
 def test_the_family_sets_are_the_registry_s():
-    assert TOP_N == {"popularity", "ease", "mult-dae", "mult-vae"}
+    assert TOP_N == {"popularity", "ease", "elsa", "mult-dae", "mult-vae"}
     assert ITEM_BASED == {"autorec-i", "glocal-k"}
     assert FULL_MATRIX == {"glocal-k"}
-    assert ROW_MODELS == ("autorec-i", "autorec-u", "deeprec", "sae", "popularity", "ease", "mult-dae", "mult-vae")
+    assert ROW_MODELS == ("autorec-i", "autorec-u", "deeprec", "sae", "popularity", "ease", "elsa", "mult-dae",
+                          "mult-vae")
 
 
 def test_family_fields_are_config_fields_and_common_ones_belong_to_none():

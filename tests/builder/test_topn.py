@@ -82,7 +82,7 @@ def test_popularity_is_the_training_counts(u1):
 
 def test_ease_refuses_a_matrix_above_the_memory_limit(u1):
     config = TrainConfig(device="cpu").updated(**{**preset("ease"), "ease_max_gb": 0.01})
-    with pytest.raises(ValueError, match=r"1,682 x 1,682 .*0\.01 GB.*mult-vae"):
+    with pytest.raises(ValueError, match=r"1,682 x 1,682 .*0\.01 GB.*--preset elsa"):
         train(config, u1, progress=False)
 
 

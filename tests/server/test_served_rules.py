@@ -186,3 +186,33 @@ def test_a_repository_built_to_refuse_cold_starts_answers_400(served, data, pipe
         with pytest.raises(RequestError, match=f"user {empty} has no ratings in the training data"):
             rc.recommend(user_id=empty)
         assert rc.recommend(user_id=int(data.user_ids[5])).source == "model"
+
+
+@pytest.mark.parametrize("pipeline", ["ensemble", "fused"])
+def test_every_test_user_with_random_rules_equals_a_brute_force_sort(served, data, runs, pipeline):
+    """Every u1 test user, each with a random exclude set and half of them with a random allow set
+    (1 to 400 items, some smaller than K once their rated items are masked): the served list is
+    the offline one under the same rules on gRPC and HTTP, never holds an excluded item or one
+    outside the allow set, and is K long exactly while K items are allowed."""
+    server = served.serve(pipeline)
+    ids = np.asarray(data.item_ids)
+    rng = np.random.default_rng(11)
+    users = np.flatnonzero(np.diff(data.test.indptr) > 0)
+    users = users[users != EMPTY_USER]
+    exclude = [rng.choice(ids, rng.integers(0, 50), replace=False).tolist() for _ in users]
+    include = [None if rng.random() < 0.5 else rng.choice(ids, rng.integers(1, 400), replace=False).tolist()
+               for _ in users]
+    x = data.train[users].toarray().astype(np.float32)
+    top, scores, predicted = _offline(data, runs, x, exclude, include)
+    rated = [set(ids[np.flatnonzero(row)].tolist()) for row in x]
+    allowed = [len((set(ids.tolist()) if inc is None else set(inc)) - set(exc) - seen)
+               for exc, inc, seen in zip(exclude, include, rated)]
+    assert min(allowed) < K <= max(allowed), "the draw covers short and full lists"
+    for protocol in ("grpc", "http"):
+        rc = RecommenderClient(_url(server, protocol), protocol)
+        for j, u in enumerate(users):
+            rec = rc.recommend(user_id=int(data.user_ids[u]), k=K, exclude=exclude[j] or None, include=include[j])
+            _assert_row(rec, top[j], scores[j], predicted[j], ids, "model")
+            assert rec.n_recommended == min(K, allowed[j])
+            assert not set(rec.item_ids) & (set(exclude[j]) | rated[j])
+            assert include[j] is None or set(rec.item_ids) <= set(include[j])

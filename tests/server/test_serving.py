@@ -251,6 +251,25 @@ def test_ease_on_rating_values_serves_as_offline(served, ease_values_run, u1, tm
             _assert_served_equals_offline(server, u1, protocol, ease_values_run, served.rater, n_users=50)
 
 
+@pytest.fixture(scope="module")
+def elsa_run(u1, tmp_path_factory):
+    """The elsa preset's ranker (low-rank EASE: two products against one [n_items, r] matrix),
+    a few epochs."""
+    run, _ = train_and_export(u1, tmp_path_factory.mktemp("elsa") / "ranker",
+                              TrainConfig(device="cpu").updated(**{**preset("elsa"), "epochs": 3}))
+    return run
+
+
+def test_elsa_serves_as_offline(served, elsa_run, u1, tmp_path):
+    """ELSA as the ranker, beside the rater: served lists and scores equal the exported graph's
+    offline, in both pipelines (the fused one reads only the history's rows of A for a lone
+    user: serving/sparse_input.py recognises ELSA's first product)."""
+    write_repository(elsa_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
+    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
+        for protocol in ("grpc", "http"):
+            _assert_served_equals_offline(server, u1, protocol, elsa_run, served.rater, n_users=50)
+
+
 BAD_REQUESTS = [
     (dict(user=999_999), "unknown USER_ID 999999"),
     (dict(items=[1, 2, 3], ratings=[4.0, 5.0]), "ITEM_IDS has 3 entries but RATINGS has 2"),

@@ -1,0 +1,133 @@
+"""Top-N models on large catalogues: `python -m benchmarks.bench_catalogue` (`make bench-catalogue`).
+
+Synthetic logs (builder.data.synthetic.synthetic_csr_rows: Zipf item popularity, log-normal user
+activity, rank-8 tastes; every event a positive) at each catalogue size; ELSA trained by the
+top-N loop (validation on 20% of each user's events, early stopping on NDCG@100, no refit), EASE
+(closed form) where its n x n fit fits in memory. Per case, in its own process (so the peak RSS
+is the case's): train seconds, peak RSS (resource.getrusage) and its growth during training,
+weights and ONNX size, validation recall@10 / NDCG@100, and the exported graph as the fused
+`recommend` model serves it (serving.ranking_graph.with_top_k, then the sparse first product of
+serving/sparse_input.py) at one user per request in ONNX Runtime, one thread: users/s, p50 and
+p99 latency, against the same graph with the dense first product. One JSON line per case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+EASE_MAX_ITEMS = 10_000  # 36 bytes per item^2 at the fit's peak: 3.6 GB here, 14.4 GB at 20k
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far, MB (Linux reports ru_maxrss in KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """This process's resident set now, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def serve_latency(onnx_path: Path, rows, sparse: bool, requests: int) -> dict:
+    """users/s, p50 and p99 ms of the fused graph (network + top-10) at one user per request, one
+    ONNX Runtime thread, over `requests` real histories (csr rows, raw values)."""
+    import onnx
+
+    from builder.export import ort_session
+    from serving.ranking_graph import with_top_k
+    from serving.sparse_input import with_sparse_first_product
+    graph = with_top_k(onnx.load(str(onnx_path)))
+    rewritten = with_sparse_first_product(graph) if sparse else False
+    session = ort_session(graph, threads=1)
+    name = session.get_inputs()[0].name
+    k = np.array([10], np.int64)
+    xs = [rows[i].toarray().astype(np.float32) for i in range(min(requests, rows.shape[0]))]
+    for x in xs[:5]:
+        session.run(None, {name: x, "K": k})
+    times = []
+    for x in xs:
+        t = time.perf_counter()
+        session.run(None, {name: x, "K": k})
+        times.append(time.perf_counter() - t)
+    times = np.array(times)
+    return {"sparse_first_product": bool(rewritten), "users_per_s": round(len(times) / times.sum(), 1),
+            "p50_ms": round(float(np.percentile(times, 50)) * 1e3, 2),
+            "p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2)}
+
+
+def run_case(model: str, n_items: int, n_users: int, n_events: int, rank: int, lr: float, epochs: int,
+             requests: int) -> dict:
+    """One (model, catalogue) case in this process; see the module docstring."""
+    import torch
+
+    from builder.config import TrainConfig
+    from builder.data.synthetic import synthetic_csr_rows
+    from builder.export import export_onnx_fp32
+    from builder.topn import train_top_n, validation_split_top_n
+    torch.set_num_threads(2)
+    matrix = synthetic_csr_rows(n_users, n_items, n_events, seed=0)
+    config = TrainConfig(device="cpu").updated(
+        model=model, implicit_threshold=0.0, relevant_threshold=0.0, elsa_rank=rank, lr=lr, batch_size=512,
+        epochs=epochs, patience=2, refit=False, ease_lambda=500.0, ease_max_gb=8.0)
+    before = current_rss_mb()
+    start = time.perf_counter()
+    trained, metrics, history = train_top_n(config, matrix, "cpu", progress=False)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mb()
+    weights = sum(t.numel() for t in [*trained.parameters(), *trained.buffers()])
+    out = {"model": model, "items": n_items, "users": n_users, "events": int(matrix.nnz),
+           "rank": rank if model == "elsa" else None, "lr": lr if model == "elsa" else None,
+           "train_s": round(seconds, 1), "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+           "val_recall@10": round(metrics["val_recall@10"], 4), "val_ndcg@100": round(metrics["val_ndcg@100"], 4),
+           "rss_before_train_mb": round(before, 0), "peak_rss_mb": round(peak, 0),
+           "train_rss_growth_mb": round(peak - before, 0), "weights_mb": round(4 * weights / 2**20, 1)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx_fp32(trained, n_items, path)
+        out["onnx_mb"] = round(path.stat().st_size / 2**20, 1)
+        visible, _ = validation_split_top_n(matrix, config)
+        out["served_sparse"] = serve_latency(path, visible, True, requests)
+        out["served_dense"] = serve_latency(path, visible, False, requests)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--items", default="10000,100000", help="catalogue sizes, comma-separated")
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--events-per-user", type=float, default=40.0)
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--case", help=argparse.SUPPRESS)  # "model:items": run one case in this process
+    args = ap.parse_args()
+    if args.case:
+        model, n = args.case.split(":")
+        print(json.dumps(run_case(model, int(n), args.users, int(args.users * args.events_per_user), args.rank,
+                                  args.lr, args.epochs, args.requests)), flush=True)
+        return
+    for n in (int(v) for v in args.items.split(",")):
+        for model in ("elsa", "ease") if n <= EASE_MAX_ITEMS else ("elsa",):
+            cmd = [sys.executable, "-m", "benchmarks.bench_catalogue", "--case", f"{model}:{n}",
+                   *[a for k, v in vars(args).items() if k not in ("case", "items")
+                     for a in (f"--{k.replace('_', '-')}", str(v))]]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                print(json.dumps({"model": model, "items": n, "error": done.stderr.strip().splitlines()[-1:]}),
+                      flush=True)
+            else:
+                print(done.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
