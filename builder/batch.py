@@ -193,14 +193,9 @@ def _join_parts(parts: list[Path], out: Path, fmt: str) -> int:
     tmp = out.with_name(out.name + ".tmp")
     rows = 0
     schema = pq.read_schema(parts[0])
-    if fmt == "parquet":
-        with pq.ParquetWriter(tmp, schema) as w:
-            for p in parts:
-                t = pq.read_table(p)
-                rows += t.num_rows
-                w.write_table(t)
-    elif fmt == "csv":
-        with pcsv.CSVWriter(tmp, schema) as w:
+    if fmt in ("parquet", "csv"):
+        writer = pq.ParquetWriter if fmt == "parquet" else pcsv.CSVWriter
+        with writer(tmp, schema) as w:
             for p in parts:
                 t = pq.read_table(p)
                 rows += t.num_rows
