@@ -77,6 +77,7 @@ class TrainConfig:
                                       # weighs its rating value), in the fit and in the served input alike
     edlae_dropout: float = 0.0        # ease: EDLAE's input dropout p (Steck 2020): the L2 weight becomes
                                       # lambda + p/(1-p) diag(X^T X); 0: EASE
+    rdlae_xi: float = 0.0             # ease: RDLAE (Moon et al. 2023): diag(B) <= xi instead of = 0; 0: EASE/EDLAE
     popularity_gamma: float = 0.0     # ease: divide B's column j by (users with a positive on j)^gamma; 0: none
     elsa_rank: int = 64               # elsa: rank r of the item factors A [n_items, r]; B = A A^T - I
     anneal_cap: float = 0.2           # mult-vae: the KL weight beta grows linearly to this cap

@@ -60,6 +60,9 @@ TOP_N_PRESETS: dict[str, dict] = {
     # edlae_dropout {0, 0.5, 0.67} x popularity_gamma {0, 0.1, 0.2, 0.3}. Validation recall@10
     # peaks at values, lambda 5000, p 0.5, gamma 0.2: 0.313 (NDCG@100 0.425), against 0.297 for
     # `ease`; values alone (lambda 5000, p 0, gamma 0) 0.303, the best binary input 0.290.
+    # RDLAE's bound (`--models rdlae`: rdlae_xi {0, 0.05, 0.1, 0.2} x lambda {1000, 5000} x p {0,
+    # 0.5}, values, gamma 0.2) adds nothing here: xi 0.05 ties xi 0 (0.3129), 0.1 gives 0.3122,
+    # 0.2 gives 0.3056; so rdlae_xi stays 0.
     "ease-values": dict(model="ease", implicit_threshold=0.0, ease_input="values", ease_lambda=5000.0,
                         edlae_dropout=0.5, popularity_gamma=0.2),
     # Mult-DAE / Mult-VAE (Liang et al. 2018) with the paper's [600, 200] tanh network and input

@@ -143,8 +143,8 @@ def _metric_sums(model, visible: sp.csr_matrix, relevant: sp.csr_matrix, users: 
 
 
 def ease_options(config: TrainConfig) -> dict:
-    """EASE.fit's variant options from `config`: EDLAE dropout and the popularity correction."""
-    return {"dropout": config.edlae_dropout, "popularity_gamma": config.popularity_gamma}
+    """EASE.fit's variant options from `config`: EDLAE dropout, RDLAE's bound, the popularity correction."""
+    return {"dropout": config.edlae_dropout, "popularity_gamma": config.popularity_gamma, "xi": config.rdlae_xi}
 
 
 def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Module:

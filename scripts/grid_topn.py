@@ -24,6 +24,9 @@ GRIDS = {
     "ease-variants": ({"model": "ease", "implicit_threshold": 0.0},
                       {"ease_input": ["binary", "values"], "ease_lambda": [500.0, 1000.0, 2000.0, 5000.0, 10000.0],
                        "edlae_dropout": [0.0, 0.5, 0.67], "popularity_gamma": [0.0, 0.1, 0.2, 0.3]}),
+    # RDLAE's bound on diag(B) around ease-values' pick (rating values, popularity correction 0.2).
+    "rdlae": ({"model": "ease", "implicit_threshold": 0.0, "ease_input": "values", "popularity_gamma": 0.2},
+              {"rdlae_xi": [0.0, 0.05, 0.1, 0.2], "ease_lambda": [1000.0, 5000.0], "edlae_dropout": [0.0, 0.5]}),
     "mult-dae": ({"model": "mult-dae", "hidden": [600, 200], "input_dropout": 0.5, "lr": 1e-3, "batch_size": 100,
                   "epochs": 200, "patience": 20},
                  {"implicit_threshold": [0.0, 4.0], "weight_decay": [0.0, 1e-5]}),

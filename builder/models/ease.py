@@ -98,16 +98,30 @@ def edlae_penalty(G: np.ndarray, lam: float, dropout: float) -> np.ndarray:
     return lam + dropout / (1.0 - dropout) * np.diag(G)
 
 
-def ease_from_gram(G: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarray:
+def ease_from_gram(G: np.ndarray, lam: float, dropout: float = 0.0, xi: float = 0.0) -> np.ndarray:
     """B float32 [n_items, n_items] from the Gram matrix G = X^T X (float64, modified in place),
-    L2 weight lam > 0 and EDLAE dropout 0 <= p < 1 (ValueError otherwise; p = 0: EASE).
+    L2 weight lam > 0, EDLAE dropout 0 <= p < 1 and RDLAE bound 0 <= xi < 1 (ValueError otherwise).
 
-    B = I - P diagMat(1/diag(P)), P = (G + Lambda)^-1, Lambda = diagMat(edlae_penalty(G, lam, p))
-    (Steck 2020, EDLAE with full emphasis: the diagonal constraint diag(B) = 0 kept)."""
-    G[np.diag_indices_from(G)] = np.diag(G) + edlae_penalty(G, lam, dropout)
+    xi = 0: B = I - P diagMat(1/diag(P)), P = (G + Lambda)^-1, Lambda = diagMat(edlae_penalty(G,
+    lam, p)) (Steck 2020, EDLAE with full emphasis: diag(B) = 0; p = 0 is EASE). xi > 0: RDLAE
+    (Moon, Kim and Lee, SIGIR 2023, "It's Enough: Relaxing Diagonal Constraints in Linear
+    Autoencoders"): diag(B) <= xi instead of = 0, B = I - P diagMat(mu), mu_j = Lambda_jj where
+    the unconstrained solution's diagonal 1 - P_jj Lambda_jj is within the bound, else
+    (1 - xi) / P_jj (the bound active). A non-zero diagonal scores an item by its own rating,
+    which ranking masks anyway (rated items are never recommended)."""
+    if not 0.0 <= xi < 1.0:
+        raise ValueError(f"RDLAE xi must be in [0, 1), got {xi}")
+    penalty = edlae_penalty(G, lam, dropout)
+    G[np.diag_indices_from(G)] = np.diag(G) + penalty
     P = np.linalg.inv(G)
-    B = P / -np.diag(P)  # column j divided by -P_jj
-    B[np.diag_indices_from(B)] = 0.0
+    if xi == 0.0:
+        B = P / -np.diag(P)  # column j divided by -P_jj
+        B[np.diag_indices_from(B)] = 0.0
+        return B.astype(np.float32)
+    d = np.diag(P)
+    mu = np.where(1.0 - d * penalty > xi, (1.0 - xi) / d, penalty)
+    B = P * -mu  # column j times -mu_j
+    B[np.diag_indices_from(B)] += 1.0
     return B.astype(np.float32)
 
 
@@ -147,11 +161,11 @@ class EASE(nn.Module):
         self.register_buffer("B", torch.zeros(n_items, n_items))
 
     def fit(self, matrix: sp.csr_matrix, lam: float, reduce=None, dropout: float = 0.0,
-            popularity_gamma: float = 0.0) -> "EASE":
+            popularity_gamma: float = 0.0, xi: float = 0.0) -> "EASE":
         """Set B from `matrix` (users x items CSR, raw ratings, weighted by input_weights with
-        the model's threshold and input) with L2 weight `lam`, EDLAE dropout p and popularity
-        correction gamma (edlae_penalty, popularity_scale); returns self. Raises ValueError for
-        lam <= 0 or p outside [0, 1).
+        the model's threshold and input) with L2 weight `lam`, EDLAE dropout p, RDLAE bound xi
+        and popularity correction gamma (ease_from_gram, popularity_scale); returns self. Raises
+        ValueError for lam <= 0, or p or xi outside [0, 1).
 
         `reduce`: when `matrix` is one shard of the users, a function summing the shards' Gram
         matrices (float64 [n_items, n_items] -> the same) and item counts, e.g.
@@ -164,7 +178,7 @@ class EASE(nn.Module):
         if reduce is not None:
             G = np.array(reduce(G), dtype=np.float64)
             counts = None if counts is None else np.array(reduce(counts), dtype=np.float64)
-        B = ease_from_gram(G, lam, dropout)
+        B = ease_from_gram(G, lam, dropout, xi)
         if popularity_gamma:
             B *= popularity_scale(counts, popularity_gamma).astype(np.float32)  # column j: 1/pop_j^gamma
         self.B.copy_(torch.from_numpy(B))

@@ -121,7 +121,7 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("glocal-k", "rating", "matrix", _GLOCAL + _RATING, _glocal),
     ModelSpec("popularity", "top-n", "user", _TOP_N, _popularity),
     ModelSpec("ease", "top-n", "user", _TOP_N + ("ease_lambda", "ease_max_gb", "ease_input", "edlae_dropout",
-                                                   "popularity_gamma"), _ease),
+                                                   "rdlae_xi", "popularity_gamma"), _ease),
     # Vancura et al. 2022: B = A A^T - I, A items x rank: memory linear in the catalogue.
     ModelSpec("elsa", "top-n", "user", _TOP_N + ("elsa_rank",), _elsa),
     ModelSpec("mult-dae", "top-n", "user", _TOP_N + ("hidden", "input_dropout"), _mult_dae),

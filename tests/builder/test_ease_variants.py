@@ -159,3 +159,34 @@ def test_a_shard_of_users_with_the_sums_of_all_shards_fits_the_whole():
     shard = EASE(6, ease_input="values").fit(top, 3.0, reduce=reduce, **options).B.numpy()
     assert reduced == [(6, 6), (6,)]
     np.testing.assert_allclose(shard, whole, rtol=1e-5, atol=1e-7)
+
+
+def test_rdlae_closed_form_minimises_its_objective_with_the_diagonal_bounded():
+    """RDLAE (Moon et al. 2023): min_B ||X - XB||^2 + sum_i Lambda_ii ||B_i.||^2 s.t. diag(B) <= xi.
+    Column j by lstsq: with every item as input; where that fit's own weight exceeds xi, again with
+    b_j fixed at xi (x_j - xi x_j regressed on the others). lam is chosen so that the bound binds
+    for some columns and not others; xi = 0 is EDLAE exactly."""
+    X = RATINGS
+    lam, p, xi = 6.0, 0.3, 0.3
+    penalty = lam + p / (1 - p) * (X ** 2).sum(axis=0)
+    n = X.shape[1]
+    expected, active = np.zeros((n, n)), []
+    for j in range(n):
+        A = np.vstack([X, np.diag(np.sqrt(penalty))])
+        b = np.linalg.lstsq(A, np.concatenate([X[:, j], np.zeros(n)]), rcond=None)[0]
+        active.append(b[j] > xi)
+        if b[j] > xi:
+            others = [i for i in range(n) if i != j]
+            A = np.vstack([X[:, others], np.diag(np.sqrt(penalty[others]))])
+            b = np.zeros(n)
+            b[j] = xi
+            b[others] = np.linalg.lstsq(A, np.concatenate([(1 - xi) * X[:, j], np.zeros(n - 1)]), rcond=None)[0]
+        expected[:, j] = b
+    assert any(active) and not all(active), active
+    B = ease_from_gram(gram(sp.csr_matrix(X)), lam, p, xi)
+    np.testing.assert_allclose(B, expected, atol=1e-5)
+    assert (np.diag(B) <= xi + 1e-6).all()
+    np.testing.assert_array_equal(ease_from_gram(gram(sp.csr_matrix(X)), lam, p, 0.0),
+                                  ease_from_gram(gram(sp.csr_matrix(X)), lam, p))
+    with pytest.raises(ValueError, match=r"xi must be in \[0, 1\)"):
+        ease_from_gram(gram(sp.csr_matrix(X)), lam, p, 1.0)
