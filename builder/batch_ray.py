@@ -105,8 +105,9 @@ def _in_user_order(files: list[Path], users: np.ndarray, user_ids: np.ndarray) -
     contiguous run of users in order (order preserved), so this is the local engine's order."""
     import pandas as pd
     position = pd.Index(user_ids[users])
+    files = [f for f in files if pq.read_metadata(f).num_rows]
     first = {f: position.get_loc(pq.read_table(f, columns=["user_id"]).column(0)[0].as_py()) for f in files}
-    return sorted((f for f in files if pq.read_metadata(f).num_rows), key=first.get)
+    return sorted(files, key=first.get)
 
 
 def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
@@ -174,8 +175,9 @@ def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None
                          item_counts(dataset.train), config)
 
     started = _connect(ray, address, num_cpus)
+    ctx = ray.data.DataContext.get_current()
+    was = ctx.execution_options.preserve_order, ctx.enable_progress_bars
     try:
-        ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True   # parts hold users in order: the file joins in order
         ctx.enable_progress_bars = progress
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -190,6 +192,7 @@ def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None
         target.mkdir(parents=True, exist_ok=True)
         ranked.write_parquet(str(target.resolve()))
     finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = was
         if started:
             ray.shutdown()
 
