@@ -51,14 +51,16 @@ try:
 finally:
     ray.shutdown()
     c.shutdown()
-print(json.dumps({"seconds": seconds, "users": m["users"], "rows": m["rows"], "peak_rss_mb": None}))
+print(json.dumps({"seconds": seconds, "users": m["users"], "rows": m["rows"], "peak_rss_mb": None,
+                  "ray_seconds": m["ray_seconds"]}))
 """
 
 
 def measure_ray(run: Path, out: Path, chunk_size: int, nodes: int) -> dict:
     """One `--engine ray` job in a fresh interpreter on a local cluster of `nodes` one-CPU worker
-    nodes: seconds (the job, the cluster's start excluded) and users/s; no peak RSS (the work is
-    in other processes). The run's graph must be exported already (builder.batch_ray.served_graph)."""
+    nodes: seconds (the job, the cluster's start excluded), ray_seconds (of which the actors' start,
+    ranking and Ray's write) and users/s; no peak RSS (the work is in other processes). The run's
+    graph must be exported already (builder.batch_ray.served_graph)."""
     r = subprocess.run([sys.executable, "-c", RAY_PROBE, str(run), str(out), str(chunk_size), str(nodes)],
                        capture_output=True, text=True, check=True)
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -66,12 +68,38 @@ def measure_ray(run: Path, out: Path, chunk_size: int, nodes: int) -> dict:
     return got
 
 
+def actor_rate(run: Path, chunk_size: int) -> dict:
+    """What one `--engine ray` actor ranks per second on one core, without Ray around it:
+    builder.batch_ray.RankShard (one ONNX Runtime thread) called here on every user of `run`,
+    `chunk_size` at a time, its session's start excluded."""
+    import numpy as np
+    from builder.batch import _default_titles
+    from builder.batch_ray import RankShard, ShardInputs, served_graph
+    from builder.config import TrainConfig
+    from builder.models.popularity import item_counts
+    from builder.run_folder import load_run_dataset
+    d = load_run_dataset(run)
+    titles = np.array(d.titles, dtype=object) if d.titles != _default_titles(d.item_ids) else None
+    shard = RankShard(ShardInputs(served_graph(run).read_bytes(), d.train.tocsr(), d.user_ids, d.item_ids, titles,
+                                  item_counts(d.train), TrainConfig.load(run / "config.json")), top_k=10)
+    users = np.arange(d.n_users, dtype=np.int64)
+    start = time.perf_counter()
+    rows = sum(shard({"user": users[s:s + chunk_size]}).num_rows for s in range(0, len(users), chunk_size))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "users": d.n_users, "rows": rows, "peak_rss_mb": None, "chunk_size": chunk_size,
+            "users_per_s": d.n_users / seconds, "engine": "1 actor"}
+
+
 def ray_rows(run: Path, out: Path, name: str, model: str, chunk_size: int, node_counts: list[int]) -> list[dict]:
-    """`--engine ray` jobs over every user of `run`, one per worker-node count."""
+    """`--engine ray` jobs over every user of `run`, one per worker-node count, after one actor's
+    rate on one core (actor_rate: the figure a cluster multiplies)."""
     from builder.batch_ray import served_graph
+    if not node_counts:
+        return []
     served_graph(run)
-    return [dict(measure_ray(run, out / f"ray-{run.name}-{n}.parquet", chunk_size, n), data=name, model=model)
+    jobs = [dict(measure_ray(run, out / f"ray-{run.name}-{n}.parquet", chunk_size, n), data=name, model=model)
             for n in node_counts]
+    return [dict(actor_rate(run, chunk_size), data=name, model=model)] + jobs
 
 
 def measure(run: Path, out: Path, chunk_size: int, users_file: Path | None = None) -> dict:
@@ -170,11 +198,11 @@ def main(argv=None) -> None:
         report["log"] = {"rows": log_rows, **info}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     print(f"{'data':<48} {'model':<9} {'engine':<8} {'chunk':>6} {'users':>8} {'seconds':>8} {'users/s':>9} "
-          f"{'peak RSS MB':>12}")
+          f"{'peak RSS MB':>12} {'in Ray s':>9}")
     for r in rows:
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         print(f"{r['data']:<48} {r['model']:<9} {r['engine']:<8} {r['chunk_size']:>6} {r['users']:>8} "
-              f"{r['seconds']:>8.1f} {r['users_per_s']:>9.0f} {rss:>12}")
+              f"{r['seconds']:>8.1f} {r['users_per_s']:>9.0f} {rss:>12} {r.get('ray_seconds') or '-':>9}")
     if "log" in report:
         print(f"log run: {report['log']['train_entries']} training entries (initial weights)")
 

@@ -2,8 +2,11 @@
 worker nodes, one CPU each, started by ray.cluster_utils.Cluster as separate raylets): the rows
 are the local engine's on ML-100K u1 EASE, and a worker node killed while its actor is ranking
 leaves a job that still ends with every user exactly once."""
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +20,13 @@ from builder.batch_ray import batch_recommend_ray  # noqa: E402
 from builder.stages import train_run  # noqa: E402
 
 pytestmark = pytest.mark.slow   # a three-node cluster and an ONNX export: about a minute a test
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def aerec(*args) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, from this checkout."""
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +76,13 @@ def test_cluster_rows_are_the_local_engines(ease, local, cluster, tmp_path):
     assert (ease / "export" / "model_fp32.onnx").is_file()   # exported, as `aerec export` does
     assert_same_rows(pd.read_parquet(out), local)            # row for row, in the same order
     assert not (tmp_path / "recs.parquet.parts").exists()
+    # Through the CLI, joining the same cluster, into a folder of Ray's part files.
+    shown = aerec("batch", ease, "--out", tmp_path / "recs", "--engine", "ray", "--address", c.address, "--quiet")
+    assert shown.returncode == 0, shown.stderr
+    order = ["user_id", "rank"]
+    assert_same_rows(pd.read_parquet(tmp_path / "recs").sort_values(order, ignore_index=True), local)
+    refused = aerec("batch", ease, "--out", tmp_path / "r.parquet", "--engine", "ray", "--resume")
+    assert refused.returncode == 2 and "--engine ray takes no --rating-model, --resume" in refused.stderr
 
 
 def _alive_rankers() -> list[str]:
