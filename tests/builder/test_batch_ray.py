@@ -1,5 +1,5 @@
 """`aerec batch --engine ray` on a real three-node Ray cluster on this machine (a head and two
-worker nodes, one CPU each, started by ray.cluster_utils.Cluster as separate raylets): the rows
+worker nodes of one CPU each, started by ray.cluster_utils.Cluster as separate raylets): the rows
 are the local engine's on ML-100K u1 EASE, and a worker node killed while its actor is ranking
 leaves a job that still ends with every user exactly once."""
 import subprocess
@@ -47,8 +47,9 @@ def local(ease, tmp_path_factory):
 
 @pytest.fixture
 def cluster():
-    """A head and two worker nodes, one CPU each; shut down even when the test fails."""
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    """A head with no CPUs (it schedules: every actor then ranks on a worker node, the one a test
+    can kill) and two worker nodes of one CPU each; shut down even when the test fails."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         workers = [c.add_node(num_cpus=1) for _ in range(2)]
         c.wait_for_nodes()
@@ -71,7 +72,7 @@ def test_cluster_rows_are_the_local_engines(ease, local, cluster, tmp_path):
     c, _ = cluster
     out = tmp_path / "recs.parquet"
     m = batch_recommend_ray(ease, out, chunk_size=100, address=c.address, progress=False)
-    assert m["engine"] == "ray" and m["ray_nodes"] == 3 and m["ray_cpus"] == 3
+    assert m["engine"] == "ray" and m["ray_nodes"] == 3 and m["ray_cpus"] == 2
     assert m["rows"] == len(local) and m["users"] == local["user_id"].nunique()
     assert (ease / "export" / "model_fp32.onnx").is_file()   # exported, as `aerec export` does
     assert_same_rows(pd.read_parquet(out), local)            # row for row, in the same order
