@@ -11,6 +11,8 @@ chunk, not the number of users.
 
     python -m benchmarks.bench_batch --out /tmp/bench_batch
     python -m benchmarks.bench_batch --out /tmp/bench_batch --users 20000 --items 5000 --events 400000   # quick
+    python -m benchmarks.bench_batch --out /tmp/bench_ray --users 20000 --items 5000 --events 400000 \
+        --chunk-sizes 1024 --engines local,ray
 """
 from __future__ import annotations
 
@@ -32,6 +34,73 @@ hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(
 print(json.dumps({"seconds": seconds, "peak_rss_mb": hwm / 1024, "users": m["users"], "rows": m["rows"]}))
 """
 
+RAY_PROBE = """
+import json, sys, time
+import ray
+from ray.cluster_utils import Cluster
+from builder.batch_ray import batch_recommend_ray
+run, out, chunk, nodes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+try:
+    for _ in range(nodes):
+        c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    start = time.perf_counter()
+    m = batch_recommend_ray(run, out, chunk_size=chunk, address=c.address, progress=False)
+    seconds = time.perf_counter() - start
+finally:
+    ray.shutdown()
+    c.shutdown()
+print(json.dumps({"seconds": seconds, "users": m["users"], "rows": m["rows"], "peak_rss_mb": None,
+                  "ray_seconds": m["ray_seconds"]}))
+"""
+
+
+def measure_ray(run: Path, out: Path, chunk_size: int, nodes: int) -> dict:
+    """One `--engine ray` job in a fresh interpreter on a local cluster of `nodes` one-CPU worker
+    nodes: seconds (the job, the cluster's start excluded), ray_seconds (of which the actors' start,
+    ranking and Ray's write) and users/s; no peak RSS (the work is in other processes). The run's
+    graph must be exported already (builder.batch_ray.served_graph)."""
+    r = subprocess.run([sys.executable, "-c", RAY_PROBE, str(run), str(out), str(chunk_size), str(nodes)],
+                       capture_output=True, text=True, check=True)
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    got.update(chunk_size=chunk_size, users_per_s=got["users"] / got["seconds"], engine=f"ray x{nodes}")
+    return got
+
+
+def actor_rate(run: Path, chunk_size: int) -> dict:
+    """What one `--engine ray` actor ranks per second on one core, without Ray around it:
+    builder.batch_ray.RankShard (one ONNX Runtime thread) called here on every user of `run`,
+    `chunk_size` at a time, its session's start excluded."""
+    import numpy as np
+    from builder.batch import _default_titles
+    from builder.batch_ray import RankShard, ShardInputs, served_graph
+    from builder.config import TrainConfig
+    from builder.models.popularity import item_counts
+    from builder.run_folder import load_run_dataset
+    d = load_run_dataset(run)
+    titles = np.array(d.titles, dtype=object) if d.titles != _default_titles(d.item_ids) else None
+    shard = RankShard(ShardInputs(served_graph(run).read_bytes(), d.train.tocsr(), d.user_ids, d.item_ids, titles,
+                                  item_counts(d.train), TrainConfig.load(run / "config.json")), top_k=10)
+    users = np.arange(d.n_users, dtype=np.int64)
+    start = time.perf_counter()
+    rows = sum(shard({"user": users[s:s + chunk_size]}).num_rows for s in range(0, len(users), chunk_size))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "users": d.n_users, "rows": rows, "peak_rss_mb": None, "chunk_size": chunk_size,
+            "users_per_s": d.n_users / seconds, "engine": "1 actor"}
+
+
+def ray_rows(run: Path, out: Path, name: str, model: str, chunk_size: int, node_counts: list[int]) -> list[dict]:
+    """`--engine ray` jobs over every user of `run`, one per worker-node count, after one actor's
+    rate on one core (actor_rate: the figure a cluster multiplies)."""
+    from builder.batch_ray import served_graph
+    if not node_counts:
+        return []
+    served_graph(run)
+    jobs = [dict(measure_ray(run, out / f"ray-{run.name}-{n}.parquet", chunk_size, n), data=name, model=model)
+            for n in node_counts]
+    return [dict(actor_rate(run, chunk_size), data=name, model=model)] + jobs
+
 
 def measure(run: Path, out: Path, chunk_size: int, users_file: Path | None = None) -> dict:
     """One batch job in a fresh interpreter: seconds (the job, imports excluded), users/s and peak
@@ -39,7 +108,7 @@ def measure(run: Path, out: Path, chunk_size: int, users_file: Path | None = Non
     r = subprocess.run([sys.executable, "-c", PROBE, str(run), str(out), str(chunk_size), str(users_file or "")],
                        capture_output=True, text=True, check=True)
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    got.update(chunk_size=chunk_size, users_per_s=got["users"] / got["seconds"])
+    got.update(chunk_size=chunk_size, users_per_s=got["users"] / got["seconds"], engine="local")
     return got
 
 
@@ -53,12 +122,13 @@ def train(changes: dict, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def bench_ml100k(out: Path, chunk_sizes: list[int]) -> list[dict]:
-    """EASE on ML-100K u1, one job per chunk size."""
+def bench_ml100k(out: Path, chunk_sizes: list[int], ray_nodes: list[int] = ()) -> list[dict]:
+    """EASE on ML-100K u1, one job per chunk size (and per Ray worker-node count)."""
     run = out / "ml100k-ease"
     train({"model": "ease", "device": "cpu"}, run)
-    return [dict(measure(run, out / f"ml100k-{c}.parquet", c), data="ml-100k u1", model="ease")
+    rows = [dict(measure(run, out / f"ml100k-{c}.parquet", c), data="ml-100k u1", model="ease")
             for c in chunk_sizes]
+    return rows + ray_rows(run, out, "ml-100k u1", "ease", max(chunk_sizes), list(ray_nodes))
 
 
 def untrained_run(log: Path, model: str, hidden: int, out: Path) -> float:
@@ -81,7 +151,7 @@ def untrained_run(log: Path, model: str, hidden: int, out: Path) -> float:
 
 
 def bench_log(out: Path, users: int, items: int, events: int, model: str, hidden: int,
-              chunk_sizes: list[int]) -> tuple[list[dict], dict]:
+              chunk_sizes: list[int], ray_nodes: list[int] = ()) -> tuple[list[dict], dict]:
     """A top-N model over a synthetic log; jobs per chunk size over every user, and one over a
     tenth of the users at the largest chunk size."""
     from builder.data.synthetic import synthetic_log, write_log
@@ -98,6 +168,7 @@ def bench_log(out: Path, users: int, items: int, events: int, model: str, hidden
     tenth.write_text("\n".join(map(str, d.user_ids[:: 10].tolist())) + "\n")
     rows.append(dict(measure(run, out / "log-tenth.parquet", max(chunk_sizes), tenth), data=name + " (a tenth)",
                      model=model))
+    rows += ray_rows(run, out, name, model, max(chunk_sizes), list(ray_nodes))
     return rows, {"setup_seconds": seconds, "users": d.n_users, "items": d.n_items, "train_entries": int(d.train.nnz)}
 
 
@@ -111,20 +182,27 @@ def main(argv=None) -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--chunk-sizes", default="1024,4096")
     ap.add_argument("--skip-log", action="store_true", help="ML-100K only")
+    ap.add_argument("--engines", default="local", help="local, or local,ray for `--engine ray` jobs too")
+    ap.add_argument("--ray-nodes", default="1,2", help="worker-node counts (one CPU each) of the Ray jobs")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
-    rows = bench_ml100k(args.out, chunks)
+    engines = {e.strip() for e in args.engines.split(",")}
+    nodes = [int(n) for n in args.ray_nodes.split(",")] if "ray" in engines else []
+    rows = bench_ml100k(args.out, chunks, nodes)
     report = {"ml100k": rows}
     if not args.skip_log:
-        log_rows, info = bench_log(args.out, args.users, args.items, args.events, args.model, args.hidden, chunks)
+        log_rows, info = bench_log(args.out, args.users, args.items, args.events, args.model, args.hidden, chunks,
+                                   nodes)
         rows += log_rows
         report["log"] = {"rows": log_rows, **info}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    print(f"{'data':<48} {'model':<9} {'chunk':>6} {'users':>8} {'seconds':>8} {'users/s':>9} {'peak RSS MB':>12}")
+    print(f"{'data':<48} {'model':<9} {'engine':<8} {'chunk':>6} {'users':>8} {'seconds':>8} {'users/s':>9} "
+          f"{'peak RSS MB':>12} {'in Ray s':>9}")
     for r in rows:
-        print(f"{r['data']:<48} {r['model']:<9} {r['chunk_size']:>6} {r['users']:>8} {r['seconds']:>8.1f} "
-              f"{r['users_per_s']:>9.0f} {r['peak_rss_mb']:>12.0f}")
+        rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+        print(f"{r['data']:<48} {r['model']:<9} {r['engine']:<8} {r['chunk_size']:>6} {r['users']:>8} "
+              f"{r['seconds']:>8.1f} {r['users_per_s']:>9.0f} {rss:>12} {r.get('ray_seconds') or '-':>9}")
     if "log" in report:
         print(f"log run: {report['log']['train_entries']} training entries (initial weights)")
 

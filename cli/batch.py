@@ -11,7 +11,8 @@ from cli.common import fail
 
 def batch(
     run: Path = typer.Argument(..., help="the run folder whose model ranks (made by `aerec train`)"),
-    out: Path = typer.Option(..., "--out", help="the table to write: .parquet, .csv or .jsonl"),
+    out: Path = typer.Option(..., "--out", help="the table to write: .parquet, .csv or .jsonl (with --engine ray "
+                             "also a folder, for Ray's Parquet part files)"),
     users: Optional[Path] = typer.Option(None, help="a file of user ids, one a line (default: every user)"),
     top_k: int = typer.Option(10, "--top-k", help="items per user"),
     rating_model: Optional[Path] = typer.Option(None, "--rating-model", help="a rating model's run over the same "
@@ -20,15 +21,30 @@ def batch(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted job from its finished parts"),
     device: str = typer.Option("cpu", help="torch device that scores (cpu, as `aerec evaluate`, or cuda)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar and no summary"),
+    engine: str = typer.Option("local", help="local (this process, PyTorch) or ray (the exported ONNX graph "
+                               "in Ray Data actors; needs pip install 'aerec[batch]')"),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster to join (auto, or "
+                                          "ray://HOST:10001); default: start a local Ray"),
 ):
     """Top-K recommendations for every user of a run (or --users), ranked as `aerec evaluate` and
     the server rank them (training items masked), with a manifest beside the table."""
     from builder.batch import batch_recommend
     if users is not None and not users.is_file():
         fail(f"--users {users}: file not found")
+    if engine not in ("local", "ray"):
+        fail(f"--engine {engine!r}: choose local or ray")
+    if engine == "local" and address is not None:
+        fail("--address is for --engine ray")
+    if engine == "ray" and (rating_model is not None or resume or device != "cpu"):
+        fail("--engine ray takes no --rating-model, --resume or --device (ONNX Runtime on the CPUs of the "
+             "cluster; a failed job is run again); use the local engine for them")
     try:
-        m = batch_recommend(run, out, users, rating_model, top_k, chunk_size, resume, progress=not quiet,
-                            device=device)
+        if engine == "ray":
+            from builder.batch_ray import batch_recommend_ray
+            m = batch_recommend_ray(run, out, users, top_k, chunk_size, address=address, progress=not quiet)
+        else:
+            m = batch_recommend(run, out, users, rating_model, top_k, chunk_size, resume, progress=not quiet,
+                                device=device)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:
