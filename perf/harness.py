@@ -342,7 +342,9 @@ def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, ex
 
     Returns one dict per pair: "plain" and "rules" ({throughput req/s, p50_ms, p99_ms, steal}),
     "p50_ratio" and "p99_ratio" (rules over plain), "steal" (the higher of the two windows';
-    None when unknown) and "waited_s"."""
+    None when unknown), "waited_s", "first" (the side measured first) and "load_1min" (the
+    host's 1-minute load average after the pair: other processes on our cores, which steal
+    does not count)."""
     pairs: list[dict] = []
     for i in range(1 + extra):
         if pairs and (pairs[-1]["steal"] or 0.0) < quiet:
@@ -363,7 +365,8 @@ def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, ex
         steals = [pair[side]["steal"] for side in sides if pair[side]["steal"] is not None]
         pairs.append(dict(pair, p50_ratio=pair["rules"]["p50_ms"] / pair["plain"]["p50_ms"],
                           p99_ratio=pair["rules"]["p99_ms"] / pair["plain"]["p99_ms"],
-                          steal=max(steals) if steals else None, waited_s=waited, first=sides[0]))
+                          steal=max(steals) if steals else None, waited_s=waited, first=sides[0],
+                          load_1min=os.getloadavg()[0]))
     return pairs
 
 
@@ -659,7 +662,8 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
 def rules_summary(pairs: list[dict], target_ms: float) -> dict | None:
     """The lone user with and without rules (c1_rules_windows' pairs): the pair with the least
     steal (chosen by steal, never by latency), its p50/p99 (ms) both ways, their ratios (rules
-    over plain), its steal, whether the p99 with rules is within `target_ms`, and every pair.
+    over plain), its steal, whether the p99 with rules is within `target_ms`, the median ratios
+    over all pairs (steered by no choice at all), and every pair.
     None when no pair was measured (results from before the rules)."""
     if not pairs:
         return None
@@ -668,9 +672,12 @@ def rules_summary(pairs: list[dict], target_ms: float) -> dict | None:
             "rules": {k: best["rules"][k] for k in ("p50_ms", "p99_ms")},
             "p50_ratio": best["p50_ratio"], "p99_ratio": best["p99_ratio"], "steal": best["steal"],
             "target_ms": target_ms, "within_target": best["rules"]["p99_ms"] <= target_ms,
+            "p50_ratio_median": statistics.median(w["p50_ratio"] for w in pairs),
+            "p99_ratio_median": statistics.median(w["p99_ratio"] for w in pairs),
             "windows": [{"plain_p99_ms": w["plain"]["p99_ms"], "rules_p99_ms": w["rules"]["p99_ms"],
                          "plain_p50_ms": w["plain"]["p50_ms"], "rules_p50_ms": w["rules"]["p50_ms"],
-                         "p99_ratio": w["p99_ratio"], "steal": w["steal"]} for w in pairs]}
+                         "p99_ratio": w["p99_ratio"], "steal": w["steal"], "load_1min": w.get("load_1min")}
+                        for w in pairs]}
 
 
 def summarise(r: dict) -> dict:

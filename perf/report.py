@@ -143,12 +143,17 @@ def rules_section(r: dict, rules: dict) -> list[str]:
              f"| without rules | {plain['p50_ms']:.2f} | {plain['p99_ms']:.2f} |",
              f"| with rules | {ruled['p50_ms']:.2f} | {ruled['p99_ms']:.2f} |",
              f"| with / without | {rules['p50_ratio']:.2f} | {rules['p99_ratio']:.2f} |", "",
+             f"Median ratio over all {len(rules['windows'])} pairs: p50 {rules['p50_ratio_median']:.2f}, "
+             f"p99 {rules['p99_ratio_median']:.2f}. "
              f"Steal in that pair: {_pct(rules['steal'])}. The p99 with rules is "
              f"{'within' if rules['within_target'] else 'ABOVE'} the {rules['target_ms']} ms target.", "",
-             "| pair | p50 ms without / with | p99 ms without / with | p99 ratio | steal |", "|---:|---|---|---:|---:|"]
+             "| pair | p50 ms without / with | p99 ms without / with | p99 ratio | steal | load (1 min) |",
+             "|---:|---|---|---:|---:|---:|"]
     for i, w in enumerate(rules["windows"]):
+        load = w.get("load_1min")
         lines.append(f"| {i} | {w['plain_p50_ms']:.2f} / {w['rules_p50_ms']:.2f} | "
-                     f"{w['plain_p99_ms']:.2f} / {w['rules_p99_ms']:.2f} | {w['p99_ratio']:.2f} | {_pct(w['steal'])} |")
+                     f"{w['plain_p99_ms']:.2f} / {w['rules_p99_ms']:.2f} | {w['p99_ratio']:.2f} | {_pct(w['steal'])} | "
+                     f"{'n/a' if load is None else f'{load:.1f}'} |")
     command = next((w["command_rules"] for w in r.get("c1_rules_windows", []) if w.get("command_rules")), None)
     if command:
         lines += ["", f"With rules: `{' '.join(command)}` (`results.json`: `c1_rules_windows`)."]

@@ -10,7 +10,7 @@ from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
 from conftest import serve_small_model
-from perf import analyzer, baselines, harness, inputs, load, steal
+from perf import analyzer, baselines, harness, inputs, load, report, steal
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +149,9 @@ def test_rules_input_data_is_accepted_and_lists_stay_k_long(server, u1, tmp_path
     summary = harness.rules_summary([pair], 2.0)
     assert summary["rules"]["p99_ms"] == pair["rules"]["p99_ms"]
     assert summary["within_target"] == (pair["rules"]["p99_ms"] <= 2.0)
+    section = "\n".join(report.rules_section({"plan": {}, "c1_rules_windows": [pair]}, summary))
+    assert f"| with / without | {pair['p50_ratio']:.2f} | {pair['p99_ratio']:.2f} |" in section
+    assert " ".join(pair["command_rules"]) in section
     client = grpcclient.InferenceServerClient(server.grpc_url)
     for request in json.loads(data["ratings_rules"].read_text())["data"]:
         exclude, include = request["EXCLUDE_IDS"]["content"], request["INCLUDE_IDS"]["content"]
