@@ -2,7 +2,9 @@
 
 The users are those of the split's test set; what a request carries is what such a user's
 client would send: their training-period ratings (ITEM_IDS + RATINGS, variable length), or
-just their USER_ID, and TOP_K. Model-level files carry the same users' dense rating vectors.
+just their USER_ID, and TOP_K; with rules, a request also carries EXCLUDE_IDS and INCLUDE_IDS
+drawn from the catalogue with a fixed seed (a basket and recently shown items; an in-stock
+shelf). Model-level files carry the same users' dense rating vectors.
 Ids are written as the data set has them: integers, or strings for a catalogue of string ids
 (perf_analyzer's JSON takes a BYTES tensor's content as strings).
 """
@@ -42,6 +44,33 @@ def ensemble_ratings_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.
         data.append({"ITEM_IDS": {"content": _ids(np.asarray(item_ids)[row.indices]), "shape": [row.nnz]},
                      "RATINGS": {"content": _floats(row.data), "shape": [row.nnz]},
                      "TOP_K": {"content": [top_k], "shape": [1]}})
+    return {"data": data}
+
+
+def rule_columns(n_items: int, n_requests: int, n_exclude: int = 50, n_include: int = 200,
+                 seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per request, (exclude, include): `n_exclude` and `n_include` distinct item columns, each
+    list drawn uniformly without replacement from 0..n_items-1 and independently of the other
+    (an item in the basket may be on the shelf too), from numpy's default_rng(`seed`): the same
+    lists on every run. Raises ValueError when a list is longer than the catalogue."""
+    if max(n_exclude, n_include) > n_items:
+        raise ValueError(f"{max(n_exclude, n_include)} rule ids from a catalogue of {n_items} items")
+    rng = np.random.default_rng(seed)
+    return [(np.sort(rng.choice(n_items, n_exclude, replace=False)), np.sort(rng.choice(n_items, n_include,
+                                                                                      replace=False)))
+            for _ in range(n_requests)]
+
+
+def ensemble_rules_data(train: sp.csr_matrix, item_ids: np.ndarray, users: np.ndarray, top_k: int = 10,
+                        n_exclude: int = 50, n_include: int = 200, seed: int = 0) -> dict:
+    """ensemble_ratings_data with per-request rules in every request: EXCLUDE_IDS (`n_exclude` raw
+    ids) and INCLUDE_IDS (`n_include` raw ids) from rule_columns, typed as ITEM_IDS (ints, or
+    strings for a BYTES catalogue) and shaped [n] like it (perf_analyzer adds the batch dimension)."""
+    item_ids = np.asarray(item_ids)
+    data = ensemble_ratings_data(train, item_ids, users, top_k)["data"]
+    for request, (exclude, include) in zip(data, rule_columns(len(item_ids), len(data), n_exclude, n_include, seed)):
+        request["EXCLUDE_IDS"] = {"content": _ids(item_ids[exclude]), "shape": [len(exclude)]}
+        request["INCLUDE_IDS"] = {"content": _ids(item_ids[include]), "shape": [len(include)]}
     return {"data": data}
 
 

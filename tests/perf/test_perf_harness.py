@@ -10,7 +10,7 @@ from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
 from conftest import serve_small_model
-from perf import analyzer, baselines, harness, inputs, load, steal
+from perf import analyzer, baselines, harness, inputs, load, report, steal
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +127,55 @@ def test_lone_user_is_measured_again_until_a_window_is_quiet(server, u1, tmp_pat
     windows = harness.c1_windows(server, data, plan, tmp_path, dict(quiet, steal=0.5), extra=1, quiet=0.0)
     assert len(windows) == 2 and 0 <= windows[1]["waited_s"] <= 1.0 + 0.5  # one probe may overrun the wait
     assert windows[1]["p99_ms"] >= windows[1]["p50_ms"] > 0 and 0 <= windows[1]["steal"] <= 1
+
+
+def test_rules_input_data_is_accepted_and_lists_stay_k_long(server, u1, tmp_path):
+    """The rules data `aerec perf` sends (50 EXCLUDE_IDS, 200 INCLUDE_IDS per request) is valid for
+    the served config: perf_analyzer measures the lone user with and without it in one pair, and
+    each request's list is K long, within its INCLUDE_IDS, none of its EXCLUDE_IDS nor its rated items."""
+    import tritonclient.grpc as grpcclient
+    users = inputs.held_out_users(u1.test, u1.train, 8)
+    k = 10
+    rules = inputs.ensemble_rules_data(u1.train, u1.item_ids, users, top_k=k)
+    data = {"ratings": inputs.write(inputs.ensemble_ratings_data(u1.train, u1.item_ids, users, k), tmp_path / "d.json"),
+            "ratings_rules": inputs.write(rules, tmp_path / "r.json")}
+    plan = harness.Plan.quick()
+    plan.interval_ms, plan.quiet_wait_s = 500, 1.0
+    (pair,) = harness.c1_rules_windows(server, data, plan, tmp_path, extra=0)
+    assert str(data["ratings_rules"]) in pair["command_rules"] and str(data["ratings"]) in pair["command_plain"]
+    for side in ("plain", "rules"):
+        assert pair[side]["throughput"] > 0 and 0 < pair[side]["p50_ms"] <= pair[side]["p99_ms"]
+    assert pair["p99_ratio"] == pytest.approx(pair["rules"]["p99_ms"] / pair["plain"]["p99_ms"])
+    summary = harness.rules_summary([pair], 2.0)
+    assert summary["rules"]["p99_ms"] == pair["rules"]["p99_ms"]
+    assert summary["within_target"] == (pair["rules"]["p99_ms"] <= 2.0)
+    section = "\n".join(report.rules_section({"plan": {}, "c1_rules_windows": [pair]}, summary))
+    assert f"| with / without | {pair['p50_ratio']:.2f} | {pair['p99_ratio']:.2f} |" in section
+    assert " ".join(pair["command_rules"]) in section
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    for request in json.loads(data["ratings_rules"].read_text())["data"]:
+        exclude, include = request["EXCLUDE_IDS"]["content"], request["INCLUDE_IDS"]["content"]
+        assert len(exclude) == 50 == len(set(exclude)) and len(include) == 200 == len(set(include))
+        tensors = []
+        for name, dtype in (("ITEM_IDS", np.int64), ("RATINGS", np.float32), ("TOP_K", np.int32),
+                            ("EXCLUDE_IDS", np.int64), ("INCLUDE_IDS", np.int64)):
+            value = np.asarray([request[name]["content"]], dtype)
+            tensors.append(grpcclient.InferInput(name, list(value.shape), {np.int64: "INT64", np.float32: "FP32",
+                                                                          np.int32: "INT32"}[dtype]))
+            tensors[-1].set_data_from_numpy(value)
+        ids = client.infer("recommend", tensors).as_numpy("RECOMMENDED_IDS")[0].tolist()
+        assert len(ids) == k and len(set(ids)) == k
+        assert set(ids) <= set(include) - set(exclude) - set(request["ITEM_IDS"]["content"])
+
+
+def test_rule_columns_are_distinct_seeded_and_bounded():
+    draws = inputs.rule_columns(1682, 3, seed=7)
+    assert all(len(set(e)) == 50 and len(set(i)) == 200 and e.max() < 1682 and i.max() < 1682 for e, i in draws)
+    again = inputs.rule_columns(1682, 3, seed=7)
+    assert all((e1 == e2).all() and (i1 == i2).all() for (e1, i1), (e2, i2) in zip(draws, again))
+    assert not (draws[0][1] == draws[1][1]).all()   # drawn per request
+    with pytest.raises(ValueError, match="200 rule ids from a catalogue of 100"):
+        inputs.rule_columns(100, 1)
 
 
 def test_roof_is_read_beside_each_served_window(server, u1, tmp_path):
