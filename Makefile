@@ -5,7 +5,7 @@ AEREC := $(VENV)/bin/aerec
 STAMP := $(VENV)/.installed-stamp
 ML100K := data/ml-100k/ml-100k.inter
 
-.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items bench-logs bench-batch bench-catalogue perf perf-full gpu-check clean
+.PHONY: setup test test-fast demo lint bench bench-scale bench-new-users bench-knobs bench-large bench-replicas bench-distributed bench-items bench-logs bench-batch bench-catalogue bench-rules perf perf-full gpu-check clean
 
 setup: $(STAMP) $(ML100K)
 
@@ -70,6 +70,9 @@ bench-batch: setup
 
 bench-catalogue: setup
 	nice $(PY) -m benchmarks.bench_catalogue
+
+bench-rules: setup
+	$(PY) -m benchmarks.bench_rules --pairs 8
 
 perf: setup
 	$(AEREC) perf
