@@ -79,6 +79,7 @@ TOP_N_PRESETS: dict[str, dict] = {
     # RecVAE (Shenbin et al. 2020) with the paper's ML-20M settings: hidden width 600, latent 200,
     # gamma 0.005, input dropout 0.5, Adam 5e-4, batches of 500 users, 3 encoder passes then one
     # decoder pass per epoch; early stopping on validation NDCG@100, then refit on all of u1.base.
+    # Validation recall@10 0.264 (NDCG@100 0.377, best epoch 25), below Mult-VAE's 0.297.
     "recvae": dict(model="recvae", hidden=[600, 200], input_dropout=0.5, lr=5e-4, batch_size=500,
                    recvae_gamma=0.005, recvae_encoder_epochs=3, epochs=200, patience=20,
                    implicit_threshold=4.0, refit=True),

@@ -30,6 +30,9 @@ GRIDS = {
     "mult-vae": ({"model": "mult-vae", "hidden": [600, 200], "input_dropout": 0.5, "lr": 1e-3, "batch_size": 100,
                   "epochs": 200, "patience": 20, "anneal_cap": 0.2},
                  {"implicit_threshold": [0.0, 4.0], "total_anneal_steps": [200, 2000]}),
+    "recvae": ({"model": "recvae", "hidden": [600, 200], "input_dropout": 0.5, "lr": 5e-4, "recvae_encoder_epochs": 3,
+                "implicit_threshold": 4.0, "batch_size": 500, "epochs": 200, "patience": 20},
+               {"recvae_gamma": [0.005, 0.01, 0.02]}),
 }
 
 
