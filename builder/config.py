@@ -50,7 +50,7 @@ class TrainConfig:
     (Kuchaiev & Ginsburg 2017, "Training Deep AutoEncoders for Collaborative Filtering");
     builder/presets.py holds the tuned recipes."""
     model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k;
-                                      # top-N: popularity | ease | mult-dae | mult-vae | elsa
+                                      # top-N: popularity | ease | mult-dae | mult-vae | elsa | recvae
     data: str = "ml-100k"
     split: str = "u1"
     seed: int = 0
@@ -82,6 +82,8 @@ class TrainConfig:
     elsa_rank: int = 64               # elsa: rank r of the item factors A [n_items, r]; B = A A^T - I
     anneal_cap: float = 0.2           # mult-vae: the KL weight beta grows linearly to this cap
     total_anneal_steps: int = 2000    # mult-vae: update steps for beta to go from 0 to 1 (before the cap)
+    recvae_gamma: float = 0.005       # recvae: each user's KL weight is gamma * (their number of positives)
+    recvae_encoder_epochs: int = 3    # recvae: passes of encoder updates per epoch (then one of the decoder)
     val_holdout: float = 0.2          # top-N validation: share of each training user's ratings hidden
     # optimisation
     optimizer: str = "adam"           # adam | sgd | rmsprop | lbfgs (full batch; glocal-k)

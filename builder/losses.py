@@ -2,6 +2,8 @@
 
 Ratings are >= 0.5, so a stored 0 means "not rated": the mask is simply `target != 0`.
 """
+import math
+
 import torch
 
 
@@ -68,3 +70,36 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) summed over the latent, averaged over the batch.
     mu, logvar: [batch, latent]."""
     return (0.5 * (-logvar + logvar.exp() + mu ** 2 - 1)).sum(dim=1).mean()
+
+
+# RecVAE's composite prior (Shenbin et al. 2020): per latent dimension, a mixture of the
+# standard normal, the posterior of the encoder as it was before the current encoder updates,
+# and a wide normal (log variance 10) that keeps the mixture from collapsing onto the old posterior.
+COMPOSITE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)
+WIDE_LOGVAR = 10.0
+
+
+def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) per entry (diagonal Gaussian, nothing summed); broadcasting
+    shapes."""
+    return -0.5 * (logvar + math.log(2 * math.pi) + (z - mu) ** 2 / logvar.exp())
+
+
+def composite_prior_log_density(z: torch.Tensor, mu_old: torch.Tensor, logvar_old: torch.Tensor,
+                                weights=COMPOSITE_WEIGHTS, wide_logvar: float = WIDE_LOGVAR) -> torch.Tensor:
+    """RecVAE's prior log p(z | phi_old, x) per latent entry: log of w0 N(z; 0, 1) + w1 N(z;
+    mu_old, exp(logvar_old)) + w2 N(z; 0, exp(wide_logvar)), the mixture taken per dimension as
+    the authors' code does. z, mu_old, logvar_old: [batch, latent] -> [batch, latent]."""
+    zero = torch.zeros_like(z)
+    parts = (gaussian_log_density(z, zero, zero),
+             gaussian_log_density(z, mu_old, logvar_old),
+             gaussian_log_density(z, zero, torch.full_like(z, wide_logvar)))
+    return torch.logsumexp(torch.stack([p + math.log(w) for p, w in zip(parts, weights)], dim=-1), dim=-1)
+
+
+def recvae_kl(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, prior_log_density: torch.Tensor,
+              weight: torch.Tensor) -> torch.Tensor:
+    """RecVAE's one-sample KL(q(z|x) || p(z)) estimate, log q(z|x) - log p(z) summed over the
+    latent, times each user's weight (beta = gamma * |x_u|), averaged over the batch. z, mu,
+    logvar, prior_log_density: [batch, latent]; weight: [batch]."""
+    return ((gaussian_log_density(z, mu, logvar) - prior_log_density).sum(dim=1) * weight).mean()

@@ -1,11 +1,12 @@
-"""Training of the top-N models (popularity, EASE, Mult-DAE, Mult-VAE, ELSA) on implicit feedback,
+"""Training of the top-N models (popularity, EASE, Mult-DAE, Mult-VAE, RecVAE, ELSA) on implicit feedback,
 validated the way they are tested: each training user hides a share of their ratings, the
 model sees the rest, and is scored on ranking the hidden liked items (recall@10, NDCG@100).
 
 Popularity and EASE have closed forms: fitted on the visible part to report validation
-figures, then on all training ratings. Mult-DAE/VAE (Liang et al. 2018) and ELSA (Vančura et
-al. 2022) are trained by the loop below, each with its own minibatch loss (minibatch_loss),
-with early stopping on validation NDCG@100, then refit for the chosen epochs.
+figures, then on all training ratings. Mult-DAE/VAE (Liang et al. 2018), RecVAE (Shenbin et
+al. 2020) and ELSA (Vančura et al. 2022) are trained by the loop below, each family's epoch a list
+of phases (training_phases) with their own losses, with early stopping on validation NDCG@100,
+then refit for the chosen epochs.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import copy
 import dataclasses
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,7 +25,7 @@ from builder import distributed
 from builder.config import TrainConfig
 from builder.data.splits import holdout_share_per_user
 from builder.evaluate import liked, ranking_metrics
-from builder.losses import kl_divergence, multinomial_nll
+from builder.losses import composite_prior_log_density, kl_divergence, multinomial_nll, recvae_kl
 from builder.models import TOP_N, model_spec
 from builder.models.ease import check_ease_memory
 from builder.models.implicit import binarise
@@ -47,8 +49,8 @@ def for_feedback(config: TrainConfig, implicit: bool) -> TrainConfig:
     if config.model not in TOP_N:
         raise ValueError(f"{config.model} predicts ratings, and this data is an interaction log without ratings "
                          "(implicit feedback). Train a top-N model on it: --preset ease, --preset elsa, "
-                         "--preset mult-vae, --preset mult-dae or --preset popularity; or, if the file has "
-                         "ratings, name their column: ?rating=COL")
+                         "--preset mult-vae, --preset mult-dae, --preset recvae or --preset popularity; or, if "
+                         "the file has ratings, name their column: ?rating=COL")
     if config.implicit_threshold or config.relevant_threshold:
         log.warning("implicit feedback: every event is a positive; implicit_threshold=%g and relevant_threshold=%g "
                     "(for ratings) are not applied", config.implicit_threshold, config.relevant_threshold)
@@ -168,32 +170,14 @@ def beta_at(step: int, config: TrainConfig) -> float:
     return min(config.anneal_cap, step / max(1, config.total_anneal_steps))
 
 
-def minibatch_loss(config: TrainConfig, net, matrix: sp.csr_matrix, rows: np.ndarray, step: int, device):
-    """(loss, out) of the users `rows` of `matrix` (users x items, raw ratings) after `step`
-    updates: the model's training objective, averaged over the rows, and the network's output,
-    whose sum times 0 is the zero loss of an empty share (data-parallel). `net`: the model as
-    fit_multinomial wraps it.
-
-    - mult-dae: multinomial NLL of the logits; mult-vae: plus beta_at(step) * KL (Liang et al.).
-    - elsa: its normalised MSE (builder.models.elsa.elsa_nmse), from the sparse rows: nothing
-      n_items wide is formed beyond the factors' gradient."""
-    if config.model == "elsa":
-        per_user = net(sparse_rows(matrix, rows, device))
-        return per_user.mean(), per_user
-    x = dense_rows(matrix, rows, device)
-    target = binarise(x, config.implicit_threshold)
-    if config.model == "mult-vae":
-        logits, mu, logvar = net(x)
-        return multinomial_nll(logits, target) + beta_at(step, config) * kl_divergence(mu, logvar), logits
-    logits = net(x)
-    return multinomial_nll(logits, target), logits
-
-
 def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | None, max_epochs: int, device,
                     progress: bool = True):
-    """Train Mult-DAE, Mult-VAE or ELSA (the loss: minibatch_loss) on `matrix` rows (users x
-    items, raw ratings) for up to max_epochs; with val = (visible, hidden) keep the epoch of the
-    best validation NDCG@100 and stop after `config.patience` epochs without a gain. Returns (model, history, best).
+    """Train Mult-DAE, Mult-VAE, RecVAE or ELSA (training_phases) on `matrix` rows (users x items,
+    raw ratings) for up to max_epochs; with val = (visible, hidden) keep the epoch of the best
+    validation NDCG@100 and stop after `config.patience` epochs without a gain. Returns (model, history, best).
+
+    An epoch is the family's phases (training_phases): one pass updating every weight, or
+    RecVAE's passes of encoder updates followed by one of decoder updates.
 
     Data-parallel (builder.distributed), each rank trains its slice of every global batch of the
     seed's one permutation inside DistributedDataParallel, its mean loss scaled to its share of
@@ -202,12 +186,9 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = make_top_n_model(config, matrix.shape[1]).to(device)
-    vae = config.model == "mult-vae"
-    net = distributed.wrap(_VaeStep(model) if vae else _ElsaStep(model) if config.model == "elsa" else model,
-                           device)
+    phases = training_phases(config, model, device)
     if w.parallel:  # dropout and the VAE's noise draw per rank
         torch.manual_seed(config.seed + 7919 * w.rank)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     positives = binarise(torch.from_numpy(matrix.data), config.implicit_threshold).numpy()
     counts = np.bincount(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), weights=positives,
                          minlength=matrix.shape[0])
@@ -217,28 +198,32 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
     bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
     for epoch in bar:
         model.train()
-        rng.shuffle(rows)
         losses = []
-        for s in range(0, len(rows), config.batch_size):
-            batch = rows[s:s + config.batch_size]
-            part = distributed.batch_part(batch, w)
-            optimizer.zero_grad(set_to_none=True)
-            loss, out = minibatch_loss(config, net, matrix, part, step, device)
-            if w.parallel:
-                # This rank's share of the global batch's mean (an empty share still joins the
-                # gradient all-reduce, with zeros).
-                share = len(part) / len(batch)
-                loss = loss * (w.size * share) if len(part) else out.sum() * 0.0
-                losses.append(loss.item() / w.size)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if not w.parallel:
-                losses.append(loss.item())
+        for phase in phases:
+            if phase.begin is not None:
+                phase.begin()
+            for _ in range(phase.passes):
+                rng.shuffle(rows)
+                for s in range(0, len(rows), config.batch_size):
+                    batch = rows[s:s + config.batch_size]
+                    part = distributed.batch_part(batch, w)
+                    model.zero_grad(set_to_none=True)
+                    loss, out = phase.loss(matrix, part, step)
+                    if w.parallel:
+                        # This rank's share of the global batch's mean (an empty share still joins the
+                        # gradient all-reduce, with zeros).
+                        share = len(part) / len(batch)
+                        loss = loss * (w.size * share) if len(part) else out.sum() * 0.0
+                        losses.append(loss.item() / w.size)
+                    loss.backward()
+                    phase.optimizer.step()
+                    step += 1
+                    if not w.parallel:
+                        losses.append(loss.item())
         if w.parallel:  # the global batches' losses: the ranks' shares summed
             losses = list(distributed.all_sum(losses))
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
-        if vae:
+        if config.model == "mult-vae":
             row["beta"] = beta_at(step, config)
         if val is not None:
             model.eval()
@@ -267,6 +252,72 @@ class _ElsaStep(torch.nn.Module):
         return self.elsa.loss(x)
 
 
+@dataclasses.dataclass
+class Phase:
+    """One part of a training epoch: `passes` shuffled passes over the users, each batch's
+    loss(matrix, rows, step) -> (loss averaged over the rows, the network's output, whose sum
+    times 0 is the zero loss of an empty data-parallel share) minimised by `optimizer` (which
+    holds the weights this phase updates); `begin` runs first."""
+    optimizer: torch.optim.Optimizer
+    loss: Callable
+    passes: int = 1
+    begin: Callable | None = None
+
+
+def training_phases(config: TrainConfig, model: torch.nn.Module, device) -> list[Phase]:
+    """The phases of one epoch of `model` (already on `device`). Mult-DAE / Mult-VAE: one pass
+    updating every weight (Mult-VAE's KL weight annealed by beta_at). RecVAE (Shenbin et al.
+    2020): recvae_encoder_epochs passes updating the encoder (input dropout on), then the
+    composite prior's old encoder takes the encoder's weights, then one pass updating the
+    decoder (no input dropout); each part has its own Adam. ValueError for another family."""
+    def adam(params):
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def dense(loss):
+        """loss(x raw ratings, target binary [batch, n_items], step) as a phase's loss."""
+        def of_rows(matrix, rows, step):
+            x = dense_rows(matrix, rows, device)
+            return loss(x, binarise(x, config.implicit_threshold), step)
+        return of_rows
+
+    if config.model == "elsa":
+        # Its normalised MSE (builder.models.elsa) from the sparse rows: nothing n_items wide is
+        # formed beyond the factors' gradient.
+        elsa = distributed.wrap(_ElsaStep(model), device)
+
+        def elsa_loss(matrix, rows, step):
+            per_user = elsa(sparse_rows(matrix, rows, device))
+            return per_user.mean(), per_user
+        return [Phase(adam(model.parameters()), elsa_loss)]
+    if config.model == "mult-dae":
+        net = distributed.wrap(model, device)
+        return [Phase(adam(model.parameters()), dense(lambda x, t, step: _logits_loss(net(x), t)))]
+    if config.model == "mult-vae":
+        net = distributed.wrap(_VaeStep(model), device)
+
+        def vae_loss(x, target, step):
+            logits, mu, logvar = net(x)
+            return multinomial_nll(logits, target) + beta_at(step, config) * kl_divergence(mu, logvar), logits
+        return [Phase(adam(model.parameters()), dense(vae_loss))]
+    if config.model == "recvae":
+        module = _RecVaeStep(model)
+        net = distributed.wrap(module, device)
+
+        def recvae_loss(dropout):
+            def loss(x, target, step):
+                logits, z, mu, logvar, prior = net(x, dropout=dropout)
+                kl = recvae_kl(z, mu, logvar, prior, config.recvae_gamma * target.sum(dim=1))
+                return multinomial_nll(logits, target) + kl, logits
+            return loss
+        return [Phase(adam(model.encoder.parameters()), dense(recvae_loss(True)), config.recvae_encoder_epochs),
+                Phase(adam(model.decoder.parameters()), dense(recvae_loss(False)), 1, begin=module.update_prior)]
+    raise ValueError(f"{config.model!r} is not trained by gradient steps (mult-dae, mult-vae, recvae, elsa are)")
+
+
+def _logits_loss(logits: torch.Tensor, target: torch.Tensor):
+    return multinomial_nll(logits, target), logits
+
+
 class _VaeStep(torch.nn.Module):
     """Mult-VAE's training forward as one module call, so DistributedDataParallel sees it: the
     encoder (with its input dropout: the denoising), the reparameterised draw and the decoder.
@@ -280,6 +331,30 @@ class _VaeStep(torch.nn.Module):
         mu, logvar = self.vae.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.vae.decode(z), mu, logvar
+
+
+class _RecVaeStep(torch.nn.Module):
+    """RecVAE's training forward as one module call (for DistributedDataParallel), holding the
+    composite prior's old encoder: a frozen copy of the encoder, refreshed by update_prior; it
+    lives only here, so the trained (and exported) model is the encoder and decoder alone.
+    x [batch, n_items] -> (logits [batch, n_items], z, mu, logvar, log prior density, each
+    [batch, latent])."""
+
+    def __init__(self, recvae: torch.nn.Module):
+        super().__init__()
+        self.recvae = recvae
+        self.old_encoder = copy.deepcopy(recvae.encoder).requires_grad_(False)
+
+    def update_prior(self) -> None:
+        """The old encoder takes the current encoder's weights."""
+        self.old_encoder.load_state_dict(self.recvae.encoder.state_dict())
+
+    def forward(self, x: torch.Tensor, dropout: bool = True):
+        mu, logvar = self.recvae.encode(x, dropout)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        with torch.no_grad():
+            mu_old, logvar_old = self.old_encoder(x, dropout=False)
+        return self.recvae.decode(z), z, mu, logvar, composite_prior_log_density(z, mu_old, logvar_old)
 
 
 def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: bool = True):

@@ -9,6 +9,7 @@ from builder.models.glocal import GlocalK
 from builder.models.mult_dae import MultDAE
 from builder.models.mult_vae import MultVAE
 from builder.models.popularity import Popularity
+from builder.models.recvae import RecVAE
 from builder.models.registry import REGISTRY, ModelSpec, model_spec, validate
 from builder.models.sae import StackedAutoencoder
 
@@ -32,6 +33,6 @@ def build_model(name: str, n_inputs: int, *, n_rows=None, **options):
     return spec.build(TrainConfig(model=name, **options), n_inputs, n_rows)
 
 
-__all__ = ["AutoRec", "DeepAutoencoder", "EASE", "ELSA", "GlocalK", "MultDAE", "MultVAE", "Popularity",
+__all__ = ["AutoRec", "DeepAutoencoder", "EASE", "ELSA", "GlocalK", "MultDAE", "MultVAE", "Popularity", "RecVAE",
            "StackedAutoencoder", "MODELS", "ITEM_BASED", "FULL_MATRIX", "ROW_MODELS", "TOP_N", "REGISTRY",
            "ModelSpec", "build_model", "model_spec", "validate"]

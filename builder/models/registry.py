@@ -18,6 +18,7 @@ from builder.models.glocal import GlocalK
 from builder.models.mult_dae import MultDAE
 from builder.models.mult_vae import MultVAE
 from builder.models.popularity import Popularity
+from builder.models.recvae import RecVAE
 from builder.models.sae import StackedAutoencoder
 
 TASKS = ("rating", "top-n")
@@ -106,6 +107,11 @@ def _mult_vae(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> 
                    threshold=config.implicit_threshold)
 
 
+def _recvae(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
+    return RecVAE(n_inputs, hidden=tuple(config.hidden), input_dropout=config.input_dropout,
+                  threshold=config.implicit_threshold)
+
+
 _DEEPREC = ("hidden", "activation", "dropout", "input_dropout", "constrained", "last_activation", "center",
             "implicit", "input_norm", "skip")
 _GLOCAL = ("hidden", "kernel_dim", "kernel_l2", "gk_size", "dot_scale", "lbfgs_iters", "pretrain_epochs")
@@ -127,6 +133,9 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("mult-dae", "top-n", "user", _TOP_N + ("hidden", "input_dropout"), _mult_dae),
     ModelSpec("mult-vae", "top-n", "user", _TOP_N + ("hidden", "input_dropout", "anneal_cap", "total_anneal_steps"),
               _mult_vae),
+    # Shenbin et al. 2020: hidden = [width, latent]; the encoder and decoder updated in turn.
+    ModelSpec("recvae", "top-n", "user", _TOP_N + ("hidden", "input_dropout", "recvae_gamma", "recvae_encoder_epochs"),
+              _recvae),
 )}
 
 

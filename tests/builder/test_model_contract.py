@@ -28,7 +28,9 @@ BUDGET = {"autorec-i": dict(hidden=[16], lr=0.01, batch_size=8, epochs=60),
           "deeprec": dict(hidden=[16], lr=0.01, batch_size=8, epochs=60, last_activation=False),
           "sae": dict(hidden=[16, 8], lr=0.01, batch_size=8, epochs=60),
           "mult-dae": dict(hidden=[16], lr=0.01, batch_size=8, epochs=30, input_dropout=0.2),
-          "mult-vae": dict(hidden=[16], lr=0.01, batch_size=8, epochs=30, input_dropout=0.2)}
+          "mult-vae": dict(hidden=[16], lr=0.01, batch_size=8, epochs=30, input_dropout=0.2),
+          "recvae": dict(hidden=[16, 8], lr=0.01, batch_size=8, epochs=10, input_dropout=0.2,
+                         recvae_encoder_epochs=2)}
 
 
 def _group(n: int, size_a: int) -> np.ndarray:

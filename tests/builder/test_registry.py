@@ -14,7 +14,7 @@ from builder.presets import PRESETS, preset
 from builder.train import train
 
 FAMILIES = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "elsa", "mult-dae",
-            "mult-vae")
+            "mult-vae", "recvae")
 
 
 def test_every_family_is_registered_under_its_name():
@@ -23,11 +23,11 @@ def test_every_family_is_registered_under_its_name():
 
 
 def test_the_family_sets_are_the_registry_s():
-    assert TOP_N == {"popularity", "ease", "elsa", "mult-dae", "mult-vae"}
+    assert TOP_N == {"popularity", "ease", "elsa", "mult-dae", "mult-vae", "recvae"}
     assert ITEM_BASED == {"autorec-i", "glocal-k"}
     assert FULL_MATRIX == {"glocal-k"}
     assert ROW_MODELS == ("autorec-i", "autorec-u", "deeprec", "sae", "popularity", "ease", "elsa", "mult-dae",
-                          "mult-vae")
+                          "mult-vae", "recvae")
 
 
 def test_family_fields_are_config_fields_and_common_ones_belong_to_none():
@@ -37,14 +37,15 @@ def test_family_fields_are_config_fields_and_common_ones_belong_to_none():
                    "patience", "refit", "top_k", "relevant_threshold", "device"):
         assert owners(common) == (), common
     assert owners("dropout") == ("autorec-i", "autorec-u", "deeprec")
-    assert owners("input_dropout") == ("deeprec", "mult-dae", "mult-vae")
+    assert owners("input_dropout") == ("deeprec", "mult-dae", "mult-vae", "recvae")
     assert owners("ease_lambda") == ("ease",)
 
 
 def test_build_model_builds_each_family_from_its_spec():
     for name in ROW_MODELS:
-        assert type(build_model(name, 12, hidden=(4,))) is type(REGISTRY[name].build(TrainConfig(model=name,
-                                                                                                 hidden=[4]), 12, None))
+        hidden = [4, 2] if name == "recvae" else [4]  # recvae: [width, latent]
+        assert type(build_model(name, 12, hidden=tuple(hidden))) is type(
+            REGISTRY[name].build(TrainConfig(model=name, hidden=hidden), 12, None))
     assert isinstance(build_model("glocal-k", 12, n_rows=7, hidden=(4, 4)), GlocalK)
     with pytest.raises(ValueError, match="needs n_rows"):
         build_model("glocal-k", 12)
@@ -57,6 +58,8 @@ def test_build_model_builds_each_family_from_its_spec():
     ({"model": "autorec-u", "kernel_dim": 7}, r"kernel_dim is not an option of autorec-u \(it belongs to glocal-k\)"),
     ({"model": "mult-dae", "anneal_cap": 0.5}, r"anneal_cap is not an option of mult-dae \(it belongs to mult-vae\)"),
     ({"model": "popularity", "hidden": [8]}, r"hidden is not an option of popularity"),
+    ({"model": "mult-vae", "recvae_gamma": 0.01},
+     r"recvae_gamma is not an option of mult-vae \(it belongs to recvae\)"),
 ])
 def test_a_field_of_another_family_is_refused(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -126,7 +126,7 @@ def test_ease_trains_and_validates_on_cuda_like_on_the_cpu(ease_run, u1):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mult-dae", "mult-vae"])
+@pytest.mark.parametrize("name", ["mult-dae", "mult-vae", "recvae"])
 def test_short_multinomial_training_beats_popularity_on_validation(name, u1, popularity_val):
     config = TrainConfig(device="cpu").updated(**{**preset(name), "epochs": 5, "refit": False})
     result = train(config, u1, progress=False, evaluate=False)

@@ -270,6 +270,23 @@ def test_elsa_serves_as_offline(served, elsa_run, u1, tmp_path):
             _assert_served_equals_offline(server, u1, protocol, elsa_run, served.rater, n_users=50)
 
 
+@pytest.fixture(scope="module")
+def recvae_run(u1, tmp_path_factory):
+    """A RecVAE ranker (the preset's recipe, narrower and two epochs: the served graph is under
+    test here, not its accuracy)."""
+    config = TrainConfig(device="cpu").updated(**{**preset("recvae"), "hidden": [64, 32], "epochs": 2})
+    run, _ = train_and_export(u1, tmp_path_factory.mktemp("recvae") / "ranker", config)
+    return run
+
+
+def test_recvae_serves_as_offline(served, recvae_run, u1, tmp_path):
+    """RecVAE's graph (dense encoder with layer norms, posterior mean, linear decoder) as the
+    ranker: served lists equal ONNX Runtime's offline ranking in both pipelines."""
+    write_repository(recvae_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
+    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
+        for protocol in ("grpc", "http"):
+            _assert_served_equals_offline(server, u1, protocol, recvae_run, served.rater, n_users=50)
+
 BAD_REQUESTS = [
     (dict(user=999_999), "unknown USER_ID 999999"),
     (dict(items=[1, 2, 3], ratings=[4.0, 5.0]), "ITEM_IDS has 3 entries but RATINGS has 2"),
