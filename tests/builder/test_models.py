@@ -7,7 +7,7 @@ from builder.models.deeprec import user_mean
 
 @pytest.mark.parametrize("name", ROW_MODELS)  # glocal-k: test_glocal_blend.py
 def test_each_family_maps_n_to_n(name):
-    m = build_model(name, 37, hidden=(8, 4) if name in ("deeprec", "sae") else (8,))
+    m = build_model(name, 37, hidden=(8, 4) if name in ("deeprec", "sae", "recvae") else (8,))
     assert m(torch.rand(5, 37)).shape == (5, 37)
 
 

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow,
 def variants(name, dataset, folder):
     """fp32, fp16 and both int8 Q/DQ graphs of an untrained `name` network, calibrated on 64 real
     ML-100K u1 training rows: {variant: path}, and the input width."""
-    config = TrainConfig(model=name, hidden=[32, 16] if name in ("deeprec", "sae") else [32], device="cpu")
+    config = TrainConfig(model=name, hidden=[32, 16] if name in ("deeprec", "sae", "recvae") else [32], device="cpu")
     inputs = orient(dataset.train, config)
     model = make_model(config, inputs.shape[1]).eval()
     paths = {v: folder / f"{name}_{v}.onnx" for v in ("fp32", "fp16", "int8", "int8_trt")}
