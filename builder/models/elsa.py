@@ -60,7 +60,7 @@ class ELSA(nn.Module):
         self.threshold = threshold
         self.W = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, rank)))
         # Eval mode (and so the exported graph) multiplies by W itself, its rows scaled to unit
-        # norm in place by eval() and load_state_dict: A = unit_rows(W) is unchanged by that, and
+        # norm in place by model.eval() and load_state_dict: A = unit_rows(W) is unchanged by that, and
         # the graph holds one constant [n_items, rank] initializer instead of re-normalising it
         # on every request. The zero bias makes the second product Gemm(h, W, transB=1), which
         # reads that same initializer rather than a transposed copy.
@@ -97,7 +97,7 @@ class ELSA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float [batch, n_items] raw ratings (0 = not rated) -> scores [batch, n_items],
-        higher = recommend first. In eval mode A is W (unit rows since eval()); in ONNX a MatMul
+        higher = recommend first. In eval mode A is W (unit rows since model.eval()); in ONNX a MatMul
         and a Gemm (transB) against that one [n_items, rank] initializer."""
         hit = binarise(x, self.threshold)
         A = self.item_factors() if self.training else self.W  # eval: unit rows already
