@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("name", ROW_MODELS)  # glocal-k: test_glocal_blend.py
 def test_round_trip_each_family(name, tmp_path):
     from builder.train import make_model
-    config = TrainConfig(model=name, hidden=[16, 8] if name in ("deeprec", "sae", "recvae") else [16], center=name == "deeprec")
+    config = TrainConfig(model=name, hidden=[16, 8] if name in ("deeprec", "sae", "recvae") else [16],
+                         center=name == "deeprec")
     model = make_model(config, 40).eval()
     path = tmp_path / "m.onnx"
     export_onnx_fp32(model, 40, path)
