@@ -55,10 +55,10 @@ class Lists:
         rows with no positive input for it (serving/fallback.py). None without popularity."""
         if self.popularity is None:
             return np.zeros(len(dense), bool)
-        cold = ~np.asarray(dense).any(axis=1)
         if self.ranker and self.threshold is not None:
-            cold |= no_positive_input(dense, self.threshold)
-        return cold
+            # One pass: a row with no rating at all has no positive input either.
+            return no_positive_input(dense, self.threshold)
+        return ~np.asarray(dense).any(axis=1)
 
     def rank(self, scores, ratings, rated: np.ndarray, sizes: list[int], ks: list[int],
              dense: np.ndarray | None = None) -> list[tuple]:
