@@ -64,8 +64,8 @@ def seed_columns(ids: np.ndarray, catalogue: Catalogue) -> list[np.ndarray]:
         row = row[row != catalogue.item_pad]
         if not row.size:
             raise RequestError("ITEM_IDS held only padding: send at least one seed item")
-        cols = np.clip(np.searchsorted(catalogue.item_ids, row), 0, catalogue.n_items - 1)
-        unknown = catalogue.item_ids[cols] != row
+        cols, known = catalogue.item_columns(row)
+        unknown = ~known
         if unknown.any():
             shown = row[unknown][0]
             shown = repr(str(shown)) if isinstance(shown, str) else shown   # strings quoted, as requests.py does

@@ -2,6 +2,8 @@
 list (serving/rules.py) equals a brute-force numpy argsort under the same rules for every u1
 test user, through the request parsing the served models run (serving/requests.py), the fused
 model's ONNX graph (serving/ranking_graph.py) and the lists (serving/lists.py)."""
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -174,7 +176,7 @@ def test_cold_start_popularity_or_refuse(u1, catalogue):
     folded = parse_request({USER_ID: np.array([[999_999]], np.int64), ITEM_IDS: np.array([[50, 172]], np.int64),
                             TOP_K: k}, catalogue)
     assert folded[0].user_row == -1 and folded[0].cols.size == 2
-    refuse = catalogue.__class__(**{**catalogue.__dict__, "cold_start": "refuse"})
+    refuse = dataclasses.replace(catalogue, cold_start="refuse")
     with pytest.raises(RequestError, match="unknown USER_ID 999999"):
         parse_request({USER_ID: np.array([[999_999]], np.int64), TOP_K: k}, refuse)
     with pytest.raises(RequestError, match=f"user {no_history} has no ratings in the training data"):

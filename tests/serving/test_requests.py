@@ -215,3 +215,22 @@ def test_interaction_log_accepts_any_positive_weight():
     with pytest.raises(RequestError, match="outside scale 1..3"):  # the same values on a rating scale
         parse_request({ITEM_IDS: b("sku-010"), RATINGS: np.array([[7.0]], np.float32), TOP_K: k(3)},
                       dataclasses.replace(log, implicit=False))
+
+
+def test_integer_ids_find_their_columns_by_table_as_by_search():
+    # CAT's ids 10..120 fill a table; ids 1,000 apart (too sparse for one) are searched, as
+    # negative ones are; ids at int64's top, where an offset from int64's bottom wraps around.
+    lo, top = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    sparse = dataclasses.replace(CAT, item_ids=CAT.item_ids * 1000)
+    high = dataclasses.replace(CAT, item_ids=np.arange(top - 11, top + 1, dtype=np.int64))
+    negative = dataclasses.replace(CAT, item_ids=CAT.item_ids - 60)
+    assert CAT.item_table is not None and high.item_table is not None
+    assert sparse.item_table is None and negative.item_table is None
+    for catalogue in (CAT, sparse, high, negative):
+        ids = [int(i) for i in catalogue.item_ids]
+        sent = [ids[0], ids[3] + 1, ids[-1], PAD, lo, lo + 5, top, ids[0] - 1, ids[5], 0, 15_000]
+        sent = np.array([[min(v, top) for v in sent]], np.int64)
+        pos, known = catalogue.item_columns(sent)
+        assert pos.shape == known.shape == sent.shape
+        assert known.tolist() == np.isin(sent, catalogue.item_ids).tolist()
+        assert (catalogue.item_ids[pos[known]] == sent[known]).all()

@@ -1,5 +1,7 @@
 """serving/similar.py without a server: the item-item scores and the top-K against a brute-force
 numpy sort, the seeds never returned, the rules and the blocklist applied, the request's errors."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_every_single_seed_equals_a_brute_force_sort():
 
 
 def test_parse_applies_the_rules_and_the_blocklist():
-    cat = Catalogue(**{**CAT.__dict__, "blocklist": np.array([2, 4], np.int64)})
+    cat = dataclasses.replace(CAT, blocklist=np.array([2, 4], np.int64))
     tensors = {ITEM_IDS: np.array([[110, -1], [150, 160]], np.int64), TOP_K: np.array([[3], [3]], np.int32),
                EXCLUDE_IDS: np.array([[130, 9999], [-1, -1]], np.int64),
                INCLUDE_IDS: np.array([[-1, -1, -1], [170, 180, 120]], np.int64)}
@@ -83,7 +85,7 @@ def test_a_bad_request_names_its_problem(tensors, message):
 
 
 def test_string_seeds_are_quoted_when_unknown():
-    cat = Catalogue(**{**CAT.__dict__, "item_ids": np.array(["a", "b", "c"])})
+    cat = dataclasses.replace(CAT, item_ids=np.array(["a", "b", "c"]))
     assert [s.tolist() for s in seed_columns(np.array([[b"c", b"a", b""]], np.object_), cat)] == [[0, 2]]
     with pytest.raises(RequestError, match="unknown item 'zz'"):
         seed_columns(np.array([[b"a", b"zz"]], np.object_), cat)
