@@ -35,7 +35,7 @@ from serving.ranking_graph import K, TOP_INDICES, TOP_RATINGS, TOP_SCORES, with_
 from serving.requests import Catalogue, prepare  # noqa: E402
 from serving.rules import top_k_allowed  # noqa: E402
 from serving.session_options import session_options  # noqa: E402
-from serving.sparse_input import with_sparse_first_product  # noqa: E402
+from serving.sparse_input import with_sparse_first_layer, with_sparse_first_product  # noqa: E402
 from serving.triton_io import error_response, list_tensors, request_tensors, requested_outputs  # noqa: E402
 
 
@@ -54,8 +54,10 @@ class TritonPythonModel:
             graph = with_top_k(load("ranker"), load("rater") if self.lists.rater else None, blocked=True)
         else:
             graph = with_top_k(load("rater"), blocked=True)
-        # A ranker of the form binarise(x) @ B (EASE) reads only the rated rows of B for a few users.
+        # A ranker of the form binarise(x) @ B (EASE) reads only the rated rows of B for a few users,
+        # and the first dense layer (an autoencoder rater's) only the rows at its input's non-zeros.
         with_sparse_first_product(graph)
+        with_sparse_first_layer(graph)
         opts = session_options(json.loads(args["model_config"]))
         self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
