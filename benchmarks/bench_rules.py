@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--interval-ms", type=int, default=1500, help="perf_analyzer's measurement interval")
     ap.add_argument("--users", type=int, default=64, help="held-out users (one request each, cycled)")
     ap.add_argument("--default-runs", action="store_true", help="make perf's ease-values + deeprec runs")
+    ap.add_argument("--runs", nargs=2, type=Path, metavar=("RANKER", "RATER"),
+                    help="serve these exported run folders instead (e.g. a deeprec rater trained briefly)")
     ap.add_argument("--fused", action="store_true", help="the fused pipeline (two one-thread instances, no delay: "
                     "the configuration `make bench-knobs` favours) instead of the default ensemble")
     args = ap.parse_args()
@@ -57,7 +59,10 @@ def main() -> None:
     plan.interval_ms = args.interval_ms
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        if args.default_runs:
+        if args.runs:
+            ranker, rater = args.runs
+            variants = ["onnx"]
+        elif args.default_runs:
             ranker, rater = ensure_runs(None, None)
             variants = ["onnx", "onnx_int8"]
         else:
