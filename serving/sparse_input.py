@@ -159,7 +159,7 @@ def _rewrite_layer(g: onnx.GraphProto, gemm: onnx.NodeProto, weight: onnx.Tensor
     bias = list(gemm.input[2:3])
     w = numpy_helper.to_array(weight)
     w_in = p("weight")   # [in, out]
-    read_elsewhere = any(weight.name in n.input for n in g.node if n is not gemm)
+    read_elsewhere = any(n is not gemm and _reads(n, weight.name) for n in g.node)
     g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if transposed else w), w_in))
     if not read_elsewhere:
         g.initializer.remove(weight)
@@ -228,3 +228,10 @@ def _switch(p, source: str, limit: int, y: str, sparse: onnx.GraphProto, dense: 
         helper.make_node("LessOrEqual", [p("nnz"), p("limit")], [p("few_1")]),
         helper.make_node("Squeeze", [p("few_1")], [p("few")]),
         helper.make_node("If", [p("few")], [y], then_branch=sparse, else_branch=dense)]
+
+
+def _reads(node: onnx.NodeProto, name: str) -> bool:
+    """Whether `node`, or a node of a subgraph it holds (an If's branches), reads `name`."""
+    if name in node.input:
+        return True
+    return any(_reads(n, name) for a in node.attribute if a.type == onnx.AttributeProto.GRAPH for n in a.g.node)

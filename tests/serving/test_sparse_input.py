@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 import pytest
 import torch
 
@@ -158,3 +159,28 @@ def test_a_network_without_a_dense_layer_is_left_alone(ease_onnx):
     before = model.SerializeToString()
     assert not with_sparse_first_layer(model)
     assert model.SerializeToString() == before
+
+
+def test_a_weight_the_first_product_reads_too_is_kept_for_it():
+    # The layer's weight is also the matrix of an EASE-like product (ELSA reads one matrix
+    # twice): after both rewrites the product's branches still find it.
+    rng = np.random.default_rng(0)
+    n = 40
+    w = helper.make_tensor("W", TensorProto.FLOAT, [n, n], rng.normal(size=(n, n)).astype(np.float32).ravel())
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    graph = helper.make_graph([
+        helper.make_node("Greater", ["x", "zero"], ["rated"]),
+        helper.make_node("Cast", ["rated"], ["binary"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["binary", "W"], ["scores"]),
+        helper.make_node("Gemm", ["x", "W"], ["hidden"]),
+        helper.make_node("Add", ["scores", "hidden"], ["y"])], "two_reads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], [w, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    dense = _session(model)
+    assert with_sparse_first_product(model) and with_sparse_first_layer(model)
+    onnx.checker.check_model(model)
+    x = np.where(rng.random((3, n)) < 0.1, rng.integers(1, 6, (3, n)), 0).astype(np.float32)
+    for rows in (x[:1], x):
+        np.testing.assert_allclose(_session(model).run(None, {"x": rows})[0], dense.run(None, {"x": rows})[0],
+                                   rtol=1e-5, atol=1e-4)
