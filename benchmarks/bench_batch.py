@@ -238,6 +238,52 @@ def bench_rss(out: Path, counts: list[int], items: int, per_user: int, model: st
     return rows, info
 
 
+def served_rate(run: Path, out: Path, users: list, k: int = 10, rows: int = 64) -> dict:
+    """The same users through the embedded Triton server's `recommend` (the run exported in fp32,
+    a repository without a rater, started from this checkout's build/triton), `rows` user ids a
+    request (serving.contract.MAX_ROWS), one request in flight: seconds (a warm-up request
+    excluded, as the local engine's imports are), users/s. The lists are checked to hold k items."""
+    from builder.batch_ray import served_graph
+    from builder.repository import write_repository
+    from client import RecommenderClient
+    from server.launcher import ROOT, TritonServer
+    served_graph(run)
+    repo = out / f"repo-{run.name}"
+    if not repo.exists():
+        write_repository(run, repo, ["onnx"])
+    with TritonServer(repo, build_dir=ROOT / "build" / "triton", log=out / f"server-{run.name}.log") as server:
+        rc = RecommenderClient(server.grpc_url)
+        ask = lambda ids: rc._parse_rows(rc._infer(rc._tensors(ids, None, k)), k)  # noqa: E731
+        ask(users[:rows])
+        start = time.perf_counter()
+        got = [rec for lo in range(0, len(users), rows) for rec in ask(users[lo:lo + rows])]
+        seconds = time.perf_counter() - start
+    assert len(got) == len(users) and all(len(r.item_ids) == k for r in got)
+    return {"seconds": seconds, "users": len(users), "users_per_s": len(users) / seconds, "engine": "triton",
+            "chunk_size": rows, "peak_rss_mb": None, "rows": len(users) * k}
+
+
+def local_vs_served(run: Path, out: Path, name: str, model: str, n_users: int | None, chunk_size: int) -> list[dict]:
+    """The local engine (a fresh process, as measure) and the Triton server over the same users
+    (every user, or `n_users` spread evenly), interleaved local, served, local; the ratio is the
+    served users/s over the mean of the two local runs."""
+    import numpy as np
+    from builder.run_folder import load_run_dataset
+    d = load_run_dataset(run)
+    pick = np.arange(d.n_users) if not n_users or n_users >= d.n_users else np.linspace(
+        0, d.n_users - 1, n_users).astype(np.int64)
+    ids = d.user_ids[pick].tolist()
+    users_file = out / f"served-users-{run.name}-{len(ids)}.txt"
+    users_file.write_text("\n".join(map(str, ids)) + "\n")
+    del d
+    first = measure(run, out / f"vs-{run.name}-a.parquet", chunk_size, users_file)
+    served = served_rate(run, out, ids)
+    second = measure(run, out / f"vs-{run.name}-b.parquet", chunk_size, users_file)
+    local_rate = (first["users_per_s"] + second["users_per_s"]) / 2
+    served["ratio_local_over_served"] = local_rate / served["users_per_s"]
+    return [dict(r, data=name, model=model) for r in (first, served, second)]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_batch"))
@@ -255,8 +301,30 @@ def main(argv=None) -> None:
     ap.add_argument("--rss-per-user", type=int, default=20, help="items a user in the peak-RSS run")
     ap.add_argument("--rss-run-users", type=int, default=None, help="users of the peak-RSS run (default: the "
                     "largest count)")
+    ap.add_argument("--served", default="", help="local engine vs the Triton server at 64 users a request: "
+                    "ml100k, and/or csr:N (N users of the --rss-run-users run, built as for --rss-users)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.served:
+        rows = []
+        for what in args.served.split(","):
+            if what == "ml100k":
+                run = args.out / "ml100k-ease"
+                train({"model": "ease", "device": "cpu"}, run)
+                rows += local_vs_served(run, args.out, "ml-100k u1", "ease", None, 1024)
+            else:
+                n = int(what.partition(":")[2])
+                top = args.rss_run_users or n
+                run = args.out / f"csr-{args.model}-{top}x{args.items}"
+                csr_run(top, args.items, args.rss_per_user, args.model, args.hidden, run)
+                rows += local_vs_served(run, args.out, f"synthetic {top} users x {args.items} items", args.model, n,
+                                        1024)
+            (args.out / "served.json").write_text(json.dumps(rows, indent=2))
+        for r in rows:
+            extra = f"  local/served x{r['ratio_local_over_served']:.2f}" if "ratio_local_over_served" in r else ""
+            print(f"{r['data']:<40} {r['engine']:<7} {r['users']:>8} users {r['seconds']:8.2f} s "
+                  f"{r['users_per_s']:9.0f} users/s{extra}")
+        return
     if args.rss_users:
         rows, info = bench_rss(args.out, [int(n) for n in args.rss_users.split(",")], args.items, args.rss_per_user,
                                args.model, args.hidden, min(int(c) for c in args.chunk_sizes.split(",")),
