@@ -223,7 +223,8 @@ def bench_rss(out: Path, counts: list[int], items: int, per_user: int, model: st
     run = out / f"csr-{model}-{top}x{items}"
     seconds = csr_run(top, items, per_user, model, hidden, run)
     d = load_run_dataset(run)
-    info = {"setup_seconds": seconds, "users": d.n_users, "items": d.n_items, "train_entries": int(d.train.nnz)}
+    info = {"setup_seconds": seconds, "run_users": d.n_users, "run_items": d.n_items,
+            "train_entries": int(d.train.nnz)}
     del d
     rows = []
     for n in counts:
