@@ -67,6 +67,8 @@ bench-logs: setup
 
 bench-batch: setup
 	$(PY) -m benchmarks.bench_batch --out runs/bench-batch
+	$(PY) -m benchmarks.bench_batch --out runs/bench-batch --served ml100k,csr:5000 --rss-run-users 1000000
+	nice $(PY) -m benchmarks.bench_batch --out runs/bench-batch --rss-users 10000,100000,300000,1000000 --chunk-sizes 1024
 
 bench-catalogue: setup
 	nice $(PY) -m benchmarks.bench_catalogue

@@ -172,6 +172,119 @@ def bench_log(out: Path, users: int, items: int, events: int, model: str, hidden
     return rows, {"setup_seconds": seconds, "users": d.n_users, "items": d.n_items, "train_entries": int(d.train.nnz)}
 
 
+def csr_run(users: int, items: int, per_user: int, model: str, hidden: int, out: Path,
+            test_users: int = 1000) -> float:
+    """A run folder of `model` (initial weights) over a users x items interaction matrix built
+    straight into CSR (builder.data.synthetic.synthetic_csr_rows: Zipf items, log-normal activity,
+    about `per_user` items a user; every entry a positive of an implicit log). Only the first
+    `test_users` users hold out one item each as the test split: a full per-user split would hold
+    a test row for every user, and exporting the run (the Triton comparison) densifies every test
+    user. Memory: the CSR arrays, never users x items. Returns the seconds taken."""
+    import numpy as np
+    import scipy.sparse as sp
+    from builder.config import TrainConfig
+    from builder.data.dataset import Dataset
+    from builder.data.synthetic import synthetic_csr_rows
+    from builder.run_folder import save_run
+    from builder.train import TrainResult, make_model
+    if (out / "weights.safetensors").is_file():
+        return 0.0
+    start = time.perf_counter()
+    m = synthetic_csr_rows(users, items, users * per_user, seed=0)
+    m.data[:] = 1.0
+    held = np.zeros(m.shape[0], bool)
+    held[:test_users] = np.diff(m.indptr)[:test_users] > 1
+    last = m.indptr[1:][held] - 1                       # each held-out user's last entry
+    test = sp.csr_matrix((np.ones(len(last), np.float32), (np.flatnonzero(held), m.indices[last])), shape=m.shape)
+    keep = np.ones(m.nnz, bool)
+    keep[last] = False
+    train = sp.csr_matrix((m.data[keep], m.indices[keep], np.concatenate([[0], np.cumsum(np.diff(m.indptr)
+                                                                                          - held)])), shape=m.shape)
+    del m
+    dataset = Dataset(train, test, np.arange(users, dtype=np.int64), np.arange(items, dtype=np.int64),
+                      [f"item {i}" for i in range(items)], (1.0, 1.0), f"synthetic-csr-{users}x{items}-{per_user}",
+                      "synthetic", "implicit")
+    config = TrainConfig(model=model, hidden=[hidden], device="cpu")
+    net = make_model(config, items)
+    save_run(TrainResult(net.eval(), config, {"weights": "initial (untrained)"}, []), dataset, out)
+    return time.perf_counter() - start
+
+
+def bench_rss(out: Path, counts: list[int], items: int, per_user: int, model: str, hidden: int,
+              chunk_size: int, run_users: int | None = None) -> tuple[list[dict], dict]:
+    """Peak RSS of the local engine as the users scored grow: one run folder of max(counts) users
+    (csr_run), then one job per count over that many users spread evenly over it (`--users`
+    file; a count of every user has no file). `run_users`: the run's users (default the largest
+    count). The run's data set is loaded whole by every job, so what grows with users is the
+    job, not the data. Each result is also written to rss-<count>.json as it comes."""
+    import numpy as np
+    from builder.run_folder import load_run_dataset
+    top = run_users or max(counts)
+    run = out / f"csr-{model}-{top}x{items}"
+    seconds = csr_run(top, items, per_user, model, hidden, run)
+    d = load_run_dataset(run)
+    info = {"setup_seconds": seconds, "run_users": d.n_users, "run_items": d.n_items,
+            "train_entries": int(d.train.nnz)}
+    del d
+    rows = []
+    for n in counts:
+        users = None
+        if n < top:
+            users = out / f"users-{n}.txt"
+            users.write_text("\n".join(map(str, np.linspace(0, top - 1, n).astype(np.int64).tolist())) + "\n")
+        got = measure(run, out / f"csr-{n}.parquet", chunk_size, users)
+        rows.append(dict(got, data=f"synthetic {top} users x {items} items", model=model))
+        print(json.dumps(rows[-1]), flush=True)
+        (out / f"rss-{n}.json").write_text(json.dumps({**rows[-1], **info}, indent=2))
+    return rows, info
+
+
+def served_rate(run: Path, out: Path, users: list, k: int = 10, rows: int = 64) -> dict:
+    """The same users through the embedded Triton server's `recommend` (the run exported in fp32,
+    a repository without a rater, started from this checkout's build/triton), `rows` user ids a
+    request (serving.contract.MAX_ROWS), one request in flight: seconds (a warm-up request
+    excluded, as the local engine's imports are), users/s. The lists are checked to hold k items."""
+    from builder.batch_ray import served_graph
+    from builder.repository import write_repository
+    from client import RecommenderClient
+    from server.launcher import ROOT, TritonServer
+    served_graph(run)
+    repo = out / f"repo-{run.name}"
+    if not repo.exists():
+        write_repository(run, repo, ["onnx"])
+    with TritonServer(repo, build_dir=ROOT / "build" / "triton", log=out / f"server-{run.name}.log") as server:
+        rc = RecommenderClient(server.grpc_url)
+        ask = lambda ids: rc._parse_rows(rc._infer(rc._tensors(ids, None, k)), k)  # noqa: E731
+        ask(users[:rows])
+        start = time.perf_counter()
+        got = [rec for lo in range(0, len(users), rows) for rec in ask(users[lo:lo + rows])]
+        seconds = time.perf_counter() - start
+    assert len(got) == len(users) and all(len(r.item_ids) == k for r in got)
+    return {"seconds": seconds, "users": len(users), "users_per_s": len(users) / seconds, "engine": "triton",
+            "chunk_size": rows, "peak_rss_mb": None, "rows": len(users) * k}
+
+
+def local_vs_served(run: Path, out: Path, name: str, model: str, n_users: int | None, chunk_size: int) -> list[dict]:
+    """The local engine (a fresh process, as measure) and the Triton server over the same users
+    (every user, or `n_users` spread evenly), interleaved local, served, local; the ratio is the
+    served users/s over the mean of the two local runs."""
+    import numpy as np
+    from builder.run_folder import load_run_dataset
+    d = load_run_dataset(run)
+    pick = np.arange(d.n_users) if not n_users or n_users >= d.n_users else np.linspace(
+        0, d.n_users - 1, n_users).astype(np.int64)
+    ids = d.user_ids[pick].tolist()
+    users_file = out / f"served-users-{run.name}-{len(ids)}.txt"
+    users_file.write_text("\n".join(map(str, ids)) + "\n")
+    del d
+    first = measure(run, out / f"vs-{run.name}-a.parquet", chunk_size, users_file)
+    served = served_rate(run, out, ids)
+    second = measure(run, out / f"vs-{run.name}-b.parquet", chunk_size, users_file)
+    local_rate = (first["users_per_s"] + second["users_per_s"]) / 2
+    served["ratio_local_over_served"] = local_rate / served["users_per_s"]
+    return [dict(r, data=name, model=model) for r in (first, served, second)]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_batch"))
@@ -184,8 +297,44 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-log", action="store_true", help="ML-100K only")
     ap.add_argument("--engines", default="local", help="local, or local,ray for `--engine ray` jobs too")
     ap.add_argument("--ray-nodes", default="1,2", help="worker-node counts (one CPU each) of the Ray jobs")
+    ap.add_argument("--rss-users", default="", help="user counts of the peak-RSS jobs (e.g. "
+                    "10000,100000,300000,1000000): one run of the largest, --users files for the rest")
+    ap.add_argument("--rss-per-user", type=int, default=20, help="items a user in the peak-RSS run")
+    ap.add_argument("--rss-run-users", type=int, default=None, help="users of the peak-RSS run (default: the "
+                    "largest count)")
+    ap.add_argument("--served", default="", help="local engine vs the Triton server at 64 users a request: "
+                    "ml100k, and/or csr:N (N users of the --rss-run-users run, built as for --rss-users)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.served:
+        rows = []
+        for what in args.served.split(","):
+            if what == "ml100k":
+                run = args.out / "ml100k-ease"
+                train({"model": "ease", "device": "cpu"}, run)
+                rows += local_vs_served(run, args.out, "ml-100k u1", "ease", None, 1024)
+            else:
+                n = int(what.partition(":")[2])
+                top = args.rss_run_users or n
+                run = args.out / f"csr-{args.model}-{top}x{args.items}"
+                csr_run(top, args.items, args.rss_per_user, args.model, args.hidden, run)
+                rows += local_vs_served(run, args.out, f"synthetic {top} users x {args.items} items", args.model, n,
+                                        1024)
+            (args.out / "served.json").write_text(json.dumps(rows, indent=2))
+        for r in rows:
+            extra = f"  local/served x{r['ratio_local_over_served']:.2f}" if "ratio_local_over_served" in r else ""
+            print(f"{r['data']:<40} {r['engine']:<7} {r['users']:>8} users {r['seconds']:8.2f} s "
+                  f"{r['users_per_s']:9.0f} users/s{extra}")
+        return
+    if args.rss_users:
+        rows, info = bench_rss(args.out, [int(n) for n in args.rss_users.split(",")], args.items, args.rss_per_user,
+                               args.model, args.hidden, min(int(c) for c in args.chunk_sizes.split(",")),
+                               args.rss_run_users)
+        for r in rows:
+            print(f"{r['users']:>8} users  {r['seconds']:8.1f} s  {r['users_per_s']:7.0f} users/s  "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB")
+        print(json.dumps(info))
+        return
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
     engines = {e.strip() for e in args.engines.split(",")}
     nodes = [int(n) for n in args.ray_nodes.split(",")] if "ray" in engines else []

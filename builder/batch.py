@@ -24,6 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from builder.batch_inputs import Rules, file_sha256, read_histories, read_rules
 from builder.config import TrainConfig
 from builder.evaluate import (COVERAGE_K, NDCG_KS, RECALL_KS, liked, predict_user_matrix, top_metrics,
                               with_baseline)
@@ -32,6 +33,7 @@ from builder.models.popularity import item_counts
 from builder.run_folder import load_run, load_run_dataset
 from serving.fallback import with_popularity_fallback
 from serving.ranking import top_k_unrated
+from serving.rules import top_k_allowed
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
 # What a saved recommendations file must hold to be scored (any system's output will do).
@@ -120,32 +122,64 @@ def _scorer(model, dataset, config, device) -> Callable[[np.ndarray], np.ndarray
 
 
 def rank_users(model, dataset, config, users: np.ndarray, top_k: int, device="cpu",
-               scorer: Callable | None = None, popularity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               scorer: Callable | None = None, popularity: np.ndarray | None = None,
+               rules: Rules | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(top, scores): the top_k item columns (int64 [users, min(top_k, n_items)], best first, PAD
-    -1 where a user has fewer unrated items) and the model's score there (float32, same shape),
-    for the row indices `users`. The training items are masked and a top-N model's user with no
-    positive input gets popularity, as builder.evaluate.top_n_metrics and the server rank.
-    `scorer` (see _scorer) and `popularity` (item_counts of the training matrix): computed here
-    when not given; a job passes them once for all its chunks."""
+    -1 where a user has fewer allowed unrated items) and the model's score there (float32, same
+    shape), for the row indices `users` of dataset.train (the run's users, or a histories file's:
+    builder.batch_inputs.Histories). The training items are masked and a top-N model's user with
+    no positive input gets popularity, as builder.evaluate.top_n_metrics and the server rank.
+    `rules` (builder.batch_inputs.read_rules): the items they keep out are masked as well, with
+    serving.rules.top_k_allowed, as the served EXCLUDE_IDS / INCLUDE_IDS. `scorer` (see _scorer)
+    and `popularity` (item_counts of the run's training matrix): computed here when not given; a
+    job passes them once for all its chunks."""
     scores = (scorer or _scorer(model, dataset, config, device))(users)
     dense = dataset.train[users].toarray()
     if config.model in TOP_N:
         pop = item_counts(dataset.train) if popularity is None else popularity
         scores = with_popularity_fallback(scores, dense, config.implicit_threshold, pop)
-    top = top_k_unrated(scores, dense != 0, top_k)
+    top = top_k_allowed(scores, dense != 0, None if rules is None else rules.mask(users), top_k)
     return top, np.take_along_axis(np.asarray(scores, np.float32), np.where(top < 0, 0, top), axis=1)
 
 
 def _job_key(run_dir: Path, users: np.ndarray, top_k: int, chunk_size: int, rating_run: Path | None,
-             fingerprint: str | None) -> dict:
-    """What must match for `--resume` to reuse finished parts."""
+             fingerprint: str | None, inputs: dict | None = None) -> dict:
+    """What must match for `--resume` to reuse finished parts; `inputs`: the histories and rules
+    files' hashes (input_hashes)."""
     return {"run": str(Path(run_dir).resolve()), "rating_run": str(Path(rating_run).resolve()) if rating_run else None,
             "fingerprint": fingerprint, "top_k": top_k, "chunk_size": chunk_size, "users": len(users),
-            "users_sha256": hashlib.sha256(np.ascontiguousarray(users, np.int64).tobytes()).hexdigest()}
+            "users_sha256": hashlib.sha256(np.ascontiguousarray(users, np.int64).tobytes()).hexdigest(),
+            **(inputs or {})}
 
 
-def _open_rater(rating_run: Path, dataset, device):
-    """(config, model, scorer, scale) of a rating model over the same catalogue as `dataset`."""
+def input_hashes(histories: Path | None, exclude_file: Path | None, include_file: Path | None) -> dict:
+    """{"histories_sha256", "exclude_sha256", "include_sha256"} of the files given (absent: none)."""
+    found = {"histories_sha256": histories, "exclude_sha256": exclude_file, "include_sha256": include_file}
+    return {k: file_sha256(p) for k, p in found.items() if p is not None}
+
+
+def job_rows(dataset, users_file: Path | None, histories: Path | None, config) -> tuple:
+    """(rows, users, summary): the Dataset whose train rows a job ranks (the run's, or the
+    histories file's: builder.batch_inputs.read_histories), the row indices to rank (every row,
+    or `users_file`'s) and what the manifest records of the histories. Raises BatchError for
+    both files at once, an item-based model with histories (its input is an item's column over
+    the training users: a new user has no place in it), InputError as read_histories."""
+    if histories is None:
+        users = (read_user_list(users_file, dataset.user_ids) if users_file is not None
+                 else np.arange(dataset.n_users, dtype=np.int64))
+        return dataset, users, {}
+    if users_file is not None:
+        raise BatchError("--users and --histories: the histories file names its users; give one of the two")
+    if config.model in ITEM_BASED:
+        raise BatchError(f"--histories: {config.model} is item-based (each forward is an item's column over the "
+                         "training users), so it cannot fold a new user in; rank histories with a user-based model")
+    h = read_histories(histories, dataset)
+    return h.dataset, np.arange(h.dataset.n_users, dtype=np.int64), h.summary()
+
+
+def _open_rater(rating_run: Path, dataset, device, rows=None):
+    """(scorer, scale) of a rating model over the same catalogue as `dataset`; its scorer reads
+    `rows` (a histories Dataset, see job_rows) when given, else the rating run's own rows."""
     rating_run = Path(rating_run)
     if (rating_run / "blend.json").is_file():
         raise BatchError(f"{rating_run}: a blend cannot be a --rating-model; give one of its member runs")
@@ -157,7 +191,10 @@ def _open_rater(rating_run: Path, dataset, device):
     if not (np.array_equal(rdata.user_ids, dataset.user_ids) and np.array_equal(rdata.item_ids, dataset.item_ids)):
         raise BatchError(f"{rating_run}: its users/items ({rdata.n_users} x {rdata.n_items}) are not the run's "
                          f"({dataset.n_users} x {dataset.n_items}); train both on the same data and split")
-    return _scorer(rmodel, rdata, rconfig, device), rdata.scale
+    if rows is not None and rconfig.model in ITEM_BASED:
+        raise BatchError(f"{rating_run}: {rconfig.model} is item-based and cannot rate --histories users; give a "
+                         "user-based rating model (deeprec, sae, autorec-u)")
+    return _scorer(rmodel, rdata if rows is None else rows, rconfig, device), rdata.scale
 
 
 def _chunk_table(users: np.ndarray, top: np.ndarray, scores: np.ndarray, ratings: np.ndarray | None,
@@ -214,7 +251,9 @@ def _join_parts(parts: list[Path], out: Path, fmt: str) -> int:
 
 def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, rating_run: Path | None = None,
                     top_k: int = 10, chunk_size: int = 4096, resume: bool = False, progress: bool = True,
-                    device: str = "cpu", on_part: Callable[[int, Path], None] | None = None) -> dict:
+                    device: str = "cpu", on_part: Callable[[int, Path], None] | None = None,
+                    histories: Path | None = None, exclude_file: Path | None = None,
+                    include_file: Path | None = None) -> dict:
     """Write every user's (or `users_file`'s users') top `top_k` of the run folder `run_dir` to
     `out` (.parquet, .csv or .jsonl) and a manifest beside it; returns the manifest.
 
@@ -228,8 +267,15 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     an interrupted job with the same arguments (refused, BatchError, when they differ); without
     it, existing parts are refused. `on_part(index, path)` is called after each part is written.
 
-    Raises BatchError (bad suffix, users file, rating run, parts), FileNotFoundError /
-    ValueError as load_run and load_run_dataset do."""
+    `histories`: rank the users of this file instead (see job_rows and
+    builder.batch_inputs.read_histories: folded in as the served `recommend` does with ITEM_IDS
+    and RATINGS; their ids in user_id, sorted; items unknown to the catalogue counted in the
+    manifest, never an error). `exclude_file` / `include_file`: the served EXCLUDE_IDS /
+    INCLUDE_IDS rules for every user or per user (builder.batch_inputs.read_rules).
+
+    Raises BatchError (bad suffix, users file, rating run, parts, histories with --users or an
+    item-based model), InputError (histories, rules files), FileNotFoundError / ValueError as
+    load_run and load_run_dataset do."""
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
     fmt = output_format(out)
@@ -238,15 +284,17 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     if (run_dir / "blend.json").is_file():
         raise BatchError(f"{run_dir}: batch lists come from one model's run; a blend has no ranking of its own")
     config, model = load_run(run_dir, device)
-    dataset = load_run_dataset(run_dir)
-    users = (read_user_list(users_file, dataset.user_ids) if users_file is not None
-             else np.arange(dataset.n_users, dtype=np.int64))
-    rater, scale = _open_rater(rating_run, dataset, device) if rating_run is not None else (None, None)
+    run_data = load_run_dataset(run_dir)
+    dataset, users, summary = job_rows(run_data, users_file, histories, config)
+    rules = read_rules(exclude_file, include_file, dataset.user_ids, dataset.item_ids)
+    rater, scale = (_open_rater(rating_run, run_data, device, dataset if histories is not None else None)
+                    if rating_run is not None else (None, None))
     titles = np.array(dataset.titles, dtype=object) if dataset.titles != _default_titles(dataset.item_ids) else None
     fingerprint = json.loads((run_dir / "config.json").read_text()).get("dataset", {}).get("fingerprint")
 
     folder = parts_dir(out)
-    key = _job_key(run_dir, users, top_k, chunk_size, rating_run, fingerprint)
+    key = _job_key(run_dir, users, top_k, chunk_size, rating_run, fingerprint,
+                   input_hashes(histories, exclude_file, include_file))
     job_file = folder / "job.json"
     if folder.exists():
         if not resume:
@@ -254,8 +302,8 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
                              "or remove it to start over")
         found = json.loads(job_file.read_text()) if job_file.is_file() else None
         if found != key:
-            raise BatchError(f"{folder} holds parts of another job (run, users, top-k, chunk size or rating "
-                             "model differ); remove it or rerun with the same arguments")
+            raise BatchError(f"{folder} holds parts of another job (run, users, top-k, chunk size, rating "
+                             "model, histories or rules differ); remove it or rerun with the same arguments")
     else:
         folder.mkdir(parents=True)
         job_file.write_text(json.dumps(key, indent=2))
@@ -263,14 +311,14 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     from tqdm.auto import tqdm
     chunks = [users[s:s + chunk_size] for s in range(0, len(users), chunk_size)]
     scorer = _scorer(model, dataset, config, device)
-    popularity = item_counts(dataset.train)
+    popularity = item_counts(run_data.train)   # the run's training popularity, also for histories
     parts = []
     with tqdm(total=len(users), disable=not progress, desc="batch", unit="user") as bar:
         for i, chunk in enumerate(chunks):
             part = folder / f"part-{i:06d}.parquet"
             parts.append(part)
             if not part.is_file():
-                top, scores = rank_users(model, dataset, config, chunk, top_k, device, scorer, popularity)
+                top, scores = rank_users(model, dataset, config, chunk, top_k, device, scorer, popularity, rules)
                 ratings = None
                 if rater is not None:
                     ratings = np.clip(np.take_along_axis(rater(chunk), np.where(top < 0, 0, top), axis=1), *scale)
@@ -284,7 +332,10 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     manifest = {"run": str(run_dir.resolve()), "rating_run": str(Path(rating_run).resolve()) if rating_run else None,
                 "fingerprint": fingerprint, "model": config.model, "output": str(out.resolve()), "format": fmt,
                 "top_k": top_k, "chunk_size": chunk_size, "users": int(len(users)), "rows": rows,
-                "columns": columns, "seconds": round(time.perf_counter() - start, 3)}
+                "columns": columns, **summary, **(rules.summary() if rules else {}),
+                **{k: str(Path(p).resolve()) for k, p in (("histories", histories), ("exclude_file", exclude_file),
+                                                          ("include_file", include_file)) if p is not None},
+                "seconds": round(time.perf_counter() - start, 3)}
     manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.batch import (FORMATS, BatchError, _chunk_table, _default_titles, _join_parts, manifest_path,
-                           output_format, parts_dir, rank_users, read_user_list)
+from builder.batch import (FORMATS, BatchError, _chunk_table, _default_titles, _join_parts, job_rows,
+                           manifest_path, output_format, parts_dir, rank_users)
+from builder.batch_inputs import read_rules
 from builder.models import ITEM_BASED
 from builder.models.popularity import item_counts
 from builder.config import TrainConfig
@@ -59,9 +60,10 @@ def served_graph(run_dir: Path) -> Path:
 @dataclass
 class ShardInputs:
     """What every actor holds, shipped once through Ray's object store: the serialized graph, the
-    training matrix (csr, users x items: the graph's input rows and the mask), the ids, the titles
-    (object array, or None), the popularity counts and the run's config (model, implicit
-    threshold)."""
+    rows to rank (csr, users x items: the graph's input rows and the mask; the run's training
+    matrix, or a histories file's rows), their ids and the item ids, the titles (object array, or
+    None), the run's popularity counts, the run's config (model, implicit threshold) and the
+    rules (builder.batch_inputs.Rules, or None)."""
     graph: bytes
     train: object
     user_ids: np.ndarray
@@ -69,6 +71,7 @@ class ShardInputs:
     titles: np.ndarray | None
     popularity: np.ndarray
     config: object
+    rules: object = None
 
 
 class RankShard:
@@ -94,7 +97,7 @@ class RankShard:
     def __call__(self, batch: dict) -> pa.Table:
         users = np.asarray(batch["user"], np.int64)
         top, scores = rank_users(None, self.data, self.data.config, users, self.top_k, scorer=self.scores,
-                                 popularity=self.data.popularity)
+                                 popularity=self.data.popularity, rules=self.data.rules)
         if self.delay:
             time.sleep(self.delay)
         return _chunk_table(users, top, scores, None, self.data, self.data.titles)
@@ -123,7 +126,9 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
 
 def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None, top_k: int = 10,
                         chunk_size: int = 4096, address: str | None = None, num_cpus: int | None = None,
-                        actors: int | None = None, progress: bool = True, delay: float = 0.0) -> dict:
+                        actors: int | None = None, progress: bool = True, delay: float = 0.0,
+                        histories: Path | None = None, exclude_file: Path | None = None,
+                        include_file: Path | None = None) -> dict:
     """Write the top `top_k` of every user (or `users_file`'s) of `run_dir` with Ray; returns the
     manifest (also written beside `out`, as the local engine's, with engine "ray" and the nodes).
 
@@ -138,7 +143,9 @@ def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None
     None starts a local Ray (`num_cpus` CPUs), "auto" or "ray://host:10001" joins a cluster; a
     Ray already initialised in this process is used as it is. A lost node's actors are restarted
     and their batches retried by Ray Data (max_restarts / max_task_retries -1), so the job still
-    ends with every user once. No --resume: a job that fails is run again.
+    ends with every user once. No --resume: a job that fails is run again. `histories`,
+    `exclude_file`, `include_file`: as the local engine's (builder.batch.job_rows,
+    builder.batch_inputs.read_rules), the histories' rows and the rules shipped to the actors.
 
     Raises BatchError for ray missing, a bad suffix or users file, an existing output or parts
     folder, a blend or an item-based run; ExportError as export_run; FileNotFoundError /
@@ -165,14 +172,14 @@ def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None
         raise BatchError(f"{run_dir}: {config.model} is item-based (one forward per item, not per user); "
                          "its served graph cannot score a user's row: use the local engine")
     ray = require_ray()
-    dataset = load_run_dataset(run_dir)
-    users = (read_user_list(users_file, dataset.user_ids) if users_file is not None
-             else np.arange(dataset.n_users, dtype=np.int64))
+    run_data = load_run_dataset(run_dir)
+    dataset, users, summary = job_rows(run_data, users_file, histories, config)
+    rules = read_rules(exclude_file, include_file, dataset.user_ids, dataset.item_ids)
     graph = served_graph(run_dir)
     titles = np.array(dataset.titles, dtype=object) if dataset.titles != _default_titles(dataset.item_ids) else None
     fingerprint = json.loads((run_dir / "config.json").read_text()).get("dataset", {}).get("fingerprint")
     inputs = ShardInputs(graph.read_bytes(), dataset.train.tocsr(), dataset.user_ids, dataset.item_ids, titles,
-                         item_counts(dataset.train), config)
+                         item_counts(run_data.train), config, rules)
 
     started = _connect(ray, address, num_cpus)
     ctx = ray.data.DataContext.get_current()
@@ -211,6 +218,7 @@ def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None
                 "users": int(len(users)), "rows": rows, "columns": columns, "engine": "ray",
                 "graph": str(graph.resolve()), "ray_nodes": nodes, "ray_cpus": cpus,
                 "ray_seconds": round(ray_seconds, 3),   # actors' start, ranking and Ray's write
+                **summary, **(rules.summary() if rules else {}),
                 "seconds": round(time.perf_counter() - start, 3)}
     manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

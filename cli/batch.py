@@ -14,6 +14,13 @@ def batch(
     out: Path = typer.Option(..., "--out", help="the table to write: .parquet, .csv or .jsonl (with --engine ray "
                              "also a folder, for Ray's Parquet part files)"),
     users: Optional[Path] = typer.Option(None, help="a file of user ids, one a line (default: every user)"),
+    histories: Optional[Path] = typer.Option(None, help="a file of histories (a log or ratings file aerec reads: "
+                                             "user id, item id, optional rating) to rank instead, each user folded "
+                                             "in as `recommend` does with ITEM_IDS/RATINGS"),
+    exclude_file: Optional[Path] = typer.Option(None, "--exclude-file", help="items never to list: one item id a "
+                                                "line (every user) or USER_ID,ITEM_ID (that user)"),
+    include_file: Optional[Path] = typer.Option(None, "--include-file", help="the only items to list: one item id "
+                                                "a line (every user) or USER_ID,ITEM_ID (that user)"),
     top_k: int = typer.Option(10, "--top-k", help="items per user"),
     rating_model: Optional[Path] = typer.Option(None, "--rating-model", help="a rating model's run over the same "
                                                 "data: adds its predicted rating of each item"),
@@ -26,11 +33,14 @@ def batch(
     address: Optional[str] = typer.Option(None, help="--engine ray: the cluster to join (auto, or "
                                           "ray://HOST:10001); default: start a local Ray"),
 ):
-    """Top-K recommendations for every user of a run (or --users), ranked as `aerec evaluate` and
-    the server rank them (training items masked), with a manifest beside the table."""
+    """Top-K recommendations for every user of a run (or --users, or the users of --histories),
+    ranked as `aerec evaluate` and the server rank them (training items masked, --exclude-file /
+    --include-file as EXCLUDE_IDS / INCLUDE_IDS), with a manifest beside the table."""
     from builder.batch import batch_recommend
-    if users is not None and not users.is_file():
-        fail(f"--users {users}: file not found")
+    for flag, path in (("--users", users), ("--histories", histories), ("--exclude-file", exclude_file),
+                       ("--include-file", include_file)):
+        if path is not None and not path.exists():
+            fail(f"{flag} {path}: file not found")
     if engine not in ("local", "ray"):
         fail(f"--engine {engine!r}: choose local or ray")
     if engine == "local" and address is not None:
@@ -41,12 +51,18 @@ def batch(
     try:
         if engine == "ray":
             from builder.batch_ray import batch_recommend_ray
-            m = batch_recommend_ray(run, out, users, top_k, chunk_size, address=address, progress=not quiet)
+            m = batch_recommend_ray(run, out, users, top_k, chunk_size, address=address, progress=not quiet,
+                                    histories=histories, exclude_file=exclude_file, include_file=include_file)
         else:
             m = batch_recommend(run, out, users, rating_model, top_k, chunk_size, resume, progress=not quiet,
-                                device=device)
+                                device=device, histories=histories, exclude_file=exclude_file,
+                                include_file=include_file)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:
         typer.echo(f"{m['rows']} rows for {m['users']} users -> {out} in {m['seconds']:.1f} s "
                    f"({m['users'] / max(m['seconds'], 1e-9):.0f} users/s); manifest beside it")
+        skipped = {k: m[k] for k in ("history_unknown_items", "history_users_without_known_items",
+                                     "rules_unknown_items", "rules_unknown_users") if m.get(k)}
+        if skipped:
+            typer.echo("skipped (ids the run does not know): " + ", ".join(f"{k}={v}" for k, v in skipped.items()))
