@@ -268,11 +268,9 @@ def test_naive_service_ranks_by_the_ranker_and_returns_the_raters_predictions(u1
 
     from serving.ranking import top_k_unrated
     from builder.run_folder import load_run
-    from conftest import train_and_export
+    from conftest import ranker_and_rater_runs
     from perf.naive_service import serve
-    ranker, _ = train_and_export(u1, tmp_path / "ranker", TrainConfig(model="ease", device="cpu"))
-    rater, _ = train_and_export(u1, tmp_path / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=1,
-                                                                      batch_size=64, device="cpu"))
+    ranker, _, rater, _ = ranker_and_rater_runs(u1)
     httpd = serve(ranker, 0, threads=1, rating_run=rater)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
