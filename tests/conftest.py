@@ -114,6 +114,13 @@ def serve_small_model(dataset, root, tuning=None):
         yield s
 
 
+@pytest.fixture(scope="session")
+def small_model_server(u1, tmp_path_factory):
+    """One server of serve_small_model on u1 (the ensemble pipeline) for every module that only
+    sends it requests: started once, stopped at the end of the session."""
+    yield from serve_small_model(u1, tmp_path_factory.mktemp("small-model"))
+
+
 def train_and_export(dataset, out, config):
     """Train `config` on `dataset`, save the run at `out` and export it in fp32: (run, result)."""
     from builder.export import ExportConfig, export_run

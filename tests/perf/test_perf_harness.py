@@ -9,15 +9,14 @@ import torch
 from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
-from conftest import serve_small_model
 from perf import analyzer, baselines, harness, inputs, load, report, steal
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(u1, tmp_path_factory):
-    yield from serve_small_model(u1, tmp_path_factory.mktemp("perf"))
+def server(small_model_server):
+    return small_model_server
 
 
 def test_input_data_is_real_held_out_users(u1, tmp_path):
