@@ -1,9 +1,14 @@
+import json
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(2)
 
@@ -26,6 +31,50 @@ def u1(ml100k):
     return build_dataset(ml100k, train, test, "ml-100k/u1")
 
 
+def aerec(*args) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process, from this checkout."""
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="session")
+def ease(tmp_path_factory):
+    """EASE (closed form: seconds) on ML-100K u1, without an export (the Ray engine exports it)."""
+    from builder.stages import train_run
+    out = tmp_path_factory.mktemp("runs") / "ease"
+    train_run({"model": "ease", "device": "cpu"}, out, progress=False)
+    return out
+
+
+def small_rater_config():
+    """A rating model for tests that need any rater, not a good one: a small user-based SAE,
+    two epochs (seconds on ML-100K)."""
+    from builder.config import TrainConfig
+    return TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64, device="cpu")
+
+
+_SHARED = {"root": None, "runs": {}}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_runs_folder(tmp_path_factory):
+    """The session's folder for shared_run's runs."""
+    _SHARED["root"] = tmp_path_factory.mktemp("shared-runs")
+
+
+def shared_run(dataset, config):
+    """train_and_export(dataset, <a session folder>, config), once per session for each dataset
+    object and config: the modules that need the same small run train and export it once.
+    Returns (run folder, TrainResult), the same objects to every caller: read them, never write
+    into the run folder (copy it first)."""
+    key = (id(dataset), json.dumps(asdict(config), sort_keys=True, default=str))
+    if key not in _SHARED["runs"]:
+        out = _SHARED["root"] / f"run-{len(_SHARED['runs'])}-{config.model}"
+        # The dataset is kept with its run so that its id is never reused by another object.
+        _SHARED["runs"][key] = (dataset, *train_and_export(dataset, out, config))
+    return _SHARED["runs"][key][1:]
+
+
 def snapshot(folder: Path) -> dict:
     """Every file under `folder`, relative path -> bytes: to show a refused build changed nothing."""
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -45,17 +94,14 @@ TESTS_COLD_START = "refuse"
 
 
 def build_repository(dataset, root, config=None, tuning=None, cold_start=TESTS_COLD_START):
-    """Train a small user-based model briefly, export fp32, write a repository (pipeline as
+    """A small user-based model trained briefly and exported in fp32 (the session's shared run),
+    or `config` trained into root / "run"; then a repository at root / "repo" (pipeline as
     `tuning` says; default the ensemble): (run, repo, result)."""
-    from builder.config import TrainConfig
-    from builder.export import ExportConfig, export_run
     from builder.repository import write_repository
-    from builder.run_folder import save_run
-    from builder.train import train
-    config = config or TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64, device="cpu")
-    result = train(config, dataset, progress=False)
-    run = save_run(result, dataset, root / "run")
-    export_run(run, ExportConfig(precisions=["fp32"]), bench_seconds=0.05)
+    if config is None:
+        run, result = shared_run(dataset, small_rater_config())
+    else:
+        run, result = train_and_export(dataset, root / "run", config)
     write_repository(run, root / "repo", ["onnx"], tuning, cold_start=cold_start)
     return run, root / "repo", result
 
@@ -66,6 +112,13 @@ def serve_small_model(dataset, root, tuning=None):
     _, repo, _ = build_repository(dataset, root, tuning=tuning)
     with TritonServer(repo, build_dir=root / "build") as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def small_model_server(u1, tmp_path_factory):
+    """One server of serve_small_model on u1 (the ensemble pipeline) for every module that only
+    sends it requests: started once, stopped at the end of the session."""
+    yield from serve_small_model(u1, tmp_path_factory.mktemp("small-model"))
 
 
 def train_and_export(dataset, out, config):
@@ -79,18 +132,29 @@ def train_and_export(dataset, out, config):
     return run, result
 
 
+def ranker_and_rater_runs(dataset):
+    """The session's shared EASE ranker (closed form: a second) and small rater on `dataset`,
+    exported: (ranker run, ranker result, rater run, rater result)."""
+    from builder.config import TrainConfig
+    return (*shared_run(dataset, TrainConfig(model="ease", device="cpu")), *shared_run(dataset, small_rater_config()))
+
+
 def serve_ranker_and_rater(dataset, root):
     """For a fixture: a ready server whose `recommend` ranks by a top-N model (EASE, closed form:
     a second) and shows a small rating model's predictions beside each item."""
-    from builder.config import TrainConfig
     from builder.repository import write_repository
     from server.launcher import TritonServer
-    ranker, _ = train_and_export(dataset, root / "ranker", TrainConfig(model="ease", device="cpu"))
-    rater, _ = train_and_export(dataset, root / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=2,
-                                                                     batch_size=64, device="cpu"))
+    ranker, _, rater, _ = ranker_and_rater_runs(dataset)
     write_repository(ranker, root / "repo", ["onnx"], rating_run=rater, cold_start=TESTS_COLD_START)
     with TritonServer(root / "repo", build_dir=root / "build") as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def ranker_and_rater_server(u1, tmp_path_factory):
+    """One server of serve_ranker_and_rater on u1 (the ensemble pipeline) for every module that
+    only sends it requests: started once, stopped at the end of the session."""
+    yield from serve_ranker_and_rater(u1, tmp_path_factory.mktemp("ranker-and-rater"))
 
 
 SIX_MOVIES = str(FIXTURES / "six_movies" / "ratings.dat")

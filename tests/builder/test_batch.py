@@ -14,22 +14,9 @@ from builder.batch import BatchError, batch_recommend, evaluate_recommendations,
 from builder.data.synthetic import synthetic_log, write_log
 from builder.run_folder import load_run_dataset
 from builder.stages import evaluate_run, train_run
+from conftest import aerec
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def aerec(*args) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process, from this checkout."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
-
-
-@pytest.fixture(scope="module")
-def ease(tmp_path_factory):
-    """EASE (closed form, about a second) on ML-100K u1."""
-    out = tmp_path_factory.mktemp("runs") / "ease"
-    train_run({"model": "ease", "device": "cpu"}, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,8 @@
 worker nodes of one CPU each, started by ray.cluster_utils.Cluster as separate raylets): the rows
 are the local engine's on ML-100K u1 EASE, and a worker node killed while its actor is ranking
 leaves a job that still ends with every user exactly once."""
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,24 +14,9 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from builder.batch import batch_recommend  # noqa: E402
 from builder.batch_ray import batch_recommend_ray  # noqa: E402
-from builder.stages import train_run  # noqa: E402
+from conftest import aerec  # noqa: E402
 
 pytestmark = pytest.mark.slow   # a three-node cluster and an ONNX export: about a minute a test
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def aerec(*args) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process, from this checkout."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
-
-
-@pytest.fixture(scope="module")
-def ease(tmp_path_factory):
-    """EASE on ML-100K u1 (closed form: seconds), without an export: the engine exports it."""
-    out = tmp_path_factory.mktemp("runs") / "ease"
-    train_run({"model": "ease", "device": "cpu"}, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

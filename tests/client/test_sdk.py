@@ -6,14 +6,13 @@ import sys
 import pytest
 
 from client import RecommenderClient, RecommenderError, RequestError, ServerError
-from conftest import serve_ranker_and_rater
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(u1, tmp_path_factory):
-    yield from serve_ranker_and_rater(u1, tmp_path_factory.mktemp("sdk"))
+def server(ranker_and_rater_server):
+    return ranker_and_rater_server
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

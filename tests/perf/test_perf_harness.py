@@ -9,15 +9,14 @@ import torch
 from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
-from conftest import serve_small_model
 from perf import analyzer, baselines, harness, inputs, load, report, steal
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(u1, tmp_path_factory):
-    yield from serve_small_model(u1, tmp_path_factory.mktemp("perf"))
+def server(small_model_server):
+    return small_model_server
 
 
 def test_input_data_is_real_held_out_users(u1, tmp_path):
@@ -268,11 +267,9 @@ def test_naive_service_ranks_by_the_ranker_and_returns_the_raters_predictions(u1
 
     from serving.ranking import top_k_unrated
     from builder.run_folder import load_run
-    from conftest import train_and_export
+    from conftest import ranker_and_rater_runs
     from perf.naive_service import serve
-    ranker, _ = train_and_export(u1, tmp_path / "ranker", TrainConfig(model="ease", device="cpu"))
-    rater, _ = train_and_export(u1, tmp_path / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=1,
-                                                                      batch_size=64, device="cpu"))
+    ranker, _, rater, _ = ranker_and_rater_runs(u1)
     httpd = serve(ranker, 0, threads=1, rating_run=rater)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:

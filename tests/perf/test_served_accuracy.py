@@ -2,24 +2,17 @@
 import numpy as np
 import pytest
 
-from builder.config import TrainConfig
 from builder.evaluate import evaluate_model
-from builder.repository import write_repository
 from builder.run_folder import load_run
-from conftest import train_and_export
+from conftest import ranker_and_rater_runs
 from perf.served_accuracy import served_metrics
-from server.launcher import TritonServer
 
 pytestmark = pytest.mark.slow
 
 
-def test_served_recall_ndcg_and_rmse_equal_offline_evaluation(u1, tmp_path):
-    ranker, ranked = train_and_export(u1, tmp_path / "ranker", TrainConfig(model="ease", device="cpu"))
-    rater, rated = train_and_export(u1, tmp_path / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=2,
-                                                                       batch_size=64, device="cpu"))
-    write_repository(ranker, tmp_path / "repo", ["onnx"], rating_run=rater)
-    with TritonServer(tmp_path / "repo", build_dir=tmp_path / "build") as server:
-        served = served_metrics(server.grpc_url, u1)
+def test_served_recall_ndcg_and_rmse_equal_offline_evaluation(u1, ranker_and_rater_server):
+    _, ranked, rater, rated = ranker_and_rater_runs(u1)   # the runs that server serves
+    served = served_metrics(ranker_and_rater_server.grpc_url, u1)
     offline = ranked.metrics
     # ONNX Runtime's and PyTorch's sums round differently: a near-tie may flip one item.
     assert served["recall@10"] == pytest.approx(offline["recall@10"], abs=0.003)

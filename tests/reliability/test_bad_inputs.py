@@ -20,7 +20,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 @pytest.fixture(scope="module", params=["ensemble", "fused"])
 def server(u1, tmp_path_factory, request):
-    """Both pipelines: the ensemble's errors come from preprocess, the fused model's from itself."""
+    """Both pipelines: the ensemble's errors come from preprocess (the session's server of that
+    repository), the fused model's from itself."""
+    if request.param == "ensemble":
+        yield request.getfixturevalue("small_model_server")
+        return
     yield from serve_small_model(u1, tmp_path_factory.mktemp(f"bad-inputs-{request.param}"),
                                  Tuning(pipeline=request.param))
 

@@ -9,7 +9,7 @@ from builder.config import TrainConfig
 from builder.models.popularity import item_counts
 from builder.presets import preset
 from builder.repository import Tuning, write_repository
-from conftest import train_and_export
+from conftest import shared_run, small_rater_config, train_and_export
 from server.launcher import TritonServer
 from serving.fallback import no_positive_input, with_popularity_fallback
 from serving.ranking import top_k_unrated
@@ -22,8 +22,7 @@ pytestmark = pytest.mark.slow
 def runs(u1, tmp_path_factory):
     root = tmp_path_factory.mktemp("fallback-runs")
     ranker, _ = train_and_export(u1, root / "ranker", TrainConfig(device="cpu").updated(**preset("ease")))
-    rater, _ = train_and_export(u1, root / "rater", TrainConfig(model="sae", hidden=[16, 8], epochs=2,
-                                                                 batch_size=64, device="cpu"))
+    rater, _ = shared_run(u1, small_rater_config())
     return ranker, rater
 
 

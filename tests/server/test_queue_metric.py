@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from client import RecommenderClient
-from conftest import serve_ranker_and_rater
 from server.deploy.kubernetes import MODEL, render_kubernetes
 
 pytestmark = pytest.mark.slow
@@ -126,8 +125,8 @@ def _step_queue_us(http_url: str, steps: list[str]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(u1, tmp_path_factory):
-    yield from serve_ranker_and_rater(u1, tmp_path_factory.mktemp("queue"))
+def server(ranker_and_rater_server):
+    return ranker_and_rater_server
 
 
 def test_adapter_rule_reads_the_queue_time_a_request_waits(server, tmp_path):

@@ -14,7 +14,7 @@ from builder.config import TrainConfig
 from builder.presets import preset
 from builder.repository import Tuning, update_blocklist, write_repository
 from client import RecommenderClient, RequestError
-from conftest import train_and_export
+from conftest import shared_run, train_and_export
 from server.launcher import TritonServer
 from serving.contract import ITEM_IDS, SIMILAR, TOP_K
 from serving.requests import Catalogue
@@ -28,8 +28,7 @@ STAR_WARS, EMPIRE, JEDI = 50, 172, 181
 
 @pytest.fixture(scope="module")
 def ranker(u1, tmp_path_factory):
-    run, _ = train_and_export(u1, tmp_path_factory.mktemp("similar-run") / "ease", TrainConfig(model="ease",
-                                                                                               device="cpu"))
+    run, _ = shared_run(u1, TrainConfig(model="ease", device="cpu"))
     return run
 
 

@@ -14,20 +14,17 @@ from builder.config import TrainConfig
 from builder.presets import preset
 from serving.ranking import top_k_unrated
 from builder.repository import RepositoryError, Tuning, write_repository
-from conftest import TESTS_COLD_START, snapshot, train_and_export
+from conftest import TESTS_COLD_START, ranker_and_rater_runs, shared_run, snapshot, train_and_export
 from server.launcher import TritonServer, child_pids, free_port
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runs(u1, tmp_path_factory):
-    """A top-N ranker (EASE) and a small rating model, trained once for both pipelines."""
-    root = tmp_path_factory.mktemp("runs")
-    ranker, _ = train_and_export(u1, root / "ranker", TrainConfig(model="ease", device="cpu"))
-    rater_config = TrainConfig(model="deeprec", hidden=[64], dropout=0.5, center=True, last_activation=False,
-                               epochs=3, batch_size=64, device="cpu")
-    rater, result = train_and_export(u1, root / "rater", rater_config)
+def runs(u1):
+    """A top-N ranker (EASE) and a small rating model, trained once for both pipelines (the
+    session's shared runs)."""
+    ranker, _, rater, result = ranker_and_rater_runs(u1)
     return ranker, rater, result.model.eval()
 
 
@@ -50,14 +47,18 @@ class Served:
 @pytest.fixture(scope="module", params=["ensemble", "fused"])
 def served(runs, tmp_path_factory, request):
     """Every test below runs against both pipelines: the ensemble (preprocess -> ranker and rater
-    -> postprocess) and the fused one (one Python model, one merged ONNX graph)."""
-    root = tmp_path_factory.mktemp(f"serve-{request.param}")
+    -> postprocess: the session's server of these runs) and the fused one (one Python model, one
+    merged ONNX graph)."""
     ranker, rater, model = runs
+    if request.param == "ensemble":
+        server = request.getfixturevalue("ranker_and_rater_server")
+        yield Served(server, Tuning(), ranker, rater, model, server.repository)
+        return
+    root = tmp_path_factory.mktemp(f"serve-{request.param}")
     repo = root / "model_repository"
     # The fused variant with the knobs the quick tuning tries for the lone user (two ONNX Runtime
     # threads that sleep when idle, no batching delay), so those configs are served for real.
-    tuning = (Tuning(pipeline="fused", ort_threads=2, ort_spinning=False, step_queue_delay_us=0)
-              if request.param == "fused" else Tuning())
+    tuning = Tuning(pipeline="fused", ort_threads=2, ort_spinning=False, step_queue_delay_us=0)
     write_repository(ranker, repo, ["onnx"], tuning, rating_run=rater, cold_start=TESTS_COLD_START)
     with TritonServer(repo, build_dir=root / "build") as server:
         yield Served(server, tuning, ranker, rater, model, repo)
@@ -233,59 +234,30 @@ def test_one_network_alone_serves(served, u1, tmp_path, alone):
         assert "score" in table.stdout and ("predicted rating" in table.stdout) == (alone == "rater")
 
 
-@pytest.fixture(scope="module")
-def ease_values_run(u1, tmp_path_factory):
-    """The ease-values preset's ranker (EASE on rating values, EDLAE, popularity correction)."""
-    run, _ = train_and_export(u1, tmp_path_factory.mktemp("ease-values") / "ranker",
-                              TrainConfig(device="cpu").updated(**preset("ease-values")))
-    return run
+# Other rankers beside the rater: {name: the config's changes to the preset}. The served lists and
+# scores equal the exported graph's offline, in both pipelines.
+OTHER_RANKERS = {
+    # EASE on rating values (EDLAE, popularity correction): the served RATINGS (a known user's, or
+    # a new user's ITEM_IDS + RATINGS) are weighted as in training (the fused pipeline through the
+    # sparse path of serving/sparse_input.py for a lone user).
+    "ease-values": preset("ease-values"),
+    # ELSA, low-rank EASE (two products against one [n_items, r] matrix), a few epochs: the fused
+    # pipeline reads only the history's rows of A for a lone user (serving/sparse_input.py
+    # recognises ELSA's first product).
+    "elsa": {**preset("elsa"), "epochs": 3},
+    # RecVAE (dense encoder with layer norms, posterior mean, linear decoder), narrower and two
+    # epochs: the served graph is under test here, not its accuracy.
+    "recvae": {**preset("recvae"), "hidden": [64, 32], "epochs": 2},
+}
 
 
-def test_ease_on_rating_values_serves_as_offline(served, ease_values_run, u1, tmp_path):
-    """A ranker whose input is the rating values, not 0/1: the served RATINGS (a known user's,
-    or a new user's ITEM_IDS + RATINGS) are weighted as in training, in both pipelines (the fused
-    one through the sparse path of serving/sparse_input.py for a lone user)."""
-    write_repository(ease_values_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
+@pytest.mark.parametrize("name", OTHER_RANKERS)
+def test_other_ranker_serves_as_offline(served, u1, tmp_path, name):
+    run, _ = shared_run(u1, TrainConfig(device="cpu").updated(**OTHER_RANKERS[name]))
+    write_repository(run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
     with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
         for protocol in ("grpc", "http"):
-            _assert_served_equals_offline(server, u1, protocol, ease_values_run, served.rater, n_users=50)
-
-
-@pytest.fixture(scope="module")
-def elsa_run(u1, tmp_path_factory):
-    """The elsa preset's ranker (low-rank EASE: two products against one [n_items, r] matrix),
-    a few epochs."""
-    run, _ = train_and_export(u1, tmp_path_factory.mktemp("elsa") / "ranker",
-                              TrainConfig(device="cpu").updated(**{**preset("elsa"), "epochs": 3}))
-    return run
-
-
-def test_elsa_serves_as_offline(served, elsa_run, u1, tmp_path):
-    """ELSA as the ranker, beside the rater: served lists and scores equal the exported graph's
-    offline, in both pipelines (the fused one reads only the history's rows of A for a lone
-    user: serving/sparse_input.py recognises ELSA's first product)."""
-    write_repository(elsa_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
-    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
-        for protocol in ("grpc", "http"):
-            _assert_served_equals_offline(server, u1, protocol, elsa_run, served.rater, n_users=50)
-
-
-@pytest.fixture(scope="module")
-def recvae_run(u1, tmp_path_factory):
-    """A RecVAE ranker (the preset's recipe, narrower and two epochs: the served graph is under
-    test here, not its accuracy)."""
-    config = TrainConfig(device="cpu").updated(**{**preset("recvae"), "hidden": [64, 32], "epochs": 2})
-    run, _ = train_and_export(u1, tmp_path_factory.mktemp("recvae") / "ranker", config)
-    return run
-
-
-def test_recvae_serves_as_offline(served, recvae_run, u1, tmp_path):
-    """RecVAE's graph (dense encoder with layer norms, posterior mean, linear decoder) as the
-    ranker: served lists equal ONNX Runtime's offline ranking in both pipelines."""
-    write_repository(recvae_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
-    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
-        for protocol in ("grpc", "http"):
-            _assert_served_equals_offline(server, u1, protocol, recvae_run, served.rater, n_users=50)
+            _assert_served_equals_offline(server, u1, protocol, run, served.rater, n_users=50)
 
 BAD_REQUESTS = [
     (dict(user=999_999), "unknown USER_ID 999999"),

@@ -21,7 +21,7 @@ from builder.config import TrainConfig
 from builder.previous import PREVIOUS
 from builder.repository import RepositoryError, Tuning, apply_tuning, write_repository
 from client import RecommenderClient
-from conftest import train_and_export
+from conftest import shared_run, small_rater_config, train_and_export
 from serving.metrics import FALLBACK, LIST_LENGTH, ROWS
 from serving.ranking import top_k_unrated
 from server.launcher import TritonServer
@@ -36,8 +36,7 @@ def ab(u1, tmp_path_factory):
     """(server, repo, previous run, newest run): a server of version 1 of the rater (a small SAE),
     then version 2 (another SAE) built into its repository with keep_previous and reloaded."""
     root = tmp_path_factory.mktemp("side-by-side")
-    old, _ = train_and_export(u1, root / "old", TrainConfig(model="sae", hidden=[16, 8], epochs=2, batch_size=64,
-                                                           device="cpu"))
+    old, _ = shared_run(u1, small_rater_config())
     new, _ = train_and_export(u1, root / "new", TrainConfig(model="sae", hidden=[24, 12], epochs=2, batch_size=64,
                                                            device="cpu", seed=7))
     repo = root / "repo"

@@ -18,7 +18,7 @@ from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.repository import Tuning, apply_tuning, write_repository
 from client import RecommenderClient, RequestError
-from conftest import TESTS_COLD_START, train_and_export
+from conftest import TESTS_COLD_START, shared_run, train_and_export
 from perf import analyzer, inputs
 from server.launcher import TritonServer
 
@@ -49,8 +49,9 @@ def servers(u1, tmp_path_factory):
     root = tmp_path_factory.mktemp("string-ids")
     out = {}
     with _Both() as both:
-        for kind, ds in (("int", u1), ("str", string_twin(u1))):
-            run, _ = train_and_export(ds, root / kind / "run", TrainConfig(model="ease", device="cpu"))
+        config = TrainConfig(model="ease", device="cpu")
+        for kind, ds in (("int", u1), ("str", string_twin(u1))):   # the int run: the session's shared one
+            run, _ = shared_run(ds, config) if kind == "int" else train_and_export(ds, root / kind / "run", config)
             write_repository(run, root / kind / "repo", ["onnx"], cold_start=TESTS_COLD_START)
             out[kind] = both.start(TritonServer(root / kind / "repo", build_dir=root / "build"))
         yield out
