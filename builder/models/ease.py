@@ -62,8 +62,9 @@ def check_ease_memory(n_items: int, max_gb: float) -> None:
                          "the float64 Gram matrix and its inverse, "
                          f"LAPACK's working copies and the {ease_bytes(n_items) / GB:.2f} GB float32 matrix "
                          f"served), above ease_max_gb={max_gb:g} GB, which fits at most "
-                         f"{ease_max_items(max_gb):,} items; train ELSA instead (--preset elsa: EASE's item-item "
-                         f"autoencoder with a low-rank B, memory linear in the number of items) or raise "
+                         f"{ease_max_items(max_gb):,} items; train ease-lowrank instead (--preset ease-lowrank: "
+                         "EASE's closed form on a rank-r SVD of the ratings, memory linear in the number of "
+                         f"items; or --preset elsa) or raise "
                          f"ease_max_gb to {math.ceil(need / GB * 10) / 10:g}")
 
 

@@ -53,7 +53,8 @@ def test_refusal_names_the_peak_and_the_catalogue_that_fits():
     assert f"fits at most {fits:,} items" in message and "36 bytes per item^2 + 32 MB" in message
     assert f"peaks at {ease_fit_bytes(fits + 1) / 1e9:.2f} GB" in message
     with pytest.raises(ValueError, match=r"17,770 x 17,770 .* peaks at 11\.40 GB .*ease_max_gb=4 GB"
-                                         r".*at most 10,498 items.*--preset elsa.*raise ease_max_gb to 11\.4"):
+                                         r".*at most 10,498 items.*train ease-lowrank.*--preset ease-lowrank"
+                                         r".*--preset elsa.*raise ease_max_gb to 11\.4"):
         check_ease_memory(17770, 4.0)
 
 
