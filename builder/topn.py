@@ -383,6 +383,7 @@ def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: 
         # the served model is the same formula on every training rating.
         selected = fit_closed_form(config, visible).to(device)
         val = validation_metrics(selected, visible, hidden, config, device)
+        del selected  # its weights are freed before the refit allocates the same again
         model, history = fit_closed_form(config, train_ui).to(device), []
         best = {"epoch": 0, "seconds": time.perf_counter() - start}
     else:
