@@ -14,6 +14,7 @@ from builder.export import export_onnx_fp32
 from builder.models import TOP_N, build_model
 from builder.models.ease import EASE, fit_ease, input_weights
 from builder.models.ease_lowrank import EASELowRank, lowrank_ease_factors, randomized_svd
+from builder.presets import preset
 from serving.sparse_input import with_sparse_first_product
 from tests.builder.test_elsa import block_matrix
 
@@ -119,3 +120,9 @@ def test_a_200k_item_fit_holds_n_times_r_weights():
     sizes = {name: b.numel() for name, b in model.state_dict().items()}
     assert sizes == {"V": n * r, "d": r, "inv_c": n, "self_weight": n}
     assert np.isfinite(model.V.numpy()).all() and (model.inv_c.numpy() >= 1.0).all()
+
+
+def test_preset_is_a_closed_form_top_n_recipe():
+    config = TrainConfig(device="cpu").updated(**preset("ease-lowrank"))
+    assert config.model == "ease-lowrank" and config.svd_rank in (64, 128, 256, 512) and config.ease_lambda > 0
+    assert config.model in topn.CLOSED_FORM
