@@ -18,7 +18,7 @@ a user's row x as
 That is exactly x B with b_jj = 0 (item j's own term x_j cancels), at cost nnz(x) r + n_items r
 per user. With rank r >= rank(X) the approximation is exact and the scores are dense EASE's
 (tests/builder/test_ease_lowrank.py). The low-rank closed forms of linear autoencoders are
-studied by Jin, Li, Zhang, Zhang, Zhai and Xu (KDD 2021, "Towards a Better Understanding of
+studied by Jin, Li, Gao, Liu, Chen and Zhou (KDD 2021, "Towards a Better Understanding of
 Linear Models for Recommendation"); here the low rank only approximates the Gram matrix and
 EASE's zero-diagonal constraint is kept exact.
 

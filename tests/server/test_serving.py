@@ -271,6 +271,25 @@ def test_elsa_serves_as_offline(served, elsa_run, u1, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def ease_lowrank_run(u1, tmp_path_factory):
+    """The ease-lowrank preset's ranker (EASE's closed form on a rank-r SVD: a MatMul and a Gemm
+    against one [n_items, r] matrix, scaled per item)."""
+    run, _ = train_and_export(u1, tmp_path_factory.mktemp("ease-lowrank") / "ranker",
+                              TrainConfig(device="cpu").updated(**preset("ease-lowrank")))
+    return run
+
+
+def test_ease_lowrank_serves_as_offline(served, ease_lowrank_run, u1, tmp_path):
+    """Low-rank EASE as the ranker, beside the rater: served lists and scores equal the exported
+    graph's offline, in both pipelines (the fused one reads only the history's rows of V for a
+    lone user: serving/sparse_input.py recognises its first product)."""
+    write_repository(ease_lowrank_run, tmp_path / "repo", ["onnx"], served.tuning, rating_run=served.rater)
+    with TritonServer(tmp_path / "repo", build_dir=served.server.build_dir, log=tmp_path / "server.log") as server:
+        for protocol in ("grpc", "http"):
+            _assert_served_equals_offline(server, u1, protocol, ease_lowrank_run, served.rater, n_users=50)
+
+
+@pytest.fixture(scope="module")
 def recvae_run(u1, tmp_path_factory):
     """A RecVAE ranker (the preset's recipe, narrower and two epochs: the served graph is under
     test here, not its accuracy)."""
