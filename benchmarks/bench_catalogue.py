@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 MODELS = ("ease-lowrank", "elsa", "ease")
 
@@ -112,14 +113,20 @@ def validation_split_holdout(matrix, config):
 
 
 def run_case(model: str, n_items: int, n_users: int, n_events: int, rank: int, lr: float, epochs: int,
-             requests: int, lam: float = 500.0, ease_max_gb: float = 8.0, triton: bool = False) -> dict:
-    """One (model, catalogue) case in this process; see the module docstring."""
+             requests: int, lam: float = 500.0, ease_max_gb: float = 8.0, triton: bool = False,
+             val_users: int = 0) -> dict:
+    """One (model, catalogue) case in this process; see the module docstring. The closed forms
+    (EASE, ease-lowrank) are fitted once, on the visible part of the validation split: that fit is
+    validated, exported and served (train_top_n would fit them a second time on every event).
+    `val_users` > 0: validation scores that many users, a sample drawn with seed 0 (the same for
+    every model of a catalogue size), else all."""
     import torch
 
     from builder.config import TrainConfig
     from builder.data.synthetic import synthetic_csr_rows
     from builder.export import export_onnx_fp32
-    from builder.topn import train_top_n, validation_split_top_n
+    from builder.models.ease import check_ease_memory
+    from builder.topn import CLOSED_FORM, fit_closed_form, train_top_n, validation_metrics, validation_split_top_n
     torch.set_num_threads(2)
     matrix = synthetic_csr_rows(n_users, n_items, n_events, seed=0)
     own = {"elsa": {"elsa_rank": rank, "lr": lr}, "ease-lowrank": {"svd_rank": rank, "ease_lambda": lam},
@@ -129,14 +136,30 @@ def run_case(model: str, n_items: int, n_users: int, n_events: int, rank: int, l
         refit=False, **own)
     before = current_rss_mb()
     start = time.perf_counter()
-    trained, metrics, history = train_top_n(config, matrix, "cpu", progress=False)
+    if model in CLOSED_FORM:
+        if model == "ease":  # refuse before any work
+            check_ease_memory(n_items, ease_max_gb)
+        visible, hidden = validation_split_top_n(matrix, config)
+        if val_users:
+            users = np.flatnonzero(np.diff(hidden.indptr) > 0)
+            keep = np.zeros(n_users)
+            keep[np.random.default_rng(0).choice(users, min(val_users, len(users)), replace=False)] = 1.0
+            hidden = sp.csr_matrix(sp.diags(keep) @ hidden)
+            hidden.eliminate_zeros()
+        trained = fit_closed_form(config, visible)
+        fit_seconds = time.perf_counter() - start
+        metrics = {f"val_{k}": v for k, v in validation_metrics(trained, visible, hidden, config, "cpu").items()}
+        metrics.update(epochs_run=0, best_epoch=0, fit_s=round(fit_seconds, 1))
+    else:
+        trained, metrics, history = train_top_n(config, matrix, "cpu", progress=False)
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
     weights = sum(t.numel() for t in [*trained.parameters(), *trained.buffers()])
     out = {"model": model, "items": n_items, "users": n_users, "events": int(matrix.nnz),
            "rank": rank if model != "ease" else None, "lr": lr if model == "elsa" else None,
            "lambda": lam if model != "elsa" else None,
-           "train_s": round(seconds, 1), "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
+           "train_s": round(seconds, 1), "fit_s": metrics.get("fit_s"), "val_users": val_users or None,
+           "epochs_run": metrics["epochs_run"], "best_epoch": metrics["best_epoch"],
            "val_recall@10": round(metrics["val_recall@10"], 4), "val_ndcg@100": round(metrics["val_ndcg@100"], 4),
            "rss_before_train_mb": round(before, 0), "peak_rss_mb": round(peak, 0),
            "train_rss_growth_mb": round(peak - before, 0), "weights_mb": round(4 * weights / 2**20, 1)}
@@ -158,6 +181,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     ap.add_argument("--lam", type=float, default=500.0, help="EASE's and ease-lowrank's lambda")
     ap.add_argument("--ease-max-gb", type=float, default=8.0, help="EASE refuses a fit peaking above this")
+    ap.add_argument("--val-users", type=int, default=0, help="closed forms: validate on a sample of this many "
+                    "users (0: all)")
     ap.add_argument("--triton", action="store_true", help="also serve each case through the embedded Triton")
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--events-per-user", type=float, default=40.0)
@@ -170,7 +195,8 @@ def main() -> None:
     if args.case:
         model, n = args.case.split(":")
         print(json.dumps(run_case(model, int(n), args.users, int(args.users * args.events_per_user), args.rank,
-                                  args.lr, args.epochs, args.requests, args.lam, args.ease_max_gb, args.triton)),
+                                  args.lr, args.epochs, args.requests, args.lam, args.ease_max_gb, args.triton,
+                                  args.val_users)),
               flush=True)
         return
     for n in (int(v) for v in args.items.split(",")):
