@@ -50,7 +50,7 @@ class TrainConfig:
     (Kuchaiev & Ginsburg 2017, "Training Deep AutoEncoders for Collaborative Filtering");
     builder/presets.py holds the tuned recipes."""
     model: str = "deeprec"            # autorec-i | autorec-u | deeprec | sae | glocal-k;
-                                      # top-N: popularity | ease | mult-dae | mult-vae | elsa | recvae
+                                      # top-N: popularity | ease | ease-lowrank | mult-dae | mult-vae | elsa | recvae
     data: str = "ml-100k"
     split: str = "u1"
     seed: int = 0
@@ -72,7 +72,7 @@ class TrainConfig:
     # top-N models (implicit feedback)
     implicit_threshold: float = 0.0   # a rating >= this is a positive; 0: any rating is
     ease_lambda: float = 500.0        # ease: L2 weight lambda of the closed form
-    ease_max_gb: float = 12.0         # ease: refuse a fit peaking above this (36 * items^2 bytes + 32 MB: 18,233 items)
+    ease_max_gb: float = 12.0         # ease: refuse a fit peaking above this (22 * items^2 bytes + 48 MB: 23,308 items)
     ease_input: str = "binary"        # ease: "binary" (a rating >= implicit_threshold is a 1) | "values" (it
                                       # weighs its rating value), in the fit and in the served input alike
     edlae_dropout: float = 0.0        # ease: EDLAE's input dropout p (Steck 2020): the L2 weight becomes
@@ -80,6 +80,8 @@ class TrainConfig:
     rdlae_xi: float = 0.0             # ease: RDLAE (Moon et al. 2023): diag(B) <= xi instead of = 0; 0: EASE/EDLAE
     popularity_gamma: float = 0.0     # ease: divide B's column j by (users with a positive on j)^gamma; 0: none
     elsa_rank: int = 64               # elsa: rank r of the item factors A [n_items, r]; B = A A^T - I
+    svd_rank: int = 64                # ease-lowrank: rank r of the randomized SVD X ~ U S V^T (V [n_items, r])
+    svd_power_iters: int = 2          # ease-lowrank: power iterations of the randomized SVD (Halko et al. 2011)
     anneal_cap: float = 0.2           # mult-vae: the KL weight beta grows linearly to this cap
     total_anneal_steps: int = 2000    # mult-vae: update steps for beta to go from 0 to 1 (before the cap)
     recvae_gamma: float = 0.005       # recvae: each user's KL weight is gamma * (their number of positives)

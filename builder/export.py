@@ -54,6 +54,9 @@ class ExportConfig:
     # Also build Triton TensorRT plans (builder.tensorrt_plans.build_plans) where full TensorRT and a
     # GPU exist, and compare them with PyTorch too; elsewhere the report says why not.
     tensorrt_plans: bool = False
+    # Compare on at most this many test users (a sample drawn with `seed`); 0: all. Every compared
+    # user is a dense [n_inputs] row: at a million items 4 MB each, so all test users may not fit.
+    max_test_rows: int = 0
 
 
 def export_onnx_fp32(model: torch.nn.Module, n_inputs: int, path: Path, opset: int = OPSET) -> None:
@@ -261,6 +264,8 @@ def export_run(run_dir: Path, config: ExportConfig | None = None, bench_seconds:
     dataset = load_run_dataset(run_dir)
     inputs, targets = orient(dataset.train, train_cfg), orient(dataset.test, train_cfg)
     rows = np.flatnonzero(np.diff(targets.indptr) > 0)  # test users (or items), real vectors
+    if 0 < config.max_test_rows < len(rows):
+        rows = np.sort(np.random.default_rng(config.seed).choice(rows, config.max_test_rows, replace=False))
     x = inputs[rows].toarray().astype(np.float32)
     rated = x != 0
     n_inputs = inputs.shape[1]

@@ -48,9 +48,9 @@ def for_feedback(config: TrainConfig, implicit: bool) -> TrainConfig:
         return config
     if config.model not in TOP_N:
         raise ValueError(f"{config.model} predicts ratings, and this data is an interaction log without ratings "
-                         "(implicit feedback). Train a top-N model on it: --preset ease, --preset elsa, "
-                         "--preset mult-vae, --preset mult-dae, --preset recvae or --preset popularity; or, if "
-                         "the file has ratings, name their column: ?rating=COL")
+                         "(implicit feedback). Train a top-N model on it: --preset ease, --preset ease-lowrank, "
+                         "--preset elsa, --preset mult-vae, --preset mult-dae, --preset recvae or --preset popularity; "
+                         "or, if the file has ratings, name their column: ?rating=COL")
     if config.implicit_threshold or config.relevant_threshold:
         log.warning("implicit feedback: every event is a positive; implicit_threshold=%g and relevant_threshold=%g "
                     "(for ratings) are not applied", config.implicit_threshold, config.relevant_threshold)
@@ -149,8 +149,12 @@ def ease_options(config: TrainConfig) -> dict:
     return {"dropout": config.edlae_dropout, "popularity_gamma": config.popularity_gamma, "xi": config.rdlae_xi}
 
 
+# The families fitted in closed form (fit_closed_form), not by gradient steps.
+CLOSED_FORM = ("popularity", "ease", "ease-lowrank")
+
+
 def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Module:
-    """Popularity's counts or EASE's B from `matrix` (users x items, raw ratings)."""
+    """Popularity's counts, EASE's B or low-rank EASE's factors from `matrix` (users x items, raw ratings)."""
     if config.model == "ease":
         check_ease_memory(matrix.shape[1], config.ease_max_gb)
         w = distributed.world()
@@ -162,6 +166,9 @@ def fit_closed_form(config: TrainConfig, matrix: sp.csr_matrix) -> torch.nn.Modu
         return make_top_n_model(config, matrix.shape[1]).fit(matrix, config.ease_lambda, **ease_options(config)).eval()
     if config.model == "popularity":
         return make_top_n_model(config, matrix.shape[1]).fit(matrix).eval()
+    if config.model == "ease-lowrank":
+        return make_top_n_model(config, matrix.shape[1]).fit(matrix, config.ease_lambda, config.svd_power_iters,
+                                                             config.seed).eval()
     raise ValueError(f"{config.model!r} has no closed form; it is trained by fit_multinomial")
 
 
@@ -371,11 +378,12 @@ def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: 
         check_ease_memory(train_ui.shape[1], config.ease_max_gb)
     check_trainable(config, train_ui)
     visible, hidden = validation_split_top_n(train_ui, config)
-    if config.model in ("popularity", "ease"):
+    if config.model in CLOSED_FORM:
         # A closed form has nothing to stop early: validation scores the fit on the visible part;
         # the served model is the same formula on every training rating.
         selected = fit_closed_form(config, visible).to(device)
         val = validation_metrics(selected, visible, hidden, config, device)
+        del selected  # its weights are freed before the refit allocates the same again
         model, history = fit_closed_form(config, train_ui).to(device), []
         best = {"epoch": 0, "seconds": time.perf_counter() - start}
     else:

@@ -17,12 +17,15 @@ def export(
     samples: int = typer.Option(256, help="training-user vectors used to calibrate int8"),
     tensorrt: bool = typer.Option(False, help="also build TensorRT plans for Triton (needs full TensorRT and a "
                                   "GPU; elsewhere says why and parse/build-checks each graph with what imports)"),
+    max_test_rows: int = typer.Option(0, help="compare on a seeded sample of at most this many test users "
+                                      "(0: all; each is a dense row: sample for catalogues of a million items)"),
 ):
     """Export RUN_DIR to ONNX variants under RUN_DIR/export/ with a precision report."""
     from builder.export import ExportConfig, ExportError, export_run
 
     config = ExportConfig(precisions=[p.strip() for p in precision.split(",") if p.strip()],
-                          calibration_method=calibration, calibration_samples=samples, tensorrt_plans=tensorrt)
+                          calibration_method=calibration, calibration_samples=samples, tensorrt_plans=tensorrt,
+                          max_test_rows=max_test_rows)
     try:
         out = export_run(run_dir, config)
     except (ExportError, ValueError, FileNotFoundError) as e:

@@ -16,8 +16,8 @@ from cli.common import fail, print_metrics
 def train(
     out: Path = typer.Option(..., "--out", help="run folder to write"),
     preset: Optional[str] = typer.Option(None, help="a named recipe (see `aerec presets`)"),
-    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae | glocal-k; "
-                                        "top-N: popularity | ease | mult-dae | mult-vae | elsa | recvae"),
+    model: Optional[str] = typer.Option(None, help="autorec-i | autorec-u | deeprec | sae | glocal-k; top-N: "
+                                        "popularity | ease | ease-lowrank | mult-dae | mult-vae | elsa | recvae"),
     data: Optional[str] = typer.Option(None, help="ml-100k; a ratings file (u.data, ratings.dat, ratings.csv, "
                                        "Netflix combined_data_*.txt); a folder (Netflix training_set/); a quoted "
                                        "glob ('training_set/mv_*.txt'); your own data: csv:PATH, tsv:PATH, "

@@ -36,6 +36,9 @@ GRIDS = {
     # ELSA (builder/models/elsa.py): rank x Adam's learning rate, liked ratings as EASE's pick.
     "elsa": ({"model": "elsa", "implicit_threshold": 4.0, "batch_size": 128, "epochs": 100, "patience": 10},
              {"elsa_rank": [64, 128, 256], "lr": [1e-3, 1e-2, 1e-1]}),
+    # Low-rank EASE (builder/models/ease_lowrank.py): rank x lambda, liked ratings as EASE's pick.
+    "ease-lowrank": ({"model": "ease-lowrank", "implicit_threshold": 4.0, "svd_power_iters": 2},
+                     {"svd_rank": [64, 128, 256, 512], "ease_lambda": [50.0, 100.0, 200.0, 300.0, 500.0, 1000.0]}),
     "recvae": ({"model": "recvae", "hidden": [600, 200], "input_dropout": 0.5, "lr": 5e-4, "recvae_encoder_epochs": 3,
                 "implicit_threshold": 4.0, "batch_size": 500, "epochs": 200, "patience": 20},
                {"recvae_gamma": [0.005, 0.01, 0.02]}),

@@ -4,6 +4,7 @@ from builder.config import TrainConfig
 from builder.models.autorec import AutoRec
 from builder.models.deeprec import DeepAutoencoder
 from builder.models.ease import EASE
+from builder.models.ease_lowrank import EASELowRank
 from builder.models.elsa import ELSA
 from builder.models.glocal import GlocalK
 from builder.models.mult_dae import MultDAE
@@ -33,6 +34,6 @@ def build_model(name: str, n_inputs: int, *, n_rows=None, **options):
     return spec.build(TrainConfig(model=name, **options), n_inputs, n_rows)
 
 
-__all__ = ["AutoRec", "DeepAutoencoder", "EASE", "ELSA", "GlocalK", "MultDAE", "MultVAE", "Popularity", "RecVAE",
-           "StackedAutoencoder", "MODELS", "ITEM_BASED", "FULL_MATRIX", "ROW_MODELS", "TOP_N", "REGISTRY",
+__all__ = ["AutoRec", "DeepAutoencoder", "EASE", "EASELowRank", "ELSA", "GlocalK", "MultDAE", "MultVAE", "Popularity",
+           "RecVAE", "StackedAutoencoder", "MODELS", "ITEM_BASED", "FULL_MATRIX", "ROW_MODELS", "TOP_N", "REGISTRY",
            "ModelSpec", "build_model", "model_spec", "validate"]

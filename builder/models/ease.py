@@ -27,13 +27,15 @@ from builder.models.implicit import binarise
 GB = 1e9
 
 
-# What fitting EASE holds at its peak, per item^2: inside np.linalg.inv, the float64 Gram matrix
-# G (8), LAPACK's float64 copies of G and of the identity it solves against (16) and the float64
-# inverse P (8), beside the float32 buffer B (4); plus about 17 MB whatever the size (LAPACK's
-# workspace, the sparse matrices). Measured peak RSS growth of a fit: 34.3 bytes per item^2 + 17 MB
-# between 2,000 and 6,000 items (docs/reliability.md); 4 bytes (B alone) was the old budget.
-FIT_BYTES_PER_ITEM2 = 36
-FIT_OVERHEAD_BYTES = 32 * 10**6
+# What fitting EASE holds at its peak, per item^2: the float64 Gram matrix G (8), inverted in its
+# own memory (inverse_in_place: Cholesky, no n x n copy), the float32 B it is cast to (4) and the
+# model's float32 buffer B (4), plus allocator slack; about 40 MB whatever the size. Measured peak
+# RSS growth of a fit: 20.3 bytes per item^2 + 39 MB between 2,000 and 6,000 items (118, 221 and
+# 770 MB at 2,000, 3,000 and 6,000: tests/builder/test_ease_memory.py's PEAK script). With
+# np.linalg.inv (LAPACK's copies of G and of the identity, and a separate inverse) it was 34.3
+# bytes per item^2 + 17 MB (docs/reliability.md).
+FIT_BYTES_PER_ITEM2 = 22
+FIT_OVERHEAD_BYTES = 48 * 10**6
 
 
 def ease_bytes(n_items: int) -> int:
@@ -59,11 +61,12 @@ def check_ease_memory(n_items: int, max_gb: float) -> None:
     if need > max_gb * GB:
         raise ValueError(f"EASE's {n_items:,} x {n_items:,} item-item fit peaks at {need / GB:.2f} GB "
                          f"({FIT_BYTES_PER_ITEM2} bytes per item^2 + {FIT_OVERHEAD_BYTES // 10**6} MB: "
-                         "the float64 Gram matrix and its inverse, "
-                         f"LAPACK's working copies and the {ease_bytes(n_items) / GB:.2f} GB float32 matrix "
+                         "the float64 Gram matrix inverted in place "
+                         f"and the {ease_bytes(n_items) / GB:.2f} GB float32 matrix "
                          f"served), above ease_max_gb={max_gb:g} GB, which fits at most "
-                         f"{ease_max_items(max_gb):,} items; train ELSA instead (--preset elsa: EASE's item-item "
-                         f"autoencoder with a low-rank B, memory linear in the number of items) or raise "
+                         f"{ease_max_items(max_gb):,} items; train ease-lowrank instead (--preset ease-lowrank: "
+                         "EASE's closed form on a rank-r SVD of the ratings, memory linear in the number of "
+                         f"items; or --preset elsa) or raise "
                          f"ease_max_gb to {math.ceil(need / GB * 10) / 10:g}")
 
 
@@ -113,16 +116,46 @@ def ease_from_gram(G: np.ndarray, lam: float, dropout: float = 0.0, xi: float = 
         raise ValueError(f"RDLAE xi must be in [0, 1), got {xi}")
     penalty = edlae_penalty(G, lam, dropout)
     G[np.diag_indices_from(G)] = np.diag(G) + penalty
-    P = np.linalg.inv(G)
+    P = inverse_in_place(G)
+    d = np.diag(P).copy()
     if xi == 0.0:
-        B = P / -np.diag(P)  # column j divided by -P_jj
-        B[np.diag_indices_from(B)] = 0.0
-        return B.astype(np.float32)
-    d = np.diag(P)
+        P /= -d  # column j divided by -P_jj
+        P[np.diag_indices_from(P)] = 0.0
+        return P.astype(np.float32)
     mu = np.where(1.0 - d * penalty > xi, (1.0 - xi) / d, penalty)
-    B = P * -mu  # column j times -mu_j
-    B[np.diag_indices_from(B)] += 1.0
-    return B.astype(np.float32)
+    P *= -mu  # column j times -mu_j
+    P[np.diag_indices_from(P)] += 1.0
+    return P.astype(np.float32)
+
+
+# Rows per block when inverse_in_place mirrors one triangle onto the other.
+_MIRROR_ROWS = 1024
+
+
+def inverse_in_place(G: np.ndarray) -> np.ndarray:
+    """The inverse of the symmetric positive definite float64 G [n, n] (C-ordered), computed in
+    G's own memory by LAPACK's Cholesky factorisation and inversion (dpotrf, dpotri) and
+    returned (G itself): no n x n copy beside it. Raises np.linalg.LinAlgError when G is not
+    positive definite."""
+    from scipy.linalg import lapack
+
+    F = G.T  # the same memory in Fortran order, which LAPACK overwrites without a copy
+    factor, info = lapack.dpotrf(F, lower=0, clean=0, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the regularised Gram matrix is not positive definite (dpotrf info {info})")
+    inverse, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the regularised Gram matrix is singular (dpotri info {info})")
+    if not np.shares_memory(inverse, G):  # LAPACK copied after all: take its result
+        G[...] = inverse.T
+    # F's upper triangle holds the inverse: G's lower one. Mirror it above the diagonal in blocks.
+    n = G.shape[0]
+    for start in range(0, n, _MIRROR_ROWS):
+        stop = min(n, start + _MIRROR_ROWS)
+        block = G[start:stop, start:stop]
+        block[...] = np.tril(block) + np.tril(block, -1).T
+        G[start:stop, stop:] = G[stop:, start:stop].T
+    return G
 
 
 def popularity_scale(counts: np.ndarray, gamma: float) -> np.ndarray:

@@ -13,6 +13,7 @@ from builder.config import TrainConfig
 from builder.models.autorec import AutoRec
 from builder.models.deeprec import DeepAutoencoder
 from builder.models.ease import EASE
+from builder.models.ease_lowrank import EASELowRank
 from builder.models.elsa import ELSA
 from builder.models.glocal import GlocalK
 from builder.models.mult_dae import MultDAE
@@ -93,6 +94,11 @@ def _ease(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torc
                 ease_input=config.ease_input)
 
 
+def _ease_lowrank(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
+    return EASELowRank(n_inputs, rank=config.svd_rank, threshold=config.implicit_threshold,
+                       ease_input=config.ease_input)
+
+
 def _elsa(config: TrainConfig, n_inputs: int, n_rows: int | None = None) -> torch.nn.Module:
     return ELSA(n_inputs, rank=config.elsa_rank, threshold=config.implicit_threshold)
 
@@ -130,6 +136,10 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
                                                    "rdlae_xi", "popularity_gamma"), _ease),
     # Vancura et al. 2022: B = A A^T - I, A items x rank: memory linear in the catalogue.
     ModelSpec("elsa", "top-n", "user", _TOP_N + ("elsa_rank",), _elsa),
+    # Steck 2019 with X ~ U S V^T at rank r (Halko et al. 2011): EASE's closed form by Woodbury,
+    # memory n_items x r.
+    ModelSpec("ease-lowrank", "top-n", "user", _TOP_N + ("ease_lambda", "ease_input", "svd_rank", "svd_power_iters"),
+              _ease_lowrank),
     ModelSpec("mult-dae", "top-n", "user", _TOP_N + ("hidden", "input_dropout"), _mult_dae),
     ModelSpec("mult-vae", "top-n", "user", _TOP_N + ("hidden", "input_dropout", "anneal_cap", "total_anneal_steps"),
               _mult_vae),

@@ -50,14 +50,15 @@ def test_refusal_names_the_peak_and_the_catalogue_that_fits():
     with pytest.raises(ValueError) as refused:
         check_ease_memory(fits + 1, 4.0)  # ... and one more item is not
     message = str(refused.value)
-    assert f"fits at most {fits:,} items" in message and "36 bytes per item^2 + 32 MB" in message
+    assert f"fits at most {fits:,} items" in message and "22 bytes per item^2 + 48 MB" in message
     assert f"peaks at {ease_fit_bytes(fits + 1) / 1e9:.2f} GB" in message
-    with pytest.raises(ValueError, match=r"17,770 x 17,770 .* peaks at 11\.40 GB .*ease_max_gb=4 GB"
-                                         r".*at most 10,498 items.*--preset elsa.*raise ease_max_gb to 11\.4"):
+    with pytest.raises(ValueError, match=r"17,770 x 17,770 .* peaks at 7\.00 GB .*ease_max_gb=4 GB"
+                                         r".*at most 13,402 items.*train ease-lowrank.*--preset ease-lowrank"
+                                         r".*--preset elsa.*raise ease_max_gb to 7\b"):
         check_ease_memory(17770, 4.0)
 
 
 def test_training_refuses_before_any_work(u1):
     config = TrainConfig(device="cpu").updated(**{**preset("ease"), "ease_max_gb": 0.05})
-    with pytest.raises(ValueError, match=r"1,682 x 1,682 .*0\.13 GB.*ease_max_gb=0\.05 GB.*707 items"):
+    with pytest.raises(ValueError, match=r"1,682 x 1,682 .*0\.11 GB.*ease_max_gb=0\.05 GB.*301 items"):
         train(config, u1, progress=False)

@@ -13,8 +13,8 @@ from builder.models.registry import owners
 from builder.presets import PRESETS, preset
 from builder.train import train
 
-FAMILIES = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "elsa", "mult-dae",
-            "mult-vae", "recvae")
+FAMILIES = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "elsa", "ease-lowrank",
+            "mult-dae", "mult-vae", "recvae")
 
 
 def test_every_family_is_registered_under_its_name():
@@ -23,11 +23,11 @@ def test_every_family_is_registered_under_its_name():
 
 
 def test_the_family_sets_are_the_registry_s():
-    assert TOP_N == {"popularity", "ease", "elsa", "mult-dae", "mult-vae", "recvae"}
+    assert TOP_N == {"popularity", "ease", "elsa", "ease-lowrank", "mult-dae", "mult-vae", "recvae"}
     assert ITEM_BASED == {"autorec-i", "glocal-k"}
     assert FULL_MATRIX == {"glocal-k"}
-    assert ROW_MODELS == ("autorec-i", "autorec-u", "deeprec", "sae", "popularity", "ease", "elsa", "mult-dae",
-                          "mult-vae", "recvae")
+    assert ROW_MODELS == ("autorec-i", "autorec-u", "deeprec", "sae", "popularity", "ease", "elsa", "ease-lowrank",
+                          "mult-dae", "mult-vae", "recvae")
 
 
 def test_family_fields_are_config_fields_and_common_ones_belong_to_none():
@@ -38,7 +38,8 @@ def test_family_fields_are_config_fields_and_common_ones_belong_to_none():
         assert owners(common) == (), common
     assert owners("dropout") == ("autorec-i", "autorec-u", "deeprec")
     assert owners("input_dropout") == ("deeprec", "mult-dae", "mult-vae", "recvae")
-    assert owners("ease_lambda") == ("ease",)
+    assert owners("ease_lambda") == ("ease", "ease-lowrank")
+    assert owners("svd_rank") == ("ease-lowrank",)
 
 
 def test_build_model_builds_each_family_from_its_spec():
@@ -54,7 +55,8 @@ def test_build_model_builds_each_family_from_its_spec():
 @pytest.mark.parametrize("changes, message", [
     ({"model": "ease", "dropout": 0.5}, r"dropout is not an option of ease \(it belongs to autorec-i, autorec-u, "
                                         r"deeprec\)"),
-    ({"model": "deeprec", "ease_lambda": 100.0}, r"ease_lambda is not an option of deeprec \(it belongs to ease\)"),
+    ({"model": "deeprec", "ease_lambda": 100.0},
+     r"ease_lambda is not an option of deeprec \(it belongs to ease, ease-lowrank\)"),
     ({"model": "autorec-u", "kernel_dim": 7}, r"kernel_dim is not an option of autorec-u \(it belongs to glocal-k\)"),
     ({"model": "mult-dae", "anneal_cap": 0.5}, r"anneal_cap is not an option of mult-dae \(it belongs to mult-vae\)"),
     ({"model": "popularity", "hidden": [8]}, r"hidden is not an option of popularity"),

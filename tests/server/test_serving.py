@@ -248,6 +248,10 @@ OTHER_RANKERS = {
     # RecVAE (dense encoder with layer norms, posterior mean, linear decoder), narrower and two
     # epochs: the served graph is under test here, not its accuracy.
     "recvae": {**preset("recvae"), "hidden": [64, 32], "epochs": 2},
+    # Low-rank EASE (EASE's closed form on a rank-r SVD: a MatMul and a Gemm against one
+    # [n_items, r] matrix, scaled per item): the fused pipeline reads only the history's rows of V
+    # for a lone user (serving/sparse_input.py recognises its first product).
+    "ease-lowrank": preset("ease-lowrank"),
 }
 
 
