@@ -126,18 +126,28 @@ def test_checkpoint_callback_resumes_to_the_same_result(u1, tmp_path):
         assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
-def test_select_then_refit_refits_for_the_chosen_epochs_only_when_asked():
-    calls = []
+def test_select_then_refit_refits_for_the_chosen_epochs_only_when_asked(u1):
+    """The driver with a real fit: without refit the selected model comes back; with it, the
+    model equals a fit on all rows for the chosen epochs; a finished selection is not redone."""
+    full = u1.train.tocsr()[:100]
+    part, val = full.copy(), full.copy()
+    part.data[::5] = 0
+    part.eliminate_zeros()
+    val = sp.csr_matrix(val - part)
+    config = TrainConfig().updated(model="autorec-u", hidden=[8], batch_size=25, epochs=4, patience=10,
+                                   device="cpu")
 
-    def fake_fit(part, val, max_epochs, selection):
-        calls.append((part, val, max_epochs, selection is not None))
-        return f"model-{part}", [{"epoch": 1}, {"epoch": 2}], {"epoch": 2}
-    model, selection = select_then_refit(fake_fit, "part", "val", "full", 9, refit_when=False)
-    assert model == "model-part" and selection.epochs == 2 and calls == [("part", "val", 9, False)]
-    calls.clear()
-    model, _ = select_then_refit(fake_fit, "part", "val", "full", 9, refit_when=lambda s: s.epochs > 1)
-    assert model == "model-full" and calls[-1] == ("full", None, 2, True)
-    calls.clear()
-    done = Selection(None, [], {"epoch": 5})
-    select_then_refit(fake_fit, None, None, "full", 9, selected=done)
-    assert calls == [("full", None, 5, True)]  # a finished selection is not redone
+    def real_fit(rows, val_rows, max_epochs, selection):
+        return fit(config, rows, val_rows, u1.scale, max_epochs, progress=False)
+
+    def same(a, b):
+        return all(torch.equal(a.state_dict()[k], t) for k, t in b.state_dict().items())
+    model, selection = select_then_refit(real_fit, part, val, full, config.epochs, refit_when=False)
+    assert model is selection.model and len(selection.history) == config.epochs
+    assert selection.epochs == 1 + int(np.argmin([r["val_rmse"] for r in selection.history]))
+    refitted, _ = select_then_refit(real_fit, part, val, full, config.epochs, refit_when=lambda s: s.epochs > 0)
+    assert same(refitted, fit(config, full, None, u1.scale, selection.epochs, progress=False)[0])
+    assert not same(refitted, model)
+    done = Selection(None, [], {"epoch": 2})
+    resumed, _ = select_then_refit(real_fit, None, None, full, config.epochs, selected=done)
+    assert same(resumed, fit(config, full, None, u1.scale, 2, progress=False)[0])
