@@ -23,6 +23,7 @@ from builder.config import TrainConfig
 from builder.data.dataset import Dataset
 from builder.data.sources import load_dataset
 from builder.data.splits import holdout_entries
+from builder.driver import refit, select
 from builder.metrics import mae, rmse
 from builder.models import ITEM_BASED, validate
 from builder.predict import orient, predict_entries
@@ -61,36 +62,45 @@ def member_predictions(model, config: TrainConfig, inputs_ui: sp.csr_matrix, tar
     return _user_item_order(p, targets_o, config)
 
 
+def _member_fit(config: TrainConfig, dataset: Dataset, progress: bool):
+    """builder.driver's fit for one member: builder.train.fit on the given part, early-stopping
+    on the validation part when there is one."""
+    def member_fit(part, val, max_epochs: int, selection):
+        return fit(config, part, val, dataset.scale, max_epochs, progress)
+    return member_fit
+
+
 def train_blend(members: list[TrainConfig], dataset: Dataset, val_fraction: float = 0.05, seed: int = 0,
                 progress: bool = True) -> BlendResult:
     """Train `members` on one shared validation slice (`val_fraction` of the training ratings), fit non-negative
     least-squares weights to their clipped validation predictions, retrain each on all training ratings for
     its chosen epochs and score the weighted blend on test once (stacking as in the Netflix Prize blends,
-    Toescher et al. 2009). Returns the members, weights and metrics (test RMSE/MAE in rating units)."""
+    Toescher et al. 2009). Each member goes through builder.driver's select and refit, with the
+    stacking between the two. Returns the members, weights and metrics (test RMSE/MAE in rating units)."""
     start = time.perf_counter()
     fit_ui, val_ui = holdout_entries(dataset.train.tocsr(), val_fraction, seed)
     val_truth = _entries(val_ui)
-    val_preds, best_epochs, results = [], [], []
+    val_preds, best_epochs, selections = [], [], []
     for config in members:
         device = pick_device(config.device)
-        model, history, best = fit(config, orient(fit_ui, config), orient(val_ui, config), dataset.scale,
-                                   config.epochs, progress)
-        val_preds.append(member_predictions(model, config, fit_ui, val_ui, device))
-        best_epochs.append(best["epoch"])
-        results.append((model, history, best))
+        selection = select(_member_fit(config, dataset, progress), orient(fit_ui, config), orient(val_ui, config),
+                           config.epochs)
+        val_preds.append(member_predictions(selection.model, config, fit_ui, val_ui, device))
+        best_epochs.append(selection.epochs)
+        selections.append(selection)
     stack = np.clip(np.stack(val_preds, axis=1), *dataset.scale)
     weights, _ = nnls(stack, val_truth)
     val_rmse = rmse(stack @ weights, val_truth, dataset.scale)
 
     test_truth = _entries(dataset.test)
     test_preds, out = [], []
-    for config, (_, history, best) in zip(members, results):
+    for config, selection in zip(members, selections):
         # All training ratings, the epoch count this member's validation chose.
-        model, _, _ = fit(config, orient(dataset.train, config), None, dataset.scale, best["epoch"], progress)
+        model = refit(_member_fit(config, dataset, progress), orient(dataset.train, config), selection)
         test_preds.append(member_predictions(model, config, dataset.train, dataset.test, pick_device(config.device)))
         metrics = ev.evaluate_model(model, dataset, config, pick_device(config.device))
-        metrics.update(best_epoch=best["epoch"], val_rmse=best["val_rmse"])
-        out.append(TrainResult(model, config, metrics, history))
+        metrics.update(best_epoch=selection.epochs, val_rmse=selection.best["val_rmse"])
+        out.append(TrainResult(model, config, metrics, selection.history))
     blended = np.clip(np.stack(test_preds, axis=1), *dataset.scale) @ weights
     metrics = {"test_rmse": rmse(blended, test_truth, dataset.scale),
                "test_mae": mae(blended, test_truth, dataset.scale),

@@ -13,9 +13,15 @@ import os
 import time
 from pathlib import Path
 
+import logging
+
 import torch
 
+from builder import distributed
 from builder.distributed import world
+from builder.loop import Start
+
+log = logging.getLogger(__name__)
 
 FILENAME = "checkpoint.pt"
 
@@ -46,7 +52,7 @@ class Checkpoint:
         skipped when the last write was less than `every_s` seconds ago.
 
         `ranks`: in a data-parallel job (written by rank 0 only), every rank's random states in
-        rank order, dicts of "torch_rng" and "gen" tensors (builder.train.rank_rng_state)."""
+        rank order, dicts of "torch_rng" and "gen" tensors (rank_rng_state)."""
         if time.monotonic() - self._last < self.every_s:
             return
         best = best or {}
@@ -120,3 +126,41 @@ def restore(raw: dict, model, optimizer=None, sched=None, rng=None, gen=None) ->
     best["val_rmse"] = best.get("val_rmse", float("inf"))
     best["state"] = raw["best_state"] or None
     return json.loads(raw["history"]), best
+
+
+def rank_rng_state(gen: torch.Generator) -> dict:
+    """This rank's torch random states (global CPU generator, the loop's generator)."""
+    return {"torch_rng": torch.get_rng_state(), "gen": gen.get_state()}
+
+
+class EpochCheckpoint:
+    """The epoch loop's checkpoint callback (builder.loop.run's `callbacks`) for one `phase` of
+    a run: after every epoch it saves the loop's whole state (the `model`, and where the loop has
+    them its `optimizer`, LR schedule `sched`, numpy `rng`, torch generator `gen`) with the
+    history and best so far to `ckpt` (Checkpoint.save: at most every `every_s`), with `carry`,
+    the caller's own bookkeeping. Data-parallel, every rank's random states go into rank 0's
+    file (a collective: every rank calls it) and rank 0 writes.
+
+    `start()` is the other half: the loop's builder.loop.Start from a checkpoint of this phase
+    (the objects above restored in place), or a fresh start."""
+
+    def __init__(self, ckpt: Checkpoint, phase: str, model, optimizer=None, sched=None, rng=None, gen=None,
+                 carry: dict | None = None):
+        self.ckpt, self.phase, self.carry = ckpt, phase, carry
+        self.model, self.optimizer, self.sched, self.rng, self.gen = model, optimizer, sched, rng, gen
+
+    def start(self) -> Start:
+        """The loop's start: resumed from a checkpoint of this phase, else fresh."""
+        raw = self.ckpt.resume_state(self.phase)
+        if raw is None:
+            return Start()
+        history, best = restore(raw, self.model, self.optimizer, self.sched, self.rng, self.gen)
+        log.info("resuming %s after epoch %d from %s", self.phase, raw["epoch"], self.ckpt.path)
+        return Start(history, best, raw["elapsed"])
+
+    def __call__(self, row: dict, history: list, best: dict) -> None:
+        w = world()
+        ranks = distributed.gather(rank_rng_state(self.gen)) if w.parallel and self.gen is not None else None
+        if w.main:
+            self.ckpt.save(self.phase, row["epoch"], self.model, self.optimizer, self.sched, self.rng, self.gen,
+                           history, best, row["seconds"], self.carry, ranks=ranks)

@@ -9,6 +9,7 @@ them every function here is the single-process identity: world size 1, rank 0.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -69,6 +70,17 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> World:
         torch.cuda.set_device(w.local_rank)
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return world()
+
+
+@contextlib.contextmanager
+def session(device: str = "auto"):
+    """The process group for one command, set up at its top: `with session(config.device) as w:`
+    joins the group torchrun described (setup; World() under no launcher) and, when the block
+    ends normally, leaves it (teardown). On an exception the group is left as it is: the other
+    ranks may still be inside a collective, and the process is about to exit."""
+    w = setup(device)
+    yield w
+    teardown()
 
 
 def teardown() -> None:

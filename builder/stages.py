@@ -3,6 +3,7 @@
 scoring is builder.blend's, which this module dispatches to."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from builder import distributed
@@ -13,6 +14,44 @@ from builder.data.sources import load_dataset
 from builder.evaluate import evaluate_model
 from builder.run_folder import load_run, load_run_dataset, save_run
 from builder.train import TrainResult, check_metrics, train
+
+
+# The `aerec train` options that are TrainConfig fields of the same name.
+TRAIN_OPTIONS = ("model", "data", "split", "seed", "epochs", "lr", "batch_size", "dropout", "l2", "device")
+
+
+def training_changes(preset: str | None = None, options: dict | None = None, hidden: str | None = None,
+                     sets: list[str] = ()) -> dict:
+    """The TrainConfig changes `aerec train`'s arguments ask for, in order of precedence: the
+    named `preset` (builder.presets), then `options` (TRAIN_OPTIONS names -> value; None: not
+    given), `hidden` ("512,512,1024": layer sizes) and `sets` ("KEY=JSON" each; a value that is
+    not JSON is taken as a string). Raises ValueError naming an unknown preset or option, or a
+    hidden size that is not an integer; values are checked by TrainConfig.updated."""
+    from builder.presets import preset as get_preset
+    changes = {}
+    if preset:
+        try:
+            changes.update(get_preset(preset))
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+    for key, val in (options or {}).items():
+        if key not in TRAIN_OPTIONS:
+            raise ValueError(f"unknown train option {key!r}; options: {', '.join(TRAIN_OPTIONS)}")
+        if val is not None:
+            changes[key] = val
+    if hidden:
+        try:
+            changes["hidden"] = [int(h) for h in hidden.split(",")]
+        except ValueError:
+            raise ValueError(f"--hidden takes layer sizes, comma separated (e.g. 512,512,1024), "
+                             f"not {hidden!r}") from None
+    for item in sets:
+        key, _, raw = item.partition("=")
+        try:
+            changes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            changes[key] = raw
+    return changes
 
 
 def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = False,
@@ -27,7 +66,8 @@ def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = Fa
 
     Under torchrun (see builder.distributed) every rank calls this: all join the process group
     and train together, every rank reads the checkpoint when resuming, only rank 0 writes the run
-    folder and the checkpoint; every rank returns the same metrics."""
+    folder and the checkpoint; every rank returns the same metrics. The process group is joined
+    here unless the caller did (`aerec train` joins it at its top: distributed.session)."""
     out = Path(out)
     checkpoint = out / CHECKPOINT
     if checkpoint.is_file() and not resume:

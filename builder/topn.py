@@ -19,12 +19,13 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
-from builder import distributed
+from builder import distributed, loop
 from builder.config import TrainConfig
 from builder.data.splits import holdout_share_per_user
+from builder.driver import select_then_refit
 from builder.evaluate import liked, ranking_metrics
+from builder.loop import EarlyStopping
 from builder.losses import composite_prior_log_density, kl_divergence, multinomial_nll, recvae_kl
 from builder.models import TOP_N, model_spec
 from builder.models.ease import check_ease_memory
@@ -181,7 +182,8 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
                     progress: bool = True):
     """Train Mult-DAE, Mult-VAE, RecVAE or ELSA (training_phases) on `matrix` rows (users x items,
     raw ratings) for up to max_epochs; with val = (visible, hidden) keep the epoch of the best
-    validation NDCG@100 and stop after `config.patience` epochs without a gain. Returns (model, history, best).
+    validation NDCG@100 and stop after `config.patience` epochs without a gain (builder.loop.run,
+    top_n_stopping). Returns (model, history, best).
 
     An epoch is the family's phases (training_phases): one pass updating every weight, or
     RecVAE's passes of encoder updates followed by one of decoder updates.
@@ -200,10 +202,10 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
     counts = np.bincount(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), weights=positives,
                          minlength=matrix.shape[0])
     rows = np.flatnonzero((np.diff(matrix.indptr) > 0) & (counts > 0))  # a user with no positive teaches nothing
-    history, best, step = [], {"epoch": 0, STOP_ON: -np.inf, "state": None}, 0
-    start = time.perf_counter()
-    bar = tqdm(range(1, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
-    for epoch in bar:
+    step = 0
+
+    def epoch(n: int, seconds) -> dict:
+        nonlocal step
         model.train()
         losses = []
         for phase in phases:
@@ -229,22 +231,23 @@ def fit_multinomial(config: TrainConfig, matrix: sp.csr_matrix, val: tuple | Non
                         losses.append(loss.item())
         if w.parallel:  # the global batches' losses: the ranks' shares summed
             losses = list(distributed.all_sum(losses))
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
+        row = {"epoch": n, "train_loss": float(np.mean(losses)), "seconds": seconds()}
         if config.model == "mult-vae":
             row["beta"] = beta_at(step, config)
-        if val is not None:
-            model.eval()
-            row.update({f"val_{k}": v for k, v in validation_metrics(model, *val, config, device).items()})
-            if row[f"val_{STOP_ON}"] > best[STOP_ON]:
-                best = {"epoch": epoch, STOP_ON: row[f"val_{STOP_ON}"], "seconds": row["seconds"],
-                        "row": row, "state": copy.deepcopy(model.state_dict())}
-            bar.set_postfix({STOP_ON: f"{row[f'val_{STOP_ON}']:.4f}", "best": best["epoch"]})
-        history.append(row)
-        if not np.isfinite(row["train_loss"]) or (val is not None and epoch - best["epoch"] >= config.patience):
-            break
-    if val is not None and best["state"] is not None:
-        model.load_state_dict(best["state"])
+        return row
+
+    def score() -> dict:
+        model.eval()
+        return {f"val_{k}": v for k, v in validation_metrics(model, *val, config, device).items()}
+    history, best = loop.run(epoch, max_epochs, top_n_stopping(config), model, score if val is not None else None,
+                             loss="train_loss", progress=progress, desc=config.model)
     return model.eval(), history, best
+
+
+def top_n_stopping(config: TrainConfig) -> EarlyStopping:
+    """The top-N models' early stopping: highest validation NDCG@100 (STOP_ON), `config.patience`;
+    the best epoch's row is kept (its validation figures are the run's)."""
+    return EarlyStopping(f"val_{STOP_ON}", "max", config.patience, name=STOP_ON, keep_row=True)
 
 
 class _ElsaStep(torch.nn.Module):
@@ -365,7 +368,9 @@ class _RecVaeStep(torch.nn.Module):
 
 
 def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: bool = True):
-    """Select on validation, then fit on all of `train_ui` (users x items, raw ratings).
+    """Select on validation, then fit on all of `train_ui` (users x items, raw ratings):
+    builder.driver.select_then_refit; a closed form is always refit, a trained family when
+    config.refit and validation chose an epoch.
 
     Returns (model, metrics, history); metrics hold val_recall@10, val_ndcg@100 (of the model
     fitted on the visible part), best_epoch, epochs_run, train_seconds, seconds_to_best.
@@ -378,20 +383,26 @@ def train_top_n(config: TrainConfig, train_ui: sp.csr_matrix, device, progress: 
         check_ease_memory(train_ui.shape[1], config.ease_max_gb)
     check_trainable(config, train_ui)
     visible, hidden = validation_split_top_n(train_ui, config)
-    if config.model in CLOSED_FORM:
+    closed = config.model in CLOSED_FORM
+
+    def fit(part, val, max_epochs: int, selection):
+        """builder.driver's fit: with `val` (visible, hidden) the selection, else the refit."""
+        if not closed:
+            return fit_multinomial(config, part, val, max_epochs, device, progress)
         # A closed form has nothing to stop early: validation scores the fit on the visible part;
         # the served model is the same formula on every training rating.
-        selected = fit_closed_form(config, visible).to(device)
-        val = validation_metrics(selected, visible, hidden, config, device)
-        del selected  # its weights are freed before the refit allocates the same again
-        model, history = fit_closed_form(config, train_ui).to(device), []
-        best = {"epoch": 0, "seconds": time.perf_counter() - start}
-    else:
-        model, history, best = fit_multinomial(config, visible, (visible, hidden), config.epochs, device, progress)
-        val = {k: best["row"][f"val_{k}"] for k in REPORTED} if best["state"] is not None else {}
-        if config.refit and best["epoch"]:
-            # Same recipe, all training ratings, for the epochs chosen on validation.
-            model, _, _ = fit_multinomial(config, train_ui, None, best["epoch"], device, progress)
+        model = fit_closed_form(config, part).to(device)
+        if val is None:
+            return model, [], {"epoch": 0}
+        scores = {f"val_{k}": v for k, v in validation_metrics(model, *val, config, device).items()}
+        # The selected fit is only scored (a closed form is always refitted): its weights are freed
+        # before the refit allocates the same again (a 20k-item EASE is 1.6 GB).
+        return None, [], {"epoch": 0, "seconds": time.perf_counter() - start, "row": scores}
+    # Same recipe, all training ratings, for the epochs chosen on validation (always for a closed form).
+    model, selection = select_then_refit(fit, visible, (visible, hidden), train_ui, config.epochs,
+                                         lambda sel: closed or bool(config.refit and sel.epochs))
+    history, best = selection.history, selection.best
+    val = {k: best["row"][f"val_{k}"] for k in REPORTED} if "row" in best else {}
     seconds = time.perf_counter() - start
     metrics = {**{f"val_{k}": v for k, v in val.items()}, "best_epoch": best["epoch"], "epochs_run": len(history),
                "train_seconds": round(seconds, 2), "seconds_to_best": round(best.get("seconds", seconds), 2)}

@@ -6,7 +6,6 @@ then (optionally) DeepRec's dense re-feeding step.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -17,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
 
 from builder import distributed
-from builder.checkpoint import Checkpoint, restore
+from builder import loop
+from builder.checkpoint import Checkpoint, EpochCheckpoint, rank_rng_state  # noqa: F401 (rank_rng_state: re-exported)
 from builder.config import TrainConfig
 from builder.data.dataset import Dataset
+from builder.driver import Selection, select_then_refit
 from builder.data.splits import holdout_entries, holdout_users
+from builder.loop import EarlyStopping, Start
 from builder.losses import contractive_penalty, corrupt, l2_penalty, masked_mse, sparsity_penalty
 from builder.models import ITEM_BASED, TOP_N, model_spec, validate
 from builder import evaluate as ev
@@ -180,28 +181,28 @@ def validation_rmse(model, matrix: sp.csr_matrix, val: sp.csr_matrix, scale, dev
     return float(np.sqrt(total / count))
 
 
-def _record(row: dict, model, matrix, val, scale, device, best: dict, history: list, bar, on_epoch) -> dict:
-    """Score the epoch on validation (keeping the best weights), log it; returns the best so far."""
-    if val is not None:
-        row["val_rmse"] = validation_rmse(model, matrix, val, scale, device)
-        if row["val_rmse"] < best["val_rmse"]:
-            best = {"epoch": row["epoch"], "val_rmse": row["val_rmse"], "seconds": row["seconds"],
-                    "state": copy.deepcopy(model.state_dict())}
-        bar.set_postfix(val_rmse=f"{row['val_rmse']:.4f}", best=best["epoch"])
-    history.append(row)
-    if on_epoch:
-        on_epoch(row)
-    return best
+def rating_stopping(config: TrainConfig) -> EarlyStopping:
+    """The rating families' early stopping: lowest validation RMSE, `config.patience`; for
+    GLocal-K's L-BFGS schedule patience counts only once fine-tuning has begun."""
+    return EarlyStopping("val_rmse", "min", config.patience,
+                         warmup=config.pretrain_epochs if config.optimizer == "lbfgs" else 0)
 
 
-def _resume(ckpt: Checkpoint | None, phase: str, model, **state) -> tuple[int, list, dict, float]:
-    """(first epoch, history, best, seconds already spent) from a checkpoint of this phase, or a fresh start."""
-    raw = ckpt.resume_state(phase) if ckpt else None
-    if raw is None:
-        return 1, [], {"epoch": 0, "val_rmse": float("inf"), "state": None}, 0.0
-    history, best = restore(raw, model, **state)
-    log.info("resuming %s after epoch %d from %s", phase, raw["epoch"], ckpt.path)
-    return raw["epoch"] + 1, history, best, raw["elapsed"]
+def _validation(model, matrix, val, scale, device):
+    """The loop's `score` for a rating model: validation RMSE at `val`'s entries (None without `val`)."""
+    if val is None:
+        return None
+    return lambda: {"val_rmse": validation_rmse(model, matrix, val, scale, device)}
+
+
+def _callbacks(on_epoch, ckpt: Checkpoint | None, phase: str, model, carry, **state) -> tuple[list, Start]:
+    """The loop's callbacks (on_epoch, then the checkpoint) and its start (resumed from `ckpt`'s
+    `phase` when there is one)."""
+    callbacks = [lambda row, history, best: on_epoch(row)] if on_epoch else []
+    if ckpt is None:
+        return callbacks, Start()
+    saver = EpochCheckpoint(ckpt, phase, model, carry=carry, **state)
+    return callbacks + [saver], saver.start()
 
 
 def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale, max_epochs: int,
@@ -210,8 +211,10 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     """Train on `matrix` rows; early-stop on `val` when given. Returns (model, history, best).
     `soft`: a teacher's dense predictions for every row of `matrix` (see train_step).
 
-    With `ckpt`, the loop's state is saved after every epoch and a checkpoint of the same
-    `phase` is resumed from (`carry` is stored alongside for the caller's own bookkeeping)."""
+    The epochs run in builder.loop.run (early stopping: rating_stopping). With `ckpt`, the
+    loop's state is saved after every epoch (builder.checkpoint.EpochCheckpoint) and a
+    checkpoint of the same `phase` is resumed from (`carry` is stored alongside for the
+    caller's own bookkeeping)."""
     w = distributed.world()
     if config.optimizer == "lbfgs":
         if w.parallel:
@@ -229,49 +232,18 @@ def fit(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, s
     optimizer = make_optimizer(config, model.parameters())
     sched = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_decay_epochs, config.lr_decay)
              if config.lr_decay_epochs else None)
-    first, history, best, spent = _resume(ckpt, phase, model, optimizer=optimizer, sched=sched, rng=rng, gen=gen)
-    if history and _stopped(history, best, config, val, max_epochs):
-        first = max_epochs + 1  # the checkpoint is of the epoch that ended this phase
-    bar = tqdm(range(first, max_epochs + 1), disable=not progress or not w.main, desc=config.model, leave=False)
-    start = time.perf_counter() - spent
-    for epoch in bar:
+    callbacks, start = _callbacks(on_epoch, ckpt, phase, model, carry, optimizer=optimizer, sched=sched,
+                                  rng=rng, gen=gen)
+
+    def epoch(n: int, seconds) -> dict:
         train_mse = run_epoch(model, optimizer, matrix, config, rng, gen, device, soft, net)
         if sched:
             sched.step()
-        row = {"epoch": epoch, "train_rmse": float(np.sqrt(train_mse)), "seconds": time.perf_counter() - start}
-        best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
-        if ckpt:
-            # Every rank's random streams go into rank 0's file, so a resumed rank draws on.
-            ranks = distributed.gather(rank_rng_state(gen)) if w.parallel else None
-            if w.main:
-                ckpt.save(phase, epoch, model, optimizer, sched, rng, gen, history, best, row["seconds"], carry,
-                          ranks=ranks)
-        if not np.isfinite(train_mse):
-            log.warning("training diverged at epoch %d (loss %s); stopping", epoch, train_mse)
-        if _stopped(history, best, config, val, max_epochs):
-            break
-    if val is not None and best["state"] is not None:
-        model.load_state_dict(best["state"])
+        return {"epoch": n, "train_rmse": float(np.sqrt(train_mse)), "seconds": seconds()}
+    history, best = loop.run(epoch, max_epochs, rating_stopping(config), model,
+                             _validation(model, matrix, val, scale, device), start=start,
+                             callbacks=tuple(callbacks), progress=progress and w.main, desc=config.model)
     return model, history, best
-
-
-def rank_rng_state(gen: torch.Generator) -> dict:
-    """This rank's torch random states (global CPU generator, the loop's generator)."""
-    return {"torch_rng": torch.get_rng_state(), "gen": gen.get_state()}
-
-
-def _stopped(history: list, best: dict, config: TrainConfig, val, max_epochs: int) -> bool:
-    """Did the last recorded epoch end the phase (divergence, patience, or the last epoch)? The
-    loops' one stopping rule, also read from a checkpoint to know whether its phase had ended."""
-    last = history[-1]
-    if last["epoch"] >= max_epochs or not np.isfinite(last["train_rmse"]):
-        return True
-    if val is None:
-        return False
-    if config.optimizer == "lbfgs":  # patience counts only once fine-tuning has begun
-        return (last["epoch"] > config.pretrain_epochs
-                and last["epoch"] - max(best["epoch"], config.pretrain_epochs) >= config.patience)
-    return last["epoch"] - best["epoch"] >= config.patience
 
 
 def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matrix | None, scale,
@@ -280,7 +252,8 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
     """GLocal-K's schedule: the whole matrix is one batch; each epoch is `lbfgs_iters` L-BFGS
     iterations from a fresh optimiser (as the reference's SciPy L-BFGS-B calls are); the first
     `pretrain_epochs` train the local-kernel network, the rest fine-tune with the global kernel.
-    The objective is the reference's: 1/2 * squared error over observed ratings + penalties."""
+    The objective is the reference's: 1/2 * squared error over observed ratings + penalties.
+    Its epochs run in builder.loop.run, as fit's do."""
     if config.model != "glocal-k":
         raise ValueError(f"optimizer 'lbfgs' trains full-matrix models (glocal-k), not {config.model!r}")
     torch.manual_seed(config.seed)
@@ -288,13 +261,10 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
     model = make_model(config, matrix.shape[1], n_rows=matrix.shape[0]).to(device)
     x = torch.from_numpy(matrix.toarray()).to(device)
     observed = x != 0
-    first, history, best, spent = _resume(ckpt, phase, model)  # L-BFGS restarts each epoch: no optimiser state
-    if history and _stopped(history, best, config, val, max_epochs):
-        first = max_epochs + 1
-    bar = tqdm(range(first, max_epochs + 1), disable=not progress, desc=config.model, leave=False)
-    start = time.perf_counter() - spent
-    for epoch in bar:
-        if epoch == config.pretrain_epochs + 1:
+    callbacks, start = _callbacks(on_epoch, ckpt, phase, model, carry)  # L-BFGS restarts each epoch: no optimiser state
+
+    def epoch(n: int, seconds) -> dict:
+        if n == config.pretrain_epochs + 1:
             model.fine_tuned.fill_(True)
         model.train()
         opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=config.lbfgs_iters,
@@ -309,17 +279,11 @@ def fit_full_batch(config: TrainConfig, matrix: sp.csr_matrix, val: sp.csr_matri
             sq_err.append(float((err.detach() ** 2).mean()))
             return loss
         opt.step(closure)
-        row = {"epoch": epoch, "stage": "fine-tune" if bool(model.fine_tuned) else "pre-train",
-               "train_rmse": float(np.sqrt(sq_err[-1])), "seconds": time.perf_counter() - start}
-        best = _record(row, model, matrix, val, scale, device, best, history, bar, on_epoch)
-        if ckpt:
-            ckpt.save(phase, epoch, model, history=history, best=best, elapsed=row["seconds"], carry=carry)
-        if not np.isfinite(row["train_rmse"]):
-            log.warning("training diverged at epoch %d; stopping", epoch)
-        if _stopped(history, best, config, val, max_epochs):
-            break
-    if val is not None and best["state"] is not None:
-        model.load_state_dict(best["state"])
+        return {"epoch": n, "stage": "fine-tune" if bool(model.fine_tuned) else "pre-train",
+                "train_rmse": float(np.sqrt(sq_err[-1])), "seconds": seconds()}
+    history, best = loop.run(epoch, max_epochs, rating_stopping(config), model,
+                             _validation(model, matrix, val, scale, device), start=start,
+                             callbacks=tuple(callbacks), progress=progress, desc=config.model)
     return model, history, best
 
 
@@ -399,7 +363,8 @@ def check_metrics(metrics: dict) -> None:
 def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
           checkpoint_dir: Path | None = None, checkpoint_every_s: float = 30.0,
           evaluate: bool = True) -> TrainResult:
-    """Select the epoch on a validation slice of training data; evaluate on test once.
+    """Select the epoch on a validation slice of training data, refit on all of it when
+    config.refit (builder.driver.select_then_refit); evaluate on test once.
 
     With `checkpoint_dir`, the loop is checkpointed there (at most every `checkpoint_every_s`;
     0: every epoch) and an existing checkpoint of the same config is resumed: the result
@@ -439,31 +404,35 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
     ckpt = (Checkpoint(checkpoint_dir, json.dumps(identity, sort_keys=True), checkpoint_every_s)
             if checkpoint_dir else None)
     stored = ckpt.load() if ckpt else None
-    full = orient(dataset.train, config)
     teacher: dict = {}
     if stored is not None and stored["phase"] == "refit":
         # Selection finished before the interruption: its outcome travels in the checkpoint.
-        selected = json.loads(stored["carry"])
-        history, best, before = selected["history"], selected["best"], selected["seconds"]
-        if selected.get("teacher"):
-            teacher["select"] = selected["teacher"]
+        carried = json.loads(stored["carry"])
+        selected, before = Selection(None, carried["history"], carried["best"]), carried["seconds"]
+        if carried.get("teacher"):
+            teacher["select"] = carried["teacher"]
+        fit_part = val_part = None
     else:
+        selected, before = None, stored["elapsed"] if stored is not None else 0.0  # spent before an interruption
         fit_part, val_part = validation_split(dataset.train, config)
+
+    def fit_phase(part, val, max_epochs: int, selection: Selection | None):
+        """builder.driver's fit: the selection phase on `part`, or the refit on all ratings."""
         soft = None
-        if config.teacher:
-            soft, teacher["select"] = teacher_predictions(config, dataset, fit_part)
-        model, history, best = fit(config, fit_part, val_part, dataset.scale, config.epochs, progress,
-                                   ckpt=ckpt, phase="select", soft=soft)
-        before = stored["elapsed"] if stored is not None else 0.0  # spent before an interruption
-    if config.refit:
-        # Same recipe, all training ratings, the epoch count chosen on validation.
-        soft = None
+        if selection is None:
+            if config.teacher:
+                soft, teacher["select"] = teacher_predictions(config, dataset, part)
+            return fit(config, part, val, dataset.scale, max_epochs, progress, ckpt=ckpt, phase="select", soft=soft)
         if config.teacher:
             soft, teacher["refit"] = teacher_predictions(config, dataset, dataset.train.tocsr())
-        carry = {"history": history, "best": {k: v for k, v in best.items() if k != "state"},
+        carry = {"history": selection.history, "best": {k: v for k, v in selection.best.items() if k != "state"},
                  "seconds": time.perf_counter() - start + before, "teacher": teacher.get("select")}
-        model, _, _ = fit(config, full, None, dataset.scale, best["epoch"], progress, ckpt=ckpt, phase="refit",
-                          carry=carry, soft=soft)
+        return fit(config, part, None, dataset.scale, max_epochs, progress, ckpt=ckpt, phase="refit",
+                   carry=carry, soft=soft)
+    # Same recipe, all training ratings, the epoch count chosen on validation (config.refit).
+    model, selection = select_then_refit(fit_phase, fit_part, val_part, orient(dataset.train, config),
+                                         config.epochs, config.refit, selected)
+    history, best = selection.history, selection.best
     seconds = time.perf_counter() - start + before
     if stored is not None and stored["phase"] == "refit":
         seconds += stored["elapsed"]

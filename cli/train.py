@@ -52,28 +52,22 @@ def train(
     (or `torchrun --standalone --nproc-per-node N -m cli.main train ...`): each rank trains its
     slice of every batch, rank 0 writes OUT; --resume works the same with the same N. Under
     torchrun (WORLD_SIZE set) --nproc is ignored: the launcher decides the number of ranks."""
-    from builder import distributed
-    from builder.presets import preset as get_preset
+    from builder.stages import training_changes
+    try:  # parse
+        changes = training_changes(preset, dict(model=model, data=data, split=split, seed=seed, epochs=epochs, lr=lr,
+                                                batch_size=batch_size, dropout=dropout, l2=l2, device=device),
+                                   hidden, set_)
+    except ValueError as e:
+        fail(str(e))
+    device = _check_options(changes)  # config: before any launch, training or run folder
+    _run(changes, device, out, quiet, resume, checkpoint_every, nproc)  # run
 
-    changes = {}
-    if preset:
-        try:
-            changes.update(get_preset(preset))
-        except KeyError as e:
-            fail(str(e.args[0]))
-    for key, val in dict(model=model, data=data, split=split, seed=seed, epochs=epochs, lr=lr,
-                         batch_size=batch_size, dropout=dropout, l2=l2, device=device).items():
-        if val is not None:
-            changes[key] = val
-    if hidden:
-        changes["hidden"] = [int(h) for h in hidden.split(",")]
-    for item in set_:
-        key, _, raw = item.partition("=")
-        try:
-            changes[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[key] = raw
-    _check_options(changes)  # before any launch, training or run folder
+
+def _run(changes: dict, device: str, out: Path, quiet: bool, resume: bool, checkpoint_every: float,
+         nproc: int) -> None:
+    """Run checked `changes`: relaunched under torchrun for --nproc, a blend preset, or one model
+    trained inside the process group joined here, at the top (builder.distributed.session)."""
+    from builder import distributed
     if nproc != 1 and not distributed.under_launcher():
         if "train" not in sys.argv:
             fail("--nproc re-runs `aerec train ...` from its command line; call it from a shell")
@@ -96,28 +90,27 @@ def train(
         _train_blend(changes, out, quiet)
         return
     from builder.stages import train_run
-    try:
-        result = train_run(changes, out, progress=not quiet, resume=resume, checkpoint_every_s=checkpoint_every)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    main = distributed.world().main
-    distributed.teardown()
-    if main:
+    with distributed.session(device) as w:
+        try:
+            result = train_run(changes, out, progress=not quiet, resume=resume, checkpoint_every_s=checkpoint_every)
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+    if w.main:
         print_metrics(result.metrics)
         typer.echo(f"run written to {out}")
 
 
-def _check_options(changes: dict) -> None:
-    """Exit 2 with a one-line error for an unknown option or value, or an option of another model
-    family (builder.models.registry.validate); a blend's members are checked one by one."""
+def _check_options(changes: dict) -> str:
+    """The device the run trains on, once `changes` make a valid config; exit 2 with a one-line
+    error for an unknown option or value, or an option of another model family
+    (builder.models.registry.validate); a blend's members are checked one by one."""
     from builder.blend import member_configs
     from builder.config import TrainConfig
     from builder.models import validate
     try:
         if "blend" in changes:
-            member_configs(changes)
-        else:
-            validate(TrainConfig().updated(**changes))
+            return member_configs(changes)[0][0].device
+        return validate(TrainConfig().updated(**changes)).device
     except ValueError as e:
         fail(str(e))
 
