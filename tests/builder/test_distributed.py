@@ -21,6 +21,7 @@ from builder.config import TrainConfig
 from builder.data.synthetic import synthetic_csr_rows
 from builder.models.ease import EASE, fit_ease, gram
 from builder.train import train
+from conftest import shared_run
 from server.launcher import free_port
 
 AEREC = str(Path(sys.executable).parent / "aerec")
@@ -188,8 +189,7 @@ def test_same_seed_twice_gives_the_same_run(two_rank_rater, tmp_path):
 @pytest.mark.slow
 def test_two_rank_ease_equals_one_process(u1, tmp_path):
     ddp = _aerec(tmp_path / "ease", "--model", "ease", "--device", "cpu", "--quiet", "--nproc", "2")
-    config = TrainConfig(model="ease", device="cpu")
-    single = train(config, u1, progress=False)
+    _, single = shared_run(u1, TrainConfig(model="ease", device="cpu"))   # one process: the session's EASE run
     assert abs(ddp["recall@10"] - single.metrics["recall@10"]) < 0.005
     assert ddp["val_recall@10"] == pytest.approx(single.metrics["val_recall@10"], abs=1e-9)
     B = load_file(str(tmp_path / "ease" / "weights.safetensors"))["B"]
