@@ -2,9 +2,6 @@
 folded in as the served `recommend` folds ITEM_IDS/RATINGS in (a run user's ratings under a new
 id get that user's list), unknown ids are counted, rules keep lists K long from the next-best
 allowed items, and the Ray engine writes the local engine's rows."""
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,17 +10,9 @@ import pytest
 from builder.batch import BatchError, batch_recommend
 from builder.run_folder import load_run_dataset
 from builder.stages import train_run
+from conftest import aerec
 
-ROOT = Path(__file__).resolve().parents[2]
 NEW = 100_000   # added to a run user's id: an id the run never saw
-
-
-@pytest.fixture(scope="module")
-def ease(tmp_path_factory):
-    """EASE (closed form, about a second) on ML-100K u1."""
-    out = tmp_path_factory.mktemp("runs") / "ease"
-    train_run({"model": "ease", "device": "cpu"}, out, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +29,6 @@ def histories(ease, tmp_path_factory):
     path = tmp_path_factory.mktemp("hist") / "histories.csv"
     pd.concat([frame, extra]).sample(frac=1, random_state=0).to_csv(path, index=False)   # any row order
     return path, users
-
-
-def aerec(*args) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process, from this checkout."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
 
 
 def test_a_history_under_a_new_id_gets_the_run_users_list(ease, histories, tmp_path):
