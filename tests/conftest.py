@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -32,9 +33,13 @@ def u1(ml100k):
 
 
 def aerec(*args) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process, from this checkout."""
+    """The CLI in a fresh process, from this checkout. Ray's settings pass through: once a local
+    `ray.init()` in this process has turned Ray's token authentication on (RAY_AUTH_MODE, Ray >=
+    2.60's default for a new local cluster), a CLI joining a cluster started here needs the same
+    mode and the token under HOME."""
+    ray = {k: v for k, v in os.environ.items() if k.startswith("RAY_") or k == "HOME"}
     return subprocess.run([sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200", **ray})
 
 
 @pytest.fixture(scope="session")
