@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perf import analyzer
-from server.launcher import WHEEL, assemble_backends, free_port
+from server.launcher import WHEEL, assemble_backends, free_ports
 from server.launcher import server_environment as launcher_environment
 
 RESULTS_CSV = Path("results") / "metrics-model-inference.csv"
@@ -67,7 +67,7 @@ def config(repo: Path, out: Path, search: Search, build_dir: Path) -> dict:
     """Model Analyzer's profile config (the YAML's content) for `repo`, writing under `out`:
     output_model_repository (its config variants), export_path (results, reports), checkpoints.
     The server runs on free local ports with `build_dir`/backends as its backend directory."""
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = free_ports(3)
     profile = {}
     for name, data in search.models.items():
         entry: dict = {"cpu_only": True}

@@ -95,11 +95,20 @@ def server_environment(extra_libs: tuple[str, ...] = ()) -> dict[str, str]:
             "LD_LIBRARY_PATH": os.pathsep.join(filter(None, libs)), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
+    """`n` distinct TCP ports free on `address` right now (the OS's picks; another process may
+    take one later). All `n` sockets stay bound until every port is picked: picked one at a time,
+    the OS may hand out the same port twice, and a server given it for HTTP and gRPC exits."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((address, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (the OS's pick; another process may take it later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def port_in_use(address: str, port: int, name: str = "TCP") -> None:
@@ -305,10 +314,12 @@ class TritonServer:
         self.supervise, self.supervisor = supervise, None
         self.stub_restarts: list[StubRestart] = []
         self.repository = Path(repository).resolve()
-        self.http_port = http_port or free_port()
-        self.grpc_port = grpc_port or free_port()
-        self.metrics_port = metrics_port or free_port()
         self.address = address
+        # The ports left to the OS are picked together (six: three spare should it pick a given one).
+        picked = iter(p for p in free_ports(6, address) if p not in (http_port, grpc_port, metrics_port))
+        self.http_port = http_port or next(picked)
+        self.grpc_port = grpc_port or next(picked)
+        self.metrics_port = metrics_port or next(picked)
         self.build_dir = Path(build_dir or BUILD / "triton")
         # One log per server: several servers started from one checkout share build_dir, and a
         # shared name let each new server truncate the log of one still running. Two live

@@ -20,7 +20,7 @@ from client import RecommenderClient
 from conftest import build_repository
 from perf.soak import drive, interleave, mixed_requests, soak
 from server.admin import admin_headers
-from server.launcher import TritonServer, child_pids, free_port
+from server.launcher import TritonServer, child_pids, free_ports
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -287,7 +287,7 @@ def test_cli_serve_with_admin_key_file_then_reload(built, tmp_path):
     and a key file others can read is refused."""
     _, _, repo = built
     aerec = str(Path(sys.executable).parent / "aerec")
-    key, http, grpc = tmp_path / "admin.key", free_port(), free_port()
+    key, http, grpc = tmp_path / "admin.key", *free_ports(2)
     serve = subprocess.Popen([aerec, "serve", "--repository", str(repo), "--http-port", str(http),
                               "--grpc-port", str(grpc), "--admin-key-file", str(key)],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,7 +16,7 @@ import pytest
 from client import RecommenderClient, RequestError, ServerError
 from client.sdk import parse_urls
 from conftest import build_repository
-from server.launcher import child_pids, free_port, port_in_use
+from server.launcher import TritonServer, child_pids, free_ports, port_in_use
 from server.replicas import ReplicaSet, replica_ports
 
 USERS = [1, 2, 3, 42]  # in u1.base
@@ -62,6 +62,16 @@ def test_replica_ports_offsets_and_clashes():
         replica_ports(0, None, None, None)
 
 
+def test_ports_left_to_the_os_are_distinct(tmp_path):
+    # Picked one at a time the OS once handed out one port for both HTTP and gRPC, and the
+    # server exited ("cannot listen to HTTP requests and GRPC requests at the same address").
+    for _ in range(20):
+        assert len(set(free_ports(40))) == 40
+        server = TritonServer(tmp_path, grpc_port=free_ports(1)[0])
+        ports = (server.http_port, server.grpc_port, server.metrics_port)
+        assert len(set(ports)) == 3
+
+
 def test_endpoint_lists_are_parsed_and_checked():
     assert parse_urls("127.0.0.1:8001, 127.0.0.1:8011") == ["127.0.0.1:8001", "127.0.0.1:8011"]
     assert parse_urls(["a:1", "b:2"]) == ["a:1", "b:2"]
@@ -73,7 +83,7 @@ def test_endpoint_lists_are_parsed_and_checked():
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_every_endpoint_dead_is_a_server_error_naming_them(protocol):
-    urls = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    urls = [f"127.0.0.1:{p}" for p in free_ports(2)]
     rc = RecommenderClient(urls, protocol, timeout_s=1, retries=3, backoff_s=0.01, cooldown_s=30)
     assert rc.endpoint_health() == dict.fromkeys(urls, False) and not rc.healthy()
     with pytest.raises(ServerError, match="no answer from") as e:
