@@ -42,6 +42,21 @@ def aerec(*args) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "200", **ray})
 
 
+def cli(*args) -> subprocess.CompletedProcess:
+    """The CLI in this process (typer's CliRunner): the same app, exit status, stdout and stderr
+    as `aerec`, without a new interpreter's seconds of imports. For refusals and quick commands;
+    `aerec()` for what must be a process of its own (a kill, Ray, DDP, the console script). An
+    exception the app did not turn into an exit status is raised here, where a process would
+    have printed a traceback."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    r = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
+
+
 @pytest.fixture(scope="session")
 def ease(tmp_path_factory):
     """EASE (closed form: seconds) on ML-100K u1, without an export (the Ray engine exports it)."""

@@ -14,7 +14,7 @@ from builder.batch import BatchError, batch_recommend, evaluate_recommendations,
 from builder.data.synthetic import synthetic_log, write_log
 from builder.run_folder import load_run_dataset
 from builder.stages import evaluate_run, train_run
-from conftest import aerec
+from conftest import aerec, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_batch_file_scores_as_evaluate_does(ease, tmp_path):
         assert from_file[key] == offline[key], key
     assert from_file["test_users"] == offline["test_users"] and from_file["test_users_missing"] == 0
     # Through the CLI as well, printed at 4 decimals.
-    shown = aerec("evaluate", "--recommendations", out, "--run", ease)
+    shown = cli("evaluate", "--recommendations", out, "--run", ease)
     assert shown.returncode == 0, shown.stderr
     assert f"{offline['recall@10']:.4f}" in shown.stdout and f"{offline['ndcg@10']:.4f}" in shown.stdout
 
@@ -184,7 +184,7 @@ def test_bad_inputs_are_named(ease, tmp_path, args, message):
     fill = {"users": tmp_path / "users.txt", "letters": tmp_path / "letters.txt", "tmp": tmp_path, "ease": ease}
     args = [a.format(**fill) for a in args]
     out = [] if "--out" in args else ["--out", tmp_path / "recs.parquet"]
-    r = aerec("batch", ease, *out, *args, "--quiet")
+    r = cli("batch", ease, *out, *args, "--quiet")
     assert r.returncode == 2
     assert message in " ".join(r.stderr.split())
     assert not (tmp_path / "recs.parquet").exists() and not parts_dir(tmp_path / "recs.parquet").exists()
@@ -193,7 +193,7 @@ def test_bad_inputs_are_named(ease, tmp_path, args, message):
 def test_a_file_without_its_columns_is_refused(ease, tmp_path):
     bad = tmp_path / "other.csv"
     bad.write_text("user,item\n1,2\n")
-    r = aerec("evaluate", "--recommendations", bad, "--run", ease)
+    r = cli("evaluate", "--recommendations", bad, "--run", ease)
     assert r.returncode == 2 and "no user_id, item_id, rank column(s)" in " ".join(r.stderr.split())
 
 

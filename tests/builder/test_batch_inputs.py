@@ -10,7 +10,7 @@ import pytest
 from builder.batch import BatchError, batch_recommend
 from builder.run_folder import load_run_dataset
 from builder.stages import train_run
-from conftest import aerec
+from conftest import cli
 
 NEW = 100_000   # added to a run user's id: an id the run never saw
 
@@ -87,18 +87,18 @@ def test_rules_fill_the_list_from_the_next_best_allowed_items(ease, tmp_path):
 
 def test_cli_options_and_refusals(ease, histories, tmp_path):
     path, users = histories
-    shown = aerec("batch", ease, "--out", tmp_path / "h.jsonl", "--histories", path)
+    shown = cli("batch", ease, "--out", tmp_path / "h.jsonl", "--histories", path)
     assert shown.returncode == 0, shown.stderr
     assert "history_unknown_items=2" in shown.stdout and "history_users_without_known_items=1" in shown.stdout
     assert len(pd.read_json(tmp_path / "h.jsonl", lines=True)) == 10 * len(users)
     ids = tmp_path / "ids.txt"
     ids.write_text("1\n")
-    both = aerec("batch", ease, "--out", tmp_path / "x.parquet", "--histories", path, "--users", ids)
+    both = cli("batch", ease, "--out", tmp_path / "x.parquet", "--histories", path, "--users", ids)
     assert both.returncode == 2 and "--users and --histories" in both.stderr
-    missing = aerec("batch", ease, "--out", tmp_path / "y.parquet", "--exclude-file", tmp_path / "nope.txt")
+    missing = cli("batch", ease, "--out", tmp_path / "y.parquet", "--exclude-file", tmp_path / "nope.txt")
     assert missing.returncode == 2 and "--exclude-file" in missing.stderr and "not found" in missing.stderr
     (tmp_path / "bad.txt").write_text("1,2,3\n")
-    bad = aerec("batch", ease, "--out", tmp_path / "z.parquet", "--include-file", tmp_path / "bad.txt")
+    bad = cli("batch", ease, "--out", tmp_path / "z.parquet", "--include-file", tmp_path / "bad.txt")
     assert bad.returncode == 2 and "bad.txt line 1" in bad.stderr
 
 

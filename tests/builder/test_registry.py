@@ -1,7 +1,5 @@
 """The model registry: every family registered once, the family sets read from it, and a
 config that sets another family's field refused (in the library and by `aerec train`)."""
-import subprocess
-import sys
 from dataclasses import fields
 
 import pytest
@@ -12,6 +10,7 @@ from builder.models import FULL_MATRIX, GlocalK, ITEM_BASED, MODELS, REGISTRY, R
 from builder.models.registry import owners
 from builder.presets import PRESETS, preset
 from builder.train import train
+from conftest import cli
 
 FAMILIES = ("autorec-i", "autorec-u", "deeprec", "sae", "glocal-k", "popularity", "ease", "elsa", "ease-lowrank",
             "mult-dae", "mult-vae", "recvae")
@@ -100,15 +99,11 @@ def test_a_blend_override_must_suit_every_member():
         member_configs({**preset("best"), "kernel_dim": 7})
 
 
-def _aerec(*args):
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_cli_refuses_a_foreign_field_with_exit_2_and_one_line(tmp_path):
     out = tmp_path / "x"
-    r = _aerec("train", "--model", "ease", "--set", "dropout=0.5", "--out", str(out))
+    r = cli("train", "--model", "ease", "--set", "dropout=0.5", "--out", str(out))
     assert r.returncode == 2
     assert r.stderr.strip() == "error: dropout is not an option of ease (it belongs to autorec-i, autorec-u, deeprec)"
     assert "Traceback" not in r.stderr + r.stdout and not out.exists()
-    r = _aerec("train", "--preset", "best", "--set", "kernel_dim=7", "--out", str(out))
+    r = cli("train", "--preset", "best", "--set", "kernel_dim=7", "--out", str(out))
     assert r.returncode == 2 and "kernel_dim is not an option of autorec-i" in r.stderr and not out.exists()
