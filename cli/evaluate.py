@@ -1,4 +1,5 @@
-"""`aerec evaluate` (a run's test metrics, recomputed) and `aerec results` (one table over runs)."""
+"""`aerec evaluate` (a run's test metrics recomputed, or a saved file's or a running server's lists
+scored against a run's test split) and `aerec results` (one table over runs)."""
 from __future__ import annotations
 
 import json
@@ -14,16 +15,25 @@ def evaluate(
     run_dir: Optional[Path] = typer.Argument(None, help="the run folder whose test metrics to recompute"),
     recommendations: Optional[Path] = typer.Option(None, help="a saved recommendations file (.parquet, .csv, "
                                                    ".jsonl with user_id, item_id, rank) to score instead"),
-    run: Optional[Path] = typer.Option(None, "--run", help="with --recommendations: the run whose test split "
-                                       "scores the file"),
+    run: Optional[Path] = typer.Option(None, "--run", help="with --recommendations or --url: the run whose test "
+                                       "split scores the lists"),
+    url: Optional[str] = typer.Option(None, help="HOST:PORT of a running server (`aerec serve`) whose served "
+                                      "lists to score instead"),
+    protocol: str = typer.Option("grpc", help="with --url: grpc | http"),
 ):
-    """Recompute a run's test metrics from its saved weights and config, or score a saved
-    recommendations file (`aerec batch`'s, or any system's) against a run's test split."""
+    """Recompute a run's test metrics from its saved weights and config, or score against a run's
+    test split a saved recommendations file (`aerec batch`'s, or any system's) or the lists a
+    running server serves (with its predicted ratings' RMSE where it has a rating model)."""
+    if url is not None:
+        if recommendations is not None:
+            fail("give --recommendations FILE or --url HOST:PORT, not both")
+        _evaluate_served(url, run or run_dir, protocol)
+        return
     if recommendations is not None:
         _evaluate_file(recommendations, run or run_dir)
         return
     if run_dir is None:
-        fail("give a run folder, or --recommendations FILE --run RUN")
+        fail("give a run folder, --recommendations FILE --run RUN or --url HOST:PORT --run RUN")
     from builder.stages import evaluate_run
     try:
         metrics = evaluate_run(run_dir)
@@ -44,6 +54,20 @@ def _evaluate_file(path: Path, run_dir: Optional[Path]):
     counts = ("test_users_missing", "unknown_users", "unknown_items")
     _print_evaluation({k: v for k, v in metrics.items() if k not in counts})
     print_metrics({k: metrics[k] for k in counts})
+
+
+def _evaluate_served(url: str, run_dir: Optional[Path], protocol: str):
+    """The served lists' top-N figures (and served RMSE), with the same functions and test users
+    as a run's."""
+    from builder.served_evaluation import evaluate_served
+    from client import RecommenderError
+    if run_dir is None:
+        fail("--url needs --run RUN: the run whose test split scores the served lists")
+    try:
+        metrics = evaluate_served(url, run_dir, protocol)
+    except (ValueError, OSError, RecommenderError) as e:   # OSError: ConnectionError, FileNotFoundError
+        fail(str(e))
+    _print_evaluation(metrics)
 
 
 def _print_evaluation(metrics: dict) -> None:
