@@ -1,6 +1,8 @@
 """A perf run's results rendered from a results.json: the report and summary.json stay byte for
-byte what they were (tests/fixtures/perf: a results.json in the layout `aerec perf` writes, and
-the same results as runs before the peers, rules and ranker/rater wrote them)."""
+byte what they were (tests/fixtures/perf: a results.json in the layout `aerec perf` writes, with
+made-up figures; report_*_layout.md and summary_new_layout.json rendered from it before the
+results were typed, with the run folder written as OUT; and the same results as runs before the
+peers, rules and ranker/rater wrote them, beside docs/perf-reference/summary.json)."""
 import json
 
 import pytest
