@@ -30,7 +30,7 @@ from perf.peers import PEERS
 from perf.peers import bench as peer_bench
 from perf.report import write_report
 from perf.results import (DroppedPoint, InProcessReadings, LoadPoint, LoneUserWindow, ModelLevel,
-                          PerfResults, RoofWindow, Sweep, TuningResult, TuningTrial)
+                          PerfResults, RoofWindow, RulesPair, RulesSide, Sweep, TuningResult, TuningTrial)
 from perf.soak import soak
 from perf.steal import measured, quietest, wait_quiet
 from serving.contract import ADMIN_HEADER
@@ -332,7 +332,7 @@ def c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: L
 
 
 def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, extra: int = 2,
-                     quiet: float = 0.01) -> list[dict]:
+                     quiet: float = 0.01) -> list[RulesPair]:
     """The lone user (`recommend`, gRPC, concurrency 1) without and with per-request rules, in
     pairs of windows a few seconds apart: `data["ratings"]` and `data["ratings_rules"]` (the same
     users' requests with EXCLUDE_IDS and INCLUDE_IDS added, perf.inputs.ensemble_rules_data).
@@ -341,18 +341,15 @@ def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, ex
     are measured again (up to `extra` more) until both windows of one lose less than `quiet`
     of their CPU time to steal. A pair lost to perf_analyzer's time limit is skipped.
 
-    Returns one dict per pair: "plain" and "rules" ({throughput req/s, p50_ms, p99_ms, steal}),
-    "p50_ratio" and "p99_ratio" (rules over plain), "steal" (the higher of the two windows';
-    None when unknown), "waited_s", "first" (the side measured first) and "load_1min" (the
-    host's 1-minute load average after the pair: other processes on our cores, which steal
-    does not count)."""
-    pairs: list[dict] = []
+    Returns one RulesPair per pair; its `load_1min` (the host's 1-minute load average after the
+    pair) counts other processes on our cores, which steal does not."""
+    pairs: list[RulesPair] = []
     for i in range(1 + extra):
-        if pairs and (pairs[-1]["steal"] or 0.0) < quiet:
+        if pairs and (pairs[-1].steal or 0.0) < quiet:
             break
         waited = wait_quiet(max_seconds=plan.quiet_wait_s)["waited_s"]
         sides = ("plain", "rules") if i % 2 == 0 else ("rules", "plain")
-        pair = {}
+        figures, commands = {}, {}
         try:
             for side in sides:
                 r = analyzer.run("recommend", server.grpc_url, "grpc",
@@ -360,15 +357,16 @@ def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, ex
                                  out / f"recommend_grpc_c1_{side}_p{i}.csv", concurrency="1",
                                  interval_ms=plan.interval_ms, timeout_s=plan.point_timeout_s)
                 x = r.rows[0]
-                pair[side] = {"throughput": x.throughput, "p50_ms": x.p50_ms, "p99_ms": x.p99_ms, "steal": x.steal}
-                pair[f"command_{side}"] = r.command
+                figures[side] = RulesSide(x.throughput, x.p50_ms, x.p99_ms, x.steal)
+                commands[side] = tuple(r.command)
         except analyzer.PerfAnalyzerTimeout:
             continue
-        steals = [pair[side]["steal"] for side in sides if pair[side]["steal"] is not None]
-        pairs.append(dict(pair, p50_ratio=pair["rules"]["p50_ms"] / pair["plain"]["p50_ms"],
-                          p99_ratio=pair["rules"]["p99_ms"] / pair["plain"]["p99_ms"],
-                          steal=max(steals) if steals else None, waited_s=waited, first=sides[0],
-                          load_1min=os.getloadavg()[0]))
+        plain, ruled = figures["plain"], figures["rules"]
+        steals = [f.steal for f in figures.values() if f.steal is not None]
+        pairs.append(RulesPair(plain, ruled, commands["plain"], commands["rules"],
+                               p50_ratio=ruled.p50_ms / plain.p50_ms, p99_ratio=ruled.p99_ms / plain.p99_ms,
+                               steal=max(steals) if steals else None, waited_s=waited, first=sides[0],
+                               load_1min=os.getloadavg()[0]))
     return pairs
 
 
@@ -517,7 +515,7 @@ def sweep(s: Setup, base: dict) -> dict:
         results["c1_windows"] = tuple(c1_windows(server, data, plan, out, first))
         s.clock.say(f"the lone user with rules ({plan.rules_exclude} EXCLUDE_IDS, {plan.rules_include} "
                     "INCLUDE_IDS per request) beside the lone user without, in pairs of windows")
-        results["c1_rules_windows"] = c1_rules_windows(server, data, plan, out)
+        results["c1_rules_windows"] = tuple(c1_rules_windows(server, data, plan, out))
         requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
                     for r in json.loads(data["ratings"].read_text())["data"]]
         s.clock.say("ensemble sweeps done; Triton, the serving peers and the naive service under one generator")
@@ -663,7 +661,7 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
     return out
 
 
-def rules_summary(pairs: list[dict], target_ms: float) -> dict | None:
+def rules_summary(pairs: list[RulesPair], target_ms: float) -> dict | None:
     """The lone user with and without rules (c1_rules_windows' pairs): the pair with the least
     steal (chosen by steal, never by latency), its p50/p99 (ms) both ways, their ratios (rules
     over plain), its steal, whether the p99 with rules is within `target_ms`, the median ratios
@@ -672,15 +670,15 @@ def rules_summary(pairs: list[dict], target_ms: float) -> dict | None:
     if not pairs:
         return None
     best = quietest(pairs)
-    return {"plain": {k: best["plain"][k] for k in ("p50_ms", "p99_ms")},
-            "rules": {k: best["rules"][k] for k in ("p50_ms", "p99_ms")},
-            "p50_ratio": best["p50_ratio"], "p99_ratio": best["p99_ratio"], "steal": best["steal"],
-            "target_ms": target_ms, "within_target": best["rules"]["p99_ms"] <= target_ms,
-            "p50_ratio_median": statistics.median(w["p50_ratio"] for w in pairs),
-            "p99_ratio_median": statistics.median(w["p99_ratio"] for w in pairs),
-            "windows": [{"plain_p99_ms": w["plain"]["p99_ms"], "rules_p99_ms": w["rules"]["p99_ms"],
-                         "plain_p50_ms": w["plain"]["p50_ms"], "rules_p50_ms": w["rules"]["p50_ms"],
-                         "p99_ratio": w["p99_ratio"], "steal": w["steal"], "load_1min": w.get("load_1min")}
+    return {"plain": {"p50_ms": best.plain.p50_ms, "p99_ms": best.plain.p99_ms},
+            "rules": {"p50_ms": best.rules.p50_ms, "p99_ms": best.rules.p99_ms},
+            "p50_ratio": best.p50_ratio, "p99_ratio": best.p99_ratio, "steal": best.steal,
+            "target_ms": target_ms, "within_target": best.rules.p99_ms <= target_ms,
+            "p50_ratio_median": statistics.median(w.p50_ratio for w in pairs),
+            "p99_ratio_median": statistics.median(w.p99_ratio for w in pairs),
+            "windows": [{"plain_p99_ms": w.plain.p99_ms, "rules_p99_ms": w.rules.p99_ms,
+                         "plain_p50_ms": w.plain.p50_ms, "rules_p50_ms": w.rules.p50_ms,
+                         "p99_ratio": w.p99_ratio, "steal": w.steal, "load_1min": w.load_1min}
                         for w in pairs]}
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from perf import analyzer
-from perf.results import PerfResults, TuningResult
+from perf.results import PerfResults, RulesPair, TuningResult
 from perf.steal import NOISY
 
 _NAN = float("nan")
@@ -134,7 +134,7 @@ def _noise(r: PerfResults, s: dict) -> list[str]:
     return lines
 
 
-def rules_section(plan: dict, pairs: list[dict], rules: dict) -> list[str]:
+def rules_section(plan: dict, pairs: list[RulesPair], rules: dict) -> list[str]:
     """The lone user with per-request rules beside the lone user without (harness.rules_summary
     of `pairs`, harness.c1_rules_windows): the quietest pair's p50/p99, their ratio, its steal
     and whether the p99 with rules is within the target, then every pair."""
@@ -160,7 +160,7 @@ def rules_section(plan: dict, pairs: list[dict], rules: dict) -> list[str]:
         lines.append(f"| {i} | {w['plain_p50_ms']:.2f} / {w['rules_p50_ms']:.2f} | "
                      f"{w['plain_p99_ms']:.2f} / {w['rules_p99_ms']:.2f} | {w['p99_ratio']:.2f} | {_pct(w['steal'])} | "
                      f"{'n/a' if load is None else f'{load:.1f}'} |")
-    command = next((w["command_rules"] for w in pairs if w.get("command_rules")), None)
+    command = next((w.command_rules for w in pairs if w.command_rules), None)
     if command:
         lines += ["", f"With rules: `{' '.join(command)}` (`results.json`: `c1_rules_windows`)."]
     return lines

@@ -186,6 +186,58 @@ class LoneUserWindow:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class RulesSide:
+    """One side of a rules pair (the lone user without or with per-request rules): req/s, p50/p99
+    ms and the steal of its window."""
+    throughput: float
+    p50_ms: float | None
+    p99_ms: float | None
+    steal: float | None
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RulesSide:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class RulesPair:
+    """The lone user without (`plain`) and with (`rules`) per-request rules, two windows a few
+    seconds apart (harness.c1_rules_windows): each side's figures and command, the ratios rules
+    over plain, the higher steal of the two windows (None: unknown), the seconds waited for a
+    quiet host, the side measured first ("plain" or "rules", which also orders the sides in
+    results.json) and the host's 1-minute load average after the pair (None: not recorded)."""
+    plain: RulesSide
+    rules: RulesSide
+    command_plain: tuple[str, ...]
+    command_rules: tuple[str, ...]
+    p50_ratio: float
+    p99_ratio: float
+    steal: float | None
+    waited_s: float
+    first: str
+    load_1min: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {}
+        for side in (("plain", "rules") if self.first == "plain" else ("rules", "plain")):
+            d[side] = getattr(self, side).to_dict()
+            d[f"command_{side}"] = list(getattr(self, f"command_{side}"))
+        d.update(p50_ratio=self.p50_ratio, p99_ratio=self.p99_ratio, steal=self.steal, waited_s=self.waited_s,
+                 first=self.first)
+        if self.load_1min is not None:
+            d["load_1min"] = self.load_1min
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RulesPair:
+        return cls(**{**d, "plain": RulesSide.from_dict(d["plain"]), "rules": RulesSide.from_dict(d["rules"]),
+                      "command_plain": tuple(d["command_plain"]), "command_rules": tuple(d["command_rules"])})
+
+
 _TRIAL_OPTIONAL = ("batched_users_per_s", "c1_req_per_s", "c1_p50_ms", "c1_p99_ms", "waited_s", "steal", "score",
                    "command", "command_batched", "command_c1", "server_time")
 
@@ -256,10 +308,10 @@ class TuningResult:
 class PerfResults:
     """Everything one `aerec perf` run measured (results.json). Typed: the tuning, each network
     alone (`model_level`, keyed `<network>_b<batch>[_shm]`), the `recommend` sweeps (`ensemble`,
-    keyed recommend_grpc / recommend_http / recommend_grpc_b64) and the lone user's windows.
-    Plain dicts, as perf/harness.py and its helpers write them: the plan, the baselines (users/s,
-    GFLOP/s, FLOPs per user), Triton's statistics (us per request), the lone user with rules
-    (harness.c1_rules_windows), the peers (perf.peers.bench.compare), Model Analyzer, the soak
+    keyed recommend_grpc / recommend_http / recommend_grpc_b64), the lone user's windows and its
+    pairs of windows without and with rules. Plain dicts, as perf/harness.py and its helpers
+    write them: the plan, the baselines (users/s, GFLOP/s, FLOPs per user), Triton's statistics
+    (us per request), the peers (perf.peers.bench.compare), Model Analyzer, the soak
     (perf.soak.SoakResult) and the configs. Sections a run before them did not write are None
     and not written back."""
     run: str
@@ -277,7 +329,7 @@ class PerfResults:
     server_time_model_level: dict | None = None
     ensemble: dict[str, Sweep]
     c1_windows: tuple[LoneUserWindow, ...] | None = None
-    c1_rules_windows: list[dict] | None = None
+    c1_rules_windows: tuple[RulesPair, ...] | None = None
     http: dict | None = None
     naive: dict                              # {"naive", "triton_http_json"}: perf/load.py rows, one user per request
     soak: dict | None = None
@@ -296,7 +348,7 @@ class PerfResults:
                 v = {k: x.to_dict() for k, x in v.items()}
             elif f.name == "tuning":
                 v = v.to_dict()
-            elif f.name == "c1_windows":
+            elif f.name in ("c1_windows", "c1_rules_windows"):
                 v = [w.to_dict() for w in v]
             d[f.name] = v
         return d
@@ -310,4 +362,6 @@ class PerfResults:
                  "ensemble": {k: Sweep.from_dict(v) for k, v in d["ensemble"].items()}}
         if d.get("c1_windows") is not None:
             typed["c1_windows"] = tuple(LoneUserWindow.from_dict(w) for w in d["c1_windows"])
+        if d.get("c1_rules_windows") is not None:
+            typed["c1_rules_windows"] = tuple(RulesPair.from_dict(w) for w in d["c1_rules_windows"])
         return cls(**{**d, **typed})

@@ -143,16 +143,16 @@ def test_rules_input_data_is_accepted_and_lists_stay_k_long(server, u1, tmp_path
     plan = harness.Plan.quick()
     plan.interval_ms, plan.quiet_wait_s = 500, 1.0
     (pair,) = harness.c1_rules_windows(server, data, plan, tmp_path, extra=0)
-    assert str(data["ratings_rules"]) in pair["command_rules"] and str(data["ratings"]) in pair["command_plain"]
-    for side in ("plain", "rules"):
-        assert pair[side]["throughput"] > 0 and 0 < pair[side]["p50_ms"] <= pair[side]["p99_ms"]
-    assert pair["p99_ratio"] == pytest.approx(pair["rules"]["p99_ms"] / pair["plain"]["p99_ms"])
+    assert str(data["ratings_rules"]) in pair.command_rules and str(data["ratings"]) in pair.command_plain
+    for side in (pair.plain, pair.rules):
+        assert side.throughput > 0 and 0 < side.p50_ms <= side.p99_ms
+    assert pair.p99_ratio == pytest.approx(pair.rules.p99_ms / pair.plain.p99_ms) and pair.first == "plain"
     summary = harness.rules_summary([pair], 2.0)
-    assert summary["rules"]["p99_ms"] == pair["rules"]["p99_ms"]
-    assert summary["within_target"] == (pair["rules"]["p99_ms"] <= 2.0)
+    assert summary["rules"]["p99_ms"] == pair.rules.p99_ms
+    assert summary["within_target"] == (pair.rules.p99_ms <= 2.0)
     section = "\n".join(report.rules_section({}, [pair], summary))
-    assert f"| with / without | {pair['p50_ratio']:.2f} | {pair['p99_ratio']:.2f} |" in section
-    assert " ".join(pair["command_rules"]) in section
+    assert f"| with / without | {pair.p50_ratio:.2f} | {pair.p99_ratio:.2f} |" in section
+    assert " ".join(pair.command_rules) in section
     client = grpcclient.InferenceServerClient(server.grpc_url)
     for request in json.loads(data["ratings_rules"].read_text())["data"]:
         exclude, include = request["EXCLUDE_IDS"]["content"], request["INCLUDE_IDS"]["content"]
