@@ -171,15 +171,19 @@ class ModelLevel:
 @dataclass(frozen=True)
 class LoneUserWindow:
     """One window of the lone user (`recommend`, gRPC, concurrency 1): req/s, p50/p99 ms, its
-    steal and the seconds waited for a quiet host before it."""
+    steal and the seconds waited for a quiet host before it (None, and not written: a run
+    before the wait)."""
     throughput: float
     p50_ms: float | None
     p99_ms: float | None
     steal: float | None
-    waited_s: float
+    waited_s: float | None = None
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {"throughput": self.throughput, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "steal": self.steal}
+        if self.waited_s is not None:
+            d["waited_s"] = self.waited_s
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> LoneUserWindow:
