@@ -76,7 +76,7 @@ def measure(n_items: int, out: Path, interval_ms: int) -> dict:
                          interval_ms=interval_ms, extra=shm)
         after = rss_mb(server.process.pid)
     roof = baselines.gemm_peak_gflops(seconds=1.0)
-    users_s = max(row["throughput"] for row in r.rows)
+    users_s = max(row.throughput for row in r.rows)
     return {"items": n_items, "onnx_mb": round(onnx_path.stat().st_size / 2**20, 1),
             "mflop_per_user": round(flops / 1e6, 1), "users_per_s": round(users_s, 1),
             "gflop_s": round(users_s * flops / 1e9, 1), "roof_gflop_s": round(roof, 1),

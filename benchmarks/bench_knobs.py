@@ -80,14 +80,14 @@ def main() -> None:
                 print(f"stub supervisor tick, {label}: {ms:.2f} ms")
         plan = Plan.quick()
         plan.tunings = list(CONFIGS.values()) * args.rounds
-        trials = tune(factory, repo, data, plan, out)["trials"]
+        trials = tune(factory, repo, data, plan, out).trials
     labels = {str(Tuning(**c).to_dict()): name for name, c in CONFIGS.items()}
     print(f"\n{'configuration':32s} {'c=16 req/s':>10s} {'64/req users/s':>15s} {'c=1 req/s':>10s} "
           f"{'c=1 p50 ms':>10s} {'c=1 p99 ms':>10s}  steal (c=16 / 64 / c=1)")
     for t in trials:
-        steal = " / ".join("?" if s is None else f"{s:.0%}" for s in t["steal"])
-        print(f"{labels[str(t['tuning'])]:32s} {t['throughput']:10,.0f} {t['batched_users_per_s']:15,.0f} "
-              f"{t['c1_req_per_s']:10,.0f} {t['c1_p50_ms']:10.2f} {t['c1_p99_ms']:10.2f}  {steal}")
+        steal = " / ".join("?" if s is None else f"{s:.0%}" for s in t.steal)
+        print(f"{labels[str(t.tuning)]:32s} {t.throughput:10,.0f} {t.batched_users_per_s:15,.0f} "
+              f"{t.c1_req_per_s:10,.0f} {t.c1_p50_ms:10.2f} {t.c1_p99_ms:10.2f}  {steal}")
 
 if __name__ == "__main__":
     main()

@@ -114,7 +114,7 @@ def main() -> None:
                     r = analyzer.run(NAME, server.http_url, "http", data, out / "w.csv", batch=64,
                                      concurrency=concurrency, interval_ms=1500, extra=shm)
                     roof = baselines.gemm_peak_gflops(seconds=1.0)
-                    tp = max(row["throughput"] for row in r.rows)
+                    tp = max(row.throughput for row in r.rows)
                     steal = "?" if r.steal is None else f"{r.steal:.1%}"
                     print(f"{label:36s} {tp:8,.0f} {roof:12.0f} {tp * flops / 1e9 / roof:8.1%}  {steal}")
 

@@ -181,7 +181,7 @@ def drive_perf_analyzer(urls: list[str], protocol: str, data: Path, batch: int, 
         try:
             r = analyzer.run(MODEL, urls[i], protocol, data, csv_dir / f"replica{i}.csv", batch=batch,
                              concurrency=str(shares[i]), interval_ms=int(seconds * 1000), timeout_s=timeout_s)
-            row = r.rows[0]
+            row = r.rows[0].to_dict()
             rows[i] = {"replica": i, "url": urls[i], "concurrency": shares[i],
                        "users_per_s": round(row["throughput"], 1),
                        "requests_per_s": round(row["throughput"] / batch, 1),

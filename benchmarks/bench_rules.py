@@ -82,7 +82,7 @@ def main() -> None:
     print(f"pipeline: {tuning.pipeline}")
     print("pair  first  p50 ms without / with  p99 ms without / with  p99 ratio  steal  load")
     for i, (p, w) in enumerate(zip(pairs, summary["windows"] if summary else [])):
-        print(f"{i:4d}  {p['first']:5s}  {w['plain_p50_ms']:6.2f} / {w['rules_p50_ms']:5.2f}        "
+        print(f"{i:4d}  {p.first:5s}  {w['plain_p50_ms']:6.2f} / {w['rules_p50_ms']:5.2f}        "
               f"{w['plain_p99_ms']:6.2f} / {w['rules_p99_ms']:5.2f}        {w['p99_ratio']:5.2f}  "
               f"{(w['steal'] or 0):5.1%}  {w['load_1min']:4.1f}")
     if summary:
@@ -91,7 +91,7 @@ def main() -> None:
               f"(x{summary['p99_ratio']:.2f}), steal {(summary['steal'] or 0):.1%}, p99 with rules "
               f"{'within' if summary['within_target'] else 'ABOVE'} {P99_TARGET_MS} ms; median ratio over pairs "
               f"p50 x{summary['p50_ratio_median']:.2f}, p99 x{summary['p99_ratio_median']:.2f}")
-        print("command (with rules):", " ".join(pairs[0]["command_rules"]))
+        print("command (with rules):", " ".join(pairs[0].command_rules))
     print(json.dumps({"runs": [str(ranker), str(rater)], "summary": summary}))
 
 

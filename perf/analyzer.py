@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from perf.results import LoadPoint
 from perf.steal import Window
 from server.launcher import BUILD
 
@@ -107,7 +108,7 @@ class PerfRun:
     """One perf_analyzer call: its rows (throughput per second, latencies in ms, one per concurrency), the
     command line and the CPU share stolen by the host during it."""
     command: list[str]
-    rows: list[dict]       # one per concurrency (or request rate), from perf_analyzer's CSV
+    rows: list[LoadPoint]  # one per concurrency (or request rate), from perf_analyzer's CSV
     output: str
     steal: float | None = None   # the hypervisor's share of CPU time during the call (perf/steal.py)
 
@@ -118,7 +119,7 @@ def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *
     """One perf_analyzer sweep; the CSV (with --verbose-csv latencies) is parsed into rows.
 
     On a noisy 2-core machine p99 may not settle within the stability band; then the sweep is
-    repeated once with the band opened wide, and its rows say `stable: false`."""
+    repeated once with the band opened wide, and its rows say `stable=False`."""
     exe = binary()
     most = max(int(c) for c in concurrency.split(":")[:2])
     client = ("--async", "--max-threads", str(CLIENT_THREADS)) if most > SYNC_MAX_CONCURRENCY else ()
@@ -137,22 +138,22 @@ def run(model: str, url: str, protocol: str, input_data: Path, csv_path: Path, *
                                           f"{' '.join(cmd)}") from None
         text = out.stdout + out.stderr
         if out.returncode == 0:
-            rows = [dict(r, stable=stable, steal=window.steal) for r in parse_csv(csv_path.read_text())]
+            rows = [r.measured(stable, window.steal) for r in parse_csv(csv_path.read_text())]
             return PerfRun(cmd, rows, text, window.steal)
         if "stable measurement" not in text:
             break
     raise RuntimeError(f"perf_analyzer failed ({out.returncode}):\n{' '.join(cmd)}\n{text[-3000:]}")
 
 
-def parse_csv(text: str) -> list[dict]:
-    """perf_analyzer's CSV -> [{concurrency, throughput, p50_ms, p90_ms, p95_ms, p99_ms, ...}]."""
+def parse_csv(text: str) -> list[LoadPoint]:
+    """perf_analyzer's CSV -> one LoadPoint per concurrency (its microseconds in ms)."""
     rows = []
     for r in csv.DictReader(io.StringIO(text)):
         if not r.get("Concurrency"):
             continue
         us = lambda k: float(r[k]) / 1000 if r.get(k) not in (None, "") else None  # noqa: E731
-        rows.append({"concurrency": int(float(r["Concurrency"])), "throughput": float(r["Inferences/Second"]),
-                     "p50_ms": us("p50 latency"), "p90_ms": us("p90 latency"), "p95_ms": us("p95 latency"),
-                     "p99_ms": us("p99 latency"), "avg_ms": us("Avg latency"),
-                     "server_queue_ms": us("Server Queue"), "server_compute_ms": us("Server Compute Infer")})
+        rows.append(LoadPoint(concurrency=int(float(r["Concurrency"])), throughput=float(r["Inferences/Second"]),
+                              p50_ms=us("p50 latency"), p90_ms=us("p90 latency"), p95_ms=us("p95 latency"),
+                              p99_ms=us("p99 latency"), avg_ms=us("Avg latency"),
+                              server_queue_ms=us("Server Queue"), server_compute_ms=us("Server Compute Infer")))
     return rows

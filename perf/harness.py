@@ -29,6 +29,8 @@ from perf import analyzer, baselines, inputs
 from perf.peers import PEERS
 from perf.peers import bench as peer_bench
 from perf.report import write_report
+from perf.results import (DroppedPoint, InProcessReadings, LoadPoint, LoneUserWindow, ModelLevel,
+                          PerfResults, RoofWindow, RulesPair, RulesSide, Sweep, TuningResult, TuningTrial)
 from perf.soak import soak
 from perf.steal import measured, quietest, wait_quiet
 from serving.contract import ADMIN_HEADER
@@ -198,7 +200,7 @@ def _statistics(server: TritonServer) -> dict:
     return out
 
 
-def ensemble_rows(server, data, plan, out, clock: Clock, ceiling=None) -> dict:
+def ensemble_rows(server, data, plan, out, clock: Clock, ceiling=None) -> dict[str, Sweep]:
     """One perf_analyzer call per concurrency (powers of two are not an arithmetic range).
     `ceiling()` (ONNX Runtime in-process on the same users) is read right before and right after
     the 64-users-per-request sweep, so their ratio compares two readings of the same minute."""
@@ -212,32 +214,31 @@ def ensemble_rows(server, data, plan, out, clock: Clock, ceiling=None) -> dict:
                                  concurrency=str(c), interval_ms=plan.interval_ms, timeout_s=plan.point_timeout_s)
             except analyzer.PerfAnalyzerTimeout as e:  # one point lost, not the whole run
                 clock.say(f"dropped {proto} c={c}: {str(e).split(':')[0]}")
-                dropped.append({"concurrency": c, "error": str(e)})
+                dropped.append(DroppedPoint(c, str(e)))
                 continue
             rows += r.rows
-            commands.append(r.command)
-        res[f"recommend_{proto}"] = {"commands": commands, "rows": rows, "dropped": dropped}
+            commands.append(tuple(r.command))
+        res[f"recommend_{proto}"] = Sweep(tuple(commands), tuple(rows), tuple(dropped))
     before = measured(ceiling) if ceiling else None
     r = analyzer.run("recommend", server.grpc_url, "grpc", data["user_ids"], out / "recommend_grpc_b64.csv",
                      batch=64, concurrency=plan.batched_concurrency, interval_ms=plan.interval_ms)
-    res["recommend_grpc_b64"] = {"commands": [r.command], "rows": [dict(x, users_per_s=x["throughput"])
-                                                                   for x in r.rows]}
+    beside = None
     if ceiling:
         after = measured(ceiling)
-        res["recommend_grpc_b64"]["ort_inprocess"] = {"users_per_s": [before[0], after[0]],
-                                                      "steal": [before[1], after[1]]}
+        beside = InProcessReadings((before[0], after[0]), (before[1], after[1]))
+    res["recommend_grpc_b64"] = Sweep((tuple(r.command),), tuple(x.in_users() for x in r.rows), ort_inprocess=beside)
     return res
 
 
-def tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path, clock: Clock | None = None) -> dict:
+def tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path, clock: Clock | None = None) -> TuningResult:
     """A small Model-Analyzer-style search: each candidate rewrites the configs, restarts the
     server and measures `recommend` over gRPC three ways: one user per request at concurrency
     16, 64 users per request at concurrency 4, and one user at a time (concurrency 1, whose
     throughput is 1 / mean latency). The score is the geometric mean of the three: no traffic
     shape, and not the lone user's latency, may be sacrificed to the others.
 
-    Returns {"trials", "best" (best_trial's pick), "default" (the first trial: the "before"),
-    "p99_budget_ms"}; the repository is left with the best trial's configs. Raises
+    Returns the trials, the best (best_trial's pick), the default (the first trial: the
+    "before") and plan.p99_budget_ms; the repository is left with the best trial's configs. Raises
     analyzer.PerfAnalyzerTimeout when the default trial cannot be measured."""
     clock = clock or Clock()
     trials = []
@@ -260,31 +261,30 @@ def tune(server_factory, repo: Path, data: dict, plan: Plan, out: Path, clock: C
                 if i == 0:
                     raise  # the default is the "before" every gain is measured against
                 continue
-        row, batched, single = r.rows[0], rb.rows[0]["throughput"], r1.rows[0]
-        trials.append({"tuning": tuning.to_dict(), "throughput": row["throughput"], "p99_ms": row["p99_ms"],
-                       "batched_users_per_s": batched, "c1_req_per_s": single["throughput"],
-                       "c1_p50_ms": single["p50_ms"], "c1_p99_ms": single["p99_ms"], "waited_s": quiet["waited_s"],
-                       "steal": [r.steal, rb.steal, r1.steal],
-                       "score": (row["throughput"] * batched * single["throughput"]) ** (1 / 3),
-                       "command": r.command, "command_batched": rb.command, "command_c1": r1.command,
-                       "server_time": server_time})
-        clock.say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'}: {row['throughput']:.0f} req/s, "
-             f"{batched:.0f} users/s at 64 per request, {single['throughput']:.0f} req/s at c=1 "
-             f"(p99 {single['p99_ms']:.2f} ms)")
+        row, batched, single = r.rows[0], rb.rows[0].throughput, r1.rows[0]
+        trials.append(TuningTrial(
+            tuning=tuning.to_dict(), throughput=row.throughput, p99_ms=row.p99_ms, batched_users_per_s=batched,
+            c1_req_per_s=single.throughput, c1_p50_ms=single.p50_ms, c1_p99_ms=single.p99_ms,
+            waited_s=quiet["waited_s"], steal=(r.steal, rb.steal, r1.steal),
+            score=(row.throughput * batched * single.throughput) ** (1 / 3), command=tuple(r.command),
+            command_batched=tuple(rb.command), command_c1=tuple(r1.command), server_time=server_time))
+        clock.say(f"tuning {i + 1}/{len(plan.tunings)} {change or 'default'}: {row.throughput:.0f} req/s, "
+             f"{batched:.0f} users/s at 64 per request, {single.throughput:.0f} req/s at c=1 "
+             f"(p99 {single.p99_ms:.2f} ms)")
     best = best_trial(trials, plan.p99_budget_ms)
-    apply_tuning(repo, Tuning(**best["tuning"]))
-    return {"trials": trials, "best": best, "default": trials[0], "p99_budget_ms": plan.p99_budget_ms}
+    apply_tuning(repo, Tuning(**best.tuning))
+    return TuningResult(tuple(trials), best, trials[0], plan.p99_budget_ms)
 
 
-def best_trial(trials: list[dict], p99_budget_ms: float | None) -> dict:
+def best_trial(trials: list[TuningTrial], p99_budget_ms: float | None) -> TuningTrial:
     """Model Analyzer's rule: the highest score among the trials that meet the latency
     constraint (the lone user's p99 within budget); if none does, the highest score of all."""
-    within = [t for t in trials if p99_budget_ms is None or t["c1_p99_ms"] <= p99_budget_ms]
-    return max(within or trials, key=lambda t: t["score"])
+    within = [t for t in trials if p99_budget_ms is None or t.c1_p99_ms <= p99_budget_ms]
+    return max(within or trials, key=lambda t: t.score)
 
 
 def paired_roof(server: TritonServer, name: str, data_path: Path, flops: int, plan: Plan, out: Path,
-                 reps: int = 3) -> dict:
+                 reps: int = 3) -> ModelLevel:
     """The large model served at -b 64 (tensors in system shared memory, concurrency 1) between
     two readings of the GEMM roof, `reps` times. Each window's fraction uses the higher of its
     two adjacent roof readings and the figure is the median window: this host's speed swings 3x
@@ -297,27 +297,28 @@ def paired_roof(server: TritonServer, name: str, data_path: Path, flops: int, pl
         r = analyzer.run(name, server.http_url, "http", data_path, out / f"model_{name}_b64_shm_{i}.csv", batch=64,
                          concurrency="1", interval_ms=plan.interval_ms, extra=shm)
         after = measured(baselines.gemm_peak_gflops, seconds=1.0)
-        tp = max(x["throughput"] for x in r.rows)
+        tp = max(x.throughput for x in r.rows)
         roof = max(before[0], after[0])
-        windows.append({"users_per_s": tp, "steal": r.steal, "roof_gflops": [before[0], after[0]],
-                        "roof_steal": [before[1], after[1]], "fraction": tp * flops / 1e9 / roof})
-        rows += [dict(x, users_per_s=x["throughput"]) for x in r.rows]
+        windows.append(RoofWindow(tp, r.steal, (before[0], after[0]), (before[1], after[1]), tp * flops / 1e9 / roof))
+        rows += [x.in_users() for x in r.rows]
         before = after
-    command = [c if server.admin_key not in c else "<admin key>" for c in r.command]
-    return {"model": name, "batch": 64, "shared_memory": True, "command": command, "rows": rows,
-            "windows": windows, "fraction": statistics.median(w["fraction"] for w in windows)}
+    command = tuple(c if server.admin_key not in c else "<admin key>" for c in r.command)
+    return ModelLevel(name, 64, command, tuple(rows), shared_memory=True, windows=tuple(windows),
+                      fraction=statistics.median(w.fraction for w in windows))
 
 
-def c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: dict, extra: int = 2,
-                quiet: float = 0.01) -> list[dict]:
+def c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: LoadPoint | None, extra: int = 2,
+                quiet: float = 0.01) -> list[LoneUserWindow]:
     """The lone user's latency (`recommend`, gRPC, concurrency 1), measured again (up to `extra`
     more windows) until a window sees less than `quiet` of its CPU time stolen: a few ms taken by
     the host a few times a second land in any p99 of ~1 ms requests, so a p99 read under steal
     measures the host's scheduler. The summary takes the window with the least steal (chosen by
     steal, never by its latency) and lists all."""
-    windows = [dict(first, waited_s=0.0)] if first else []
+    def window(x: LoadPoint, waited: float) -> LoneUserWindow:
+        return LoneUserWindow(x.throughput, x.p50_ms, x.p99_ms, x.steal, waited)
+    windows = [window(first, 0.0)] if first else []
     for i in range(extra):
-        if windows and (windows[-1].get("steal") or 0.0) < quiet:
+        if windows and (windows[-1].steal or 0.0) < quiet:
             break
         waited = wait_quiet(max_seconds=plan.quiet_wait_s)["waited_s"]  # a quiet host, if one comes soon
         try:
@@ -326,12 +327,12 @@ def c1_windows(server: TritonServer, data: dict, plan: Plan, out: Path, first: d
                              timeout_s=plan.point_timeout_s)
         except analyzer.PerfAnalyzerTimeout:
             continue
-        windows.append(dict(r.rows[0], waited_s=waited))
-    return [{k: w[k] for k in ("throughput", "p50_ms", "p99_ms", "steal", "waited_s")} for w in windows]
+        windows.append(window(r.rows[0], waited))
+    return windows
 
 
 def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, extra: int = 2,
-                     quiet: float = 0.01) -> list[dict]:
+                     quiet: float = 0.01) -> list[RulesPair]:
     """The lone user (`recommend`, gRPC, concurrency 1) without and with per-request rules, in
     pairs of windows a few seconds apart: `data["ratings"]` and `data["ratings_rules"]` (the same
     users' requests with EXCLUDE_IDS and INCLUDE_IDS added, perf.inputs.ensemble_rules_data).
@@ -340,33 +341,32 @@ def c1_rules_windows(server: TritonServer, data: dict, plan: Plan, out: Path, ex
     are measured again (up to `extra` more) until both windows of one lose less than `quiet`
     of their CPU time to steal. A pair lost to perf_analyzer's time limit is skipped.
 
-    Returns one dict per pair: "plain" and "rules" ({throughput req/s, p50_ms, p99_ms, steal}),
-    "p50_ratio" and "p99_ratio" (rules over plain), "steal" (the higher of the two windows';
-    None when unknown), "waited_s", "first" (the side measured first) and "load_1min" (the
-    host's 1-minute load average after the pair: other processes on our cores, which steal
-    does not count)."""
-    pairs: list[dict] = []
+    Returns one RulesPair per pair; its `load_1min` (the host's 1-minute load average after the
+    pair) counts other processes on our cores, which steal does not."""
+    pairs: list[RulesPair] = []
     for i in range(1 + extra):
-        if pairs and (pairs[-1]["steal"] or 0.0) < quiet:
+        if pairs and (pairs[-1].steal or 0.0) < quiet:
             break
         waited = wait_quiet(max_seconds=plan.quiet_wait_s)["waited_s"]
         sides = ("plain", "rules") if i % 2 == 0 else ("rules", "plain")
-        pair = {}
+        figures, commands = {}, {}
         try:
             for side in sides:
                 r = analyzer.run("recommend", server.grpc_url, "grpc",
                                  data["ratings_rules" if side == "rules" else "ratings"],
                                  out / f"recommend_grpc_c1_{side}_p{i}.csv", concurrency="1",
                                  interval_ms=plan.interval_ms, timeout_s=plan.point_timeout_s)
-                pair[side] = {k: r.rows[0][k] for k in ("throughput", "p50_ms", "p99_ms", "steal")}
-                pair[f"command_{side}"] = r.command
+                x = r.rows[0]
+                figures[side] = RulesSide(x.throughput, x.p50_ms, x.p99_ms, x.steal)
+                commands[side] = tuple(r.command)
         except analyzer.PerfAnalyzerTimeout:
             continue
-        steals = [pair[side]["steal"] for side in sides if pair[side]["steal"] is not None]
-        pairs.append(dict(pair, p50_ratio=pair["rules"]["p50_ms"] / pair["plain"]["p50_ms"],
-                          p99_ratio=pair["rules"]["p99_ms"] / pair["plain"]["p99_ms"],
-                          steal=max(steals) if steals else None, waited_s=waited, first=sides[0],
-                          load_1min=os.getloadavg()[0]))
+        plain, ruled = figures["plain"], figures["rules"]
+        steals = [f.steal for f in figures.values() if f.steal is not None]
+        pairs.append(RulesPair(plain, ruled, commands["plain"], commands["rules"],
+                               p50_ratio=ruled.p50_ms / plain.p50_ms, p99_ratio=ruled.p99_ms / plain.p99_ms,
+                               steal=max(steals) if steals else None, waited_s=waited, first=sides[0],
+                               load_1min=os.getloadavg()[0]))
     return pairs
 
 
@@ -470,14 +470,14 @@ def measure_baselines(s: Setup) -> tuple[dict, dict]:
     return base, first_steal
 
 
-def tune_and_save(s: Setup) -> dict:
+def tune_and_save(s: Setup) -> TuningResult:
     """Stage 3: the tuning (see tune), its choice written to OUT/tuned.json for
     `aerec repository --tuned`; the repository keeps the chosen configs for the sweeps."""
     tuning = tune(s.server, s.repo, s.data, s.plan, s.out, s.clock)
-    best = tuning["best"]
+    best = tuning.best
     (s.out / "tuned.json").write_text(json.dumps(
-        {"tuning": best["tuning"], "measured": {k: best[k] for k in ("throughput", "p99_ms", "batched_users_per_s")}},
-        indent=2))
+        {"tuning": best.tuning, "measured": {"throughput": best.throughput, "p99_ms": best.p99_ms,
+                                             "batched_users_per_s": best.batched_users_per_s}}, indent=2))
     return tuning
 
 
@@ -499,8 +499,8 @@ def sweep(s: Setup, base: dict) -> dict:
             for b in plan.large_batches if name in large else plan.model_batches:
                 r = analyzer.run(name, server.grpc_url, "grpc", d, out / f"model_{name}_b{b}.csv", batch=b,
                                  concurrency=plan.model_concurrency, interval_ms=plan.interval_ms)
-                model_level[f"{name}_b{b}"] = {"model": name, "batch": b, "command": r.command,
-                                               "rows": [dict(x, users_per_s=x["throughput"]) for x in r.rows]}
+                model_level[f"{name}_b{b}"] = ModelLevel(name, b, tuple(r.command),
+                                                         tuple(x.in_users() for x in r.rows))
             if name in large:
                 # A co-located client can hand Triton its tensors in system shared memory instead
                 # of 4.5 MB gRPC messages each way; registering a region is an admin API (the key).
@@ -511,11 +511,11 @@ def sweep(s: Setup, base: dict) -> dict:
         results["server_time_model_level"] = _statistics(server)
         results["ensemble"] = ensemble_rows(server, data, plan, out, s.clock, ceiling=lambda: baselines.ort_ceiling(
             s.onnx_fp32, s.x, 64, plan.baseline_seconds))
-        first = next((x for x in results["ensemble"]["recommend_grpc"]["rows"] if x["concurrency"] == 1), None)
-        results["c1_windows"] = c1_windows(server, data, plan, out, first)
+        first = next((x for x in results["ensemble"]["recommend_grpc"].rows if x.concurrency == 1), None)
+        results["c1_windows"] = tuple(c1_windows(server, data, plan, out, first))
         s.clock.say(f"the lone user with rules ({plan.rules_exclude} EXCLUDE_IDS, {plan.rules_include} "
                     "INCLUDE_IDS per request) beside the lone user without, in pairs of windows")
-        results["c1_rules_windows"] = c1_rules_windows(server, data, plan, out)
+        results["c1_rules_windows"] = tuple(c1_rules_windows(server, data, plan, out))
         requests = [(r["ITEM_IDS"]["content"], r["RATINGS"]["content"])
                     for r in json.loads(data["ratings"].read_text())["data"]]
         s.clock.say("ensemble sweeps done; Triton, the serving peers and the naive service under one generator")
@@ -539,7 +539,7 @@ def compare_http(s: Setup, server: TritonServer, requests: list) -> dict:
                               peers=s.plan.peers, say=s.clock.say)
 
 
-def model_analyzer_stage(s: Setup, tuning: dict) -> dict:
+def model_analyzer_stage(s: Setup, tuning: TuningResult) -> dict:
     """Stage 3b (`aerec perf --model-analyzer`): Triton Model Analyzer's search (perf/model_analyzer.py)
     over the served ranker network (brute: instance counts 1-2, max_batch_size 16-64 with dynamic
     batching) and the `recommend` ensemble (quick search over its composing models), on a copy of
@@ -570,7 +570,9 @@ def model_analyzer_stage(s: Setup, tuning: dict) -> dict:
         s.clock.say(f"Model Analyzer {name}: {len(out[name]['rows'])} measurements, best "
                     + (f"{best['config']} {best['throughput']:,.0f} infer/s p99 {best['p99_ms']:.2f} ms"
                        if best else "none"))
-    out["aerec_tuner"] = {k: tuning["best"][k] for k in ("tuning", "throughput", "p99_ms", "c1_p99_ms")}
+    best = tuning.best
+    out["aerec_tuner"] = {"tuning": best.tuning, "throughput": best.throughput, "p99_ms": best.p99_ms,
+                          "c1_p99_ms": best.c1_p99_ms}
     return out
 
 
@@ -592,11 +594,11 @@ def reread_ceilings(s: Setup, base: dict, first_steal: dict) -> None:
         base[name]["ort_batched_b64"] = max(base["readings"][name])
 
 
-def write_results(out: Path, results: dict, results_root: Path) -> dict:
+def write_results(out: Path, results: PerfResults, results_root: Path) -> dict:
     """Stage 6: results.json (everything), summary.json (see summarise) and report.md in `out`,
     and `results_root`/latest pointing at it. Returns the summary."""
     summary = summarise(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps(results.to_dict(), indent=2, default=str))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, results, summary)
     latest = results_root / "latest"
@@ -651,15 +653,15 @@ def run_perf(run_dir: Path | None = None, full: bool = False, results_root: Path
         results["model_analyzer"] = model_analyzer_stage(s, results["tuning"])
     results.update(sweep(s, base))
     # Step by step as the default three-model pipeline spends it (the tuning's first trial).
-    results["server_time"] = results["tuning"]["default"]["server_time"]
+    results["server_time"] = results["tuning"].default.server_time
     clock.say("ceilings again (GEMM roof, ORT in-process); the higher reading of each is used")
     reread_ceilings(s, base, first_steal)
     results["seconds"] = round(clock.seconds(), 1)
-    write_results(out, results, results_root)
+    write_results(out, PerfResults(**results), results_root)
     return out
 
 
-def rules_summary(pairs: list[dict], target_ms: float) -> dict | None:
+def rules_summary(pairs: list[RulesPair], target_ms: float) -> dict | None:
     """The lone user with and without rules (c1_rules_windows' pairs): the pair with the least
     steal (chosen by steal, never by latency), its p50/p99 (ms) both ways, their ratios (rules
     over plain), its steal, whether the p99 with rules is within `target_ms`, the median ratios
@@ -668,51 +670,52 @@ def rules_summary(pairs: list[dict], target_ms: float) -> dict | None:
     if not pairs:
         return None
     best = quietest(pairs)
-    return {"plain": {k: best["plain"][k] for k in ("p50_ms", "p99_ms")},
-            "rules": {k: best["rules"][k] for k in ("p50_ms", "p99_ms")},
-            "p50_ratio": best["p50_ratio"], "p99_ratio": best["p99_ratio"], "steal": best["steal"],
-            "target_ms": target_ms, "within_target": best["rules"]["p99_ms"] <= target_ms,
-            "p50_ratio_median": statistics.median(w["p50_ratio"] for w in pairs),
-            "p99_ratio_median": statistics.median(w["p99_ratio"] for w in pairs),
-            "windows": [{"plain_p99_ms": w["plain"]["p99_ms"], "rules_p99_ms": w["rules"]["p99_ms"],
-                         "plain_p50_ms": w["plain"]["p50_ms"], "rules_p50_ms": w["rules"]["p50_ms"],
-                         "p99_ratio": w["p99_ratio"], "steal": w["steal"], "load_1min": w.get("load_1min")}
+    return {"plain": {"p50_ms": best.plain.p50_ms, "p99_ms": best.plain.p99_ms},
+            "rules": {"p50_ms": best.rules.p50_ms, "p99_ms": best.rules.p99_ms},
+            "p50_ratio": best.p50_ratio, "p99_ratio": best.p99_ratio, "steal": best.steal,
+            "target_ms": target_ms, "within_target": best.rules.p99_ms <= target_ms,
+            "p50_ratio_median": statistics.median(w.p50_ratio for w in pairs),
+            "p99_ratio_median": statistics.median(w.p99_ratio for w in pairs),
+            "windows": [{"plain_p99_ms": w.plain.p99_ms, "rules_p99_ms": w.rules.p99_ms,
+                         "plain_p50_ms": w.plain.p50_ms, "rules_p50_ms": w.rules.p50_ms,
+                         "p99_ratio": w.p99_ratio, "steal": w.steal, "load_1min": w.load_1min}
                         for w in pairs]}
 
 
-def summarise(r: dict) -> dict:
-    """The figures the issue names, each a ratio of two numbers from this run."""
-    base = r["baselines"]
-    ens = r["ensemble"]
-    grpc = ens["recommend_grpc"]["rows"]
-    best_single = max(x["throughput"] for x in grpc)
-    best_batched = max(x["throughput"] for x in ens["recommend_grpc_b64"]["rows"])
+def summarise(r: PerfResults) -> dict:
+    """The figures the issue names, each a ratio of two numbers from this run (summary.json)."""
+    base = r.baselines
+    ens = r.ensemble
+    grpc, batched = ens["recommend_grpc"].rows, ens["recommend_grpc_b64"]
+    best_single = max(x.throughput for x in grpc)
+    best_batched = max(x.throughput for x in batched.rows)
     best_served = max(best_single, best_batched)
     # The lone user's window with the least stolen CPU (chosen by steal, not by latency).
-    c1_windows = r.get("c1_windows") or [x for x in grpc if x["concurrency"] == 1]
-    c1 = quietest(c1_windows) if c1_windows else {"p99_ms": None}
-    rules = rules_summary(r.get("c1_rules_windows") or [], P99_TARGET_MS)
-    naive_best = max(x["throughput"] for x in r["naive"]["naive"])
-    triton_same_load = max(x["throughput"] for x in r["naive"]["triton_http_json"])
+    c1_windows = r.c1_windows or [x for x in grpc if x.concurrency == 1]
+    c1 = quietest(c1_windows) if c1_windows else None
+    rules = rules_summary(r.c1_rules_windows or [], P99_TARGET_MS)
+    naive_best = max(x["throughput"] for x in r.naive["naive"])
+    triton_same_load = max(x["throughput"] for x in r.naive["triton_http_json"])
     # Like for like: the same shape, generator and users on both sides (perf.peers.bench.ratios).
-    http = peer_bench.ratios(r["http"]) if r.get("http") else {}
+    http = peer_bench.ratios(r.http) if r.http else {}
     # The large model served with its tensors in shared memory, each window against the roof
     # read right before and after it; the median window (see paired_roof).
-    paired = r["model_level"].get("large_w1024_b64_shm", {})
-    large_fraction = paired.get("fraction")
-    large_tp = statistics.median(w["users_per_s"] for w in paired["windows"]) if paired.get("windows") else None
+    paired = r.model_level.get("large_w1024_b64_shm")
+    windows = (paired.windows if paired else None) or ()
+    large_fraction = paired.fraction if paired else None
+    large_tp = statistics.median(w.users_per_s for w in windows) if windows else None
     roof = base["gemm_peak_gflops"]
-    best_row = max(grpc + ens["recommend_grpc_b64"]["rows"], key=lambda x: x["throughput"])
-    tuning = r["tuning"]
+    best_row = max((*grpc, *batched.rows), key=lambda x: x.throughput)
+    tuning = r.tuning
     # 64 users per request (the best served shape) against the in-process readings taken right
     # before and after it (the higher one); runs without them compare with the run's ceiling.
-    beside = ens["recommend_grpc_b64"].get("ort_inprocess", {}).get("users_per_s") or []
+    beside = batched.ort_inprocess.users_per_s if batched.ort_inprocess else ()
     ceiling = max([*beside, 0.0]) or base["ml100k"]["ort_batched_b64"]
     return {
         "ensemble_vs_inprocess_ort": best_batched / ceiling,
         "ensemble_single_user_vs_inprocess_ort": best_single / base["ml100k"]["ort_batched_b64"],
-        "p99_ms_concurrency1": c1["p99_ms"],
-        "p99_ms_concurrency1_windows": [{"p99_ms": w["p99_ms"], "steal": w.get("steal")} for w in c1_windows],
+        "p99_ms_concurrency1": c1.p99_ms if c1 else None,
+        "p99_ms_concurrency1_windows": [{"p99_ms": w.p99_ms, "steal": w.steal} for w in c1_windows],
         # The lone user with 50 EXCLUDE_IDS and 200 INCLUDE_IDS in every request (rules_summary).
         "p99_ms_concurrency1_rules": rules["rules"]["p99_ms"] if rules else None,
         "p99_c1_rules_vs_plain": rules["p99_ratio"] if rules else None,
@@ -729,17 +732,17 @@ def summarise(r: dict) -> dict:
         "large_model_roof_fraction": large_fraction,
         "large_model_ort_inprocess_roof_fraction":
             base["large_w1024"]["ort_batched_b64"] * base["large_w1024"]["flops_per_user"] / 1e9 / roof,
-        "tuning_gain": tuning["best"]["score"] / tuning["default"]["score"],
+        "tuning_gain": tuning.best.score / tuning.default.score,
         # The hypervisor's share of CPU time while each target figure was measured (perf/steal.py).
-        "steal": {"ensemble_served": best_row.get("steal"),
-                  "ort_inprocess": ens["recommend_grpc_b64"].get("ort_inprocess", {}).get("steal")
+        "steal": {"ensemble_served": best_row.steal,
+                  "ort_inprocess": (list(batched.ort_inprocess.steal) if batched.ort_inprocess else None)
                   or base.get("readings_steal", {}).get("ml100k"),
-                  "p99_ms_concurrency1": c1.get("steal"),
-                  "large_model_windows": [w["steal"] for w in paired.get("windows", [])],
-                  "roof_readings": [s for w in paired.get("windows", []) for s in w["roof_steal"]]},
-        "soak": {k: r["soak"][k] for k in ("seconds", "concurrency", "requests", "valid_failed", "unexpected",
-                                           "throughput", "p99_ms", "rss_start_mb", "rss_end_mb", "rss_growth")}
-        if "soak" in r else None,
+                  "p99_ms_concurrency1": c1.steal if c1 else None,
+                  "large_model_windows": [w.steal for w in windows],
+                  "roof_readings": [s for w in windows for s in w.roof_steal]},
+        "soak": {k: r.soak[k] for k in ("seconds", "concurrency", "requests", "valid_failed", "unexpected",
+                                        "throughput", "p99_ms", "rss_start_mb", "rss_end_mb", "rss_growth")}
+        if r.soak is not None else None,
         "figures": {"ort_inprocess_b64_users_per_s": base["ml100k"]["ort_batched_b64"],
                     "ensemble_grpc_best_req_per_s": best_single, "ensemble_grpc_b64_users_per_s": best_batched,
                     "naive_best_req_per_s": naive_best, "triton_http_json_same_generator_req_per_s": triton_same_load,

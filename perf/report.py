@@ -5,21 +5,28 @@ import json
 from pathlib import Path
 
 from perf import analyzer
+from perf.results import PerfResults, RulesPair, TuningResult
 from perf.steal import NOISY
 
+_NAN = float("nan")
 
-def _plots(out: Path, r: dict) -> list[str]:
+
+def _or_nan(v: float | None) -> float:
+    """NaN (printed "nan") for a figure a run before it did not measure."""
+    return _NAN if v is None else v
+
+
+def _plots(out: Path, r: PerfResults) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, rows in (("gRPC", r["ensemble"]["recommend_grpc"]["rows"]),
-                      ("HTTP", r["ensemble"]["recommend_http"]["rows"])):
-        ax.plot([x["throughput"] for x in rows], [x["p99_ms"] for x in rows], "o-", label=f"recommend {key}")
+    for key, rows in (("gRPC", r.ensemble["recommend_grpc"].rows), ("HTTP", r.ensemble["recommend_http"].rows)):
+        ax.plot([x.throughput for x in rows], [x.p99_ms for x in rows], "o-", label=f"recommend {key}")
         for x in rows:
-            ax.annotate(f"c{x['concurrency']}", (x["throughput"], x["p99_ms"]), fontsize=7)
-    naive = r["naive"]["naive"]
+            ax.annotate(f"c{x.concurrency}", (x.throughput, x.p99_ms), fontsize=7)
+    naive = r.naive["naive"]   # perf/load.py rows
     ax.plot([x["throughput"] for x in naive], [x["p99_ms"] for x in naive], "s--", label="naive service")
     ax.set_xlabel("requests / s")
     ax.set_ylabel("p99 latency (ms)")
@@ -32,10 +39,10 @@ def _plots(out: Path, r: dict) -> list[str]:
     names.append("ensemble_latency.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    models = sorted({v["model"] for v in r["model_level"].values()})
+    models = sorted({v.model for v in r.model_level.values()})
     for m in models:
-        pts = sorted((v["batch"], max(x["throughput"] for x in v["rows"])) for v in r["model_level"].values()
-                     if v["model"] == m and not v.get("shared_memory"))
+        pts = sorted((v.batch, v.best_throughput) for v in r.model_level.values()
+                     if v.model == m and not v.shared_memory)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -50,7 +57,7 @@ def _plots(out: Path, r: dict) -> list[str]:
     return names
 
 
-def _bottleneck(times: dict, tuning: dict | None = None) -> str:
+def _bottleneck(times: dict, tuning: TuningResult | None = None) -> str:
     """The sentences naming where server time goes, computed from Triton's statistics, and what
     the fused pipeline (if a trial tried it) changed."""
     steps = {k: v["input_us"] + v["infer_us"] + v["output_us"] for k, v in times.items()
@@ -68,14 +75,14 @@ def _bottleneck(times: dict, tuning: dict | None = None) -> str:
         text += (f" The two Python steps take {python_share:.0%}: each request crosses three Python stub"
                  " processes (our CPU onnxruntime backend is one too), each crossing a copy through shared"
                  " memory and a message round trip, more than the network's arithmetic.")
-    fused = [t for t in (tuning or {}).get("trials", []) if t["tuning"].get("pipeline") == "fused"]
+    fused = [t for t in (tuning.trials if tuning else ()) if t.pipeline == "fused"]
     if fused:
-        best = max(fused, key=lambda t: t["throughput"])
-        default = tuning["default"]
+        best = max(fused, key=lambda t: t.throughput)
+        default = tuning.default
         text += (f" The fused pipeline (the same three steps in one Python model, one hop) serves "
-                 f"{best['throughput']:,.0f} req/s against {default['throughput']:,.0f} "
-                 f"({best['throughput'] / default['throughput']:.2f}x) at concurrency 16, p99 "
-                 f"{best['p99_ms']:.1f} vs {default['p99_ms']:.1f} ms.")
+                 f"{best.throughput:,.0f} req/s against {default.throughput:,.0f} "
+                 f"({best.throughput / default.throughput:.2f}x) at concurrency 16, p99 "
+                 f"{best.p99_ms:.1f} vs {default.p99_ms:.1f} ms.")
     return text
 
 
@@ -93,10 +100,10 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.0%}"
 
 
-def _noise(r: dict, s: dict) -> list[str]:
+def _noise(r: PerfResults, s: dict) -> list[str]:
     """Which figures were read while the host took CPU from us, window by window."""
     st = s.get("steal") or {}
-    beside = r["ensemble"]["recommend_grpc_b64"].get("ort_inprocess", {})
+    beside = r.ensemble["recommend_grpc_b64"].ort_inprocess
     lines = ["## Noise: CPU time the hypervisor took (steal)", "",
              "This is a shared 2-core virtual machine; `steal` is the share of CPU time the host gave to "
              f"others while a figure was measured (`/proc/stat`). Above {NOISY:.0%} a figure describes the host "
@@ -104,34 +111,33 @@ def _noise(r: dict, s: dict) -> list[str]:
              f"- `recommend`, 64 users per request (the best served figure): {_pct(st.get('ensemble_served'))};"
              " ONNX Runtime in-process on the same users, read right before and after it (the ratio uses the "
              "higher): " + (", ".join(f"{v:,.0f} users/s at {_pct(t)}" for v, t in zip(
-                 beside.get("users_per_s", []), beside.get("steal", []))) or "n/a") + ".",
+                 beside.users_per_s, beside.steal)) if beside else "n/a") + ".",
              "- the lone user (`recommend`, gRPC, c=1), every window (after the first, each waits up to "
-             f"{r['plan'].get('quiet_wait_s', 0):.0f} s for a quiet host); the summary takes the one with the "
+             f"{r.plan.get('quiet_wait_s', 0):.0f} s for a quiet host); the summary takes the one with the "
              "least steal (chosen by steal, never by latency): "
              + ", ".join(f"p99 {w['p99_ms']:.2f} ms at {_pct(w.get('steal'))}"
                          for w in s.get("p99_ms_concurrency1_windows", [])) + "."]
-    dropped = [f"{key.split('_')[1]} c={d['concurrency']}" for key in ("recommend_grpc", "recommend_http")
-               for d in r["ensemble"][key].get("dropped", [])]
+    dropped = [f"{key.split('_')[1]} c={d.concurrency}" for key in ("recommend_grpc", "recommend_http")
+               for d in r.ensemble[key].dropped or ()]
     if dropped:
         lines.append(f"- perf_analyzer found no stable window within the time limit for: {', '.join(dropped)} "
                      "(dropped from this run; the commands are in `results.json`).")
-    paired = r["model_level"].get("large_w1024_b64_shm", {})
-    if paired.get("windows"):
+    paired = r.model_level.get("large_w1024_b64_shm")
+    if paired and paired.windows:
         lines += ["", "The 17,770-item model (n-512-512-1024), -b 64, tensors in shared memory, each window between "
                   "two roof readings; its fraction uses the higher of the two, and the summary takes the median "
                   "window:", "", "| window | users/s | steal | roof GFLOP/s before / after (steal) | % of roof |",
                   "|---:|---:|---:|---|---:|"]
-        for i, w in enumerate(paired["windows"]):
-            g = " / ".join(f"{v:.0f} ({_pct(t)})" for v, t in zip(w["roof_gflops"], w["roof_steal"]))
-            lines.append(f"| {i} | {w['users_per_s']:,.0f} | {_pct(w['steal'])} | {g} | {w['fraction']:.1%} |")
+        for i, w in enumerate(paired.windows):
+            g = " / ".join(f"{v:.0f} ({_pct(t)})" for v, t in zip(w.roof_gflops, w.roof_steal))
+            lines.append(f"| {i} | {w.users_per_s:,.0f} | {_pct(w.steal)} | {g} | {w.fraction:.1%} |")
     return lines
 
 
-def rules_section(r: dict, rules: dict) -> list[str]:
-    """The lone user with per-request rules beside the lone user without (harness.rules_summary):
-    the quietest pair's p50/p99, their ratio, its steal and whether the p99 with rules is within
-    the target, then every pair."""
-    plan = r["plan"]
+def rules_section(plan: dict, pairs: list[RulesPair], rules: dict) -> list[str]:
+    """The lone user with per-request rules beside the lone user without (harness.rules_summary
+    of `pairs`, harness.c1_rules_windows): the quietest pair's p50/p99, their ratio, its steal
+    and whether the p99 with rules is within the target, then every pair."""
     plain, ruled = rules["plain"], rules["rules"]
     lines = ["## The lone user with rules", "",
              f"`recommend`, gRPC, concurrency 1, the same users with {plan.get('rules_exclude', 50)} `EXCLUDE_IDS` "
@@ -154,31 +160,31 @@ def rules_section(r: dict, rules: dict) -> list[str]:
         lines.append(f"| {i} | {w['plain_p50_ms']:.2f} / {w['rules_p50_ms']:.2f} | "
                      f"{w['plain_p99_ms']:.2f} / {w['rules_p99_ms']:.2f} | {w['p99_ratio']:.2f} | {_pct(w['steal'])} | "
                      f"{'n/a' if load is None else f'{load:.1f}'} |")
-    command = next((w["command_rules"] for w in r.get("c1_rules_windows", []) if w.get("command_rules")), None)
+    command = next((w.command_rules for w in pairs if w.command_rules), None)
     if command:
         lines += ["", f"With rules: `{' '.join(command)}` (`results.json`: `c1_rules_windows`)."]
     return lines
 
 
-def _served(r: dict) -> str:
+def _served(r: PerfResults) -> str:
     """The served networks and the runs they came from (one run in results written before the
     ranker and rater were served together)."""
-    runs = r.get("runs") or {"rater": r["run"]}
+    runs = r.runs or {"rater": r.run}
     return ", ".join(f"{role} `{path}`" for role, path in runs.items() if path)
 
 
-def write_report(out: Path, r: dict, s: dict) -> Path:
-    """Write report.md in `out` from a run's results and summary (see harness.summarise): every figure beside the
-    command that measured it."""
+def write_report(out: Path, r: PerfResults, s: dict) -> Path:
+    """Write report.md in `out` from a run's results and summary (summary.json's dict, see
+    harness.summarise): every figure beside the command that measured it."""
     plots = _plots(out, r)
-    base = r["baselines"]
+    base = r.baselines
     roof = base["gemm_peak_gflops"]
     ort = base["ml100k"]["ort_batched_b64"]
-    tuning = r["tuning"]
+    tuning = r.tuning
     lines = [
-        f"# aerec perf report ({r['stamp']}, {r['mode']})", "",
-        f"Served: {_served(r)}; {r['users']} held-out users of {r['dataset'].get('name', 'the dataset')}; "
-        f"took {r['seconds']} s. Every ratio below divides two numbers measured in this run.", "",
+        f"# aerec perf report ({r.stamp}, {r.mode})", "",
+        f"Served: {_served(r)}; {r.users} held-out users of {r.dataset.get('name', 'the dataset')}; "
+        f"took {r.seconds} s. Every ratio below divides two numbers measured in this run.", "",
         "## Targets", "",
         "| figure | measured | target | met |", "|---|---:|---:|---|",
     ]
@@ -197,12 +203,12 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
               "concurrency; the lower of the two shapes. `p99_c1_vs_best_peer`: Triton's p99 at concurrency 1, "
               "one user per request, over the lowest peer's (below 1: Triton answers a lone user faster)."]
     if s.get("lone_user_rules"):
-        lines += [""] + rules_section(r, s["lone_user_rules"])
+        lines += [""] + rules_section(r.plan, r.c1_rules_windows or [], s["lone_user_rules"])
     lines += [""] + _noise(r, s)
-    if r.get("http"):
-        lines += [""] + peers_section(r["http"])
-    if r.get("model_analyzer"):
-        lines += [""] + model_analyzer_section(r["model_analyzer"])
+    if r.http:
+        lines += [""] + peers_section(r.http)
+    if r.model_analyzer:
+        lines += [""] + model_analyzer_section(r.model_analyzer)
     lines += ["", "## Every figure", "",
               f"Roof: measured FP32 GEMM peak {roof:.1f} GFLOP/s (2048x2048, all cores, the faster of "
               "torch's BLAS and ONNX Runtime's MLAS).", "",
@@ -218,21 +224,21 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         "all cores and one single-thread worker per core)", ort)
     if "ort_int8_batched_b64" in base["ml100k"]:
         row("ML-100K: ONNX Runtime in-process b64, rater int8", base["ml100k"]["ort_int8_batched_b64"])
-    for key, v in sorted(r["model_level"].items()):
+    for key, v in sorted(r.model_level.items()):
         # Each network against itself in-process (runs before per-network baselines: the pipeline's).
-        own = base.get(v["model"]) or ({} if not v["model"].startswith("large") else base["ml100k"])
+        own = base.get(v.model) or ({} if not v.model.startswith("large") else base["ml100k"])
         flops, ref = own.get("flops_per_user", f_small), own.get("ort_batched_b64", ort)
-        how = ", tensors in system shared memory (HTTP)" if v.get("shared_memory") else ""
-        row(f"served model level `{v['model']}` -b {v['batch']}{how}", max(x["throughput"] for x in v["rows"]),
-            flops, ref)
+        how = ", tensors in system shared memory (HTTP)" if v.shared_memory else ""
+        row(f"served model level `{v.model}` -b {v.batch}{how}", v.best_throughput, flops, ref)
     for key in ("recommend_grpc", "recommend_http"):
-        for x in r["ensemble"][key]["rows"]:
-            row(f"`{key}` one user/request, c={x['concurrency']} (p99 {x['p99_ms']:.2f} ms)", x["throughput"])
-    for x in r["ensemble"]["recommend_grpc_b64"]["rows"]:
-        row(f"`recommend` gRPC, 64 users/request, c={x['concurrency']} (p99 {x['p99_ms']:.2f} ms)", x["throughput"])
-    for x in r["naive"]["naive"]:
+        for x in r.ensemble[key].rows:
+            row(f"`{key}` one user/request, c={x.concurrency} (p99 {x.p99_ms:.2f} ms)", x.throughput)
+    for x in r.ensemble["recommend_grpc_b64"].rows:
+        row(f"`recommend` gRPC, 64 users/request, c={x.concurrency} (p99 {x.p99_ms:.2f} ms)", x.throughput)
+    # The naive service's rows and Triton's under its generator are perf/load.py's (dicts).
+    for x in r.naive["naive"]:
         row(f"naive hand-written service, c={x['concurrency']} (p99 {x['p99_ms']:.2f} ms)", x["throughput"])
-    for x in r["naive"]["triton_http_json"]:
+    for x in r.naive["triton_http_json"]:
         row(f"Triton HTTP/JSON under the naive service's generator, c={x['concurrency']}", x["throughput"])
     lines += ["", "## How cost grows with model size", "",
               "| model | hidden | FLOPs/user | ORT in-process b64 users/s | served b64 users/s (gRPC / shared "
@@ -242,17 +248,16 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
         b = base[name]
         key = f"{name}_b64"
         if name == "ml100k":  # "autoencoder_onnx": its name in results written before ranker/rater
-            key = next((k for k in ("rater_onnx_b64", "autoencoder_onnx_b64") if k in r["model_level"]),
+            key = next((k for k in ("rater_onnx_b64", "autoencoder_onnx_b64") if k in r.model_level),
                        "rater_onnx_b64")
-        tps = [max(x["throughput"] for x in r["model_level"][k]["rows"]) if k in r["model_level"] else float("nan")
-               for k in (key, f"{key}_shm")]
+        tps = [r.model_level[k].best_throughput if k in r.model_level else float("nan") for k in (key, f"{key}_shm")]
         best = max((t for t in tps if t == t), default=float("nan"))
         shown = " / ".join("n/a" if t != t else f"{t:,.0f}" for t in tps)  # NaN: not measured (quick)
         lines.append(f"| {name} | {b.get('hidden', 'run config')} | {b['flops_per_user'] / 1e6:.1f} M | "
                      f"{b['ort_batched_b64']:,.0f} | {shown} | "
                      f"{best * b['flops_per_user'] / 1e9 / roof:.1%} |")
-    if r.get("soak"):
-        k = r["soak"]
+    if r.soak:
+        k = r.soak
         lines += ["", f"## Soak ({k['seconds']:.0f} s, concurrency {k['concurrency']}, gRPC)", "",
                   f"{k['requests']:,} requests ({k['valid']:,} valid, {k['invalid']:,} invalid, each invalid one "
                   f"expecting its own error): {k['throughput']:,.0f} req/s, p50 {k['p50_ms']:.1f} ms, p99 "
@@ -260,28 +265,27 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
                   f"{k['unexpected']}; server memory (Triton + stubs) {k['rss_start_mb']:.0f} -> "
                   f"{k['rss_end_mb']:.0f} MB ({k['rss_growth']:+.1%}, target <= +10%)."]
     lines += ["", "## Principal bottleneck", "",
-              _bottleneck(r.get("server_time", {}), r.get("tuning")), "",
+              _bottleneck(r.server_time or {}, r.tuning), "",
               "## Tuning (`recommend`, gRPC)", "",
               "Each trial: one user per request at concurrency 16, 64 users per request at concurrency 4, and"
               " one user at a time (concurrency 1); score = geometric mean of the three throughputs. "
               + (f"The choice is the best score among trials whose lone user's p99 is within "
-                 f"{tuning['p99_budget_ms']:g} ms (Model Analyzer's latency constraint; the best score of all "
-                 "when none is)." if tuning.get("p99_budget_ms") else "The choice is the best score."), "",
+                 f"{tuning.p99_budget_ms:g} ms (Model Analyzer's latency constraint; the best score of all "
+                 "when none is)." if tuning.p99_budget_ms else "The choice is the best score."), "",
               "| trial | knobs changed from default | req/s (c=16) | p99 ms | users/s (64/request) "
               "| req/s (c=1) | p99 ms (c=1) | score | steal (c=16 / 64 / c=1) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    default = tuning["default"]["tuning"]
-    for i, t in enumerate(tuning["trials"]):
-        changed = {k: v for k, v in t["tuning"].items() if v != default.get(k)} or "default"
-        lines.append(f"| {i} | `{changed}` | {t['throughput']:,.0f} | {t['p99_ms']:.2f} | "
-                     f"{t.get('batched_users_per_s', float('nan')):,.0f} | "
-                     f"{t.get('c1_req_per_s', float('nan')):,.0f} | "
-                     f"{t.get('c1_p99_ms', float('nan')):.2f} | {t.get('score', t['throughput']):,.0f} | "
-                     f"{' / '.join(_pct(v) for v in t.get('steal', [])) or 'n/a'} |")
-    best, dflt = tuning["best"], tuning["default"]
-    lines += ["", f"Chosen: `{best['tuning']}`: {best['throughput']:,.0f} req/s and "
-              f"{best.get('batched_users_per_s', float('nan')):,.0f} users/s at 64 per request, vs "
-              f"{dflt['throughput']:,.0f} and {dflt.get('batched_users_per_s', float('nan')):,.0f} for the default "
+    default = tuning.default.tuning
+    for i, t in enumerate(tuning.trials):
+        changed = {k: v for k, v in t.tuning.items() if v != default.get(k)} or "default"
+        lines.append(f"| {i} | `{changed}` | {t.throughput:,.0f} | {t.p99_ms:.2f} | "
+                     f"{_or_nan(t.batched_users_per_s):,.0f} | {_or_nan(t.c1_req_per_s):,.0f} | "
+                     f"{_or_nan(t.c1_p99_ms):.2f} | {t.throughput if t.score is None else t.score:,.0f} | "
+                     f"{' / '.join(_pct(v) for v in t.steal or ()) or 'n/a'} |")
+    best, dflt = tuning.best, tuning.default
+    lines += ["", f"Chosen: `{best.tuning}`: {best.throughput:,.0f} req/s and "
+              f"{_or_nan(best.batched_users_per_s):,.0f} users/s at 64 per request, vs "
+              f"{dflt.throughput:,.0f} and {_or_nan(dflt.batched_users_per_s):,.0f} for the default "
               f"(score {s['tuning_gain']:.2f}x). Written to `tuned.json`; `aerec repository RUN --tuned {out}` "
               "applies it.", "",
               "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -290,7 +294,7 @@ def write_report(out: Path, r: dict, s: dict) -> Path:
               f" Up to {analyzer.SYNC_MAX_CONCURRENCY} requests in flight, perf_analyzer gives each its own blocking"
               f" thread; above that, {analyzer.CLIENT_THREADS} threads keep them in flight (`--async`): on 2 vCPUs,"
               " 64 blocking client threads take the server's CPU and once stalled perf_analyzer itself.",
-              "", "```", json.dumps(r["plan"]), "```", ""]
+              "", "```", json.dumps(r.plan), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -63,10 +63,11 @@ def wait_quiet(threshold: float = 0.02, max_seconds: float = 15.0, probe_seconds
             return {"waited_s": round(waited, 2), "steal": w.steal}
 
 
-def quietest(windows: list[dict]) -> dict:
-    """The window measured with the least stolen CPU time (`steal` key; unknown counts as none),
-    the first of equals. Chosen by steal only, so the choice never favours a lucky latency."""
-    return min(windows, key=lambda w: w.get("steal") or 0.0)
+def quietest(windows: list):
+    """The window measured with the least stolen CPU time (a `steal` key or attribute; unknown
+    counts as none), the first of equals. Chosen by steal only, so the choice never favours a
+    lucky latency."""
+    return min(windows, key=lambda w: (w.get("steal") if isinstance(w, dict) else w.steal) or 0.0)
 
 
 def measured(fn, *args, **kwargs) -> tuple:

@@ -1,6 +1,7 @@
 """The perf pieces against real parts: perf_analyzer (the wheel's binary) driving a real server
 with input data made from real held-out ML-100K users; the roofline's FLOP count by hand."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from builder.config import TrainConfig
 from builder.export import export_onnx_fp32
 from builder.train import make_model
 from perf import analyzer, baselines, harness, inputs, load, report, steal
+from perf.results import LoadPoint, LoneUserWindow, TuningTrial
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +38,11 @@ def test_perf_analyzer_measures_the_ensemble(server, u1, tmp_path, protocol):
     url = server.grpc_url if protocol == "grpc" else server.http_url
     run = analyzer.run("recommend", url, protocol, data, tmp_path / "out.csv", concurrency="2", interval_ms=500)
     (row,) = run.rows
-    assert row["concurrency"] == 2 and row["throughput"] > 0
-    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert row.concurrency == 2 and row.throughput > 0 and row.stable is not None
+    assert 0 < row.p50_ms <= row.p99_ms
     assert "--input-data" in run.command and str(data) in run.command
     # Every row says how much CPU the host took during its window (Linux: always known).
-    assert 0 <= run.steal <= 1 and row["steal"] == run.steal
+    assert 0 <= run.steal <= 1 and row.steal == run.steal
 
 
 def test_high_concurrency_http_is_driven_by_a_few_async_threads(server, u1, tmp_path):
@@ -50,7 +52,7 @@ def test_high_concurrency_http_is_driven_by_a_few_async_threads(server, u1, tmp_
     run = analyzer.run("recommend", server.http_url, "http", data, tmp_path / "out.csv", concurrency="64",
                        interval_ms=500, timeout_s=120)
     (row,) = run.rows
-    assert row["concurrency"] == 64 and row["throughput"] > 0
+    assert row.concurrency == 64 and row.throughput > 0
     assert run.command[run.command.index("--max-threads") + 1] == str(analyzer.CLIENT_THREADS)
     assert "--async" in run.command
     low = analyzer.run("recommend", server.http_url, "http", data, tmp_path / "low.csv", concurrency="2",
@@ -120,12 +122,12 @@ def test_lone_user_is_measured_again_until_a_window_is_quiet(server, u1, tmp_pat
     data = {"ratings": inputs.write(inputs.ensemble_ratings_data(u1.train, u1.item_ids, users), tmp_path / "d.json")}
     plan = harness.Plan.quick()
     plan.interval_ms = 500
-    quiet = {"throughput": 900.0, "p50_ms": 1.0, "p99_ms": 1.5, "steal": 0.0}
+    quiet = LoadPoint(concurrency=1, throughput=900.0, p50_ms=1.0, p99_ms=1.5, stable=True, steal=0.0)
     plan.quiet_wait_s = 1.0
-    assert harness.c1_windows(server, data, plan, tmp_path, quiet) == [dict(quiet, waited_s=0.0)]  # quiet: done
-    windows = harness.c1_windows(server, data, plan, tmp_path, dict(quiet, steal=0.5), extra=1, quiet=0.0)
-    assert len(windows) == 2 and 0 <= windows[1]["waited_s"] <= 1.0 + 0.5  # one probe may overrun the wait
-    assert windows[1]["p99_ms"] >= windows[1]["p50_ms"] > 0 and 0 <= windows[1]["steal"] <= 1
+    assert harness.c1_windows(server, data, plan, tmp_path, quiet) == [LoneUserWindow(900.0, 1.0, 1.5, 0.0, 0.0)]
+    windows = harness.c1_windows(server, data, plan, tmp_path, replace(quiet, steal=0.5), extra=1, quiet=0.0)
+    assert len(windows) == 2 and 0 <= windows[1].waited_s <= 1.0 + 0.5  # one probe may overrun the wait
+    assert windows[1].p99_ms >= windows[1].p50_ms > 0 and 0 <= windows[1].steal <= 1
 
 
 def test_rules_input_data_is_accepted_and_lists_stay_k_long(server, u1, tmp_path):
@@ -141,16 +143,16 @@ def test_rules_input_data_is_accepted_and_lists_stay_k_long(server, u1, tmp_path
     plan = harness.Plan.quick()
     plan.interval_ms, plan.quiet_wait_s = 500, 1.0
     (pair,) = harness.c1_rules_windows(server, data, plan, tmp_path, extra=0)
-    assert str(data["ratings_rules"]) in pair["command_rules"] and str(data["ratings"]) in pair["command_plain"]
-    for side in ("plain", "rules"):
-        assert pair[side]["throughput"] > 0 and 0 < pair[side]["p50_ms"] <= pair[side]["p99_ms"]
-    assert pair["p99_ratio"] == pytest.approx(pair["rules"]["p99_ms"] / pair["plain"]["p99_ms"])
+    assert str(data["ratings_rules"]) in pair.command_rules and str(data["ratings"]) in pair.command_plain
+    for side in (pair.plain, pair.rules):
+        assert side.throughput > 0 and 0 < side.p50_ms <= side.p99_ms
+    assert pair.p99_ratio == pytest.approx(pair.rules.p99_ms / pair.plain.p99_ms) and pair.first == "plain"
     summary = harness.rules_summary([pair], 2.0)
-    assert summary["rules"]["p99_ms"] == pair["rules"]["p99_ms"]
-    assert summary["within_target"] == (pair["rules"]["p99_ms"] <= 2.0)
-    section = "\n".join(report.rules_section({"plan": {}, "c1_rules_windows": [pair]}, summary))
-    assert f"| with / without | {pair['p50_ratio']:.2f} | {pair['p99_ratio']:.2f} |" in section
-    assert " ".join(pair["command_rules"]) in section
+    assert summary["rules"]["p99_ms"] == pair.rules.p99_ms
+    assert summary["within_target"] == (pair.rules.p99_ms <= 2.0)
+    section = "\n".join(report.rules_section({}, [pair], summary))
+    assert f"| with / without | {pair.p50_ratio:.2f} | {pair.p99_ratio:.2f} |" in section
+    assert " ".join(pair.command_rules) in section
     client = grpcclient.InferenceServerClient(server.grpc_url)
     for request in json.loads(data["ratings_rules"].read_text())["data"]:
         exclude, include = request["EXCLUDE_IDS"]["content"], request["INCLUDE_IDS"]["content"]
@@ -184,15 +186,16 @@ def test_roof_is_read_beside_each_served_window(server, u1, tmp_path):
     plan.interval_ms = 500
     flops = 10_000
     res = harness.paired_roof(server, "rater_onnx", data, flops, plan, tmp_path, reps=2)
-    first, second = res["windows"]
-    assert first["roof_gflops"][1] == second["roof_gflops"][0]  # one reading between two windows
+    first, second = res.windows
+    assert first.roof_gflops[1] == second.roof_gflops[0]  # one reading between two windows
     for w in (first, second):
-        assert w["users_per_s"] > 0
-        assert w["fraction"] == pytest.approx(w["users_per_s"] * flops / 1e9 / max(w["roof_gflops"]))
-    assert res["fraction"] == pytest.approx((first["fraction"] + second["fraction"]) / 2)  # the median of two
+        assert w.users_per_s > 0
+        assert w.fraction == pytest.approx(w.users_per_s * flops / 1e9 / max(w.roof_gflops))
+    assert res.fraction == pytest.approx((first.fraction + second.fraction) / 2)  # the median of two
+    assert res.shared_memory and all(x.users_per_s == x.throughput for x in res.rows)
     # Tensors went through system shared memory, registered with the admin key, which is not kept.
-    assert "--shared-memory" in res["command"] and "<admin key>" in " ".join(res["command"])
-    assert server.admin_key not in " ".join(res["command"])
+    assert "--shared-memory" in res.command and "<admin key>" in " ".join(res.command)
+    assert server.admin_key not in " ".join(res.command)
 
 
 def test_perf_analyzer_past_its_limit_is_a_named_timeout(server, u1, tmp_path):
@@ -204,13 +207,12 @@ def test_perf_analyzer_past_its_limit_is_a_named_timeout(server, u1, tmp_path):
 
 
 def test_tuning_chooses_the_best_score_within_the_latency_budget():
-    fast_tail = {"tuning": {"name": "a"}, "score": 900.0, "c1_p99_ms": 2.6}
-    within = {"tuning": {"name": "b"}, "score": 800.0, "c1_p99_ms": 1.6}
-    slower = {"tuning": {"name": "c"}, "score": 500.0, "c1_p99_ms": 1.2}
+    trial = lambda name, score, p99: TuningTrial({"name": name}, 1.0, 1.0, score=score, c1_p99_ms=p99)  # noqa: E731
+    fast_tail, within, slower = trial("a", 900.0, 2.6), trial("b", 800.0, 1.6), trial("c", 500.0, 1.2)
     assert harness.best_trial([fast_tail, within, slower], 2.0) is within
     assert harness.best_trial([fast_tail, within, slower], None) is fast_tail   # no constraint: score alone
     # No trial meets the budget: the best score of all, as Model Analyzer falls back.
-    assert harness.best_trial([fast_tail, dict(within, c1_p99_ms=3.0)], 2.0) is fast_tail
+    assert harness.best_trial([fast_tail, replace(within, c1_p99_ms=3.0)], 2.0) is fast_tail
 
 
 def test_bench_large_profiles_every_layer_and_runs_sessions_side_by_side(u1, tmp_path):

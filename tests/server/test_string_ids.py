@@ -232,7 +232,7 @@ def test_perf_analyzer_sends_string_ids(servers, pipeline, u1, tmp_path):
         run = analyzer.run("recommend", servers["str"].grpc_url, "grpc", path, tmp_path / f"{name}.csv",
                            concurrency="1", interval_ms=300)
         (row,) = run.rows
-        assert row["throughput"] > 0
+        assert row.throughput > 0
 
 
 def test_cli_recommend_takes_string_ids(servers):
