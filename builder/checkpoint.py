@@ -24,6 +24,16 @@ from builder.loop import Start
 log = logging.getLogger(__name__)
 
 FILENAME = "checkpoint.pt"
+# A distilled model's teacher predictions, one file per phase beside the checkpoint.
+TEACHER_PREFIX = "checkpoint.teacher-"
+
+
+def remove_checkpoint(run_dir: Path) -> None:
+    """Delete a run folder's checkpoint and the teacher predictions kept beside it."""
+    run_dir = Path(run_dir)
+    (run_dir / FILENAME).unlink(missing_ok=True)
+    for path in run_dir.glob(f"{TEACHER_PREFIX}*.pt"):
+        path.unlink(missing_ok=True)
 
 
 class CheckpointMismatch(ValueError):
@@ -80,8 +90,36 @@ class Checkpoint:
         self._last = time.monotonic()
 
     def remove(self) -> None:
-        """Delete the checkpoint file (the run finished)."""
-        self.path.unlink(missing_ok=True)
+        """Delete the checkpoint file and the teachers' predictions kept beside it (the run finished)."""
+        remove_checkpoint(self.path.parent)
+
+    def _teacher_path(self, phase: str) -> Path:
+        return self.path.with_name(f"{TEACHER_PREFIX}{phase}.pt")
+
+    def save_teacher(self, phase: str, predictions: torch.Tensor, metrics: dict) -> None:
+        """Keep `phase`'s teacher predictions ([users, items] float32, rating units) and its
+        metrics beside the checkpoint, atomically. A resumed run reads them instead of training
+        the teacher again: the teacher is seeded, so they are the tensor it would compute."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path = self._teacher_path(phase)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        torch.save({"config": self.config_json, "predictions": predictions,
+                    "metrics": json.dumps(metrics, default=float)}, tmp)
+        os.replace(tmp, path)
+
+    def load_teacher(self, phase: str) -> tuple[torch.Tensor, dict] | None:
+        """`phase`'s kept teacher predictions and metrics (save_teacher), or None when there are
+        none or another config wrote them (they are then trained again and overwritten)."""
+        path = self._teacher_path(phase)
+        if not path.is_file():
+            return None
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file costs one teacher training, never the run
+            return None
+        if raw.get("config") != self.config_json:
+            return None
+        return raw["predictions"], json.loads(raw["metrics"])
 
     # -- reading ------------------------------------------------------------------------------
     def load(self) -> dict | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from builder import distributed
 from builder.blend import evaluate_blend
-from builder.checkpoint import FILENAME as CHECKPOINT
+from builder.checkpoint import FILENAME as CHECKPOINT, remove_checkpoint
 from builder.config import TrainConfig
 from builder.data.sources import load_dataset
 from builder.evaluate import evaluate_model
@@ -80,13 +80,13 @@ def train_run(changes: dict, out: Path, progress: bool = True, resume: bool = Fa
     try:
         check_metrics(result.metrics)  # never a run folder with NaN metrics
     except ValueError:
-        checkpoint.unlink(missing_ok=True)
+        remove_checkpoint(out)
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
     if w.main:
         save_run(result, dataset, out)
-        checkpoint.unlink(missing_ok=True)  # the run is whole: weights.safetensors replaces it
+        remove_checkpoint(out)  # the run is whole: weights.safetensors replaces it
     distributed.barrier()  # the folder is whole before any rank returns
     return result
 

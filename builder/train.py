@@ -323,9 +323,11 @@ def teacher_config(config: TrainConfig) -> TrainConfig:
                                     "device": config.device})
 
 
-def teacher_predictions(config: TrainConfig, dataset: Dataset, train_ui: sp.csr_matrix) -> tuple[torch.Tensor, dict]:
+def teacher_predictions(config: TrainConfig, dataset: Dataset, train_ui: sp.csr_matrix,
+                        progress: bool = False) -> tuple[torch.Tensor, dict]:
     """Train the config's teacher preset on `train_ui` alone (so it never saw what the student
-    is validated on) and return its clipped dense predictions [users, items] and metrics."""
+    is validated on) and return its clipped dense predictions [users, items] and metrics.
+    `progress`: the teacher's own progress bar (named for its model)."""
     if train_ui.shape[0] * train_ui.shape[1] > MAX_TEACHER_ENTRIES:
         raise ValueError(f"a teacher's dense predictions for {train_ui.shape[0]:,} x {train_ui.shape[1]:,} "
                          f"exceed {MAX_TEACHER_ENTRIES:,} entries (MAX_TEACHER_ENTRIES, "
@@ -334,7 +336,7 @@ def teacher_predictions(config: TrainConfig, dataset: Dataset, train_ui: sp.csr_
                          "--set distill=0 with your options")
     tconfig = teacher_config(config)
     part = dataclasses.replace(dataset, train=train_ui, test=sp.csr_matrix(train_ui.shape, dtype=np.float32))
-    result = train(tconfig, part, progress=False, evaluate=False)
+    result = train(tconfig, part, progress=progress, evaluate=False)
     dense = ev.predict_user_matrix(result.model, part, tconfig, pick_device(tconfig.device))
     return torch.from_numpy(np.clip(dense, *dataset.scale).astype(np.float32)), result.metrics
 
@@ -416,15 +418,26 @@ def train(config: TrainConfig, dataset: Dataset, progress: bool = True,
         selected, before = None, stored["elapsed"] if stored is not None else 0.0  # spent before an interruption
         fit_part, val_part = validation_split(dataset.train, config)
 
+    def teach(phase: str, ratings: sp.csr_matrix) -> torch.Tensor:
+        """The teacher's predictions for `phase`: kept beside the checkpoint once trained, so a
+        resumed run does not train the teacher again."""
+        kept = ckpt.load_teacher(phase) if ckpt else None
+        if kept is None:
+            kept = teacher_predictions(config, dataset, ratings, progress)
+            if ckpt and w.main:
+                ckpt.save_teacher(phase, *kept)
+        soft, teacher[phase] = kept
+        return soft
+
     def fit_phase(part, val, max_epochs: int, selection: Selection | None):
         """builder.driver's fit: the selection phase on `part`, or the refit on all ratings."""
         soft = None
         if selection is None:
             if config.teacher:
-                soft, teacher["select"] = teacher_predictions(config, dataset, part)
+                soft = teach("select", part)
             return fit(config, part, val, dataset.scale, max_epochs, progress, ckpt=ckpt, phase="select", soft=soft)
         if config.teacher:
-            soft, teacher["refit"] = teacher_predictions(config, dataset, dataset.train.tocsr())
+            soft = teach("refit", dataset.train.tocsr())
         carry = {"history": selection.history, "best": {k: v for k, v in selection.best.items() if k != "state"},
                  "seconds": time.perf_counter() - start + before, "teacher": teacher.get("select")}
         return fit(config, part, None, dataset.scale, max_epochs, progress, ckpt=ckpt, phase="refit",

@@ -67,24 +67,28 @@ def test_validation_slice_comes_from_training_data_only(u1):
     assert base["val_rmse"] == other["val_rmse"] and base["test_rmse"] != other["test_rmse"]
 
 
-def test_distillation_teacher_never_sees_the_validation_slice(u1, monkeypatch):
+def test_distillation_teacher_never_sees_the_validation_slice(u1, monkeypatch, tmp_path):
     """The teacher (a real I-AutoRec preset) is trained on the student's fit part only; its
-    predictions then make the student better on the users' hidden ratings than alone."""
+    predictions then make the student better on the users' hidden ratings than alone. Kept
+    beside the checkpoint, they spare a resumed run the teacher's training."""
     import builder.train as bt
     seen = []
     original = bt.teacher_predictions
 
-    def spy(config, dataset, train_ui):
+    def spy(config, dataset, train_ui, *rest):
         seen.append(train_ui)
-        return original(config, dataset, train_ui)
+        return original(config, dataset, train_ui, *rest)
     monkeypatch.setattr(bt, "teacher_predictions", spy)
     config = TrainConfig(model="deeprec", hidden=[64], dropout=0.5, center=True, last_activation=False,
                          implicit=True, input_norm=True, corruption=0.5, loss_on="dropped", epochs=3,
                          batch_size=64, val_scheme="users", val_fraction=0.3, teacher="autorec-i",
                          distill=3.0, device="cpu")
-    taught = train(config, u1, progress=False).metrics
+    taught = train(config, u1, progress=False, checkpoint_dir=tmp_path, checkpoint_every_s=0).metrics
     fit_part, val_part = bt.validation_split(u1.train, config)
     assert len(seen) == 1 and abs(seen[0] - fit_part).sum() == 0 and seen[0].multiply(val_part).nnz == 0
+    resumed = train(config, u1, progress=False, checkpoint_dir=tmp_path).metrics
+    untimed = lambda m: {k: v for k, v in m.items() if k not in ("train_seconds", "seconds_to_best")}  # noqa: E731
+    assert len(seen) == 1 and untimed(resumed) == untimed(taught)   # the kept predictions, no second teacher
     assert taught["teacher"]["select"]["val_rmse"] < 0.95  # I-AutoRec on its own validation entries
     alone = train(config.updated(teacher="", distill=0.0), u1, progress=False).metrics
     assert taught["val_rmse"] < alone["val_rmse"]
