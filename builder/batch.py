@@ -24,8 +24,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from builder.batch_inputs import Rules, file_sha256, read_histories, read_rules
+from builder.batch_inputs import Rules, file_sha256, histories_sha256, read_histories, read_rules
 from builder.config import TrainConfig
+from builder.data.sources import absolute_spec
 from builder.evaluate import (COVERAGE_K, NDCG_KS, RECALL_KS, liked, predict_user_matrix, top_metrics,
                               with_baseline)
 from builder.models import ITEM_BASED, TOP_N
@@ -152,13 +153,15 @@ def _job_key(run_dir: Path, users: np.ndarray, top_k: int, chunk_size: int, rati
             **(inputs or {})}
 
 
-def input_hashes(histories: Path | None, exclude_file: Path | None, include_file: Path | None) -> dict:
-    """{"histories_sha256", "exclude_sha256", "include_sha256"} of the files given (absent: none)."""
-    found = {"histories_sha256": histories, "exclude_sha256": exclude_file, "include_sha256": include_file}
-    return {k: file_sha256(p) for k, p in found.items() if p is not None}
+def input_hashes(histories: str | Path | None, exclude_file: Path | None, include_file: Path | None) -> dict:
+    """{"histories_sha256", "exclude_sha256", "include_sha256"} of the inputs given (absent: none);
+    `histories` a data word (batch_inputs.histories_sha256)."""
+    found = {"exclude_sha256": exclude_file, "include_sha256": include_file}
+    return {**({"histories_sha256": histories_sha256(histories)} if histories is not None else {}),
+            **{k: file_sha256(p) for k, p in found.items() if p is not None}}
 
 
-def job_rows(dataset, users_file: Path | None, histories: Path | None, config) -> tuple:
+def job_rows(dataset, users_file: Path | None, histories: str | Path | None, config) -> tuple:
     """(rows, users, summary): the Dataset whose train rows a job ranks (the run's, or the
     histories file's: builder.batch_inputs.read_histories), the row indices to rank (every row,
     or `users_file`'s) and what the manifest records of the histories. Raises BatchError for
@@ -252,7 +255,7 @@ def _join_parts(parts: list[Path], out: Path, fmt: str) -> int:
 def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, rating_run: Path | None = None,
                     top_k: int = 10, chunk_size: int = 4096, resume: bool = False, progress: bool = True,
                     device: str = "cpu", on_part: Callable[[int, Path], None] | None = None,
-                    histories: Path | None = None, exclude_file: Path | None = None,
+                    histories: str | Path | None = None, exclude_file: Path | None = None,
                     include_file: Path | None = None) -> dict:
     """Write every user's (or `users_file`'s users') top `top_k` of the run folder `run_dir` to
     `out` (.parquet, .csv or .jsonl) and a manifest beside it; returns the manifest.
@@ -267,7 +270,7 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     an interrupted job with the same arguments (refused, BatchError, when they differ); without
     it, existing parts are refused. `on_part(index, path)` is called after each part is written.
 
-    `histories`: rank the users of this file instead (see job_rows and
+    `histories`: rank the users of this data word (a file, or csv:PATH?user=COL&item=COL...) instead (see job_rows and
     builder.batch_inputs.read_histories: folded in as the served `recommend` does with ITEM_IDS
     and RATINGS; their ids in user_id, sorted; items unknown to the catalogue counted in the
     manifest, never an error). `exclude_file` / `include_file`: the served EXCLUDE_IDS /
@@ -333,7 +336,8 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
                 "fingerprint": fingerprint, "model": config.model, "output": str(out.resolve()), "format": fmt,
                 "top_k": top_k, "chunk_size": chunk_size, "users": int(len(users)), "rows": rows,
                 "columns": columns, **summary, **(rules.summary() if rules else {}),
-                **{k: str(Path(p).resolve()) for k, p in (("histories", histories), ("exclude_file", exclude_file),
+                **({"histories": absolute_spec(str(histories))} if histories is not None else {}),
+                **{k: str(Path(p).resolve()) for k, p in (("exclude_file", exclude_file),
                                                           ("include_file", include_file)) if p is not None},
                 "seconds": round(time.perf_counter() - start, 3)}
     manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -127,7 +127,7 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
 def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None, top_k: int = 10,
                         chunk_size: int = 4096, address: str | None = None, num_cpus: int | None = None,
                         actors: int | None = None, progress: bool = True, delay: float = 0.0,
-                        histories: Path | None = None, exclude_file: Path | None = None,
+                        histories: str | Path | None = None, exclude_file: Path | None = None,
                         include_file: Path | None = None) -> dict:
     """Write the top `top_k` of every user (or `users_file`'s) of `run_dir` with Ray; returns the
     manifest (also written beside `out`, as the local engine's, with engine "ray" and the nodes).
