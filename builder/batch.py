@@ -143,6 +143,13 @@ def rank_users(model, dataset, config, users: np.ndarray, top_k: int, device="cp
     return top, np.take_along_axis(np.asarray(scores, np.float32), np.where(top < 0, 0, top), axis=1)
 
 
+def check_top_k(top_k: int, n_items: int) -> None:
+    """Raise BatchError unless 1 <= top_k <= n_items: the server refuses TOP_K outside the
+    catalogue too, and a longer list could only be cut short."""
+    if not 1 <= top_k <= n_items:
+        raise BatchError(f"--top-k must be in 1..{n_items} (the catalogue's items), got {top_k}")
+
+
 def _job_key(run_dir: Path, users: np.ndarray, top_k: int, chunk_size: int, rating_run: Path | None,
              fingerprint: str | None, inputs: dict | None = None) -> dict:
     """What must match for `--resume` to reuse finished parts; `inputs`: the histories and rules
@@ -276,8 +283,8 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     manifest, never an error). `exclude_file` / `include_file`: the served EXCLUDE_IDS /
     INCLUDE_IDS rules for every user or per user (builder.batch_inputs.read_rules).
 
-    Raises BatchError (bad suffix, users file, rating run, parts, histories with --users or an
-    item-based model), InputError (histories, rules files), FileNotFoundError / ValueError as
+    Raises BatchError (bad suffix, top_k outside 1..n_items, users file, rating run, parts, histories
+    with --users or an item-based model), InputError (histories, rules files), FileNotFoundError / ValueError as
     load_run and load_run_dataset do."""
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
@@ -286,8 +293,9 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
         raise BatchError(f"--top-k and --chunk-size must be >= 1, got {top_k} and {chunk_size}")
     if (run_dir / "blend.json").is_file():
         raise BatchError(f"{run_dir}: batch lists come from one model's run; a blend has no ranking of its own")
-    config, model = load_run(run_dir, device)
     run_data = load_run_dataset(run_dir)
+    check_top_k(top_k, run_data.n_items)
+    config, model = load_run(run_dir, device)
     dataset, users, summary = job_rows(run_data, users_file, histories, config)
     rules = read_rules(exclude_file, include_file, dataset.user_ids, dataset.item_ids)
     rater, scale = (_open_rater(rating_run, run_data, device, dataset if histories is not None else None)

@@ -23,7 +23,7 @@ def batch(
                                                 "line (every user) or USER_ID,ITEM_ID (that user)"),
     include_file: Optional[Path] = typer.Option(None, "--include-file", help="the only items to list: one item id "
                                                 "a line (every user) or USER_ID,ITEM_ID (that user)"),
-    top_k: int = typer.Option(10, "--top-k", help="items per user"),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="items per user: 1..the catalogue's items"),
     rating_model: Optional[Path] = typer.Option(None, "--rating-model", help="a rating model's run over the same "
                                                 "data: adds its predicted rating of each item"),
     chunk_size: int = typer.Option(4096, "--chunk-size", help="users scored at a time (memory is per chunk)"),
