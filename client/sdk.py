@@ -257,6 +257,13 @@ class RecommenderClient:
         one is skipped for `cooldown_s` seconds and the retry goes straight to another. A
         refused connection (or the other protocol's port) is retried only at an endpoint that
         has answered this client: when no endpoint has, NoServerError at once (module docstring).
+        `timeout_s` bounds one attempt, not the call: a server that takes connections and never
+        answers (hung, SIGSTOP) fails every attempt after timeout_s, so the call raises
+        ServerError only after (retries + 1) x timeout_s plus the backoff sleeps between them;
+        `call_budget_s` is that worst case (at the defaults 11 x 10 s + 11.15 s; with
+        timeout_s=2 about 33 s over HTTP). Over gRPC a stopped server mostly fails to connect
+        before timeout_s, so such a call ends after the sleeps alone (about 8 s). To bound a
+        call, lower `retries` with `timeout_s`.
         `admin_key` is needed only for `reload` (see `aerec serve --admin-key-file`).
         One client may be shared by threads over gRPC; over HTTP use one per thread
         (tritonclient's HTTP client is not thread-safe).
@@ -405,6 +412,17 @@ class RecommenderClient:
         for _ in range(self.retries):
             yield delay * random.uniform(0.5, 1.0)
             delay = min(delay * 2, self.backoff_max_s)
+
+    @property
+    def call_budget_s(self) -> float:
+        """Seconds: the longest one call takes when every attempt runs out its timeout_s (a
+        hung server): (retries + 1) x timeout_s plus the backoff sleeps at their longest (no
+        jitter). Failover to another endpoint skips a sleep, so several endpoints take less."""
+        sleeps, delay = 0.0, self.backoff_s
+        for _ in range(self.retries):
+            sleeps += delay
+            delay = min(delay * 2, self.backoff_max_s)
+        return (self.retries + 1) * self.timeout_s + sleeps
 
     def _attempts(self):
         """One item per attempt: the pause to take if it fails transiently, None for the last."""

@@ -86,6 +86,25 @@ def test_cli_without_a_server_says_what_to_check(protocol):
     assert "is `aerec serve` running" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+def test_timeout_s_bounds_each_attempt_and_call_budget_s_the_call():
+    """A listener that never answers (a hung server: the kernel takes the connection, nobody
+    reads it) over HTTP: every attempt runs out timeout_s, then the backoff; the call fails
+    within call_budget_s and after at least (retries + 1) x timeout_s."""
+    import socket
+    assert RecommenderClient("127.0.0.1:1", "http", timeout_s=2).call_budget_s == pytest.approx(11 * 2 + 11.15)
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        rc = RecommenderClient(f"127.0.0.1:{hung.getsockname()[1]}", "http", timeout_s=0.3, retries=2,
+                               backoff_s=0.2)
+        assert rc.call_budget_s == pytest.approx(3 * 0.3 + 0.2 + 0.4)
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="after 3 attempts"):
+            rc.metadata()
+        took = time.monotonic() - t0
+    assert 3 * 0.3 <= took <= rc.call_budget_s + 0.5, took
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_sdk_the_other_protocols_port_is_named(server, protocol):
     """gRPC sent to the server's HTTP port, or HTTP to its gRPC port: NoServerError at once,
