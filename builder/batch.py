@@ -24,8 +24,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from builder.batch_inputs import Rules, file_sha256, read_histories, read_rules
+from builder.batch_inputs import Rules, file_sha256, histories_sha256, read_histories, read_rules
 from builder.config import TrainConfig
+from builder.data.sources import absolute_spec
 from builder.evaluate import (COVERAGE_K, NDCG_KS, RECALL_KS, liked, predict_user_matrix, top_metrics,
                               with_baseline)
 from builder.models import ITEM_BASED, TOP_N
@@ -142,6 +143,13 @@ def rank_users(model, dataset, config, users: np.ndarray, top_k: int, device="cp
     return top, np.take_along_axis(np.asarray(scores, np.float32), np.where(top < 0, 0, top), axis=1)
 
 
+def check_top_k(top_k: int, n_items: int) -> None:
+    """Raise BatchError unless 1 <= top_k <= n_items: the server refuses TOP_K outside the
+    catalogue too, and a longer list could only be cut short."""
+    if not 1 <= top_k <= n_items:
+        raise BatchError(f"--top-k must be in 1..{n_items} (the catalogue's items), got {top_k}")
+
+
 def _job_key(run_dir: Path, users: np.ndarray, top_k: int, chunk_size: int, rating_run: Path | None,
              fingerprint: str | None, inputs: dict | None = None) -> dict:
     """What must match for `--resume` to reuse finished parts; `inputs`: the histories and rules
@@ -152,13 +160,15 @@ def _job_key(run_dir: Path, users: np.ndarray, top_k: int, chunk_size: int, rati
             **(inputs or {})}
 
 
-def input_hashes(histories: Path | None, exclude_file: Path | None, include_file: Path | None) -> dict:
-    """{"histories_sha256", "exclude_sha256", "include_sha256"} of the files given (absent: none)."""
-    found = {"histories_sha256": histories, "exclude_sha256": exclude_file, "include_sha256": include_file}
-    return {k: file_sha256(p) for k, p in found.items() if p is not None}
+def input_hashes(histories: str | Path | None, exclude_file: Path | None, include_file: Path | None) -> dict:
+    """{"histories_sha256", "exclude_sha256", "include_sha256"} of the inputs given (absent: none);
+    `histories` a data word (batch_inputs.histories_sha256)."""
+    found = {"exclude_sha256": exclude_file, "include_sha256": include_file}
+    return {**({"histories_sha256": histories_sha256(histories)} if histories is not None else {}),
+            **{k: file_sha256(p) for k, p in found.items() if p is not None}}
 
 
-def job_rows(dataset, users_file: Path | None, histories: Path | None, config) -> tuple:
+def job_rows(dataset, users_file: Path | None, histories: str | Path | None, config) -> tuple:
     """(rows, users, summary): the Dataset whose train rows a job ranks (the run's, or the
     histories file's: builder.batch_inputs.read_histories), the row indices to rank (every row,
     or `users_file`'s) and what the manifest records of the histories. Raises BatchError for
@@ -252,7 +262,7 @@ def _join_parts(parts: list[Path], out: Path, fmt: str) -> int:
 def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, rating_run: Path | None = None,
                     top_k: int = 10, chunk_size: int = 4096, resume: bool = False, progress: bool = True,
                     device: str = "cpu", on_part: Callable[[int, Path], None] | None = None,
-                    histories: Path | None = None, exclude_file: Path | None = None,
+                    histories: str | Path | None = None, exclude_file: Path | None = None,
                     include_file: Path | None = None) -> dict:
     """Write every user's (or `users_file`'s users') top `top_k` of the run folder `run_dir` to
     `out` (.parquet, .csv or .jsonl) and a manifest beside it; returns the manifest.
@@ -267,14 +277,14 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     an interrupted job with the same arguments (refused, BatchError, when they differ); without
     it, existing parts are refused. `on_part(index, path)` is called after each part is written.
 
-    `histories`: rank the users of this file instead (see job_rows and
+    `histories`: rank the users of this data word (a file, or csv:PATH?user=COL&item=COL...) instead (see job_rows and
     builder.batch_inputs.read_histories: folded in as the served `recommend` does with ITEM_IDS
     and RATINGS; their ids in user_id, sorted; items unknown to the catalogue counted in the
     manifest, never an error). `exclude_file` / `include_file`: the served EXCLUDE_IDS /
     INCLUDE_IDS rules for every user or per user (builder.batch_inputs.read_rules).
 
-    Raises BatchError (bad suffix, users file, rating run, parts, histories with --users or an
-    item-based model), InputError (histories, rules files), FileNotFoundError / ValueError as
+    Raises BatchError (bad suffix, top_k outside 1..n_items, users file, rating run, parts, histories
+    with --users or an item-based model), InputError (histories, rules files), FileNotFoundError / ValueError as
     load_run and load_run_dataset do."""
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out)
@@ -283,8 +293,9 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
         raise BatchError(f"--top-k and --chunk-size must be >= 1, got {top_k} and {chunk_size}")
     if (run_dir / "blend.json").is_file():
         raise BatchError(f"{run_dir}: batch lists come from one model's run; a blend has no ranking of its own")
-    config, model = load_run(run_dir, device)
     run_data = load_run_dataset(run_dir)
+    check_top_k(top_k, run_data.n_items)
+    config, model = load_run(run_dir, device)
     dataset, users, summary = job_rows(run_data, users_file, histories, config)
     rules = read_rules(exclude_file, include_file, dataset.user_ids, dataset.item_ids)
     rater, scale = (_open_rater(rating_run, run_data, device, dataset if histories is not None else None)
@@ -333,7 +344,8 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
                 "fingerprint": fingerprint, "model": config.model, "output": str(out.resolve()), "format": fmt,
                 "top_k": top_k, "chunk_size": chunk_size, "users": int(len(users)), "rows": rows,
                 "columns": columns, **summary, **(rules.summary() if rules else {}),
-                **{k: str(Path(p).resolve()) for k, p in (("histories", histories), ("exclude_file", exclude_file),
+                **({"histories": absolute_spec(str(histories))} if histories is not None else {}),
+                **{k: str(Path(p).resolve()) for k, p in (("exclude_file", exclude_file),
                                                           ("include_file", include_file)) if p is not None},
                 "seconds": round(time.perf_counter() - start, 3)}
     manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -36,6 +36,29 @@ def file_sha256(path: Path | None) -> str | None:
     return h.hexdigest()
 
 
+def histories_sha256(spec: str | Path | None) -> str | None:
+    """The hex SHA-256 of a histories data word (what a resumed job must find unchanged): a plain
+    path to one file, its bytes' (file_sha256); a URI (csv:PATH?user=...) or a folder or glob of
+    several files, of each file's hash and the URI's options (they change what is read). None
+    for None. Raises DataFormatError as builder.data.sources.source_files does."""
+    from builder.data.logs import FORMATS, split_uri
+    from builder.data.sources import source_files
+    if spec is None:
+        return None
+    spec = str(spec)
+    files = source_files(spec)
+    uri = spec.partition(":")[0] in FORMATS
+    if len(files) == 1 and not uri:
+        return file_sha256(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(file_sha256(f).encode())
+    if uri:
+        fmt, _, query = split_uri(spec)
+        h.update(f"{fmt}?{query}".encode())
+    return h.hexdigest()
+
+
 def _positions(ids: np.ndarray, catalogue: np.ndarray) -> np.ndarray:
     """int64 index of each id (any kind: int, str) in the sorted `catalogue` (int64 or unicode),
     -1 where it is not there (a text id that is no integer, for an integer catalogue, included)."""
@@ -74,10 +97,10 @@ class Histories:
                 "history_users_without_known_items": self.no_known_items}
 
 
-def read_histories(path: Path, dataset) -> Histories:
-    """The histories in `path` (any file the data loaders read: u.data, ratings.dat, a CSV / TSV /
-    Parquet log with user and item columns and an optional rating or weight, csv:PATH?...; see
-    builder/data/logs.py) over the run's `dataset` catalogue.
+def read_histories(path: str | Path, dataset) -> Histories:
+    """The histories in `path`, a data word as `aerec train --data` takes it (u.data, ratings.dat,
+    a CSV / TSV / Parquet log with user and item columns and an optional rating or weight, or
+    csv:PATH?user=COL&item=COL...; see builder/data/sources.py) over the run's `dataset` catalogue.
 
     A rating is checked against the run's scale (explicit runs; a log's weights must be > 0); a
     file without ratings (an implicit log) rates each item at the top of the run's scale, as the

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.batch import (FORMATS, BatchError, _chunk_table, _default_titles, _join_parts, job_rows,
-                           manifest_path, output_format, parts_dir, rank_users)
+from builder.batch import (FORMATS, BatchError, _chunk_table, _default_titles, _join_parts, check_top_k,
+                           job_rows, manifest_path, output_format, parts_dir, rank_users)
 from builder.batch_inputs import read_rules
 from builder.models import ITEM_BASED
 from builder.models.popularity import item_counts
@@ -127,7 +127,7 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
 def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None, top_k: int = 10,
                         chunk_size: int = 4096, address: str | None = None, num_cpus: int | None = None,
                         actors: int | None = None, progress: bool = True, delay: float = 0.0,
-                        histories: Path | None = None, exclude_file: Path | None = None,
+                        histories: str | Path | None = None, exclude_file: Path | None = None,
                         include_file: Path | None = None) -> dict:
     """Write the top `top_k` of every user (or `users_file`'s) of `run_dir` with Ray; returns the
     manifest (also written beside `out`, as the local engine's, with engine "ray" and the nodes).
@@ -171,8 +171,9 @@ def batch_recommend_ray(run_dir: Path, out: Path, users_file: Path | None = None
     if config.model in ITEM_BASED:
         raise BatchError(f"{run_dir}: {config.model} is item-based (one forward per item, not per user); "
                          "its served graph cannot score a user's row: use the local engine")
-    ray = require_ray()
     run_data = load_run_dataset(run_dir)
+    check_top_k(top_k, run_data.n_items)
+    ray = require_ray()
     dataset, users, summary = job_rows(run_data, users_file, histories, config)
     rules = read_rules(exclude_file, include_file, dataset.user_ids, dataset.item_ids)
     graph = served_graph(run_dir)

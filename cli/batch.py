@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cli.common import fail
+from cli.common import check_data_files, fail
 
 
 def batch(
@@ -14,14 +14,16 @@ def batch(
     out: Path = typer.Option(..., "--out", help="the table to write: .parquet, .csv or .jsonl (with --engine ray "
                              "also a folder, for Ray's Parquet part files)"),
     users: Optional[Path] = typer.Option(None, help="a file of user ids, one a line (default: every user)"),
-    histories: Optional[Path] = typer.Option(None, help="a file of histories (a log or ratings file aerec reads: "
-                                             "user id, item id, optional rating) to rank instead, each user folded "
-                                             "in as `recommend` does with ITEM_IDS/RATINGS"),
+    histories: Optional[str] = typer.Option(None, help="histories to rank instead, each user folded in as "
+                                            "`recommend` does with ITEM_IDS/RATINGS: user id, item id, optional "
+                                            "rating, in any form `aerec train --data` reads (a ratings file, "
+                                            "a .csv/.tsv/.parquet log, or csv:PATH?user=COL&item=COL to name "
+                                            "the columns)"),
     exclude_file: Optional[Path] = typer.Option(None, "--exclude-file", help="items never to list: one item id a "
                                                 "line (every user) or USER_ID,ITEM_ID (that user)"),
     include_file: Optional[Path] = typer.Option(None, "--include-file", help="the only items to list: one item id "
                                                 "a line (every user) or USER_ID,ITEM_ID (that user)"),
-    top_k: int = typer.Option(10, "--top-k", help="items per user"),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="items per user: 1..the catalogue's items"),
     rating_model: Optional[Path] = typer.Option(None, "--rating-model", help="a rating model's run over the same "
                                                 "data: adds its predicted rating of each item"),
     chunk_size: int = typer.Option(4096, "--chunk-size", help="users scored at a time (memory is per chunk)"),
@@ -37,10 +39,11 @@ def batch(
     ranked as `aerec evaluate` and the server rank them (training items masked, --exclude-file /
     --include-file as EXCLUDE_IDS / INCLUDE_IDS), with a manifest beside the table."""
     from builder.batch import batch_recommend
-    for flag, path in (("--users", users), ("--histories", histories), ("--exclude-file", exclude_file),
-                       ("--include-file", include_file)):
+    for flag, path in (("--users", users), ("--exclude-file", exclude_file), ("--include-file", include_file)):
         if path is not None and not path.exists():
             fail(f"{flag} {path}: file not found")
+    if histories is not None:
+        check_data_files("--histories", histories)
     if engine not in ("local", "ray"):
         fail(f"--engine {engine!r}: choose local or ray")
     if engine == "local" and address is not None:

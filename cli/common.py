@@ -16,6 +16,20 @@ def fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def check_data_files(flag: str, spec: str) -> None:
+    """fail() unless every file the data word `spec` names (builder.data.sources.source_files:
+    a path, a folder, a glob or csv:PATH?...) exists, before any work starts."""
+    from builder.data.errors import DataFormatError
+    from builder.data.sources import source_files
+    try:
+        files = source_files(spec)
+    except DataFormatError as e:
+        fail(f"{flag} {e}")
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        fail(f"{flag} {spec}: file not found" + (f" ({missing[0]})" if str(missing[0]) != spec else ""))
+
+
 def print_metrics(metrics: dict) -> None:
     """A two-column table (metric, value); floats to 4 decimals, a distilled run's teacher in one row."""
     from rich.console import Console

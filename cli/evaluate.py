@@ -89,27 +89,55 @@ def _print_evaluation(metrics: dict) -> None:
     Console().print(t)
 
 
+def _fmt(m: dict, key: str) -> str:
+    v = m.get(key)
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _results_row(d: Path) -> tuple[list[str] | None, str | None]:
+    """(the table's row of run folder `d`, None) or (None, why it is not a finished run)."""
+    if not d.is_dir():
+        return None, "not a folder" if d.exists() else "not found"
+    if not (d / "metrics.json").is_file():
+        # An interrupted `aerec train` leaves its checkpoint; a repository or an export folder has neither.
+        resume = "; checkpoint.pt: an interrupted train, finish it with --resume" if (d / "checkpoint.pt").is_file() \
+            else ""
+        return None, f"not a finished run folder (no metrics.json{resume})"
+    try:
+        m = json.loads((d / "metrics.json").read_text())
+        c = ({"model": "blend: " + "+".join(m["members"])} if (d / "blend.json").is_file()
+             else json.loads((d / "config.json").read_text()))
+        return [c["model"], _fmt(m, "test_rmse"), _fmt(m, "test_mae"), _fmt(m, "recall@10"), _fmt(m, "ndcg@10"),
+                _fmt(m, "popularity_recall@10"), str(m.get("best_epoch", "-")), f"{m['train_seconds']:.1f}",
+                str(d)], None
+    except FileNotFoundError as e:
+        return None, f"not a finished run folder (no {Path(e.filename).name})"
+    except (OSError, ValueError, KeyError, TypeError) as e:   # ValueError: json.JSONDecodeError
+        return None, f"not a finished run folder (unreadable: {type(e).__name__}: {e})"
+
+
 def results(run_dirs: list[Path]):
     """One table over run folders: model, RMSE, MAE (- for top-N models), recall@10, NDCG@10 and
-    popularity's recall@10 beside, best epoch, seconds."""
+    popularity's recall@10 beside, best epoch, seconds. Folders that are not finished runs (a
+    model repository, an interrupted train) are skipped with a line saying why; exit status 2
+    when no folder is a finished run."""
     from rich.console import Console
     from rich.table import Table
-
-    def fmt(m: dict, key: str) -> str:
-        v = m.get(key)
-        return "-" if v is None else f"{v:.4f}"
     t = Table("model", "test RMSE", "test MAE", "recall@10", "ndcg@10", "popularity recall@10", "best epoch",
               "seconds")
     t.add_column("run", no_wrap=True)
+    skipped = []
     for d in run_dirs:
-        try:
-            m = json.loads((d / "metrics.json").read_text())
-            c = ({"model": "blend: " + "+".join(m["members"])} if (d / "blend.json").is_file()
-                 else json.loads((d / "config.json").read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            fail(f"{d}: not a finished run folder ({e})")
-        t.add_row(c["model"], fmt(m, "test_rmse"), fmt(m, "test_mae"), fmt(m, "recall@10"), fmt(m, "ndcg@10"),
-                  fmt(m, "popularity_recall@10"), str(m.get("best_epoch", "-")), f"{m['train_seconds']:.1f}", str(d))
-    # Nine columns of figures: at a pipe's or a narrow terminal's 80 columns rich would cut each
-    # to "0.93…"; a table that does not fit wraps its lines instead.
-    Console(width=max(Console().width, 160)).print(t)
+        row, why = _results_row(d)
+        if row is None:
+            skipped.append(f"skipped {d}: {why}")
+        else:
+            t.add_row(*row)
+    if t.row_count:
+        # Nine columns of figures: at a pipe's or a narrow terminal's 80 columns rich would cut each
+        # to "0.93…"; a table that does not fit wraps its lines instead.
+        Console(width=max(Console().width, 160)).print(t)
+    for line in skipped:
+        typer.echo(line, err=True)
+    if not t.row_count:
+        fail(f"none of the {len(run_dirs)} folder(s) is a finished run folder (made by `aerec train`)")

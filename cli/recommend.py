@@ -29,7 +29,7 @@ def recommend(
     rate: list[str] = typer.Option([], help="ITEM=RATING (repeatable): a new user's ratings"),
     seen: list[str] = typer.Option([], help="ITEM (repeatable): an item in a new user's history, without a "
                                             "rating (counted at the scale's top)"),
-    k: int = typer.Option(10, "-k", help="how many recommendations"),
+    k: int = typer.Option(10, "--top-k", "-k", help="how many recommendations"),
     exclude: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): items never to recommend"),
     exclude_file: list[Path] = typer.Option([], "--exclude-file", help="a file of item ids to exclude, one a line"),
     include: list[str] = typer.Option([], help="ITEM,ITEM,... (repeatable): the only items that may be recommended"),

@@ -1,4 +1,5 @@
 """aerec client SDK over tritonclient (gRPC and HTTP)."""
-from client.sdk import Recommendation, RecommenderClient, RecommenderError, RequestError, ServerError
+from client.sdk import (NoServerError, Recommendation, RecommenderClient, RecommenderError, RequestError,
+                        ServerError)
 
-__all__ = ["Recommendation", "RecommenderClient", "RecommenderError", "RequestError", "ServerError"]
+__all__ = ["NoServerError", "Recommendation", "RecommenderClient", "RecommenderError", "RequestError", "ServerError"]

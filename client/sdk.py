@@ -20,6 +20,13 @@ never fails the call). Every Recommendation says which pipeline (`model`) and ve
 Transient failures (server restarting, connection refused, a Python stub being restarted by
 the server's supervisor) are retried with capped exponential backoff and jitter; a request's
 own error (bad input) is raised at once. Recommending has no side effects, so a retry is safe.
+A connection refused, or a port that does not speak the protocol (gRPC sent to the HTTP port,
+or HTTP to the gRPC port), is retried only at an endpoint that has answered this client
+before: that is a server restarting. At an endpoint that never answered it means no server
+is there (a wrong port or protocol, or `aerec serve` not started), which no wait fixes, so
+once every endpoint is in that state the call fails at once with `NoServerError`, saying so,
+instead of after the whole retry budget (about 9 s at the defaults). A server that is still
+starting refuses too: wait for `healthy()` before the first request.
 
 Several endpoints (a comma-separated `url` or a list): requests go round-robin over one client
 per endpoint; an endpoint that fails transiently is skipped for `cooldown_s` and the request is
@@ -36,8 +43,9 @@ sent as 42 to an integer catalogue, 42 as "42" to a string one.
 
 Errors: `RequestError` when the server answered HTTP 400 / gRPC INVALID_ARGUMENT (the request
 is wrong: unknown user, bad TOP_K ...; never retried), `ServerError` for everything else once
-retries are spent (a server fault, or no server); both are `RecommenderError`s and carry the
-server's message and `status`.
+retries are spent (a server fault), `NoServerError` (a ServerError) when no endpoint has a
+server answering the protocol; all are `RecommenderError`s and carry the server's message and
+`status`.
 """
 from __future__ import annotations
 
@@ -64,6 +72,12 @@ TRANSIENT = ("StatusCode.UNAVAILABLE", "is not healthy", "Connection refused", "
              "Broken pipe", "failed to connect", "Socket closed", "Server is stopping", "timed out",
              "StatusCode.DEADLINE_EXCEEDED", "unexpected EOF", "Connection aborted",
              "has no available versions", "Server exiting", "no answer within")
+# Substrings of errors that say "no server answers this protocol at this port": refused, or a
+# listener that speaks the other protocol (gRPC at an HTTP port: the HTTP/1 answer closes the
+# HTTP/2 connection; HTTP at a gRPC port: geventhttpclient cannot parse the HTTP/2 frames).
+NOT_SERVING = ("Connection refused", "Socket closed", "Failed parsing HTTP/2", "Expected HTTP/")
+PROTOCOL_NAMES = {"grpc": "gRPC", "http": "HTTP"}
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}   # `aerec serve`'s (Triton's) defaults
 GRPC_CHANNEL = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
                 # Reconnect to a restarted server within a second, not gRPC's default of up to 120 s.
                 ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
@@ -87,6 +101,11 @@ class ServerError(RecommenderError):
     """The server failed or could not be reached (HTTP 5xx, gRPC INTERNAL/UNAVAILABLE ...)."""
 
 
+class NoServerError(ServerError):
+    """No endpoint has a server answering the protocol: each refused the connection or speaks
+    another protocol, and none has answered this client before (see not_serving_message)."""
+
+
 REQUEST_STATUSES = ("400", "StatusCode.INVALID_ARGUMENT")
 
 
@@ -103,6 +122,27 @@ def as_recommender_error(error: BaseException) -> RecommenderError:
     message = error.message() if callable(getattr(error, "message", None)) else str(error)
     kind = RequestError if status in REQUEST_STATUSES else ServerError
     return kind(message or str(error), status)
+
+
+def is_not_serving(error: BaseException) -> bool:
+    """Whether `error` says nothing answers the protocol at that port (refused, or the other
+    protocol's port), as opposed to a server that answered and failed, or timed out."""
+    if isinstance(error, ConnectionRefusedError):
+        return True
+    text = f"{type(error).__name__}: {error}"
+    return type(error).__name__ == "HTTPParseError" or any(t in text for t in NOT_SERVING)
+
+
+def not_serving_message(urls: list[str], protocol: str, error: BaseException) -> str:
+    """One line for NoServerError: what is wrong at `urls` over `protocol` and what to check."""
+    name, other = PROTOCOL_NAMES[protocol], "http" if protocol == "grpc" else "grpc"
+    ports = f"`aerec serve`'s default ports are HTTP {DEFAULT_PORTS['http']} and gRPC {DEFAULT_PORTS['grpc']}"
+    where = f"no server answering {name} at {', '.join(urls)}"
+    if "refused" in f"{error}".lower():
+        return (f"{where} (connection refused: nothing listens there): is `aerec serve` running, and on this "
+                f"port? Its default ports are HTTP {DEFAULT_PORTS['http']} and gRPC {DEFAULT_PORTS['grpc']}")
+    return (f"{where} (something listens there but does not speak {name}): is it the {PROTOCOL_NAMES[other]} "
+            f"port? {ports}: use protocol {other} there, or the {name} port")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -214,7 +254,16 @@ class RecommenderClient:
         same repository; requests go round-robin over them). `retries` extra attempts on
         transient errors, sleeping backoff_s, 2x, 4x ... (at most backoff_max_s, with jitter):
         the defaults ride out about 11 s of server restart; with several endpoints a failed
-        one is skipped for `cooldown_s` seconds and the retry goes straight to another.
+        one is skipped for `cooldown_s` seconds and the retry goes straight to another. A
+        refused connection (or the other protocol's port) is retried only at an endpoint that
+        has answered this client: when no endpoint has, NoServerError at once (module docstring).
+        `timeout_s` bounds one attempt, not the call: a server that takes connections and never
+        answers (hung, SIGSTOP) fails every attempt after timeout_s, so the call raises
+        ServerError only after (retries + 1) x timeout_s plus the backoff sleeps between them;
+        `call_budget_s` is that worst case (at the defaults 11 x 10 s + 11.15 s; with
+        timeout_s=2 about 33 s over HTTP). Over gRPC a stopped server mostly fails to connect
+        before timeout_s, so such a call ends after the sleeps alone (about 8 s). To bound a
+        call, lower `retries` with `timeout_s`.
         `admin_key` is needed only for `reload` (see `aerec serve --admin-key-file`).
         One client may be shared by threads over gRPC; over HTTP use one per thread
         (tritonclient's HTTP client is not thread-safe).
@@ -242,6 +291,8 @@ class RecommenderClient:
         self._id_types = None   # id_types(): read from the model's metadata on first use
         self._turn = itertools.count()           # round-robin position (next() is atomic under the GIL)
         self._down_until = [0.0] * len(self.urls)  # time.monotonic() before which an endpoint is skipped
+        self._has_answered = [False] * len(self.urls)  # has answered this client: a refusal there is a restart
+        self._not_serving = [False] * len(self.urls)  # refused (or another protocol) and never answered
         self.split = None if split is None else check_split(split)
         if shadow and (self.split is None or len(self.split) < 2):
             raise ValueError("shadow=True sends each request to the split's other pipelines: give a split of two "
@@ -362,6 +413,17 @@ class RecommenderClient:
             yield delay * random.uniform(0.5, 1.0)
             delay = min(delay * 2, self.backoff_max_s)
 
+    @property
+    def call_budget_s(self) -> float:
+        """Seconds: the longest one call takes when every attempt runs out its timeout_s (a
+        hung server): (retries + 1) x timeout_s plus the backoff sleeps at their longest (no
+        jitter). Failover to another endpoint skips a sleep, so several endpoints take less."""
+        sleeps, delay = 0.0, self.backoff_s
+        for _ in range(self.retries):
+            sleeps += delay
+            delay = min(delay * 2, self.backoff_max_s)
+        return (self.retries + 1) * self.timeout_s + sleeps
+
     def _attempts(self):
         """One item per attempt: the pause to take if it fails transiently, None for the last."""
         yield from self._delays()
@@ -380,8 +442,14 @@ class RecommenderClient:
     def _after_failure(self, error: Exception, pause: float | None, endpoint: int = 0) -> float:
         """The pause before the next attempt (0 when another endpoint can take it at once);
         raises `error` as a RequestError (never retried) or a ServerError when it is not
-        transient or no attempt is left (then naming every endpoint tried)."""
-        if not is_transient(error):
+        transient or no attempt is left (then naming every endpoint tried), NoServerError at
+        once when no endpoint has a server answering (is_not_serving, never answered before)."""
+        absent = is_not_serving(error) and not self._has_answered[endpoint]
+        if absent:
+            self._not_serving[endpoint] = True
+            if all(self._not_serving[i] and not self._has_answered[i] for i in range(len(self.urls))):
+                raise NoServerError(not_serving_message(self.urls, self.protocol, error), _status(error)) from error
+        elif not is_transient(error):
             raise as_recommender_error(error) from error
         if pause is None:
             final = as_recommender_error(error)
@@ -403,18 +471,24 @@ class RecommenderClient:
         for pause in self._attempts():
             i = self._pick()
             try:
-                return call(i)
+                answer = call(i)
             except Exception as e:  # tritonclient and the transports raise many types
                 time.sleep(self._after_failure(e, pause, i))
+            else:
+                self._has_answered[i] = True
+                return answer
 
     async def _retrying_async(self, call):
         """_retrying for a coroutine function `call`, sleeping without blocking the event loop."""
         for pause in self._attempts():
             i = self._pick()
             try:
-                return await call(i)
+                answer = await call(i)
             except Exception as e:
                 await asyncio.sleep(self._after_failure(e, pause, i))
+            else:
+                self._has_answered[i] = True
+                return answer
 
     def _infer(self, inputs, model: str | None = None):
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
@@ -639,10 +713,11 @@ class RecommenderClient:
     def endpoint_health(self) -> dict[str, bool]:
         """{host:port: live, ready and serving the model} for every endpoint."""
         out = {}
-        for url, client in zip(self.urls, self._clients):
+        for i, (url, client) in enumerate(zip(self.urls, self._clients)):
             try:
-                out[url] = bool(client.is_server_live() and client.is_server_ready()
-                                and client.is_model_ready(self.model))
+                live = client.is_server_live()
+                self._has_answered[i] = True
+                out[url] = bool(live and client.is_server_ready() and client.is_model_ready(self.model))
             except Exception:  # unreachable server: not healthy, whatever the transport raised
                 out[url] = False
         return out

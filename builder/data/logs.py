@@ -67,15 +67,22 @@ class LogSpec:
     scale: tuple[float, float] | None = None
 
 
-def parse_spec(spec: str) -> LogSpec:
-    """`FORMAT:PATH[?OPTION=VALUE&...]` (the module docstring lists the options) -> LogSpec.
-    Raises DataFormatError for an unknown option or a bad value."""
+def split_uri(spec: str) -> tuple[str, str, str]:
+    """`FORMAT:PATH[?OPTIONS]` -> (FORMAT, PATH, OPTIONS or ""), options not parsed. Raises
+    DataFormatError for a format other than csv, tsv, parquet."""
     fmt, _, body = spec.partition(":")
     if fmt not in FORMATS:
         raise DataFormatError(spec, f"unknown format {fmt!r}; use csv:, tsv: or parquet:")
     path, mark, query = body.rpartition("?")
     if not mark or "=" not in query:  # a '?' in the file name, not options
         path, query = body, ""
+    return fmt, path, query
+
+
+def parse_spec(spec: str) -> LogSpec:
+    """`FORMAT:PATH[?OPTION=VALUE&...]` (the module docstring lists the options) -> LogSpec.
+    Raises DataFormatError for an unknown option or a bad value."""
+    fmt, path, query = split_uri(spec)
     out = LogSpec(Path(path), fmt)
     for option in filter(None, query.split("&")):
         key, _, value = option.partition("=")
@@ -121,8 +128,9 @@ def spec_for_path(path) -> LogSpec | None:
     return None
 
 
-def find_columns(found: list[str], given: dict, path) -> dict:
-    """role -> column of the file: the ones `given`, the rest recognised by name. Raises
+def find_columns(found: list[str], given: dict, path, fmt: str = "csv") -> dict:
+    """role -> column of the file: the ones `given`, the rest recognised by name (`fmt`: the
+    file's format, for the URI the message shows). Raises
     DataFormatError naming the columns found when a given column is absent or no user or item
     column is found, or when both a rating and a weight column are found and neither is given."""
     lower = {c.lower(): c for c in reversed(found)}  # the first of equal names wins
@@ -142,8 +150,8 @@ def find_columns(found: list[str], given: dict, path) -> dict:
     for role in ("user", "item"):
         if role not in cols:
             names = ", ".join(ROLES[role][:6])
-            raise DataFormatError(path, f"no {role} column: the header has {found}; name it with {role}=COL "
-                                  f"(recognised names: {names}, ...)", 1)
+            raise DataFormatError(path, f"no {role} column: the header has {found}; name it with {role}=COL, "
+                                  f"as in {fmt}:{path}?{role}=COL (recognised names: {names}, ...)", 1)
     if "weight" in cols and "rating" in cols:
         raise DataFormatError(path, f"both a rating column ({cols['rating']!r}) and a weight column "
                               f"({cols['weight']!r}) found; name the one to use: rating={cols['rating']} "
@@ -261,7 +269,7 @@ def read_log(spec: LogSpec | str) -> Ratings:
             raise DataFormatError(word, "cannot tell the format from the name; use csv:PATH, tsv:PATH or parquet:PATH")
     path = tables.require_file(spec.path)
     found = tables.parquet_columns(path) if spec.format == "parquet" else tables.header(path, FORMATS[spec.format])
-    cols = find_columns(found, spec.columns, path)
+    cols = find_columns(found, spec.columns, path, spec.format)
     where = _Where(spec)
     t = _read(spec, cols)
     if t.num_rows == 0:

@@ -40,7 +40,7 @@ from builder.data.errors import DataFormatError
 from builder.data.loaders import (
     natural_key, csv_header, load_netflix, load_ratings_csv, load_ratings_dat, load_udata, netflix_parts,
 )
-from builder.data.logs import FORMATS, parse_spec, read_log, spec_for_path
+from builder.data.logs import FORMATS, parse_spec, read_log, spec_for_path, split_uri
 from builder.data.movielens100k import load_movielens_100k
 from builder.data.ratings import Ratings, require_two_each
 from builder.data.splits import (
@@ -93,6 +93,27 @@ def resolve_files(spec: str) -> list[Path]:
     found = f"; it holds {', '.join(p.name for p in known)}: name one" if known else ""
     raise DataFormatError(path, "folder holds no ratings file aerec knows (Netflix mv_*.txt or "
                           f"combined_data_*.txt, or one of {', '.join(MOVIELENS_FILES)}){found}")
+
+
+def source_files(spec: str) -> list[Path]:
+    """The files a `--data` word reads (not checked to exist): a URI's PATH, else resolve_files';
+    none for the bundled ml-100k. Raises DataFormatError as parse_spec and resolve_files do."""
+    if spec in ("ml-100k", "ml100k"):
+        return []
+    if spec.partition(":")[0] in FORMATS:
+        return [parse_spec(spec).path]
+    return resolve_files(spec)
+
+
+def absolute_spec(spec: str) -> str:
+    """`spec` with its path made absolute, options kept (what a manifest records, so that it
+    reads the same from any folder); ml-100k as it is."""
+    if spec in ("ml-100k", "ml100k"):
+        return spec
+    if spec.partition(":")[0] in FORMATS:
+        fmt, path, query = split_uri(spec)
+        return f"{fmt}:{Path(path).resolve()}" + (f"?{query}" if query else "")
+    return str(Path(spec).resolve())
 
 
 def load_source(spec: str) -> Ratings:

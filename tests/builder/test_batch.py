@@ -176,6 +176,9 @@ def test_string_ids_come_out_as_strings(tmp_path):
     (["--users", "{letters}"], "letters.txt line 1: user id 'abc' is not an integer"),
     (["--out", "{tmp}/recs.xlsx"], "unknown output suffix '.xlsx'; use one of .parquet, .csv, .jsonl"),
     (["--top-k", "0"], "--top-k and --chunk-size must be >= 1"),
+    # As the server refuses TOP_K outside the catalogue: a longer list could only be cut short.
+    (["-k", "1683"], "--top-k must be in 1..1682 (the catalogue's items), got 1683"),
+    (["--top-k", "100000"], "--top-k must be in 1..1682 (the catalogue's items), got 100000"),
     (["--rating-model", "{ease}"], "ease ranks, it predicts no ratings"),
 ])
 def test_bad_inputs_are_named(ease, tmp_path, args, message):
@@ -188,6 +191,13 @@ def test_bad_inputs_are_named(ease, tmp_path, args, message):
     assert r.returncode == 2
     assert message in " ".join(r.stderr.split())
     assert not (tmp_path / "recs.parquet").exists() and not parts_dir(tmp_path / "recs.parquet").exists()
+
+
+def test_k_is_top_ks_short_form(ease, tmp_path):
+    (tmp_path / "users.txt").write_text("1\n2\n")
+    r = cli("batch", ease, "--out", tmp_path / "recs.csv", "--users", tmp_path / "users.txt", "-k", "3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert pd.read_csv(tmp_path / "recs.csv").groupby("user_id")["rank"].max().tolist() == [3, 3]
 
 
 def test_a_file_without_its_columns_is_refused(ease, tmp_path):

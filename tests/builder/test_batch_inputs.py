@@ -3,6 +3,8 @@ folded in as the served `recommend` folds ITEM_IDS/RATINGS in (a run user's rati
 id get that user's list), unknown ids are counted, rules keep lists K long from the next-best
 allowed items, and the Ray engine writes the local engine's rows."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -100,6 +102,27 @@ def test_cli_options_and_refusals(ease, histories, tmp_path):
     (tmp_path / "bad.txt").write_text("1,2,3\n")
     bad = cli("batch", ease, "--out", tmp_path / "z.parquet", "--include-file", tmp_path / "bad.txt")
     assert bad.returncode == 2 and "bad.txt line 1" in bad.stderr
+
+
+def test_histories_take_the_data_uri_that_names_the_columns(ease, histories, tmp_path):
+    """A history file whose header aerec does not recognise (visitor, sku, stars) loads as
+    `aerec train --data` loads it: csv:PATH?user=COL&item=COL&rating=COL, the same rows as the
+    file with the usual header; the plain path is refused with the URI to give."""
+    path, _ = histories
+    renamed = tmp_path / "h.csv"
+    pd.read_csv(path).rename(columns={"user_id": "visitor", "item_id": "sku", "rating": "stars"}).to_csv(
+        renamed, index=False)
+    spec = f"csv:{renamed}?user=visitor&item=sku&rating=stars"
+    plain = cli("batch", ease, "--out", tmp_path / "plain.csv", "--histories", path)
+    named = cli("batch", ease, "--out", tmp_path / "named.csv", "--histories", spec)
+    assert plain.returncode == 0 and named.returncode == 0, named.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "named.csv"), pd.read_csv(tmp_path / "plain.csv"))
+    manifest = json.loads((tmp_path / "named.csv.manifest.json").read_text())
+    assert manifest["histories"] == f"csv:{renamed.resolve()}?user=visitor&item=sku&rating=stars"
+    unnamed = cli("batch", ease, "--out", tmp_path / "x.csv", "--histories", renamed)
+    assert unnamed.returncode == 2 and f"csv:{renamed}?user=COL" in unnamed.stderr
+    missing = cli("batch", ease, "--out", tmp_path / "y.csv", "--histories", f"csv:{tmp_path / 'nope.csv'}?user=v")
+    assert missing.returncode == 2 and "file not found" in missing.stderr
 
 
 def test_histories_refused_with_an_item_based_model(tmp_path, histories):

@@ -59,3 +59,27 @@ def test_partial_run_dataset_is_refused_naming_the_folder(run):
     with pytest.raises(RunDataError, match="train_data.npy") as e:
         load_run_dataset(folder)
     assert str(folder) in str(e.value)
+
+
+def test_results_skips_folders_that_are_not_finished_runs(ease, tmp_path):
+    """`aerec results runs/*`: the finished run's row, one line for each other folder saying why
+    it is skipped (a model repository, an interrupted train, a file), exit 0; none: exit 2."""
+    from conftest import cli
+    repo = tmp_path / "model_repository"
+    (repo / "recommend").mkdir(parents=True)
+    (repo / "recommend" / "config.pbtxt").write_text('name: "recommend"\n')
+    interrupted = tmp_path / "deeprec"
+    interrupted.mkdir()
+    (interrupted / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "recs.csv").write_text("user_id,item_id\n")
+    r = cli("results", repo, ease, interrupted, tmp_path / "recs.csv")
+    assert r.returncode == 0, r.stderr
+    recall = json.loads((ease / "metrics.json").read_text())["recall@10"]
+    assert "ease" in r.stdout and f"{recall:.4f}" in r.stdout and str(ease) in r.stdout
+    lines = r.stderr.splitlines()
+    assert f"skipped {repo}: not a finished run folder (no metrics.json)" in lines
+    assert any(x.startswith(f"skipped {interrupted}: ") and "--resume" in x for x in lines)
+    assert f"skipped {tmp_path / 'recs.csv'}: not a folder" in lines
+    none = cli("results", repo, interrupted)
+    assert none.returncode == 2 and "none of the 2 folder(s)" in none.stderr and "ease" not in none.stdout
+    assert f"skipped {repo}: not a finished run folder (no metrics.json)" in none.stderr

@@ -2,10 +2,12 @@
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 
-from client import RecommenderClient, RecommenderError, RequestError, ServerError
+from client import NoServerError, RecommenderClient, RecommenderError, RequestError, ServerError
+from conftest import cli
 
 pytestmark = pytest.mark.slow
 
@@ -56,14 +58,64 @@ def test_sdk_user_ratings_batch_async_health(server, protocol):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_sdk_unreachable_server_is_not_healthy_and_a_server_error(protocol):
-    """No server: retried (transient), then ServerError, distinct from a RequestError."""
-    from server.launcher import free_port
-    rc = RecommenderClient(f"127.0.0.1:{free_port()}", protocol, timeout_s=1, retries=2, backoff_s=0.01)
+    """No server: a refused connection at an endpoint that never answered is no server there,
+    not a restart: NoServerError (a ServerError, not a RequestError) at once, with what to check."""
+    from server.launcher import free_ports
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    rc = RecommenderClient(url, protocol)   # the default retries: 11 attempts, about 9 s of backoff
     assert not rc.healthy()
-    with pytest.raises(ServerError) as e:
+    t0 = time.monotonic()
+    with pytest.raises(NoServerError) as e:
         rc.recommend(user_id=1)
-    assert isinstance(e.value, RecommenderError) and not isinstance(e.value, RequestError)
-    assert rc.retried == 2
+    assert time.monotonic() - t0 < 2
+    assert isinstance(e.value, (ServerError, RecommenderError)) and not isinstance(e.value, RequestError)
+    name = {"grpc": "gRPC", "http": "HTTP"}[protocol]
+    assert str(e.value).startswith(f"no server answering {name} at {url} (connection refused")
+    assert "is `aerec serve` running" in str(e.value) and "HTTP 8000 and gRPC 8001" in str(e.value)
+    assert "\n" not in str(e.value) and rc.retried == 0
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_cli_without_a_server_says_what_to_check(protocol):
+    from server.launcher import free_ports
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    t0 = time.monotonic()
+    r = cli("recommend", "--user", "42", "--url", url, "--protocol", protocol)
+    assert r.returncode == 2 and time.monotonic() - t0 < 5
+    assert r.stderr.startswith(f"error: no server answering {'gRPC' if protocol == 'grpc' else 'HTTP'} at {url}")
+    assert "is `aerec serve` running" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_timeout_s_bounds_each_attempt_and_call_budget_s_the_call():
+    """A listener that never answers (a hung server: the kernel takes the connection, nobody
+    reads it) over HTTP: every attempt runs out timeout_s, then the backoff; the call fails
+    within call_budget_s and after at least (retries + 1) x timeout_s."""
+    import socket
+    assert RecommenderClient("127.0.0.1:1", "http", timeout_s=2).call_budget_s == pytest.approx(11 * 2 + 11.15)
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        rc = RecommenderClient(f"127.0.0.1:{hung.getsockname()[1]}", "http", timeout_s=0.3, retries=2,
+                               backoff_s=0.2)
+        assert rc.call_budget_s == pytest.approx(3 * 0.3 + 0.2 + 0.4)
+        t0 = time.monotonic()
+        with pytest.raises(ServerError, match="after 3 attempts"):
+            rc.metadata()
+        took = time.monotonic() - t0
+    assert 3 * 0.3 <= took <= rc.call_budget_s + 0.5, took
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sdk_the_other_protocols_port_is_named(server, protocol):
+    """gRPC sent to the server's HTTP port, or HTTP to its gRPC port: NoServerError at once,
+    saying the port speaks another protocol, the SDK's and the CLI's (exit status 2)."""
+    wrong = server.http_url if protocol == "grpc" else server.grpc_url
+    other = {"grpc": "HTTP", "http": "gRPC"}[protocol]
+    with pytest.raises(NoServerError, match=f"does not speak .*: is it the {other} port"):
+        RecommenderClient(wrong, protocol).recommend(user_id=42, k=3)
+    r = cli("recommend", "--user", "42", "--url", wrong, "--protocol", protocol)
+    assert r.returncode == 2 and f"is it the {other} port" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert "HTTP 8000 and gRPC 8001" in r.stderr
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -90,6 +142,7 @@ def test_cli_recommend_table(server):
                                     capture_output=True, text=True, timeout=120)
     r = run("--user", "42", "-k", "3")
     assert r.returncode == 0, r.stderr
+    assert run("--user", "42", "--top-k", "3").stdout == r.stdout   # -k is --top-k's short form
     assert "score" in r.stdout and "predicted rating" in r.stdout and r.stdout.count("\n") >= 5
     r = run("--rate", "50=5", "--rate", "172=4", "--rate", "999999=3", "-k", "3")
     assert r.returncode == 0 and "1 rated item id(s) unknown" in r.stdout
