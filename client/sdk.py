@@ -139,8 +139,8 @@ def not_serving_message(urls: list[str], protocol: str, error: BaseException) ->
     ports = f"`aerec serve`'s default ports are HTTP {DEFAULT_PORTS['http']} and gRPC {DEFAULT_PORTS['grpc']}"
     where = f"no server answering {name} at {', '.join(urls)}"
     if "refused" in f"{error}".lower():
-        return (f"{where} (connection refused: nothing listens there): is `aerec serve` running, and on this "
-                f"port? Its default ports are HTTP {DEFAULT_PORTS['http']} and gRPC {DEFAULT_PORTS['grpc']}")
+        return (f"{where} (connection refused: nothing listens there): is `aerec serve` running, and on "
+                f"this port? {ports}")
     return (f"{where} (something listens there but does not speak {name}): is it the {PROTOCOL_NAMES[other]} "
             f"port? {ports}: use protocol {other} there, or the {name} port")
 
