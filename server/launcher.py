@@ -171,17 +171,25 @@ class StubSupervisor(threading.Thread):
     """Watches the server's Python stubs; a stub that died (left defunct: Triton reaps the ones
     it stops itself) gets its model reloaded through the admin API, which starts a new stub.
 
+    A stub Triton stops (an unload, a new version) is defunct too for a moment: it exits after
+    answering the finalize message, and the backend reaps it (waitpid) only after tearing down
+    its queues. A tick landing in that moment once took the outgoing stub of a reload under load
+    for a dead one and restarted its model, which failed every request for seconds. So a stub
+    counts as dead only once it has stayed defunct for `grace` seconds; one that died really stays
+    defunct for good, and is restarted that much later.
+
     Cheap on purpose: every tick reads one /proc file per known stub; finding new stubs means
     reading the children of every server thread (170 of them: ~3 ms of CPU), so that is done
     every `rescan_every` ticks and right after a model (re)load. Scanning everything 4 times a
     second stole ~3 ms bursts from the serving path, visible in the lone user's p99."""
 
     def __init__(self, server: "TritonServer", interval: float = 0.25, rescan_every: int = 16,
-                 restart_timeout: float = 20.0):
+                 restart_timeout: float = 20.0, grace: float = 1.5):
         super().__init__(daemon=True, name="stub-supervisor")
         self.server, self.interval, self.rescan_every = server, interval, rescan_every
-        self.restart_timeout = restart_timeout
+        self.restart_timeout, self.grace = restart_timeout, grace
         self.known: dict[int, str] = {}
+        self.defunct_since: dict[int, float] = {}   # pid -> time.monotonic() it was first seen defunct
         # model -> (dead stub's pid, failed restarts so far, time.monotonic() of the next try)
         self.failed: dict[str, tuple[int, int, float]] = {}
         self._halt, self._rescan = threading.Event(), threading.Event()
@@ -201,13 +209,15 @@ class StubSupervisor(threading.Thread):
                 if pid not in self.known and (model := _stub_model(pid)):
                     self.known[pid] = model
         dead: dict[str, int] = {}
+        now = time.monotonic()
         for pid in list(self.known):
             state = _state(pid)
             if state is None:        # reaped: Triton stopped this stub itself (unload, new version)
                 del self.known[pid]
-            elif state == "Z":
+                self.defunct_since.pop(pid, None)
+            elif state == "Z" and now - self.defunct_since.setdefault(pid, now) >= self.grace:
+                del self.defunct_since[pid]
                 dead.setdefault(self.known.pop(pid), pid)
-        now = time.monotonic()
         for model, (pid, attempt, due) in list(self.failed.items()):
             if due <= now and model not in dead:
                 dead[model] = pid
