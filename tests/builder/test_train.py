@@ -68,10 +68,13 @@ def test_validation_slice_comes_from_training_data_only(u1):
 
 
 def test_distillation_teacher_never_sees_the_validation_slice(u1, monkeypatch, tmp_path):
-    """The teacher (a real I-AutoRec preset) is trained on the student's fit part only; its
+    """The teacher (the I-AutoRec preset, stopped at 80 of its 600 epochs: validation 0.93 in
+    9 s, against 0.90 after 214 epochs in 25 s) is trained on the student's fit part only; its
     predictions then make the student better on the users' hidden ratings than alone. Kept
     beside the checkpoint, they spare a resumed run the teacher's training."""
     import builder.train as bt
+    from builder.presets import PRESETS
+    monkeypatch.setitem(PRESETS, "autorec-i", {**PRESETS["autorec-i"], "epochs": 80})
     seen = []
     original = bt.teacher_predictions
 

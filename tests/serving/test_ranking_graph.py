@@ -23,11 +23,19 @@ def network(u1, tmp_path_factory):
     return _exported("deeprec", u1.n_items, tmp_path_factory.mktemp("rg") / "model.onnx", 0, hidden=(32,))
 
 
-@pytest.fixture(scope="module")
-def rater(u1, tmp_path_factory):
+# The raters' endings: a plain Gemm, a Gemm plus the user's mean (served DeepRec's), and a
+# sigmoid after the Gemm, which keeps the whole output gathered at the chosen items.
+RATER_TAILS = {"gemm": dict(last_activation=False),
+               "gemm+mean": dict(last_activation=False, center=True, implicit=True, input_norm=True),
+               "activation": dict(last_activation=True)}
+
+
+@pytest.fixture(scope="module", params=list(RATER_TAILS))
+def rater(u1, tmp_path_factory, request):
     """A second network with the same layer names as `network` (one family, other weights):
     merging must keep the two apart."""
-    return _exported("deeprec", u1.n_items, tmp_path_factory.mktemp("rg") / "rater.onnx", 1, hidden=(48,))
+    return request.param, _exported("deeprec", u1.n_items, tmp_path_factory.mktemp("rg") / "rater.onnx", 1,
+                                    hidden=(48,), **RATER_TAILS[request.param])
 
 
 def _at(values, top):
@@ -57,11 +65,16 @@ def test_in_graph_top_k_equals_ranking_py_on_real_users(network, u1, k):
 @pytest.mark.parametrize("k", [1, 10, 1682])
 def test_merged_ranker_and_rater_list_equals_ranking_py(network, rater, u1, k):
     """One session over both networks on the shared input: the ranker's list is top_k_unrated's,
-    and the rater's predictions are gathered at exactly those items."""
+    and the rater's predictions are read at exactly those items (from its output layer's rows
+    there where it ends in a Gemm: the full layer is then gone from the graph)."""
+    tail, rater = rater
     x = u1.train[:200].toarray().astype(np.float32)
     scores, ratings = _run(network, x), _run(rater, x)
+    rater_output = onnx.load(str(rater)).graph.output[0].name
     merged = with_top_k(onnx.load(str(network)), onnx.load(str(rater)))
     assert [i.name for i in merged.graph.input] == ["RATINGS", K]
+    full_layer = any(o == f"rater/{rater_output}" for n in merged.graph.node for o in n.output)
+    assert full_layer == (tail == "activation")
     s = ort.InferenceSession(merged.SerializeToString(), providers=["CPUExecutionProvider"])
     top, top_scores, top_ratings = s.run([TOP_INDICES, TOP_SCORES, TOP_RATINGS],
                                          {"RATINGS": x, K: np.array([k], np.int64)})
