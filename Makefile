@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 $(ML100K): | $(STAMP)
 	@$(PY) -m builder.data.fetch
 
+# Two pytest-xdist workers, each file whole on one (tests/conftest.py); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q -m "not gpu"
+	$(PY) -m pytest -q -m "not gpu" -n $(TEST_WORKERS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not gpu and not slow"

@@ -13,6 +13,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(2)
 
+# Files that start Ray (a local instance, a Cluster of raylets, Ray Serve): under pytest-xdist
+# they share one worker, since two Ray instances at once contend for ports and ~/.ray's token.
+RAY_FILES = {"test_batch_ray.py", "test_batch_inputs.py", "test_peers.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduler for `make test` (two workers): each file runs whole on one
+    worker, so its module fixtures (trained runs, live servers) are built once, and the files
+    that start Ray run on the same worker. (xdist's own `--dist loadgroup` marks are lost on
+    pytest 9, which keeps a node's id where xdist no longer rewrites it.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "ray" if Path(path).name in RAY_FILES else path
+
+    return FileScheduling(config, log)
+
 
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
