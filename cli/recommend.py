@@ -82,7 +82,8 @@ def recommend(
     if rec.source == "popularity":
         typer.echo("the most popular items: the model has nothing to rank this user by (a cold start)")
     if rec.unknown_items:
-        sent = "rated" if excluded is None and included is None else "sent (history, --exclude, --include)"
+        history = "seen" if seen else "rated"   # --rate and --seen never come together
+        sent = history if excluded is None and included is None else "sent (history, --exclude, --include)"
         typer.echo(f"{rec.unknown_items} {sent} item id(s) unknown to the model were skipped")
     if not rec.complete:  # rated items are never recommended, nor those the rules keep out
         rules = "" if excluded is None and included is None else " that the rules allow"

@@ -287,8 +287,14 @@ def read_log(spec: LogSpec | str) -> Ratings:
     if explicit:
         if spec.scale is None:
             spec.scale = infer_scale(values)
-            log.warning("%s: rating scale %g..%g read from the data (ratings span %g..%g); state it to override "
-                        "(%s:PATH?scale=LOW:HIGH)", path, *spec.scale, values.min(), values.max(), spec.format)
+            if values.min() == values.max():   # one value: no scale to read, and likely no ratings at all
+                log.warning("%s: every rating is %g, so rating scale %g..%g is assumed. If the rows are clicks, "
+                            "views or purchases rather than ratings, read the file as an interaction log: leave "
+                            "the rating column out, or name it as the weight (%s:PATH?weight=COLUMN)",
+                            path, values.min(), *spec.scale, spec.format)
+            else:
+                log.warning("%s: rating scale %g..%g read from the data (ratings span %g..%g); state it to override "
+                            "(%s:PATH?scale=LOW:HIGH)", path, *spec.scale, values.min(), values.max(), spec.format)
         frame = pd.DataFrame({"user": users, "item": items, "rating": values.astype(np.float32),
                               "timestamp": times}, copy=False)
         frame, n_dup = validate(frame, path, tuple(map(float, spec.scale)), where, error=where.error)

@@ -217,8 +217,17 @@ def test_netflix_dataset_from_folder_has_every_movie(fixtures):
 
 def test_one_mv_file_is_refused_not_a_one_item_model(fixtures):
     with pytest.raises(DataFormatError, match=r"mv_0000001.txt: the data holds only one item \(item 1\).*"
-                                              r"pass all of it: its folder, or a glob"):
+                                              r"its folder, or a glob such as 'training_set/mv_\*.txt'"):
         load_dataset(str(fixtures / "netflix/download/training_set/mv_0000001.txt"), "random")
+
+
+def test_one_user_csv_gets_a_glob_of_its_own_kind(tmp_path):
+    """The hint names the file's own folder and ending, not Netflix's files."""
+    folder = tmp_path / "days"
+    folder.mkdir()
+    (folder / "skus.csv").write_text("user,item\nu1,a\nu1,b\nu1,c\n")
+    with pytest.raises(DataFormatError, match=r"only one user \(user u1\).*a glob such as 'days/\*.csv'$"):
+        load_dataset(f"csv:{folder / 'skus.csv'}", "random")
 
 
 def test_one_user_is_refused(tmp_path):
@@ -351,6 +360,17 @@ def test_csv_scale_read_from_data_and_stated(fixtures, caplog):
     r = load_source(f"csv:{fixtures / 'scale10.csv'}")  # ratings 2..9
     assert r.scale == (1.0, 10.0) and r.frame["rating"].max() == 9
     assert "rating scale 1..10 read from the data (ratings span 2..9)" in caplog.text
+
+
+def test_csv_of_one_rating_value_is_told_it_may_be_a_log(tmp_path, caplog):
+    """A file whose every rating is 1 (clicks saved as ratings) has no scale to read: the warning
+    says so and names the interaction-log reading instead."""
+    p = tmp_path / "clicks.csv"
+    p.write_text("user,item,rating\n1,10,1\n1,11,1\n2,10,1\n")
+    r = load_source(f"csv:{p}")
+    assert r.scale == (1.0, 5.0)
+    assert "every rating is 1, so rating scale 1..5 is assumed" in caplog.text
+    assert "csv:PATH?weight=COLUMN" in caplog.text and "read from the data" not in caplog.text
 
 
 @pytest.mark.parametrize("ratings,scale", [

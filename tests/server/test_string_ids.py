@@ -248,7 +248,7 @@ def test_cli_recommend_takes_string_ids(servers):
         r = run(*args)
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("sku-") >= 3, r.stdout
-    assert "1 rated item id(s) unknown" in run("--seen", "sku-50", "--seen", "sku-nope").stdout
+    assert "1 seen item id(s) unknown" in run("--seen", "sku-50", "--seen", "sku-nope").stdout
     r = run("--user", "u999999")
     assert r.returncode == 2 and "unknown USER_ID 'u999999'" in r.stderr
 
