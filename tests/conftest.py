@@ -18,6 +18,7 @@ torch.set_num_threads(2)
 RAY_FILES = {"test_batch_ray.py", "test_batch_inputs.py", "test_peers.py"}
 
 
+@pytest.hookimpl(optionalhook=True)   # a hook of pytest-xdist's: no error where it is not installed
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's scheduler for `make test` (two workers): each file runs whole on one
     worker, so its module fixtures (trained runs, live servers) are built once, and the files
