@@ -7,8 +7,8 @@ graph on the shared RATINGS input, so one session runs both and reads the rater'
 at the ranker's chosen items: from its output layer's weight rows at those items where that
 layer is a plain Gemm (the autoencoders'), else gathered from its whole output. For DeepRec on
 ML-100K beside EASE, one user's run of the merged graph fell from 629 to 528 us (median of 300,
-one thread, caches flushed between runs, a loaded 2-core host). tests/serving/test_ranking_graph.py holds the lists
-equal to ranking.py's.
+one thread, caches flushed between runs, a loaded 2-core host).
+tests/serving/test_ranking_graph.py holds the lists equal to ranking.py's.
 """
 from typing import NamedTuple
 
@@ -123,7 +123,7 @@ def _output_layer(rater: onnx.ModelProto) -> _OutputLayer | None:
     producers = {o: n for n in g.node for o in n.output}
     last = producers.get(g.output[0].name)
     offset = add = None
-    if last is not None and last.op_type == "Add":
+    if last is not None and last.op_type == "Add" and not consumers.get(last.output[0]):
         shapes = {v.name: v for v in onnx.shape_inference.infer_shapes(rater).graph.value_info}
         for mine, theirs in ((0, 1), (1, 0)):
             gemm = producers.get(last.input[mine])
@@ -193,8 +193,7 @@ def _rater_at_items(g: onnx.GraphProto, tail: _OutputLayer | None, items: str, o
         at = "aerec_rater_biased"
     if tail.offset is not None:
         nodes.append(helper.make_node("Add", [at, tail.offset], ["aerec_rater_offset"]))
-        at = "aerec_rater_offset"
-    nodes.append(helper.make_node("Identity", [at], [out]))
+    nodes[-1].output[0] = out   # the last step writes `out`
     g.node.extend(nodes)
     return True
 

@@ -167,10 +167,9 @@ def one_of_a_kind(source, kind: str, raw_id) -> DataFormatError:
     """The error for data holding one user or one item (often one part of a larger set: one of
     Netflix's mv_*.txt files, one day of a log). Its glob example is built from the file's own
     name and folder."""
-    name = Path(str(source)).name
-    suffix = "".join(Path(name).suffixes[-2:]) if Path(name).suffix else ""
-    folder = Path(str(source)).parent.name or "."
-    example = f"{folder}/mv_*.txt" if name.startswith("mv_") else f"{folder}/*{suffix}"
+    path = Path(str(source))
+    folder = path.parent.name or "."
+    example = f"{folder}/mv_*.txt" if path.name.startswith("mv_") else f"{folder}/*{''.join(path.suffixes[-2:])}"
     return DataFormatError(
         source, f"the data holds only one {kind} ({kind} {raw_id}); a recommender needs at least two. "
         f"If this file is one part of a data set, pass all of it: its folder, or a glob such as '{example}'")
