@@ -165,11 +165,15 @@ def require_two_each(ratings: Ratings) -> None:
 
 def one_of_a_kind(source, kind: str, raw_id) -> DataFormatError:
     """The error for data holding one user or one item (often one part of a larger set: one of
-    Netflix's mv_*.txt files, one day of a log). Its glob example is built from the file's own
-    name and folder."""
+    Netflix's mv_*.txt files, one day of a log). Only the Netflix Prize's files load several as
+    one data set, so only there does the hint name a folder or a glob; other parts must be joined
+    into one file first."""
     path = Path(str(source))
-    folder = path.parent.name or "."
-    example = f"{folder}/mv_*.txt" if path.name.startswith("mv_") else f"{folder}/*{''.join(path.suffixes[-2:])}"
+    if path.name.startswith("mv_"):
+        hint = ("If this file is one part of the Netflix Prize data, pass all of it: its folder, or a glob such as "
+                f"'{path.parent / 'mv_*.txt'}'")
+    else:
+        hint = ("If this file is one part of a larger data set, join the parts into one file first (several files "
+                "load as one data set only for the Netflix Prize)")
     return DataFormatError(
-        source, f"the data holds only one {kind} ({kind} {raw_id}); a recommender needs at least two. "
-        f"If this file is one part of a data set, pass all of it: its folder, or a glob such as '{example}'")
+        source, f"the data holds only one {kind} ({kind} {raw_id}); a recommender needs at least two. {hint}")
