@@ -114,14 +114,22 @@ class PromQL:
                 for (name, model, version) in self.after if name == metric and keep(model)}
 
 
-def _step_queue_us(http_url: str, steps: list[str]) -> dict:
-    """{model: (queue time in us, request count)} from Triton's statistics extension."""
-    out = {}
-    for model in steps + [MODEL]:
-        stats = json.loads(urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10).read())
-        (s,) = stats["model_stats"]
-        out[model] = (s["inference_stats"]["queue"]["ns"] / 1e3, s["inference_stats"]["success"]["count"])
-    return out
+def _step_queue_us(http_url: str, steps: list[str], since: dict | None = None) -> dict:
+    """{model: (queue time in us, request count)} from Triton's statistics extension. With
+    `since` (an earlier read), read again (within 10 s) until every step has counted as many
+    requests since then as the ensemble: Triton adds a request to a model's statistics after
+    its response is sent, so a read right after the last answer can see one request short."""
+    deadline = time.monotonic() + 10
+    while True:
+        out = {}
+        for model in steps + [MODEL]:
+            stats = json.loads(urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10).read())
+            (s,) = stats["model_stats"]
+            out[model] = (s["inference_stats"]["queue"]["ns"] / 1e3, s["inference_stats"]["success"]["count"])
+        if since is None or time.monotonic() > deadline or \
+                len({out[m][1] - since[m][1] for m in out}) == 1:
+            return out
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +155,7 @@ def test_adapter_rule_reads_the_queue_time_a_request_waits(server, tmp_path):
     threads = [threading.Thread(target=load, args=(i,)) for i in range(16)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    after, stats_after = _scrape(server.metrics_url), _step_queue_us(server.http_url, steps)
+    after, stats_after = _scrape(server.metrics_url), _step_queue_us(server.http_url, steps, stats_before)
 
     d = {m: (stats_after[m][0] - stats_before[m][0], stats_after[m][1] - stats_before[m][1]) for m in stats_after}
     n_requests = d[MODEL][1]
