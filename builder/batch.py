@@ -324,7 +324,8 @@ def batch_recommend(run_dir: Path, out: Path, users_file: Path | None = None, ra
     scorer = _scorer(model, dataset, config, device)
     popularity = item_counts(run_data.train)   # the run's training popularity, also for histories
     parts = []
-    with tqdm(total=len(users), disable=not progress, desc="batch", unit="user") as bar:
+    # disable=None: no bar where stderr is not a terminal (a redirected log)
+    with tqdm(total=len(users), disable=None if progress else True, desc="batch", unit="user") as bar:
         for i, chunk in enumerate(chunks):
             part = folder / f"part-{i:06d}.parquet"
             parts.append(part)

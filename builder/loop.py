@@ -107,7 +107,8 @@ def run(train_epoch: Callable[[int, Callable[[], float]], dict], max_epochs: int
     else:
         first = start.first
     began = time.perf_counter() - start.spent
-    bar = tqdm(range(first, max_epochs + 1), disable=not progress, desc=desc, leave=False)
+    # disable=None: no bar where stderr is not a terminal, so a redirected log holds no redraws
+    bar = tqdm(range(first, max_epochs + 1), disable=None if progress else True, desc=desc, leave=False)
     for epoch in bar:
         row = train_epoch(epoch, lambda: time.perf_counter() - began)
         if score is not None:

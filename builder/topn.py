@@ -22,6 +22,7 @@ import torch
 
 from builder import distributed, loop
 from builder.config import TrainConfig
+from builder.data.logs import format_of
 from builder.data.splits import holdout_share_per_user
 from builder.driver import select_then_refit
 from builder.evaluate import liked, ranking_metrics
@@ -76,7 +77,8 @@ def check_trainable(config: TrainConfig, train_ui: sp.csr_matrix, test_ui: sp.cs
         raise ValueError(f"no positives to train on: none of the {n:,} training ratings is >= implicit_threshold "
                          f"{config.implicit_threshold:g}{span}. If these rows are clicks, views or purchases "
                          "rather than ratings, read the file as an interaction log: drop the rating column, or "
-                         "name it as the weight (csv:PATH?weight=rating); to count every rating as a positive, "
+                         f"name it as the weight ({format_of(config.data) or 'csv'}:PATH?weight=COLUMN); to count "
+                         "every rating as a positive, "
                          "--set implicit_threshold=0")
     per_user = np.bincount(np.repeat(np.arange(train_ui.shape[0]), np.diff(train_ui.indptr))[pos],
                            minlength=train_ui.shape[0])

@@ -118,6 +118,15 @@ def parse_scale(value: str, path, spec: str) -> tuple[float, float]:
     return scale
 
 
+def format_of(data: str) -> str | None:
+    """The table format ("csv", "tsv" or "parquet") a `--data` word reads as: a URI's own, or
+    the one a plain path's name implies; None for anything else (ml-100k, u.data, Netflix)."""
+    if data.partition(":")[0] in FORMATS:
+        return data.partition(":")[0]
+    spec = spec_for_path(data)
+    return spec.format if spec is not None else None
+
+
 def spec_for_path(path) -> LogSpec | None:
     """The LogSpec a plain path's name implies (.csv, .csv.gz, .tsv, .tsv.gz, .parquet, .pq),
     or None for another name."""

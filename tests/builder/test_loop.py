@@ -2,6 +2,8 @@
 after `patience` epochs without a gain (after a warm-up), on divergence, and a run interrupted
 and resumed through the checkpoint callback ends where an uninterrupted run ends."""
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -151,3 +153,16 @@ def test_select_then_refit_refits_for_the_chosen_epochs_only_when_asked(u1):
     done = Selection(None, [], {"epoch": 2})
     resumed, _ = select_then_refit(real_fit, None, None, full, config.epochs, selected=done)
     assert same(resumed, fit(config, full, None, u1.scale, 2, progress=False)[0])
+
+
+def test_progress_bar_is_left_out_of_a_redirected_log(tmp_path):
+    """Where stderr is a file (a training log redirected), the bar draws nothing: its redraws
+    would fill the log with one line per epoch."""
+    script = ("import torch\nfrom builder import loop\n"
+              "m = torch.nn.Linear(1, 1)\n"
+              "loop.run(lambda n, s: {'epoch': n, 'train_rmse': 1.0, 'seconds': s()}, 50, "
+              "loop.EarlyStopping('val_rmse', 'min', patience=100), m, desc='demo')\n")
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-c", script], stderr=f, check=True, timeout=120)
+    assert log.read_text() == ""
