@@ -80,7 +80,10 @@ def recommend(
     if split is not None:
         typer.echo(f"answered by {rec.model}" + (f" (version {rec.model_version})" if rec.model_version else ""))
     if rec.source == "popularity":
-        typer.echo("the most popular items: the model has nothing to rank this user by (a cold start)")
+        # Name the id: an id the model never saw (a typo, another catalogue's id) lands here too
+        why = f"user {user} (an id it was not trained on, or no positive in its history)" \
+            if user is not None and not (ratings or seen) else "this user"
+        typer.echo(f"the most popular items: the model has nothing to rank {why} by (a cold start)")
     if rec.unknown_items:
         history = "seen" if seen else "rated"   # --rate and --seen never come together
         sent = history if excluded is None and included is None else "sent (history, --exclude, --include)"

@@ -1,6 +1,9 @@
 """The popularity fallback on a real server, both pipelines: a user whose ratings are all below
 the ranker's implicit threshold (EASE's preset: 4 stars) gets the most popular unrated items,
 as offline evaluation ranks them, not the catalogue in index order with score 0."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -70,3 +73,15 @@ def test_user_without_a_positive_rating_gets_the_popularity_list(server, runs, u
     k.set_data_from_numpy(np.array([[5], [5]], np.int32))
     ids = client.infer("recommend", [many, k]).as_numpy("RECOMMENDED_IDS")
     assert ids.tolist() == [u1.item_ids[top[0]].tolist(), u1.item_ids[top[2]].tolist()]
+
+
+def test_cli_names_the_user_it_fell_back_for(server):
+    """`aerec recommend --user` for an id the model never saw (popularity cold start, the
+    default) prints the popular list and says which user it had nothing for, and why that may be."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cli.main", "recommend", "--url", server.grpc_url,  # noqa: E731
+                                     "-k", "3", *a], capture_output=True, text=True, timeout=120)
+    r = run("--user", "999999")
+    assert r.returncode == 0, r.stderr
+    assert "nothing to rank user 999999 (an id it was not trained on, or no positive in its history)" in r.stdout
+    r = run("--rate", "1=1")
+    assert r.returncode == 0 and "nothing to rank this user by" in r.stdout, r.stdout + r.stderr
