@@ -258,7 +258,9 @@ def inference_service(v: dict) -> dict:
               "resources": {"limits": v["resources"]["limits"], "requests": v["resources"]["requests"]},
               "storageUri": f"pvc://{v['modelRepository']['claimName']}",
               # the same memory-backed /dev/shm as the Deployment's (KServe mounts none)
-              "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}
+              "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+              # as the Deployment's: serve on while the pod leaves the Service (see PRE_STOP_SECONDS)
+              "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}}}
     if tag:
         triton["runtimeVersion"] = tag
     return {
@@ -268,6 +270,7 @@ def inference_service(v: dict) -> dict:
                      "labels": _labels(v), "name": v["name"]},
         "spec": {"predictor": {"maxReplicas": v["autoscaling"]["maxReplicas"],
                                "minReplicas": v["autoscaling"]["minReplicas"],
+                               "terminationGracePeriodSeconds": GRACE_SECONDS,
                                "triton": triton,
                                "volumes": [{"name": "dshm",
                                             "emptyDir": {"medium": "Memory", "sizeLimit": v["sharedMemory"]}}]}},

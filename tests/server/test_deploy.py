@@ -179,6 +179,9 @@ def test_inference_service_round_trips_through_the_kserve_sdk(rendered, tmp_path
     triton = isvc["spec"]["predictor"]["triton"]
     assert triton["storageUri"] == "pvc://aerec-model-repository" and triton["runtimeVersion"] == "24.10-py3"
     assert ("nvidia.com/gpu" in triton["resources"]["limits"]) == gpu
+    # A stopping predictor pod serves on while it leaves the Service, as the Deployment's does.
+    assert triton["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRE_STOP_SECONDS)]
+    assert isvc["spec"]["predictor"]["terminationGracePeriodSeconds"] > PRE_STOP_SECONDS + TRITON_EXIT_TIMEOUT_SECONDS
     # A misspelt field and a wrongly typed value must be refused, not dropped.
     misspelt = dict(isvc, spec={"predictor": dict(isvc["spec"]["predictor"], tritn=triton)})
     (tmp_path / "misspelt.yaml").write_text(yaml.safe_dump(misspelt))
