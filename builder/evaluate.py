@@ -72,6 +72,16 @@ def with_baseline(model_metrics: dict, popularity_metrics: dict) -> dict:
     return out
 
 
+def below_popularity(metrics: dict, key: str = "recall@10") -> tuple[float, float] | None:
+    """(the model's `key`, popularity's) where a run's test figure is under the most-popular
+    baseline's (both as with_baseline writes them into metrics.json), else None: a model
+    whose lists are worse than "most popular" has failed as a recommender, whatever its RMSE."""
+    model, popularity = metrics.get(key), metrics.get(f"popularity_{key}")
+    if model is None or popularity is None or model >= popularity:
+        return None
+    return float(model), float(popularity)
+
+
 def evaluate_model(model, dataset, config, device) -> dict:
     """Test metrics of a trained model on `dataset`'s test split, as a flat dict of floats/ints.
 

@@ -14,6 +14,7 @@ old one intact.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from builder.config import TrainConfig, from_dict
+from builder.evaluate import below_popularity
 from builder.models import ITEM_BASED, TOP_N
 from builder.models.popularity import item_counts
 from builder.run_folder import RunDataError, load_run_dataset
@@ -35,6 +37,8 @@ from serving.contract import NETWORK_INPUT as INPUT, NETWORK_OUTPUT as OUTPUT
 from serving.blocklist import blocklist_path, load_blocklist, save_blocklist
 from serving.fallback import POPULARITY_FILE
 from serving.session_options import SPINNING, THREADS  # the keys it reads back
+
+log = logging.getLogger(__name__)
 
 # The config.pbtxt templates (builder.templates locates them in the installed package). They
 # live apart from model_repository/ because a build writes there (by default): a tuned or
@@ -508,6 +512,20 @@ def _run_dataset(part: _Served):
         raise RepositoryError(str(e)) from None
 
 
+def _warn_below_popularity(ranking: _Served) -> None:
+    """Log a warning where the run that orders `recommend`'s lists ranked its test users worse
+    than the most-popular list did (its metrics.json): served, its lists would be too."""
+    metrics_file = ranking.run / "metrics.json"
+    below = below_popularity(json.loads(metrics_file.read_text())) if metrics_file.is_file() else None
+    if below is None:
+        return
+    way = ("rank with a top-N model and let this one predict the ratings shown: "
+           f"aerec repository TOP_N_RUN --rating-model {ranking.run}" if ranking.role == "rater"
+           else "its lists are worse than the popularity fallback's; train another model or preset")
+    log.warning("%s ranks below the most popular items on its test users (recall@10 %.4f against popularity's "
+                "%.4f), and it orders recommend's lists here: %s", ranking.run, *below, way)
+
+
 def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tuning | None = None,
                      rating_run: Path | None = None, device: str = "cpu",
                      cold_start: str = contract.COLD_START_POPULARITY, keep_previous: bool = False) -> dict:
@@ -575,6 +593,8 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
             if not np.array_equal(items, dataset.item_ids):
                 raise RepositoryError(f"{run_dir} and {rating_run} index different item ids "
                                       f"({first.data}/{first.split} vs {other.data}/{other.split})")
+    if dataset is not None:
+        _warn_below_popularity(parts[0])
     n_items = parts[0].n_items
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))

@@ -2,6 +2,7 @@
 with a message naming the problem, and an interrupted or refused build leaves the repository as
 it was (tests/server/test_repository_data.py covers changed data)."""
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from builder.data.sources import load_dataset
 from builder.repository import RepositoryError, Tuning, write_repository
 from cli.common import DEFAULT_REPOSITORY
 from cli.serve import serve
-from conftest import FIXTURES, six_movie_runs, snapshot, train_and_export
+from conftest import FIXTURES, shared_run, six_movie_runs, small_rater_config, snapshot, train_and_export
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +101,22 @@ def test_a_default_build_writes_outside_the_committed_repository(runs, tmp_path)
     assert not (tmp_path / "model_repository").exists()
     assert DEFAULT_REPOSITORY.parts[0] == "runs"   # git-ignored
     assert inspect.signature(serve).parameters["repository"].default.default == DEFAULT_REPOSITORY
+
+
+def test_a_run_ranking_below_popularity_is_warned_of_where_it_orders_the_lists(u1, tmp_path, caplog):
+    """A rater alone orders recommend's lists by its predicted ratings; where its test users'
+    recall@10 is under the most-popular list's, the build says so and how to rank instead.
+    A ranker above popularity, with that rater beside it, builds without the warning."""
+    rater, rater_result = shared_run(u1, small_rater_config())
+    assert rater_result.metrics["recall@10"] < rater_result.metrics["popularity_recall@10"]
+    with caplog.at_level(logging.WARNING, logger="builder.repository"):
+        write_repository(rater, tmp_path / "alone", ["onnx"])
+    (warning,) = [r.getMessage() for r in caplog.records if "below the most popular" in r.getMessage()]
+    assert f"recall@10 {rater_result.metrics['recall@10']:.4f} against popularity's" in warning
+    assert f"aerec repository TOP_N_RUN --rating-model {rater}" in warning
+    caplog.clear()
+    ranker, ranker_result = shared_run(u1, TrainConfig(model="ease", device="cpu"))
+    assert ranker_result.metrics["recall@10"] > ranker_result.metrics["popularity_recall@10"]
+    with caplog.at_level(logging.WARNING, logger="builder.repository"):
+        write_repository(ranker, tmp_path / "both", ["onnx"], rating_run=rater)
+    assert not [r for r in caplog.records if "below the most popular" in r.getMessage()]
