@@ -12,6 +12,22 @@ import typer
 from cli.common import fail
 
 
+def print_list(rec) -> None:
+    """A served list (client.Recommendation) as a table: rank, item id, title, score, and the
+    predicted rating where the server has a rating model. The title column is left out where
+    the catalogue has no titles (they are then the ids again, as for an interaction log)."""
+    from rich.console import Console
+    from rich.table import Table
+    titled = any(title != str(item) for item, title in zip(rec.item_ids, rec.titles))
+    predicted = rec.predicted_ratings
+    t = Table("#", "item", *(["title"] if titled else []), "score",
+              *(["predicted rating"] if predicted is not None else []))
+    for i, (item, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
+        t.add_row(str(i), str(item), *([title] if titled else []), f"{score:.3f}",
+                  *([f"{predicted[i - 1]:.2f}"] if predicted is not None else []))
+    Console().print(t)
+
+
 def id_list(values: list[str], files: list[Path]) -> list[str] | None:
     """Item ids from comma-separated `values` ("1,2", repeatable) and `files` (one id per line,
     blank lines skipped); None when neither is given. Raises OSError for a file not read."""
@@ -43,8 +59,6 @@ def recommend(
 ):
     """Top-K recommendations from a running server, as a table of titles, scores and (where the
     server has a rating model) predicted ratings."""
-    from rich.console import Console
-    from rich.table import Table
     from client import RecommenderClient
     from client.sdk import parse_split
     try:
@@ -71,12 +85,7 @@ def recommend(
                                exclude=excluded, include=included)
     except Exception as e:  # the server's own message names the problem
         fail(str(e))
-    predicted = rec.predicted_ratings
-    t = Table("#", "item", "title", "score", *(["predicted rating"] if predicted is not None else []))
-    for i, (item, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
-        t.add_row(str(i), str(item), title, f"{score:.3f}",
-                  *([f"{predicted[i - 1]:.2f}"] if predicted is not None else []))
-    Console().print(t)
+    print_list(rec)
     if split is not None:
         typer.echo(f"answered by {rec.model}" + (f" (version {rec.model_version})" if rec.model_version else ""))
     if rec.source == "popularity":
@@ -105,8 +114,6 @@ def similar(
     """The items most similar to the seed items (the server's `similar` model: what its top-N
     ranker scores highest for a user whose history is the seeds), as a table of ids, titles and
     scores. The seeds, the rules' items and the repository's blocklist are never listed."""
-    from rich.console import Console
-    from rich.table import Table
     from client import RecommenderClient
     excluded, included = id_list(exclude, []), id_list(include, [])
     try:
@@ -114,10 +121,7 @@ def similar(
         rec = client.similar([i.strip() for i in item], k=top_k, exclude=excluded, include=included)
     except Exception as e:  # the server's own message names the problem
         fail(str(e))
-    t = Table("#", "item", "title", "score")
-    for i, (iid, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
-        t.add_row(str(i), str(iid), title, f"{score:.3f}")
-    Console().print(t)
+    print_list(rec)
     if rec.unknown_items:
         typer.echo(f"{rec.unknown_items} --exclude/--include item id(s) unknown to the model were skipped")
     if not rec.complete:

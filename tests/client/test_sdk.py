@@ -150,3 +150,19 @@ def test_cli_recommend_table(server):
     assert r.returncode == 2 and "unknown USER_ID 123456" in r.stderr
     r = run("--user", "42", "-k", "1682")  # more than user 42 left unrated: fewer, and said so
     assert r.returncode == 0 and "recommended: no other unrated item is left" in r.stdout
+
+
+def test_cli_table_leaves_out_titles_a_catalogue_does_not_have(capsys):
+    """A catalogue without titles (an interaction log) serves each item's id as its title: the
+    table then shows no title column repeating the ids; one with titles shows them."""
+    from cli.recommend import print_list
+    from client.sdk import Recommendation
+    untitled = Recommendation(["sku-9", "sku-4"], [0.9, 0.4], ["sku-9", "sku-4"], 0, n_recommended=2, k=2)
+    print_list(untitled)
+    out = capsys.readouterr().out
+    assert "title" not in out and out.count("sku-9") == 1 and "0.900" in out
+    titled = Recommendation([50, 172], [0.9, 0.4], ["Star Wars (1977)", "Empire Strikes Back, The (1980)"], 0,
+                            predicted_ratings=[4.6, 4.2], n_recommended=2, k=2)
+    print_list(titled)
+    out = capsys.readouterr().out
+    assert "title" in out and "Star Wars (1977)" in out and "predicted rating" in out and "4.60" in out
