@@ -100,6 +100,10 @@ def recommend(
     if not rec.complete:  # rated items are never recommended, nor those the rules keep out
         rules = "" if excluded is None and included is None else " that the rules allow"
         typer.echo(f"only {rec.n_recommended} of {k} recommended: no other unrated item{rules} is left")
+    if seen and rec.predicted_ratings is not None:
+        # The rater reads a history of top ratings, so it predicts near the top for everything.
+        typer.echo("predicted ratings take each --seen item as rated at the scale's top: they run high; "
+                   "send --rate ITEM=RATING for ratings this user would give")
 
 
 def similar(

@@ -225,9 +225,25 @@ def test_bench_large_profiles_every_layer_and_runs_sessions_side_by_side(u1, tmp
     assert bench_large.concurrent_sessions(tmp_path / "m.onnx", x, sessions=2, threads=1, seconds=0.3) > 0
 
 
+class _CountedSession:
+    """A real ONNX Runtime session that records the batch size of each run (the timed loops
+    call only get_inputs and run)."""
+
+    def __init__(self, session):
+        self.session, self.batches = session, []
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, outputs, feed):
+        self.batches.append(len(next(iter(feed.values()))))
+        return self.session.run(outputs, feed)
+
+
 def test_pipeline_baselines_run_every_network(u1, tmp_path):
-    """A ranker + rater pipeline's in-process figures run both networks: FLOPs add up, and the
-    pair is slower than either network alone on the same users."""
+    """A ranker + rater pipeline's in-process figures run both networks: FLOPs add up, and every
+    timed step runs each session once on the same batch. (Counted, not timed: which of two
+    rates is higher is a benchmark's question on a shared machine, not a unit test's.)"""
     users = inputs.held_out_users(u1.test, u1.train, 8)
     x = u1.train[users].toarray().astype(np.float32)
     torch.manual_seed(0)
@@ -238,10 +254,11 @@ def test_pipeline_baselines_run_every_network(u1, tmp_path):
         paths.append(tmp_path / f"{name}.onnx")
     one, two = (baselines.flops_per_user(p) for p in paths)
     assert baselines.flops_per_user(paths) == one + two
-    sessions = [baselines.ort_session(p, threads=1) for p in paths]
-    both = baselines.ort_batched(sessions, x, 64, 0.3)
-    alone = baselines.ort_batched(sessions[0], x, 64, 0.3)
-    assert 0 < both < alone
+    sessions = [_CountedSession(baselines.ort_session(p, threads=1)) for p in paths]
+    assert baselines.ort_batched(sessions, x, 64, 0.3) > 0
+    assert sessions[0].batches == sessions[1].batches and sessions[0].batches[0] == 64
+    assert baselines.ort_batched(sessions[0], x, 64, 0.3) > 0
+    assert len(sessions[0].batches) > len(sessions[1].batches)   # alone: the other one stays idle
     # The ceiling also tries one single-thread worker per core, each running both graphs.
     assert baselines.ort_batched_parallel(paths, x, 64, 0.2, workers=2) > 0
     assert baselines.ort_ceiling(paths, x, 64, 0.2) > 0
