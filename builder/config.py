@@ -72,7 +72,7 @@ class TrainConfig:
     # top-N models (implicit feedback)
     implicit_threshold: float = 0.0   # a rating >= this is a positive; 0: any rating is
     ease_lambda: float = 500.0        # ease: L2 weight lambda of the closed form
-    ease_max_gb: float = 12.0         # ease: refuse a fit peaking above this (22 * items^2 bytes + 48 MB: 23,308 items)
+    ease_max_gb: float = 12.0         # ease: refuse a fit peaking above this (17 * items^2 bytes + 40 MB: 26,524 items)
     ease_input: str = "binary"        # ease: "binary" (a rating >= implicit_threshold is a 1) | "values" (it
                                       # weighs its rating value), in the fit and in the served input alike
     edlae_dropout: float = 0.0        # ease: EDLAE's input dropout p (Steck 2020): the L2 weight becomes

@@ -28,14 +28,15 @@ GB = 1e9
 
 
 # What fitting EASE holds at its peak, per item^2: the float64 Gram matrix G (8), inverted in its
-# own memory (inverse_in_place: Cholesky, no n x n copy), the float32 B it is cast to (4) and the
-# model's float32 buffer B (4), plus allocator slack; about 40 MB whatever the size. Measured peak
-# RSS growth of a fit: 20.3 bytes per item^2 + 39 MB between 2,000 and 6,000 items (118, 221 and
-# 770 MB at 2,000, 3,000 and 6,000: tests/builder/test_ease_memory.py's PEAK script). With
+# own memory (inverse_in_place) with torch's one temporary copy (8) while it inverts; after it,
+# G beside the float32 B it is cast to (4) and the model's float32 buffer B (4); about 20 MB
+# whatever the size. Measured peak RSS growth of a fit (tests/builder/test_ease_memory.py's PEAK
+# script): 83, 165 and 605 MB at 2,000, 3,000 and 6,000 items, 16.3 bytes per item^2 + 18 MB;
+# a whole `aerec train --preset ease` on 17,770 items peaked at 5.39 GB of RSS. With
 # np.linalg.inv (LAPACK's copies of G and of the identity, and a separate inverse) it was 34.3
 # bytes per item^2 + 17 MB (docs/reliability.md).
-FIT_BYTES_PER_ITEM2 = 22
-FIT_OVERHEAD_BYTES = 48 * 10**6
+FIT_BYTES_PER_ITEM2 = 17
+FIT_OVERHEAD_BYTES = 40 * 10**6
 
 
 def ease_bytes(n_items: int) -> int:
@@ -128,33 +129,22 @@ def ease_from_gram(G: np.ndarray, lam: float, dropout: float = 0.0, xi: float = 
     return P.astype(np.float32)
 
 
-# Rows per block when inverse_in_place mirrors one triangle onto the other.
-_MIRROR_ROWS = 1024
-
-
 def inverse_in_place(G: np.ndarray) -> np.ndarray:
-    """The inverse of the symmetric positive definite float64 G [n, n] (C-ordered), computed in
-    G's own memory by LAPACK's Cholesky factorisation and inversion (dpotrf, dpotri) and
-    returned (G itself): no n x n copy beside it. Raises np.linalg.LinAlgError when G is not
-    positive definite."""
-    from scipy.linalg import lapack
+    """The inverse of the symmetric positive definite float64 G [n, n] (C-ordered), returned in
+    G's own memory (G itself), by torch's LAPACK (MKL on x86): Cholesky factorisation
+    (cholesky_ex) and inversion from the factor (cholesky_inverse). Raises
+    np.linalg.LinAlgError when G is not positive definite.
 
-    F = G.T  # the same memory in Fortran order, which LAPACK overwrites without a copy
-    factor, info = lapack.dpotrf(F, lower=0, clean=0, overwrite_a=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"the regularised Gram matrix is not positive definite (dpotrf info {info})")
-    inverse, info = lapack.dpotri(factor, lower=0, overwrite_c=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"the regularised Gram matrix is singular (dpotri info {info})")
-    if not np.shares_memory(inverse, G):  # LAPACK copied after all: take its result
-        G[...] = inverse.T
-    # F's upper triangle holds the inverse: G's lower one. Mirror it above the diagonal in blocks.
-    n = G.shape[0]
-    for start in range(0, n, _MIRROR_ROWS):
-        stop = min(n, start + _MIRROR_ROWS)
-        block = G[start:stop, start:stop]
-        block[...] = np.tril(block) + np.tril(block, -1).T
-        G[start:stop, stop:] = G[stop:, start:stop].T
+    Not scipy's LAPACK: its bundled OpenBLAS (0.3.30) crashes the process with a segmentation
+    fault in the multi-threaded dpotrf from about 16,000 items on (docs/reliability.md), a
+    Netflix-sized catalogue. torch copies G once while it inverts (8 bytes per item^2 more at the
+    peak; FIT_BYTES_PER_ITEM2 counts it)."""
+    T = torch.from_numpy(G)
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(T, out=(T, info))
+    if int(info) != 0:
+        raise np.linalg.LinAlgError(f"the regularised Gram matrix is not positive definite (Cholesky info {int(info)})")
+    torch.cholesky_inverse(T, out=T)
     return G
 
 

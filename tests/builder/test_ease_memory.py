@@ -50,15 +50,15 @@ def test_refusal_names_the_peak_and_the_catalogue_that_fits():
     with pytest.raises(ValueError) as refused:
         check_ease_memory(fits + 1, 4.0)  # ... and one more item is not
     message = str(refused.value)
-    assert f"fits at most {fits:,} items" in message and "22 bytes per item^2 + 48 MB" in message
+    assert f"fits at most {fits:,} items" in message and "17 bytes per item^2 + 40 MB" in message
     assert f"peaks at {ease_fit_bytes(fits + 1) / 1e9:.2f} GB" in message
-    with pytest.raises(ValueError, match=r"17,770 x 17,770 .* peaks at 7\.00 GB .*ease_max_gb=4 GB"
-                                         r".*at most 13,402 items.*train ease-lowrank.*--preset ease-lowrank"
-                                         r".*--preset elsa.*raise ease_max_gb to 7\b"):
+    with pytest.raises(ValueError, match=r"17,770 x 17,770 .* peaks at 5\.41 GB .*ease_max_gb=4 GB"
+                                         r".*at most 15,262 items.*train ease-lowrank.*--preset ease-lowrank"
+                                         r".*--preset elsa.*raise ease_max_gb to 5\.5\b"):
         check_ease_memory(17770, 4.0)
 
 
 def test_training_refuses_before_any_work(u1):
     config = TrainConfig(device="cpu").updated(**{**preset("ease"), "ease_max_gb": 0.05})
-    with pytest.raises(ValueError, match=r"1,682 x 1,682 .*0\.11 GB.*ease_max_gb=0\.05 GB.*301 items"):
+    with pytest.raises(ValueError, match=r"1,682 x 1,682 .*0\.09 GB.*ease_max_gb=0\.05 GB.*766 items"):
         train(config, u1, progress=False)
