@@ -25,6 +25,7 @@ def serve(
     """Run the embedded Triton server on REPOSITORY until Ctrl-C; with --replicas N, N of them
     (a replica that dies is restarted while the others serve)."""
     from server.admin import RESTRICTED, AdminKeyError, create_admin_key, read_admin_key
+    from server.deploy.shared_memory import dev_shm_warning
     from server.launcher import TritonServer
     if not repository.is_dir():
         fail(f"{repository}: no model repository; build one with `aerec repository RUN_DIR`")
@@ -39,6 +40,12 @@ def serve(
         except AdminKeyError as e:
             fail(str(e))
     access = (f"open to holders of the key in {admin_key_file}" if key else "closed (no --admin-key-file)")
+    try:
+        shm_warning = dev_shm_warning(repository, replicas)
+    except ValueError:   # a config Triton would refuse: its load names it better
+        shm_warning = None
+    if shm_warning:
+        typer.echo(f"warning: {shm_warning}", err=True)
     if replicas > 1:
         return _serve_replicas(repository, replicas, http_port, grpc_port, metrics_port, port_offset, address,
                                key, access)

@@ -6,6 +6,7 @@ is mounted there, too little for a large catalogue's batches.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -66,3 +67,23 @@ def shared_memory_bytes(repository: Path, python_models_only: bool = True) -> in
 def size_limit(n_bytes: int) -> str:
     """A Kubernetes quantity for `n_bytes`, rounded up to whole MiB, at least 64Mi."""
     return f"{max(64, -(-n_bytes // MIB))}Mi"
+
+
+def dev_shm_warning(repository: Path, replicas: int = 1, free_bytes: int | None = None,
+                    shm: Path = Path("/dev/shm")) -> str | None:
+    """A warning to print before the embedded server starts where /dev/shm (`shm`; its free
+    space, or `free_bytes`) holds less than `replicas` servers of `repository` may take
+    (shared_memory_bytes with the ONNX networks, which the embedded server runs in stubs too);
+    None where it holds enough, or where there is no `shm` to measure."""
+    need = replicas * shared_memory_bytes(repository, python_models_only=False)
+    if free_bytes is None:
+        if not shm.is_dir():
+            return None
+        free_bytes = shutil.disk_usage(shm).free
+    if free_bytes >= need:
+        return None
+    return (f"{shm} has {free_bytes / MIB:,.0f} MiB free, and serving {repository}"
+            f"{f' on {replicas} replicas' if replicas > 1 else ''} may take up to {need / MIB:,.0f} MiB there: "
+            "requests of large batches may fail with 'Failed to increase the shared memory pool size'. "
+            f"Give it more (a container: docker run --shm-size={-(-need // MIB)}m; Kubernetes: the manifests "
+            "of `aerec deploy kubernetes` mount one sized for the repository)")
