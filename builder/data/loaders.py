@@ -19,6 +19,7 @@ import pandas as pd
 from builder.data.errors import DataFormatError, row_error
 from builder.data.logs import LogSpec, read_log
 from builder.data.ratings import Ratings, validate
+from builder.data.tables import header
 from builder.data.text_io import bom_encoding, decode_text, is_gzip, open_bytes
 
 log = logging.getLogger(__name__)
@@ -33,20 +34,10 @@ def read_text(path) -> str:
     return decode_text(_require(path).read_bytes())
 
 
-def first_line(path) -> str:
-    """The first line of a file (plain or gzip), decoded by `decode_text`, without its line end."""
-    with open_bytes(path) as f:
-        head = f.readline()
-        if bom_encoding(head[:4]) == "utf-16":  # a UTF-16 line ends two bytes later
-            f.seek(0)
-            return io.TextIOWrapper(f, encoding="utf-16").readline().rstrip("\r\n")
-    return decode_text(head).rstrip("\r\n")
-
-
 def csv_header(path, sep: str = ",") -> list[str]:
-    """The column names in the first line of a delimited file (quotes and spaces removed)."""
-    path = _require(path)
-    return [c.strip() for c in next(csv.reader([first_line(path)], delimiter=sep), [])]
+    """The column names in the first line of a delimited file (quotes and spaces removed);
+    DataFormatError naming the file where there is none to read (tables.header)."""
+    return header(_require(path), sep)
 
 
 def _require(path) -> Path:

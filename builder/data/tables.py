@@ -48,15 +48,33 @@ def text_encoding(path) -> str:
         return {"utf-16": "utf-16"}.get(bom_encoding(f.read(4)) or "", "utf-8")
 
 
+# The longest first line read for a header: a file with no line end in its first MiB has none.
+HEADER_LIMIT = 1 << 20
+
+
 def header(path, sep: str) -> list[str]:
-    """The column names in the first line of a delimited file (plain or gzip), stripped."""
+    """The column names in the first line of a delimited file (plain or gzip), stripped.
+    Raises DataFormatError naming the file where that line is not delimited text: bytes that
+    are not text, lines that end in a carriage return alone (classic Mac OS, which no reader
+    here splits), or no line end in the first HEADER_LIMIT bytes."""
     with open_bytes(path) as f:
-        head = f.readline()
+        head = f.readline(HEADER_LIMIT)
         if bom_encoding(head[:4]) == "utf-16":  # a UTF-16 line ends two bytes later
             f.seek(0)
-            head = io.TextIOWrapper(f, encoding="utf-16").readline().encode("utf-8")
+            head = io.TextIOWrapper(f, encoding="utf-16").readline(HEADER_LIMIT).encode("utf-8")
     line = decode_text(head).rstrip("\r\n")
-    return [c.strip() for c in next(csv.reader([line], delimiter=sep), [])]
+    controls = sum(ord(c) < 32 and c not in "\t\r" for c in line)
+    if "\x00" in line or controls > len(line) // 10:
+        raise DataFormatError(path, "line 1 is not text: is it a delimited file (CSV, TSV)?")
+    if "\r" in line:
+        raise DataFormatError(path, "its lines end in a carriage return alone (classic Mac OS line ends); "
+                                    "save it with LF or CRLF line ends")
+    if len(head) >= HEADER_LIMIT:
+        raise DataFormatError(path, f"line 1 is longer than {HEADER_LIMIT >> 20} MiB: no header line")
+    try:
+        return [c.strip() for c in next(csv.reader([line], delimiter=sep), [])]
+    except csv.Error as e:
+        raise DataFormatError(path, f"line 1: {e}") from None
 
 
 def _skip_blank(row) -> str:

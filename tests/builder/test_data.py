@@ -346,6 +346,22 @@ def test_bom_that_lies_is_named(tmp_path):
         load_udata(p)
 
 
+@pytest.mark.parametrize("uri", [False, True])
+def test_classic_mac_line_ends_and_binary_files_are_named_not_a_traceback(tmp_path, uri):
+    """A CSV saved with CR-only line ends (Excel's "CSV (Macintosh)") reads as one long line
+    that Python's csv module refuses with "new-line character seen in unquoted field"; a binary
+    file given as a CSV likewise. Both, as a plain path or a csv: URI, are named."""
+    cr = tmp_path / "mac.csv"
+    cr.write_bytes(b"user,item,rating\r1,10,5\r2,10,4\r2,11,3\r")
+    binary = tmp_path / "photo.csv"
+    binary.write_bytes(bytes(range(256)) * 8)
+    spec = (lambda p: f"csv:{p}") if uri else str
+    with pytest.raises(DataFormatError, match=r"mac.csv: its lines end in a carriage return alone .*LF or CRLF"):
+        load_source(spec(cr))
+    with pytest.raises(DataFormatError, match=r"photo.csv: line 1 is not text"):
+        load_source(spec(binary))
+
+
 def test_whitespace_line_mid_file_keeps_line_numbers(tmp_path):
     p = _write(tmp_path, "ratings.dat", "1::10::5::1\n  \n1::11::4::2\n2::10::7::3\n")
     with pytest.raises(DataFormatError, match=r"ratings.dat line 4: rating 7 outside scale 1..5"):
