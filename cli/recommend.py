@@ -4,6 +4,7 @@ Ids are given as text; the client sends them as the served catalogue has them (i
 strings, read from the model's metadata)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -12,19 +13,24 @@ import typer
 from cli.common import fail
 
 
-def print_list(rec) -> None:
+def print_list(rec, predicted_ratings: bool = True) -> None:
     """A served list (client.Recommendation) as a table: rank, item id, title, score, and the
-    predicted rating where the server has a rating model. The title column is left out where
-    the catalogue has no titles (they are then the ids again, as for an interaction log)."""
+    predicted rating where the server has a rating model and `predicted_ratings` (NaN, a
+    prediction from no rating at all, shows as "-"; a list of none, not at all). The title
+    column is left out where the catalogue has no titles (they are then the ids again, as for
+    an interaction log)."""
     from rich.console import Console
     from rich.table import Table
     titled = any(title != str(item) for item, title in zip(rec.item_ids, rec.titles))
-    predicted = rec.predicted_ratings
+    predicted = rec.predicted_ratings if predicted_ratings else None
+    if predicted is not None and all(math.isnan(p) for p in predicted):   # a cold start's: none
+        predicted = None
     t = Table("#", "item", *(["title"] if titled else []), "score",
               *(["predicted rating"] if predicted is not None else []))
     for i, (item, title, score) in enumerate(zip(rec.item_ids, rec.titles, rec.scores), 1):
         t.add_row(str(i), str(item), *([title] if titled else []), f"{score:.3f}",
-                  *([f"{predicted[i - 1]:.2f}"] if predicted is not None else []))
+                  *(["-" if math.isnan(predicted[i - 1]) else f"{predicted[i - 1]:.2f}"]
+                    if predicted is not None else []))
     Console().print(t)
 
 
@@ -85,14 +91,16 @@ def recommend(
                                exclude=excluded, include=included)
     except Exception as e:  # the server's own message names the problem
         fail(str(e))
-    print_list(rec)
+    # --seen alone sends no rating: the rater would predict from a history of top ratings only
+    from_seen_alone = bool(seen) and user is None
+    print_list(rec, predicted_ratings=not from_seen_alone)
     if split is not None:
         typer.echo(f"answered by {rec.model}" + (f" (version {rec.model_version})" if rec.model_version else ""))
     if rec.source == "popularity":
         # Name the id: an id the model never saw (a typo, another catalogue's id) lands here too
-        why = f"user {user} (an id it was not trained on, or no positive in its history)" \
-            if user is not None and not (ratings or seen) else "this user"
-        typer.echo(f"the most popular items: the model has nothing to rank {why} by (a cold start)")
+        why = f"user {user} is not one it was trained on, or has no positive rating in its history" \
+            if user is not None and not (ratings or seen) else "it has nothing to rank this user by"
+        typer.echo(f"the most popular items (a cold start): {why}")
     if rec.unknown_items:
         history = "seen" if seen else "rated"   # --rate and --seen never come together
         sent = history if excluded is None and included is None else "sent (history, --exclude, --include)"
@@ -101,9 +109,10 @@ def recommend(
         rules = "" if excluded is None and included is None else " that the rules allow"
         typer.echo(f"only {rec.n_recommended} of {k} recommended: no other unrated item{rules} is left")
     if seen and rec.predicted_ratings is not None:
-        # The rater reads a history of top ratings, so it predicts near the top for everything.
-        typer.echo("predicted ratings take each --seen item as rated at the scale's top: they run high; "
-                   "send --rate ITEM=RATING for ratings this user would give")
+        # The rater reads each seen item as a top rating, so it predicts near the top for everything.
+        typer.echo("no predicted ratings: --seen items carry no rating to predict from; send --rate ITEM=RATING"
+                   if from_seen_alone else "predicted ratings take each --seen item as rated at the scale's "
+                   "top: they run high; send --rate ITEM=RATING for ratings this user would give")
 
 
 def similar(

@@ -158,7 +158,8 @@ def is_transient(error: BaseException) -> bool:
 class Recommendation:
     """One user's list, best first. `scores` order it (a top-N model's scores, or the predicted
     ratings where the server has only a rating model); `predicted_ratings` are the rating model's
-    predictions for those items, clipped to the rating scale, None where the server has none.
+    predictions for those items, clipped to the rating scale (NaN for a user who rated nothing,
+    a cold start), None where the server has none.
 
     Only real items: a user with fewer unrated items than `k` gets `n_recommended` < k items
     (the server's padding, id -1 or b"", is dropped here); rated items are never recommended.

@@ -78,21 +78,28 @@ class Lists:
         top = top_k_unrated(by, rated, max(ks))
         # A padding slot (PAD) reads the last column here; package() overwrites it with NaN.
         at = lambda a: None if a is None else np.take_along_axis(a, top, axis=1)  # noqa: E731
-        return self.package(top, at(scores), at(ratings), sizes, ks, cold)
+        return self.package(top, at(scores), at(ratings), sizes, ks, cold, dense)
 
     def package(self, top: np.ndarray, scores, ratings, sizes: list[int], ks: list[int],
-                cold: np.ndarray | None = None) -> list[tuple]:
+                cold: np.ndarray | None = None, dense: np.ndarray | None = None) -> list[tuple]:
         """Chosen columns int64 [rows, max k] (PAD: padding) with the ranker's scores and the rater's
         predictions there (float32 [rows, max k], either may be None) -> per request (ids int64
         [size, k], or object of UTF-8 bytes for string ids, scores float32, predicted ratings
         float32 or None, titles object, n_recommended int32 [size, 1], source object [size, 1]:
         SOURCE_POPULARITY where `cold` (bool [rows]) else SOURCE_MODEL). Ratings are clipped to the
         scale; a ranker's scores are not (they are no ratings). Padding slots get PAD (PAD_ID for
-        string ids), NaN and PAD_TITLE whatever the arrays held there."""
+        string ids), NaN and PAD_TITLE whatever the arrays held there. With `dense` (the rows'
+        ratings, float32 [rows, n_items]), a row that rated nothing (a cold start) predicts NaN:
+        a rating model's output for an empty history is no prediction for anyone."""
         pad = top < 0
         if ratings is not None:
             ratings = np.where(pad, np.float32(np.nan), np.clip(ratings, self.low, self.high)).astype(np.float32)
         scores = ratings if scores is None else np.where(pad, np.float32(np.nan), scores).astype(np.float32)
+        if ratings is not None and dense is not None:
+            empty = ~np.asarray(dense).any(axis=1)
+            if empty.any():
+                ratings = ratings.copy() if ratings is scores else ratings
+                ratings[empty] = np.float32(np.nan)
         idx = np.where(pad, 0, top)  # any real column: the padded slots are overwritten below
         if self.item_ids.dtype == np.object_:
             ids = self.item_ids[idx]

@@ -148,7 +148,10 @@ def test_cli_recommend_table(server):
     assert r.returncode == 0 and "1 rated item id(s) unknown" in r.stdout
     r = run("--user", "123456")
     assert r.returncode == 2 and "unknown USER_ID 123456" in r.stderr
-    r = run("--seen", "50", "--seen", "172", "-k", "3")   # no ratings: the predicted ratings are said to run high
+    r = run("--seen", "50", "--seen", "172", "-k", "3")   # no rating sent: no predicted ratings shown
+    assert r.returncode == 0 and "no predicted ratings: --seen items carry no rating" in r.stdout
+    assert "predicted rating" not in r.stdout.splitlines()[1] + r.stdout.splitlines()[2]   # not in the table's head
+    r = run("--user", "42", "--seen", "50", "-k", "3")    # the user's own ratings beside: shown, said to run high
     assert r.returncode == 0 and "predicted ratings take each --seen item as rated at the scale's top" in r.stdout
     r = run("--user", "42", "-k", "1682")  # more than user 42 left unrated: fewer, and said so
     assert r.returncode == 0 and "recommended: no other unrated item is left" in r.stdout

@@ -75,6 +75,18 @@ def test_user_without_a_positive_rating_gets_the_popularity_list(server, runs, u
     assert ids.tolist() == [u1.item_ids[top[0]].tolist(), u1.item_ids[top[2]].tolist()]
 
 
+def test_a_user_who_rated_nothing_gets_popularity_and_no_predicted_ratings(server, u1):
+    """An unknown user sending no history (the popularity cold start): the most popular items,
+    and NaN predicted ratings, since a rating model's output for an empty history predicts
+    nobody's (DeepRec's reads 1.00 for every item). A user with ratings keeps the rater's."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    row = _recommend(grpcclient, client, user=999_999, k=5)
+    popularity = item_counts(u1.train)
+    assert row["RECOMMENDED_IDS"].tolist() == u1.item_ids[np.argsort(-popularity, kind="stable")[:5]].tolist()
+    assert np.isnan(row["PREDICTED_RATINGS"]).all()
+    assert not np.isnan(_recommend(grpcclient, client, user=685, k=5)["PREDICTED_RATINGS"]).any()
+
+
 def test_cli_names_the_user_it_fell_back_for(server):
     """`aerec recommend --user` for an id the model never saw (popularity cold start, the
     default) prints the popular list and says which user it had nothing for, and why that may be."""
@@ -82,6 +94,9 @@ def test_cli_names_the_user_it_fell_back_for(server):
                                      "-k", "3", *a], capture_output=True, text=True, timeout=120)
     r = run("--user", "999999")
     assert r.returncode == 0, r.stderr
-    assert "nothing to rank user 999999 (an id it was not trained on, or no positive in its history)" in r.stdout
+    assert ("the most popular items (a cold start): user 999999 is not one it was trained on, or has no "
+            "positive rating in its history") in r.stdout
+    assert "predicted rating" not in r.stdout   # a prediction from no rating at all is none
     r = run("--rate", "1=1")
     assert r.returncode == 0 and "nothing to rank this user by" in r.stdout, r.stdout + r.stderr
+    assert "predicted rating" in r.stdout       # from the rating sent

@@ -93,6 +93,7 @@ def _offline(data, runs, x, exclude, include):
     blocked = rule_mask(data.n_items, [col(e) for e in exclude], [None if i is None else col(i) for i in include])
     top = top_k_allowed(by, x != 0, blocked, K)
     predicted = np.clip(onnx_outputs(rater, x), *data.scale)
+    predicted[~x.any(axis=1)] = np.nan   # a row that rated nothing: no prediction (serving.lists)
     at = lambda a: np.take_along_axis(a, np.maximum(top, 0), axis=1)  # noqa: E731
     return top, at(by), at(predicted)
 

@@ -189,7 +189,8 @@ def test_cold_start_popularity_or_refuse(u1, catalogue):
 @pytest.mark.parametrize("ranker, rater", [(True, True), (False, True)])
 def test_cold_rows_get_the_popularity_list_marked_and_ruled(u1, catalogue, ranker, rater):
     """Lists.rank: a row with no ratings is ranked by popularity (SOURCE popularity, SCORES the
-    counts), its rules applied; its neighbour keeps the model's list (SOURCE model)."""
+    counts, no predicted ratings: NaN), its rules applied; its neighbour keeps the model's list
+    (SOURCE model) and the rater's predictions."""
     popularity = item_counts(u1.train).astype(np.float32)
     titles = np.array([t.encode() for t in u1.titles], np.object_)
     lists = Lists(np.asarray(u1.item_ids), titles, 1.0, 5.0, ranker, rater, 4.0 if ranker else None, popularity)
@@ -207,7 +208,9 @@ def test_cold_rows_get_the_popularity_list_marked_and_ruled(u1, catalogue, ranke
     warm = top_k_allowed(net[1:], dense[1:] != 0, None, 10)[0]
     assert ids[1].tolist() == u1.item_ids[warm].tolist()
     assert source[:, 0].tolist() == [SOURCE_POPULARITY, SOURCE_MODEL] and n[:, 0].tolist() == [10, 10]
-    np.testing.assert_allclose(ratings[0], np.clip(net[0, cold], 1, 5))
+    # The cold row rated nothing: no predicted ratings (NaN); the warm row has the rater's.
+    assert np.isnan(ratings[0]).all()
+    np.testing.assert_allclose(ratings[1], np.clip(net[1, warm], 1, 5))
 
 
 def test_in_graph_rules_equal_top_k_allowed(u1, tmp_path):

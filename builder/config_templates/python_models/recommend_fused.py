@@ -81,7 +81,8 @@ class TritonPythonModel:
             cold = self.lists.cold(batch.dense)
             if cold.any():
                 top, scores, ratings = self._popularity_rows(batch, cold, top, scores, ratings, max(k))
-            ranked = self.lists.package(top, scores, ratings, [hi - lo for _, lo, hi in batch.spans], k, cold)
+            ranked = self.lists.package(top, scores, ratings, [hi - lo for _, lo, hi in batch.spans], k, cold,
+                                        batch.dense)
             self.metrics.record(ranked)
             for (i, lo, hi), row in zip(batch.spans, ranked):
                 wanted = requested_outputs(requests[i])
