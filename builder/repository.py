@@ -487,7 +487,10 @@ def _read_run(run_dir: Path, role: str | None, variants, device: str = "cpu") ->
     for variant in variants:
         src = run_dir / "export" / (GPU_ONNX if device == "gpu" else VARIANTS)[variant]
         if not src.is_file():
-            raise RepositoryError(f"{src} missing: export with the matching --precision first")
+            exported = [v for v, name in VARIANTS.items() if (run_dir / "export" / name).is_file()]
+            raise RepositoryError(f"{src} missing: export it first (aerec export {run_dir} --precision "
+                                  f"{VARIANTS[variant].removeprefix('model_').removesuffix('.onnx')}); this run has "
+                                  f"{', '.join(exported) or 'no export'}")
     return _Served(role or ("ranker" if is_ranker else "rater"), run_dir, tuple(variants), config,
                    json.loads(export_cfg.read_text())["n_inputs"],
                    json.loads(cfg_path.read_text()).get("dataset", {}))
@@ -556,7 +559,8 @@ def write_repository(run_dir: Path, out: Path, variants=("onnx",), tuning: Tunin
     run_dir, out = Path(run_dir), Path(out)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
-        raise RepositoryError(f"unknown variant(s) {unknown}; available here: {', '.join(VARIANTS)}")
+        raise RepositoryError(f"unknown variant(s) {unknown}; the variants are {', '.join(VARIANTS)}, each from "
+                              "its `aerec export --precision` (fp32, fp16, int8)")
     if cold_start not in contract.COLD_STARTS:
         raise RepositoryError(f"cold_start must be one of {contract.COLD_STARTS}, got {cold_start!r}")
     if device not in DEVICES:

@@ -69,9 +69,15 @@ def recommend(
     from client.sdk import parse_split
     try:
         # rsplit: an item id may itself hold "=" (string ids); the rating never does.
-        ratings = {a: float(b) for a, b in (r.rsplit("=", 1) for r in rate)}
+        pairs = [(a, float(b)) for a, b in (r.rsplit("=", 1) for r in rate)]
     except ValueError:
         fail(f"--rate takes ITEM=RATING, e.g. --rate 50=5; got {rate}")
+    ratings = dict(pairs)
+    if len(ratings) < len(pairs):   # as the server refuses an item sent twice
+        twice = next(a for a in ratings if sum(a == b for b, _ in pairs) > 1)
+        fail(f"--rate gives item {twice} more than once: rate each item once")
+    if len(set(seen)) < len(seen):
+        fail(f"--seen gives item {next(i for i in seen if seen.count(i) > 1)} more than once")
     if ratings and seen:
         fail("give --rate (items with ratings) or --seen (items without), not both")
     if user is None and not ratings and not seen:

@@ -63,4 +63,5 @@ def blocklist(
         fail(str(e))
     typer.echo(f"{repo}/blocklist.txt: {len(ids)} blocked item(s){': ' + ', '.join(ids[:20]) if ids else ''}"
                f"{' ...' if len(ids) > 20 else ''}")
-    typer.echo("a running server applies it after `aerec reload`")
+    typer.echo("a running server applies it after `aerec reload` (a server started with --admin-key-file), "
+               "or when it restarts")

@@ -606,7 +606,15 @@ class RecommenderClient:
             t = self._mod.InferInput(name, list(arr.shape), dtype)
             t.set_data_from_numpy(arr)
             inputs.append(t)
-        return self._parse(self._infer(inputs + self._rules(exclude, include), SIMILAR), k)
+        try:
+            return self._parse(self._infer(inputs + self._rules(exclude, include), SIMILAR), k)
+        except RecommenderError as e:
+            if f"'{SIMILAR}' is not found" not in str(e):
+                raise
+            # Triton's own words name no cause: say which repositories have the model.
+            raise type(e)(f"the server serves no '{SIMILAR}' model: a repository has one only where a top-N "
+                          "ranker is served on the CPU (aerec repository TOP_N_RUN); a rating model alone, "
+                          "or a --device gpu build, has none", e.status) from e
 
     def recommend_many(self, user_ids: list[int | str] | None = None, k: int = 10,
                        ratings: list[dict[int | str, float]] | None = None,

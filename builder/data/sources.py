@@ -33,6 +33,7 @@ epoch seconds), `per-user[:FRACTION]`, `last:N` (each user's N latest items by t
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 
 from builder.data.dataset import Dataset, build_dataset
@@ -82,6 +83,16 @@ def resolve_files(spec: str) -> list[Path]:
             raise DataFormatError(spec, "no file matches this pattern")
         return files
     path = Path(spec)
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9]+):", spec)   # two letters at least: not a drive letter
+    if scheme and not path.exists() and scheme.group(1).lower() in ("http", "https", "s3", "gs", "hdfs"):
+        raise DataFormatError(spec, "aerec reads local files: download it first, then give its path")
+    if scheme and not path.exists():
+        raise DataFormatError(spec, f"unknown format {scheme.group(1)!r}; name the file as csv:PATH, tsv:PATH or "
+                                    "parquet:PATH, or give a path ending in .csv, .tsv or .parquet")
+    if spec in ("ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m") and not path.exists():
+        raise DataFormatError(spec, f"only ml-100k is bundled; download {spec} from "
+                                    "https://grouplens.org/datasets/movielens/ and give its ratings file "
+                                    "(ratings.dat or ratings.csv) or its folder")
     if not path.is_dir():
         return [path]
     for folder in (path, path / "training_set"):

@@ -362,6 +362,16 @@ def test_classic_mac_line_ends_and_binary_files_are_named_not_a_traceback(tmp_pa
         load_source(spec(binary))
 
 
+@pytest.mark.parametrize("spec,message", [
+    ("xls:ratings.xls", r"unknown format 'xls'; name the file as csv:PATH, tsv:PATH or parquet:PATH"),
+    ("https://example.com/ratings.csv", r"aerec reads local files: download it first"),
+    ("ml-1m", r"only ml-100k is bundled; download ml-1m from https://grouplens.org/datasets/movielens/"),
+])
+def test_a_data_word_aerec_cannot_read_says_what_it_can(spec, message):
+    with pytest.raises(DataFormatError, match=message):
+        load_source(spec)
+
+
 def test_whitespace_line_mid_file_keeps_line_numbers(tmp_path):
     p = _write(tmp_path, "ratings.dat", "1::10::5::1\n  \n1::11::4::2\n2::10::7::3\n")
     with pytest.raises(DataFormatError, match=r"ratings.dat line 4: rating 7 outside scale 1..5"):

@@ -120,3 +120,14 @@ def test_a_run_ranking_below_popularity_is_warned_of_where_it_orders_the_lists(u
     with caplog.at_level(logging.WARNING, logger="builder.repository"):
         write_repository(ranker, tmp_path / "both", ["onnx"], rating_run=rater)
     assert not [r for r in caplog.records if "below the most popular" in r.getMessage()]
+
+
+def test_a_variant_not_exported_names_the_export_to_run(u1, tmp_path):
+    rater, _ = shared_run(u1, small_rater_config())   # exported in fp32 only
+    with pytest.raises(RepositoryError, match=r"model_fp16.onnx missing: export it first \(aerec export .* "
+                                              r"--precision fp16\); this run has onnx$"):
+        write_repository(rater, tmp_path / "repo", ["onnx_fp16"])
+    with pytest.raises(RepositoryError, match=r"unknown variant\(s\) \['nosuch'\]; the variants are onnx, onnx_fp16, "
+                                              r"onnx_int8, each from its `aerec export --precision`"):
+        write_repository(rater, tmp_path / "repo", ["nosuch"])
+    assert not (tmp_path / "repo").exists()

@@ -184,3 +184,14 @@ def test_truncated_http_body_does_not_hurt_the_server(server):
     assert status != 200  # never answered as if complete
     status, text = _raw_http(server, GOOD_JSON, {"Content-Length": str(len(GOOD_JSON))})
     assert status == 200 and "RECOMMENDED_IDS" in text
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_similar_on_a_repository_without_a_ranker_says_why(server, protocol):
+    """A rating model alone gets no `similar` model; the SDK names that cause instead of
+    Triton's "Request for unknown model: 'similar' is not found"."""
+    from client import RecommenderClient, RecommenderError
+    rc = RecommenderClient(server.grpc_url if protocol == "grpc" else server.http_url, protocol)
+    with pytest.raises(RecommenderError, match=r"serves no 'similar' model: .*aerec repository TOP_N_RUN"):
+        rc.similar([50])
+    assert rc.recommend(user_id=1, k=3).item_ids   # and it serves on
