@@ -143,6 +143,13 @@ def find_columns(found: list[str], given: dict, path, fmt: str = "csv") -> dict:
     DataFormatError naming the columns found when a given column is absent or no user or item
     column is found, or when both a rating and a weight column are found and neither is given."""
     lower = {c.lower(): c for c in reversed(found)}  # the first of equal names wins
+    other = next((sep for sep in (";", "|", "\t", ",") if len(found) == 1 and sep in found[0]), None)
+    if other is not None:   # one column: the file is separated by another character
+        shown = {"\t": "a tab", ";": "';'", "|": "'|'", ",": "','"}[other]
+        hint = (f"read it as tsv:{path}" if other == "\t" else f"read it as csv:{path}" if other == ","
+                else "save it with commas (csv) or tabs (tsv): aerec reads no other separator")
+        raise DataFormatError(path, f"the header {found[0]!r} is one column: the file is separated by {shown}, "
+                                    f"not by the {fmt} separator; {hint}", 1)
     for role, col in given.items():
         if col not in found and col.lower() not in lower:
             raise DataFormatError(path, f"no column {col!r} (given as {role}=); the header has {found}", 1)

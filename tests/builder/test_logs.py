@@ -92,6 +92,9 @@ def test_implicit_clicks_train_top_n(fixtures, tmp_path):
     ("logs/clicks_r1.csv", "per-user", r"no positives to train on: none of the 180 training ratings is >= "
                                        r"implicit_threshold 4 .*csv:PATH\?weight=COLUMN"),
     ("clicks_r1.tsv", "per-user", r"no positives to train on.*tsv:PATH\?weight=COLUMN"),
+    ("semicolons.csv", "per-user", r"the header 'user;item;rating' is one column: the file is separated by "
+                                   r"';'.*commas \(csv\) or tabs \(tsv\)"),
+    ("tabs.csv", "per-user", r"separated by a tab, not by the csv separator; read it as tsv:"),
     ("one_each.csv", "per-user", r"the split 'per-user' left no test events"),
     ("one_each.csv", "random", r"no validation users: every training user has at most one positive"),
     ("empty.csv", "per-user", r"empty.csv: no events found \(empty file\)"),
@@ -101,6 +104,8 @@ def test_untrainable_data_is_refused_before_a_run_folder(fixtures, tmp_path, dat
     (tmp_path / "one_each.csv").write_text("user,item\n" + "".join(f"u{u},i{u % 7}\n" for u in range(50)))
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "empty_id.csv").write_text("user,item\na,x\nb,y\n\nc,\n")
+    (tmp_path / "semicolons.csv").write_text("user;item;rating\n1;10;5\n2;10;4\n")
+    (tmp_path / "tabs.csv").write_text("user\titem\trating\n1\t10\t5\n2\t10\t4\n")
     (tmp_path / "clicks_r1.tsv").write_text((fixtures / "logs/clicks_r1.csv").read_text().replace(",", "\t"))
     path = fixtures / data if data.startswith("logs/") else tmp_path / data
     with pytest.raises(ValueError, match=message):
