@@ -129,21 +129,28 @@ def ease_from_gram(G: np.ndarray, lam: float, dropout: float = 0.0, xi: float = 
     return P.astype(np.float32)
 
 
-def inverse_in_place(G: np.ndarray) -> np.ndarray:
-    """The inverse of the symmetric positive definite float64 G [n, n] (C-ordered), returned in
-    G's own memory (G itself), by torch's LAPACK (MKL on x86): Cholesky factorisation
-    (cholesky_ex) and inversion from the factor (cholesky_inverse). Raises
-    np.linalg.LinAlgError when G is not positive definite.
+def cholesky_in_place(G: np.ndarray) -> torch.Tensor:
+    """The lower Cholesky factor L of the symmetric positive definite float64 G [n, n]
+    (C-ordered), G = L L^T, written into G's own memory and returned as a torch view of it, by
+    torch's LAPACK (MKL on x86). Raises np.linalg.LinAlgError when G is not positive definite.
 
     Not scipy's LAPACK: its bundled OpenBLAS (0.3.30) crashes the process with a segmentation
     fault in the multi-threaded dpotrf from about 16,000 items on (docs/reliability.md), a
-    Netflix-sized catalogue. torch copies G once while it inverts (8 bytes per item^2 more at the
-    peak; FIT_BYTES_PER_ITEM2 counts it)."""
+    Netflix-sized catalogue."""
     T = torch.from_numpy(G)
     info = torch.empty((), dtype=torch.int32)
     torch.linalg.cholesky_ex(T, out=(T, info))
     if int(info) != 0:
         raise np.linalg.LinAlgError(f"the regularised Gram matrix is not positive definite (Cholesky info {int(info)})")
+    return T
+
+
+def inverse_in_place(G: np.ndarray) -> np.ndarray:
+    """The inverse of the symmetric positive definite float64 G [n, n] (C-ordered), returned in
+    G's own memory (G itself): cholesky_in_place, then torch's inversion from the factor
+    (cholesky_inverse). torch takes a temporary copy while it works; the fit's measured peak
+    is FIT_BYTES_PER_ITEM2's. Raises np.linalg.LinAlgError when G is not positive definite."""
+    T = cholesky_in_place(G)
     torch.cholesky_inverse(T, out=T)
     return G
 
