@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -81,6 +82,9 @@ class Start:
         return self.history[-1]["epoch"] + 1 if self.history else 1
 
 
+# Where stderr is no terminal (a redirected log), a progress line at most this often.
+LOG_EVERY_S = 30.0
+
 # An epoch callback: (row, history, best) after each epoch's row is recorded.
 Callback = Callable[[dict, list, dict], None]
 
@@ -107,14 +111,24 @@ def run(train_epoch: Callable[[int, Callable[[], float]], dict], max_epochs: int
     else:
         first = start.first
     began = time.perf_counter() - start.spent
-    # disable=None: no bar where stderr is not a terminal, so a redirected log holds no redraws
+    # disable=None: no bar where stderr is not a terminal, so a redirected log holds no redraws;
+    # there a plain line every LOG_EVERY_S seconds says the run is alive.
     bar = tqdm(range(first, max_epochs + 1), disable=None if progress else True, desc=desc, leave=False)
+    lines = progress and bar.disable
+    last_line = time.perf_counter()
     for epoch in bar:
         row = train_epoch(epoch, lambda: time.perf_counter() - began)
+        postfix = {}
         if score is not None:
             row.update(score())
             stopping.update(row, model)
-            bar.set_postfix(stopping.postfix(row))
+            postfix = stopping.postfix(row)
+            bar.set_postfix(postfix)
+        if lines and time.perf_counter() - last_line >= LOG_EVERY_S:
+            last_line = time.perf_counter()
+            shown = "".join(f", {k} {v}" for k, v in postfix.items())
+            print(f"{desc or 'training'}: epoch {epoch}/{max_epochs}{shown}, {time.perf_counter() - began:.0f} s",
+                  file=sys.stderr, flush=True)
         history.append(row)
         for callback in callbacks:
             callback(row, history, stopping.best)

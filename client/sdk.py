@@ -53,6 +53,7 @@ import asyncio
 import hashlib
 import itertools
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -114,12 +115,18 @@ def _status(error: BaseException) -> str | None:
     return str(status()) if callable(status) and status() is not None else None
 
 
+ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
 def as_recommender_error(error: BaseException) -> RecommenderError:
     """tritonclient's (or a transport's) exception as RequestError or ServerError."""
     if isinstance(error, RecommenderError):
         return error
     status = _status(error)
     message = error.message() if callable(getattr(error, "message", None)) else str(error)
+    # Triton prefixes an ensemble step's error with the ensemble's name: the step's own message
+    # is what names the problem.
+    message = ENSEMBLE_PREFIX.sub("", message or "", count=1)
     kind = RequestError if status in REQUEST_STATUSES else ServerError
     return kind(message or str(error), status)
 

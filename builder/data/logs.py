@@ -148,8 +148,9 @@ def find_columns(found: list[str], given: dict, path, fmt: str = "csv") -> dict:
         shown = {"\t": "a tab", ";": "';'", "|": "'|'", ",": "','"}[other]
         hint = (f"read it as tsv:{path}" if other == "\t" else f"read it as csv:{path}" if other == ","
                 else "save it with commas (csv) or tabs (tsv): aerec reads no other separator")
+        expected = {"csv": "commas", "tsv": "tabs"}.get(fmt, fmt)
         raise DataFormatError(path, f"the header {found[0]!r} is one column: the file is separated by {shown}, "
-                                    f"not by the {fmt} separator; {hint}", 1)
+                                    f"not by {expected}; {hint}", 1)
     for role, col in given.items():
         if col not in found and col.lower() not in lower:
             raise DataFormatError(path, f"no column {col!r} (given as {role}=); the header has {found}", 1)

@@ -94,7 +94,7 @@ def test_implicit_clicks_train_top_n(fixtures, tmp_path):
     ("clicks_r1.tsv", "per-user", r"no positives to train on.*tsv:PATH\?weight=COLUMN"),
     ("semicolons.csv", "per-user", r"the header 'user;item;rating' is one column: the file is separated by "
                                    r"';'.*commas \(csv\) or tabs \(tsv\)"),
-    ("tabs.csv", "per-user", r"separated by a tab, not by the csv separator; read it as tsv:"),
+    ("tabs.csv", "per-user", r"separated by a tab, not by commas; read it as tsv:"),
     ("one_each.csv", "per-user", r"the split 'per-user' left no test events"),
     ("one_each.csv", "random", r"no validation users: every training user has at most one positive"),
     ("empty.csv", "per-user", r"empty.csv: no events found \(empty file\)"),

@@ -155,14 +155,19 @@ def test_select_then_refit_refits_for_the_chosen_epochs_only_when_asked(u1):
     assert same(resumed, fit(config, full, None, u1.scale, 2, progress=False)[0])
 
 
-def test_progress_bar_is_left_out_of_a_redirected_log(tmp_path):
-    """Where stderr is a file (a training log redirected), the bar draws nothing: its redraws
-    would fill the log with one line per epoch."""
-    script = ("import torch\nfrom builder import loop\n"
+def test_a_redirected_log_gets_a_line_now_and_then_and_no_bar(tmp_path):
+    """Where stderr is a file (a training log redirected), the bar draws nothing (its redraws
+    would fill the log); a plain line at most every LOG_EVERY_S seconds says the run is alive,
+    with the validation figure and the best epoch so far."""
+    script = ("import time, torch\nfrom builder import loop\n"
+              "loop.LOG_EVERY_S = {every}\n"
               "m = torch.nn.Linear(1, 1)\n"
-              "loop.run(lambda n, s: {'epoch': n, 'train_rmse': 1.0, 'seconds': s()}, 50, "
-              "loop.EarlyStopping('val_rmse', 'min', patience=100), m, desc='demo')\n")
-    log = tmp_path / "train.log"
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-c", script], stderr=f, check=True, timeout=120)
-    assert log.read_text() == ""
+              "loop.run(lambda n, s: (time.sleep(0.01), {{'epoch': n, 'train_rmse': 1.0, 'seconds': s()}})[1], 50, "
+              "loop.EarlyStopping('val_rmse', 'min', patience=100), m, lambda: {{'val_rmse': 0.9}}, desc='demo')\n")
+    for every, expected in ((3600, 0), (0.0, 50)):
+        log = tmp_path / f"train-{every}.log"
+        with open(log, "w") as f:
+            subprocess.run([sys.executable, "-c", script.format(every=every)], stderr=f, check=True, timeout=120)
+        text = log.read_text()
+        assert "\r" not in text and len(text.splitlines()) == expected, text[:500]
+    assert text.splitlines()[9].startswith("demo: epoch 10/50, val_rmse 0.9000, best 1, ")

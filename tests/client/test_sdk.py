@@ -148,6 +148,8 @@ def test_cli_recommend_table(server):
     assert r.returncode == 0 and "1 rated item id(s) unknown" in r.stdout
     r = run("--user", "123456")
     assert r.returncode == 2 and "unknown USER_ID 123456" in r.stderr
+    r = run("--rate", "50=9")   # the step's own words, without Triton's "in ensemble 'recommend', "
+    assert r.returncode == 2 and "error: rating 9 outside scale 1..5" in r.stderr, r.stderr
     r = run("--rate", "50=5", "--rate", "50=4")   # refused as the server refuses an item sent twice
     assert r.returncode == 2 and "--rate gives item 50 more than once" in r.stderr
     r = run("--seen", "50", "--seen", "172", "-k", "3")   # no rating sent: no predicted ratings shown
