@@ -5,6 +5,7 @@ strings, read from the model's metadata)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -72,12 +73,12 @@ def recommend(
         pairs = [(a, float(b)) for a, b in (r.rsplit("=", 1) for r in rate)]
     except ValueError:
         fail(f"--rate takes ITEM=RATING, e.g. --rate 50=5; got {rate}")
+    # An item given twice is refused here, as the server refuses it.
+    for flag, items in (("--rate", [a for a, _ in pairs]), ("--seen", seen)):
+        twice = [i for i, n in Counter(items).items() if n > 1]
+        if twice:
+            fail(f"{flag} gives item {twice[0]} more than once: give each item once")
     ratings = dict(pairs)
-    if len(ratings) < len(pairs):   # as the server refuses an item sent twice
-        twice = next(a for a in ratings if sum(a == b for b, _ in pairs) > 1)
-        fail(f"--rate gives item {twice} more than once: rate each item once")
-    if len(set(seen)) < len(seen):
-        fail(f"--seen gives item {next(i for i in seen if seen.count(i) > 1)} more than once")
     if ratings and seen:
         fail("give --rate (items with ratings) or --seen (items without), not both")
     if user is None and not ratings and not seen:

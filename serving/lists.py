@@ -89,14 +89,16 @@ class Lists:
         SOURCE_POPULARITY where `cold` (bool [rows]) else SOURCE_MODEL). Ratings are clipped to the
         scale; a ranker's scores are not (they are no ratings). Padding slots get PAD (PAD_ID for
         string ids), NaN and PAD_TITLE whatever the arrays held there. With `dense` (the rows'
-        ratings, float32 [rows, n_items]), a row that rated nothing (a cold start) predicts NaN:
-        a rating model's output for an empty history is no prediction for anyone."""
+        ratings, float32 [rows, n_items]), a cold row that rated nothing predicts NaN: a rating
+        model's output for an empty history is no prediction for anyone."""
         pad = top < 0
         if ratings is not None:
             ratings = np.where(pad, np.float32(np.nan), np.clip(ratings, self.low, self.high)).astype(np.float32)
         scores = ratings if scores is None else np.where(pad, np.float32(np.nan), scores).astype(np.float32)
-        if ratings is not None and dense is not None:
-            empty = ~np.asarray(dense).any(axis=1)
+        if ratings is not None and dense is not None and cold is not None and cold.any():
+            # Only cold rows can be empty (an empty row has no positive either): scan just those.
+            empty = np.zeros(len(cold), bool)
+            empty[cold] = ~np.asarray(dense)[cold].any(axis=1)
             if empty.any():
                 ratings = ratings.copy() if ratings is scores else ratings
                 ratings[empty] = np.float32(np.nan)

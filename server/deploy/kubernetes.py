@@ -61,6 +61,12 @@ TRITON_EXIT_TIMEOUT_SECONDS = 30
 GRACE_SECONDS = PRE_STOP_SECONDS + TRITON_EXIT_TIMEOUT_SECONDS + 15
 
 
+def _lifecycle() -> dict:
+    """A Triton container's lifecycle: the preStop sleep (a new dict each time, so that one YAML
+    document never holds it twice as an anchor)."""
+    return {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}}
+
+
 class DeployError(ValueError):
     """A repository or a setting that cannot be deployed to NVIDIA's container."""
 
@@ -150,7 +156,7 @@ def deployment(v: dict) -> dict:
         "startupProbe": _probe("/v2/health/ready", 10, 30),
         "readinessProbe": _probe("/v2/health/ready", 5, 3),
         "livenessProbe": _probe("/v2/health/live", 10, 3),
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
+        "lifecycle": _lifecycle(),
         "resources": v["resources"],
         "volumeMounts": [{"name": "model-repository", "mountPath": MOUNT, "readOnly": True},
                          {"name": "dshm", "mountPath": "/dev/shm"}],
@@ -260,7 +266,7 @@ def inference_service(v: dict) -> dict:
               # the same memory-backed /dev/shm as the Deployment's (KServe mounts none)
               "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
               # as the Deployment's: serve on while the pod leaves the Service (see PRE_STOP_SECONDS)
-              "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}}}
+              "lifecycle": _lifecycle()}
     if tag:
         triton["runtimeVersion"] = tag
     return {

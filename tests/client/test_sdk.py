@@ -151,7 +151,7 @@ def test_cli_recommend_table(server):
     r = run("--rate", "50=9")   # the step's own words, without Triton's "in ensemble 'recommend', "
     assert r.returncode == 2 and "error: rating 9 outside scale 1..5" in r.stderr, r.stderr
     r = run("--rate", "50=5", "--rate", "50=4")   # refused as the server refuses an item sent twice
-    assert r.returncode == 2 and "--rate gives item 50 more than once" in r.stderr
+    assert r.returncode == 2 and "--rate gives item 50 more than once: give each item once" in r.stderr
     r = run("--seen", "50", "--seen", "172", "-k", "3")   # no rating sent: no predicted ratings shown
     assert r.returncode == 0 and "no predicted ratings: --seen items carry no rating" in r.stdout
     assert "predicted rating" not in r.stdout.splitlines()[1] + r.stdout.splitlines()[2]   # not in the table's head
